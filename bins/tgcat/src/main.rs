@@ -1,0 +1,87 @@
+//! tgcat — the framer: raw s16le 48 kHz mono (FIFO, file, stdin) or any WAV in, 20 ms audio
+//! frames out. With a named FIFO as input it survives the writer (tg-bridge) restarting;
+//! `--realtime` paces file input at real time (a WAV becomes a simulated caller);
+//! `--control FIFO` merges the bridge's events (call-start/end) into the output.
+
+mod pcm_input;
+
+use clap::Parser;
+use std::path::PathBuf;
+use tgvoice::cli::{self, LinkArgs, LogArgs};
+use tgvoice::sink::SinkHandle;
+use tgvoice::{Endpoint, Frame, FrameSink, FrameSource, TapFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Frame raw 48 kHz PCM or a WAV file into tgvoice audio frames",
+    after_help = "Examples:\n  tgcat question.wav | framecat\n  tgcat --realtime question.wav | vadseg | sttd\n  sox -d -t raw -r 48000 -e signed -b 16 -c 1 - | tgcat - | vadseg | sttd\n  tgcat --control $RUN/control.frames -o $RUN/audio.frames $RUN/tg_input.raw\n\nRaw input must be s16le, 48 kHz, mono. WAV input may have any rate and channel count;\nit is mixed to mono and resampled to 48 kHz. Exit codes: 0 end of input, 65 input is\nalready frames, 1 other errors."
+)]
+struct Args {
+    /// Raw PCM or WAV: a file, a named FIFO, or "-" for stdin.
+    #[arg(default_value = "-")]
+    input: PathBuf,
+    #[command(flatten)]
+    link: LinkArgs,
+    /// Pace file/stdin input at real time (one 20 ms frame every 20 ms).
+    #[arg(long)]
+    realtime: bool,
+    /// Frame length in milliseconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(5..=200))]
+    frame_ms: u32,
+    /// Also read event frames (call-start/call-end from tg-bridge) from this FIFO and merge
+    /// them into the output.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Seconds of silence to append after file input (lets a downstream VAD see the end).
+    #[arg(long, default_value_t = 0.0)]
+    trailing_silence: f64,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+fn main() {
+    let args = Args::parse();
+    cli::run("tgcat", &args.log.clone(), move || {
+        let sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::Pcm)?;
+        if let Some(control) = &args.control {
+            spawn_control_merge(control.clone(), sink.handle())?;
+        }
+        let opts = pcm_input::Options {
+            realtime: args.realtime,
+            frame_samples: (48_000 * args.frame_ms / 1000) as usize,
+            trailing_silence_s: args.trailing_silence,
+        };
+        let input = Endpoint::from_arg(Some(&args.input));
+        let stats = pcm_input::frame_input(input, &opts, |f| {
+            sink.send(Frame::Audio(f));
+            !sink.is_closed()
+        })?;
+        let sink_stats = sink.finish();
+        log::info!(
+            "end of input: {} frames ({:.2} s of audio); {} delivered, {} dropped",
+            stats.frames,
+            stats.samples as f64 / 48_000.0,
+            sink_stats.delivered,
+            sink_stats.dropped_no_reader + sink_stats.dropped_overflow
+        );
+        Ok(())
+    })
+}
+
+/// Forward every event of the control FIFO into our output (the bridge's call-start/end).
+fn spawn_control_merge(path: PathBuf, sink: SinkHandle) -> anyhow::Result<()> {
+    let source = FrameSource::open(Endpoint::Path(path.clone()))?;
+    std::thread::Builder::new().name("control".into()).spawn(move || {
+        for frame in source {
+            match frame {
+                Frame::Event(e) => {
+                    log::info!("control: {}", e.to_json_line());
+                    sink.send(Frame::Event(e));
+                }
+                Frame::Audio(_) => log::warn!("ignoring an audio frame on control link {}", path.display()),
+            }
+        }
+    })?;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Command-line pieces shared by every stage (flattened into each program's clap parser),
+//! and the `run` wrapper that gives every program the same start-up, signals and exit codes.
+
+use crate::fifo::Endpoint;
+use std::path::PathBuf;
+
+/// `--input`, `--output`, `--tap`: where a stage reads and writes (stdin/stdout by default).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LinkArgs {
+    /// Read from this named FIFO or file instead of stdin ("-" = stdin). On a FIFO the stage
+    /// survives its writer restarting.
+    #[arg(short, long, value_name = "PATH")]
+    pub input: Option<PathBuf>,
+    /// Write to this named FIFO or file instead of stdout. With no reader on a FIFO, output is
+    /// dropped (and counted) until one connects.
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Mirror the output into this tap FIFO while someone reads it
+    /// [default: <output stem>.tap beside a FIFO output, if it exists].
+    #[arg(long, value_name = "PATH")]
+    pub tap: Option<PathBuf>,
+}
+
+impl LinkArgs {
+    pub fn input(&self) -> Endpoint {
+        Endpoint::from_arg(self.input.as_deref())
+    }
+    pub fn output(&self) -> Endpoint {
+        Endpoint::from_arg(self.output.as_deref())
+    }
+}
+
+/// `-v`/`-q`: log more or less (see also TGVOICE_LOG).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LogArgs {
+    /// Log more (repeat for more detail); TGVOICE_LOG=debug does the same.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log less (warnings and errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub quiet: u8,
+}
+
+impl LogArgs {
+    pub fn verbosity(&self) -> i8 {
+        self.verbose as i8 - self.quiet as i8
+    }
+}
+
+/// An error that carries its exit code (fifo-layout.md §4).
+#[derive(Debug)]
+pub struct ExitError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl std::fmt::Display for ExitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ExitError {}
+
+/// Exit codes.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILURE: i32 = 1;
+    pub const USAGE: i32 = 2;
+    /// Input is not what was expected.
+    pub const DATA: i32 = 65;
+    /// A required engine, library or model is missing.
+    pub const UNAVAILABLE: i32 = 69;
+    /// Unsafe or invalid configuration.
+    pub const CONFIG: i32 = 78;
+}
+
+/// Build an error that exits with `code`.
+pub fn fail(code: i32, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(ExitError { code, message: message.into() })
+}
+
+/// Common `main`: logging, signals (SIGPIPE ignored; SIGTERM/SIGINT/SIGHUP exit 0 with a log
+/// line), then `body`; an error is printed as one line (with its causes) and sets the exit code.
+pub fn run(program: &'static str, log: &LogArgs, body: impl FnOnce() -> anyhow::Result<()>) -> ! {
+    crate::log::init(program, log.verbosity());
+    install_signal_handlers();
+    match body() {
+        Ok(()) => std::process::exit(exit::OK),
+        Err(e) => {
+            let code = e.downcast_ref::<ExitError>().map(|x| x.code).unwrap_or(exit::FAILURE);
+            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            log::error!("{msg}");
+            std::process::exit(code)
+        }
+    }
+}
+
+/// Ignore SIGPIPE (writers see EPIPE instead); exit 0 on SIGTERM, SIGINT, SIGHUP.
+pub fn install_signal_handlers() {
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn);
+    }
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    let name = match sig {
+                        SIGTERM => "SIGTERM",
+                        SIGINT => "SIGINT",
+                        _ => "SIGHUP",
+                    };
+                    log::info!("stopping on {name}");
+                    std::process::exit(exit::OK);
+                }
+            })
+            .ok();
+    }
+}

@@ -1,0 +1,25 @@
+//! Shared core of the tgvoice stages.
+//!
+//! * [`frame`] — the frame codec (protocol v1, `fifo-layout.md` §2)
+//! * [`event`] — control/text events and the per-turn [`event::TurnTrace`]
+//! * [`fifo`] — byte endpoints with the FIFO rules (reopen, drop-and-reconnect, taps)
+//! * [`sink`] / [`source`] — framed output (queued, non-blocking) and input (resyncing)
+//! * [`rundir`] — the private run directory and its FIFOs
+//! * [`cli`] — shared flags, exit codes and the common `main` wrapper; [`log`] — log lines
+
+pub mod cli;
+pub mod clock;
+pub mod event;
+pub mod fifo;
+pub mod frame;
+pub mod log;
+pub mod resample;
+pub mod rundir;
+pub mod sink;
+pub mod source;
+
+pub use event::{Event, TurnTrace};
+pub use fifo::Endpoint;
+pub use frame::{AudioFrame, Frame};
+pub use sink::{FrameSink, TapFormat};
+pub use source::{FrameSource, Input};

@@ -1,0 +1,132 @@
+//! The private run directory (`$RUN`) and its FIFOs (fifo-layout.md §1).
+
+use crate::fifo::ensure_fifo;
+use anyhow::{bail, Context, Result};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Framed and raw links, in pipeline order. Each has a `<stem>.tap` companion.
+pub const LINKS: &[&str] = &[
+    "tg_input.raw",
+    "control.frames",
+    "audio.frames",
+    "speech.frames",
+    "text.frames",
+    "reply.frames",
+    "tg_output.raw",
+];
+
+/// `$TGVOICE_RUN_DIR`, else `$XDG_RUNTIME_DIR/tgvoice/<instance>` (Linux) or
+/// `$TMPDIR/tgvoice/<instance>` (macOS), else `/tmp/tgvoice-$UID/<instance>`.
+pub fn default_run_dir(instance: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("TGVOICE_RUN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = if cfg!(target_os = "macos") {
+        std::env::var_os("TMPDIR").map(|t| PathBuf::from(t).join("tgvoice"))
+    } else {
+        std::env::var_os("XDG_RUNTIME_DIR").map(|t| PathBuf::from(t).join("tgvoice"))
+    };
+    let base = base.unwrap_or_else(|| PathBuf::from(format!("/tmp/tgvoice-{}", nix::unistd::geteuid())));
+    base.join(instance)
+}
+
+/// Create (mode 0700) or validate a private directory: refuse symlinks, non-directories and
+/// directories owned by someone else; tighten a looser mode on our own directory.
+pub fn prepare_private_dir(dir: &Path) -> Result<()> {
+    if let Some(parent) = dir.parent() {
+        if !parent.as_os_str().is_empty() && !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+    }
+    match std::fs::symlink_metadata(dir) {
+        Err(_) => {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create run directory {}", dir.display()))?;
+        }
+        Ok(meta) => {
+            if meta.file_type().is_symlink() {
+                bail!("run directory {} is a symlink; refusing it (remove it or choose another --run-dir)", dir.display());
+            }
+            if !meta.is_dir() {
+                bail!("run directory {} exists but is not a directory", dir.display());
+            }
+            let uid = nix::unistd::geteuid().as_raw();
+            if meta.uid() != uid {
+                bail!(
+                    "run directory {} is owned by uid {}, not by you (uid {uid}); refusing it",
+                    dir.display(),
+                    meta.uid()
+                );
+            }
+            if meta.mode() & 0o077 != 0 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("cannot make {} private (chmod 700)", dir.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Create the run directory and every link and tap FIFO in it.
+pub fn create_run_dir(dir: &Path) -> Result<()> {
+    prepare_private_dir(dir)?;
+    for link in LINKS {
+        let path = dir.join(link);
+        ensure_fifo(&path)?;
+        ensure_fifo(&crate::fifo::Tap::path_for(&path))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn creates_private_dir_with_all_fifos() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
+        create_run_dir(&run).unwrap();
+        assert_eq!(std::fs::metadata(&run).unwrap().mode() & 0o777, 0o700);
+        for link in LINKS {
+            assert!(std::fs::metadata(run.join(link)).unwrap().file_type().is_fifo());
+        }
+        assert!(std::fs::metadata(run.join("speech.tap")).unwrap().file_type().is_fifo());
+        create_run_dir(&run).unwrap(); // idempotent
+    }
+
+    #[test]
+    fn refuses_symlink_and_non_fifo() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = create_run_dir(&link).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
+
+        let run = tmp.path().join("run2");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::write(run.join("audio.frames"), b"x").unwrap();
+        let err = create_run_dir(&run).unwrap_err().to_string();
+        assert!(err.contains("not a FIFO"), "{err}");
+    }
+
+    #[test]
+    fn tightens_loose_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("loose");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_private_dir(&run).unwrap();
+        assert_eq!(std::fs::metadata(&run).unwrap().mode() & 0o777, 0o700);
+    }
+}

@@ -1,0 +1,274 @@
+//! [`FrameSink`]: a stage's framed output — a bounded queue drained by its own thread.
+//!
+//! The stage calls [`FrameSink::send`], which never blocks: frames go into an in-memory queue
+//! and a writer thread delivers them through a [`FifoWriter`] (dropping while there is no
+//! reader) and mirrors them into the link's [`Tap`]. Urgent events (speech-start, cancel)
+//! overtake queued frames. On overflow the oldest *audio* frame is dropped and counted; events
+//! have their own bound. Policy documented in fifo-layout.md §3.
+
+use crate::fifo::{Endpoint, FifoWriter, Tap, WriteOutcome};
+use crate::frame::{encode_into, Frame};
+use anyhow::Result;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Default bound on queued audio bytes (~85 s of 48 kHz mono s16).
+pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
+/// Bound on queued events.
+pub const EVENT_QUEUE_LEN: usize = 4096;
+
+/// What a link's tap carries (fifo-layout.md §1 "Taps").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapFormat {
+    /// Audio payloads as raw s16le PCM (for ffplay).
+    Pcm,
+    /// Events as JSON lines (for cat/jq).
+    JsonLines,
+}
+
+#[derive(Default)]
+struct Queue {
+    urgent: VecDeque<Frame>,
+    ordered: VecDeque<Frame>,
+    audio_bytes: usize,
+    events: usize,
+    dropped_audio: u64,
+    dropped_events: u64,
+    closing: bool,
+    /// Frames handed to the writer but not yet written (for flush).
+    in_flight: usize,
+    /// stdout closed (downstream pipeline ended).
+    closed: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkStats {
+    pub delivered: u64,
+    pub dropped_no_reader: u64,
+    pub dropped_overflow: u64,
+    pub queued: usize,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    stats: Mutex<SinkStats>,
+}
+
+pub struct FrameSink {
+    handle: SinkHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A cheap, clonable handle that can queue frames from any thread.
+#[derive(Clone)]
+pub struct SinkHandle {
+    shared: Arc<Shared>,
+    max_audio_bytes: usize,
+    label: Arc<str>,
+}
+
+impl FrameSink {
+    /// Open a framed output. `tap`: explicit tap path, or `None` for the conventional
+    /// `<stem>.tap` beside a FIFO output (used only if that FIFO exists).
+    pub fn open(endpoint: Endpoint, tap: Option<PathBuf>, tap_format: TapFormat) -> Result<Self> {
+        let writer = FifoWriter::open(endpoint.clone())?;
+        let tap_path = tap.or_else(|| match &endpoint {
+            Endpoint::Path(p) if writer.is_fifo() => Some(Tap::path_for(p)),
+            _ => None,
+        });
+        let label = writer.label().to_string();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            stats: Mutex::new(SinkStats::default()),
+        });
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("sink {label}"))
+            .spawn(move || writer_loop(thread_shared, writer, tap_path.map(Tap::new), tap_format))?;
+        let handle = SinkHandle { shared, max_audio_bytes: DEFAULT_QUEUE_BYTES, label: label.into() };
+        Ok(FrameSink { handle, thread: Some(thread) })
+    }
+
+    pub fn with_queue_bytes(mut self, bytes: usize) -> Self {
+        self.handle.max_audio_bytes = bytes;
+        self
+    }
+
+    /// A handle for queuing frames from other threads.
+    pub fn handle(&self) -> SinkHandle {
+        self.handle.clone()
+    }
+
+    pub fn label(&self) -> &str {
+        &self.handle.label
+    }
+
+    /// Queue a frame for delivery. Never blocks on the reader.
+    pub fn send(&self, frame: Frame) {
+        self.handle.send(frame)
+    }
+
+    pub fn stats(&self) -> SinkStats {
+        self.handle.stats()
+    }
+
+    /// True once stdout's reader has gone (the downstream pipeline ended).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Keep only the queued (not yet written) frames for which `keep` is true — e.g. drop a
+    /// cancelled turn's audio after a barge-in.
+    pub fn retain(&self, keep: impl FnMut(&Frame) -> bool) {
+        self.handle.retain(keep)
+    }
+
+    /// Deliver everything queued (or drop it if no reader), then stop the writer thread.
+    pub fn finish(mut self) -> SinkStats {
+        self.close();
+        self.stats()
+    }
+
+    fn close(&mut self) {
+        self.handle.shared.queue.lock().unwrap().closing = true;
+        self.handle.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FrameSink {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl SinkHandle {
+    /// Queue a frame for delivery. Never blocks on the reader.
+    pub fn send(&self, frame: Frame) {
+        let mut q = self.shared.queue.lock().unwrap();
+        match &frame {
+            Frame::Audio(a) => {
+                q.audio_bytes += a.samples.len() * 2;
+                while q.audio_bytes > self.max_audio_bytes {
+                    let Some(i) = q.ordered.iter().position(|f| matches!(f, Frame::Audio(_))) else { break };
+                    if let Some(Frame::Audio(old)) = q.ordered.remove(i) {
+                        q.audio_bytes -= old.samples.len() * 2;
+                    }
+                    q.dropped_audio += 1;
+                    if q.dropped_audio.is_power_of_two() {
+                        log::warn!(
+                            "output queue for {} is full (reader too slow); dropped {} oldest audio frames so far",
+                            self.label, q.dropped_audio
+                        );
+                    }
+                }
+            }
+            Frame::Event(_) => {
+                q.events += 1;
+                if q.events > EVENT_QUEUE_LEN {
+                    if let Some(i) = q.ordered.iter().position(|f| matches!(f, Frame::Event(_))) {
+                        q.ordered.remove(i);
+                        q.events -= 1;
+                        q.dropped_events += 1;
+                        log::warn!("event queue for {} is full; dropped {} events so far", self.label, q.dropped_events);
+                    }
+                }
+            }
+        }
+        if frame.is_urgent() {
+            q.urgent.push_back(frame);
+        } else {
+            q.ordered.push_back(frame);
+        }
+        drop(q);
+        self.shared.wake.notify_one();
+    }
+
+    pub fn stats(&self) -> SinkStats {
+        let mut s = *self.shared.stats.lock().unwrap();
+        let q = self.shared.queue.lock().unwrap();
+        s.dropped_overflow = q.dropped_audio + q.dropped_events;
+        s.queued = q.urgent.len() + q.ordered.len() + q.in_flight;
+        s
+    }
+
+    /// True once stdout's reader has gone (the downstream pipeline ended).
+    pub fn is_closed(&self) -> bool {
+        self.shared.queue.lock().unwrap().closed
+    }
+
+    pub fn retain(&self, mut keep: impl FnMut(&Frame) -> bool) {
+        let mut q = self.shared.queue.lock().unwrap();
+        let before: Vec<Frame> = q.ordered.drain(..).collect();
+        for f in before {
+            if keep(&f) {
+                q.ordered.push_back(f);
+            } else {
+                match f {
+                    Frame::Audio(a) => q.audio_bytes -= a.samples.len() * 2,
+                    Frame::Event(_) => q.events -= 1,
+                }
+            }
+        }
+    }
+}
+
+fn writer_loop(shared: Arc<Shared>, mut writer: FifoWriter, mut tap: Option<Tap>, tap_format: TapFormat) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        let frame = {
+            let mut q = shared.queue.lock().unwrap();
+            loop {
+                if let Some(f) = q.urgent.pop_front() {
+                    break Some(f);
+                }
+                if let Some(f) = q.ordered.pop_front() {
+                    match &f {
+                        Frame::Audio(a) => q.audio_bytes -= a.samples.len() * 2,
+                        Frame::Event(_) => q.events -= 1,
+                    }
+                    break Some(f);
+                }
+                if q.closing {
+                    break None;
+                }
+                q = shared.wake.wait_timeout(q, Duration::from_millis(200)).unwrap().0;
+            }
+        };
+        let Some(frame) = frame else { return };
+        shared.queue.lock().unwrap().in_flight = 1;
+        if let Some(tap) = tap.as_mut() {
+            match (&frame, tap_format) {
+                (Frame::Audio(a), TapFormat::Pcm) => tap.mirror(&a.pcm_bytes()),
+                (Frame::Event(e), TapFormat::JsonLines) => {
+                    let mut line = e.to_json_line();
+                    line.push('\n');
+                    tap.mirror(line.as_bytes());
+                }
+                _ => {}
+            }
+        }
+        buf.clear();
+        encode_into(&frame, &mut buf);
+        let outcome = writer.write_chunk(&buf);
+        {
+            let mut s = shared.stats.lock().unwrap();
+            match outcome {
+                WriteOutcome::Delivered => s.delivered += 1,
+                WriteOutcome::Dropped | WriteOutcome::Closed => s.dropped_no_reader += 1,
+            }
+        }
+        let mut q = shared.queue.lock().unwrap();
+        q.in_flight = 0;
+        if outcome == WriteOutcome::Closed {
+            q.closed = true;
+        }
+    }
+}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Build every Rust program into target/release/.
+set -euo pipefail
+. "$(dirname "$0")/../env.sh"
+command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) and re-run"
+cd "$TGVOICE_ROOT"
+cargo build --release --workspace --quiet
