@@ -17,6 +17,7 @@ pub mod resample;
 pub mod rundir;
 pub mod sink;
 pub mod source;
+pub mod testkit;
 
 pub use event::{Event, TurnTrace};
 pub use fifo::Endpoint;
