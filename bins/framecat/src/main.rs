@@ -50,6 +50,9 @@ fn inspect(args: &Args) -> anyhow::Result<()> {
         match outcome {
             ReadOutcome::Data(n) => decoder.push(&buf[..n]),
             ReadOutcome::WriterGone | ReadOutcome::End => {
+                if outcome == ReadOutcome::WriterGone {
+                    log::info!("writer of {label} went away; waiting for it to return");
+                }
                 if let Some(e) = decoder.finish() {
                     not_a_stream(&decoder, &e, &label)?;
                     errors.report(&e);
@@ -85,11 +88,8 @@ fn inspect(args: &Args) -> anyhow::Result<()> {
                 return Ok(()); // stdout closed (e.g. `| head`)
             }
         }
-        if outcome == ReadOutcome::End {
-            let _ = out.flush();
-            return Ok(());
-        }
-        if outcome == ReadOutcome::WriterGone && out.flush().is_err() {
+        // Flush per read, so a live FIFO is shown as it flows.
+        if out.flush().is_err() || outcome == ReadOutcome::End {
             return Ok(());
         }
     }

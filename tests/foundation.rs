@@ -1,0 +1,408 @@
+//! Foundation tests: tgcat/framecat round trips, bad input, and the FIFO rules with real
+//! processes killed by SIGKILL (fifo-layout.md §3).
+
+use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tgvoice::fifo::{ensure_fifo, Endpoint, FifoWriter, WriteOutcome};
+use tgvoice::frame::{encode, FrameDecoder};
+use tgvoice::testkit::bin_path;
+use tgvoice::{AudioFrame, Event, Frame};
+
+fn tone(rate: u32, secs: f64, channels: u16) -> Vec<i16> {
+    let n = (rate as f64 * secs) as usize;
+    (0..n)
+        .flat_map(|i| {
+            let t = i as f64 / rate as f64;
+            let l = ((t * 440.0 * std::f64::consts::TAU).sin() * 9000.0) as i16;
+            let r = ((t * 660.0 * std::f64::consts::TAU).sin() * 9000.0) as i16;
+            if channels == 2 { vec![l, r] } else { vec![l] }
+        })
+        .collect()
+}
+
+fn write_wav(path: &Path, rate: u32, channels: u16, samples: &[i16]) {
+    let spec = hound::WavSpec { channels, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for &s in samples {
+        w.write_sample(s).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+fn run_pipe(cmd: &str, args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String) {
+    let mut child = Command::new(bin_path(cmd))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    (code, out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn tgcat_pcm(wav: &Path) -> Vec<i16> {
+    let out = Command::new(bin_path("tgcat")).arg(wav).stderr(Stdio::null()).output().unwrap();
+    assert!(out.status.success());
+    let (code, pcm, err) = run_pipe("framecat", &["--pcm"], &out.stdout);
+    assert_eq!(code, 0, "{err}");
+    pcm.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+}
+
+#[test]
+fn tgcat_framecat_round_trip_is_exact_for_48k_mono() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("a.wav");
+    let samples = tone(48_000, 1.234, 1);
+    write_wav(&wav, 48_000, 1, &samples);
+    assert_eq!(tgcat_pcm(&wav), samples);
+}
+
+#[test]
+fn tgcat_converts_16k_stereo_to_48k_mono_of_the_same_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("b.wav");
+    write_wav(&wav, 16_000, 2, &tone(16_000, 2.5, 2));
+    let pcm = tgcat_pcm(&wav);
+    let secs = pcm.len() as f64 / 48_000.0;
+    assert!((secs - 2.5).abs() <= 0.020, "duration {secs} s");
+    // The mix of 440 Hz and 660 Hz at half amplitude each: energy present, not clipped.
+    let rms = (pcm.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / pcm.len() as f64).sqrt();
+    assert!(rms > 3000.0 && rms < 7000.0, "rms {rms}");
+}
+
+#[test]
+fn tgcat_frames_are_20ms_with_running_index_and_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("c.wav");
+    write_wav(&wav, 48_000, 1, &tone(48_000, 0.5, 1));
+    let out = Command::new(bin_path("tgcat")).arg(&wav).stderr(Stdio::null()).output().unwrap();
+    let mut d = FrameDecoder::new();
+    d.push(&out.stdout);
+    let mut frames = vec![];
+    while let Some(f) = d.next() {
+        match f.unwrap() {
+            Frame::Audio(a) => frames.push(a),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(frames.len(), 25);
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(f.samples.len(), 960);
+        assert_eq!(f.sample_index, i as u64 * 960);
+        assert_eq!(f.capture_us - frames[0].capture_us, i as u64 * 20_000);
+    }
+}
+
+/// Each kind of bad input: exit 65 with one line, no panic/backtrace.
+#[test]
+fn framecat_rejects_non_frame_input_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("d.wav");
+    write_wav(&wav, 48_000, 1, &tone(48_000, 0.2, 1));
+    let wav_bytes = std::fs::read(&wav).unwrap();
+    let pcm: Vec<u8> = tone(48_000, 0.2, 1).iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut x: u64 = 99;
+    let random: Vec<u8> = (0..10_000)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        })
+        .collect();
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("wav", wav_bytes, "WAV"),
+        ("pcm", pcm, "raw 16-bit PCM"),
+        ("random", random, "random binary"),
+        ("text", b"hello there\nthis is text\n".to_vec(), "text"),
+    ];
+    for (name, bytes, expect) in cases {
+        let (code, out, err) = run_pipe("framecat", &[], &bytes);
+        assert_eq!(code, 65, "{name}: {err}");
+        assert!(out.is_empty(), "{name}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{name}: {err}");
+        assert!(lines[0].contains(expect) && lines[0].contains("not a tgvoice frame stream"), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{name}");
+    }
+}
+
+fn event_frame(kind: &str, turn: u64) -> Vec<u8> {
+    encode(&Frame::Event(Event::new(kind).with_turn(turn)))
+}
+
+fn raw_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut b = b"TGVF\x01".to_vec();
+    b.push(kind);
+    b.extend_from_slice(&[0, 0]);
+    b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
+/// Mid-stream bad frames are logged, skipped, and the good frames after them come through.
+#[test]
+fn bad_frames_mid_stream_are_skipped_and_reading_resumes() {
+    let mut stream = event_frame("speech-start", 1);
+    let mut oversize = b"TGVF\x01\x01\x00\x00".to_vec();
+    oversize.extend_from_slice(&(2u32 << 30).to_le_bytes()); // claims 2 GiB
+    stream.extend(&oversize);
+    stream.extend(event_frame("a", 2));
+    stream.extend(raw_frame(2, b"\xff\xfe\xfd not utf-8"));
+    stream.extend(event_frame("b", 3));
+    stream.extend(raw_frame(2, b"{\"type\": broken json"));
+    stream.extend(event_frame("c", 4));
+    stream.extend(b"some random text in the middle");
+    stream.extend(event_frame("d", 5));
+    let truncated = event_frame("never", 6);
+    stream.extend(&truncated[..truncated.len() - 3]);
+    let (code, out, err) = run_pipe("framecat", &["--events-only"], &stream);
+    assert_eq!(code, 0, "{err}");
+    let kinds: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["speech-start", "a", "b", "c", "d"]);
+    for expect in ["over the 1048576-byte cap", "not UTF-8", "not a JSON event", "look like text", "ended inside a frame"] {
+        assert!(err.contains(expect), "missing {expect:?} in:\n{err}");
+    }
+    assert!(!err.contains("panicked"));
+}
+
+fn mkfifo(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    ensure_fifo(&p).unwrap();
+    p
+}
+
+fn kill9(child: &mut Child) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9));
+}
+
+/// A writer process that writes the given bytes to a FIFO then sleeps (until killed).
+fn writer_process(fifo: &Path, bytes: &[u8]) -> Child {
+    let dir = fifo.parent().unwrap();
+    let data = dir.join(format!("data-{}", bytes.len()));
+    std::fs::write(&data, bytes).unwrap();
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("cat '{}' > '{}' && exec sleep 30", data.display(), fifo.display()))
+        .spawn()
+        .unwrap()
+}
+
+/// Lines a reader prints, collected on a thread.
+fn collect_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn recv_type(rx: &std::sync::mpsc::Receiver<String>) -> String {
+    let line = rx.recv_timeout(Duration::from_secs(5)).expect("reader printed nothing within 5 s");
+    serde_json::from_str::<serde_json::Value>(&line).unwrap()["type"].as_str().unwrap().to_string()
+}
+
+/// The writer is SIGKILLed mid-frame and restarted: the reader drops the partial frame and
+/// continues with the new writer's frames.
+#[test]
+fn reader_survives_writer_killed_mid_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = mkfifo(dir.path(), "text.frames");
+    let mut reader = Command::new(bin_path("framecat"))
+        .arg(&fifo)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = collect_lines(&mut reader);
+
+    let mut first = event_frame("first", 1);
+    let partial = event_frame("partial", 2);
+    first.extend(&partial[..partial.len() / 2]);
+    let mut w1 = writer_process(&fifo, &first);
+    assert_eq!(recv_type(&lines), "first");
+    std::thread::sleep(Duration::from_millis(100));
+    kill9(&mut w1); // mid-frame: half of "partial" is in the pipe
+
+    let mut second = event_frame("second", 3);
+    second.extend(event_frame("third", 4));
+    let mut w2 = writer_process(&fifo, &second);
+    assert_eq!(recv_type(&lines), "second");
+    assert_eq!(recv_type(&lines), "third");
+    kill9(&mut w2);
+    kill9(&mut reader);
+    let mut err = String::new();
+    reader.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("ended inside a frame"), "{err}");
+    assert!(err.contains("went away"), "{err}");
+}
+
+/// The reader is SIGKILLed and restarted: the writer never blocks longer than one frame period
+/// (20 ms), counts what it dropped, and delivers to the new reader.
+#[test]
+fn writer_never_blocks_on_dead_reader_and_delivers_to_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = mkfifo(dir.path(), "audio.frames");
+    let spawn_reader = || {
+        Command::new(bin_path("framecat")).arg(&fifo).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap()
+    };
+    let mut writer = FifoWriter::open(Endpoint::Path(fifo.clone())).unwrap();
+    let frame = |i: u64| {
+        encode(&Frame::Audio(AudioFrame {
+            sample_rate: 48_000,
+            channels: 1,
+            turn: 0,
+            capture_us: i,
+            sample_index: i * 960,
+            samples: vec![(i % 1000) as i16; 960],
+        }))
+    };
+    let mut r1 = spawn_reader();
+    let lines1 = collect_lines(&mut r1);
+    let mut worst = Duration::ZERO;
+    let mut outcomes = vec![];
+    for i in 0..150u64 {
+        if i == 50 {
+            kill9(&mut r1);
+        }
+        if i == 100 {
+            r1 = spawn_reader();
+        }
+        let t = Instant::now();
+        outcomes.push(writer.write_chunk(&frame(i)));
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines2 = collect_lines(&mut r1);
+    assert!(worst < Duration::from_millis(20), "a write blocked for {worst:?}");
+    let first_reader: Vec<String> = lines1.try_iter().collect();
+    assert!(first_reader.len() >= 40, "first reader got {} frames", first_reader.len());
+    let dropped = outcomes.iter().filter(|o| **o == WriteOutcome::Dropped).count();
+    assert!(dropped >= 40 && writer.total_dropped_chunks as usize == dropped, "dropped {dropped}");
+    // The new reader receives the frames written after it connected.
+    std::thread::sleep(Duration::from_millis(200));
+    let got: Vec<serde_json::Value> = lines2.try_iter().map(|l| serde_json::from_str(&l).unwrap()).collect();
+    assert!(got.len() >= 30, "new reader got only {} frames", got.len());
+    assert_eq!(got.last().unwrap()["capture_us"], 149);
+    kill9(&mut r1);
+}
+
+/// A tap reader attaches, stops reading (its pipe fills) and detaches: the main link keeps its
+/// throughput (every frame delivered) and latency.
+#[test]
+fn stalled_tap_does_not_slow_the_main_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = mkfifo(dir.path(), "speech.frames");
+    let tap = mkfifo(dir.path(), "speech.tap");
+    let sink = tgvoice::FrameSink::open(Endpoint::Path(link.clone()), None, tgvoice::TapFormat::Pcm).unwrap();
+    let source = tgvoice::FrameSource::open(Endpoint::Path(link.clone())).unwrap();
+    let rx = source.spawn();
+    // Wait for the sink to see the reader.
+    std::thread::sleep(Duration::from_millis(150));
+
+    let tap_path = tap.clone();
+    let tap_reader = std::thread::spawn(move || {
+        // Attach, read a little, then stall (hold the pipe open without reading), then detach.
+        let mut f = std::fs::File::open(&tap_path).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = f.read(&mut buf).unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+        drop(f);
+        n
+    });
+
+    let mut latencies = vec![];
+    let start = Instant::now();
+    for i in 0..200u64 {
+        let due = start + Duration::from_millis(20 * i);
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        sink.send(Frame::Audio(AudioFrame {
+            sample_rate: 16_000,
+            channels: 1,
+            turn: 1,
+            capture_us: tgvoice::clock::now_us(),
+            sample_index: i * 320,
+            samples: vec![1000; 320],
+        }));
+        match rx.recv_timeout(Duration::from_secs(1)).expect("frame not delivered") {
+            tgvoice::Input::Frame(Frame::Audio(a)) => {
+                assert_eq!(a.sample_index, i * 320);
+                latencies.push(tgvoice::clock::now_us() - a.capture_us);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(tap_reader.join().unwrap() > 0, "tap reader got no audio");
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    assert!(p99 < 5_000, "p99 hop latency {p99} µs with a stalled tap");
+}
+
+/// tgcat on a named FIFO survives its writer (the bridge) going away and coming back.
+#[test]
+fn tgcat_survives_raw_writer_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = mkfifo(dir.path(), "tg_input.raw");
+    let mut tgcat = Command::new(bin_path("tgcat"))
+        .arg(&fifo)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = tgcat.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut d = FrameDecoder::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            d.push(&buf[..n]);
+            while let Some(Ok(Frame::Audio(a))) = d.next() {
+                let _ = tx.send(a);
+            }
+        }
+    });
+    let pcm = |secs: f64| -> Vec<u8> { tone(48_000, secs, 1).iter().flat_map(|s| s.to_le_bytes()).collect() };
+    let mut w1 = writer_process(&fifo, &pcm(0.5));
+    std::thread::sleep(Duration::from_millis(300));
+    kill9(&mut w1);
+    let mut w2 = writer_process(&fifo, &pcm(0.7));
+    let mut got = 0usize;
+    let mut last_index = None;
+    while got < 48_000 * 12 / 10 {
+        let a = rx.recv_timeout(Duration::from_secs(5)).expect("tgcat stopped emitting after the writer restarted");
+        if let Some(prev) = last_index {
+            assert!(a.sample_index > prev, "sample index went backwards");
+        }
+        last_index = Some(a.sample_index);
+        got += a.samples.len();
+    }
+    assert_eq!(got, 48_000 * 12 / 10);
+    kill9(&mut w2);
+    kill9(&mut tgcat);
+}
