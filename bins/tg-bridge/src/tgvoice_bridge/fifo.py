@@ -138,9 +138,8 @@ class NonBlockingFrameReader:
                 if self.partial:
                     self.discarded_partial_bytes += len(self.partial)
                     self.partial = b""
-                # re-open so the next writer starts on a fresh open file description
-                os.close(self.fd)
-                self.fd = None
+                # The FIFO stays open: the next writer's bytes simply appear (closing here
+                # would leave a window in which a non-blocking writer gets ENXIO).
             return None
         if not self.writer_present:
             self.writer_present = True
