@@ -62,6 +62,8 @@ class PyTgCallsBackend(CallBackend):
 
         self.client = client
         self.calls = PyTgCalls(client)
+        self.lost = set()     # chats whose connection ntgcalls reported FAILED/TIMEOUT/CLOSED
+        self._watch_connection_state()
 
         @self.calls.on_update(filters.chat_update(ChatUpdate.Status.INCOMING_CALL))
         async def _incoming(_, update):
@@ -79,6 +81,27 @@ class PyTgCallsBackend(CallBackend):
             if self.on_frames:
                 self.on_frames(update.chat_id, update.frames)
 
+    def _watch_connection_state(self):
+        """py-tgcalls turns ntgcalls' connection changes into no public update. Its handler is
+        looked up on the instance each time (``start()`` registers a lambda calling
+        ``self._handle_connection_changed``), so wrap it to remember lost connections for
+        ``connected_calls()``. If a later py-tgcalls renames it, only this extra signal goes:
+        polling ``calls`` still works."""
+        original = getattr(self.calls, "_handle_connection_changed", None)
+        if original is None:
+            log.warning("py-tgcalls has no _handle_connection_changed: drops are seen only when the call disappears")
+            return
+        import ntgcalls
+        dead = {ntgcalls.ConnectionState.FAILED, ntgcalls.ConnectionState.TIMEOUT, ntgcalls.ConnectionState.CLOSED}
+
+        async def watched(chat_id, net_state):
+            if net_state.state in dead:
+                self.lost.add(chat_id)
+            elif net_state.state == ntgcalls.ConnectionState.CONNECTED:
+                self.lost.discard(chat_id)
+            await original(chat_id, net_state)
+        self.calls._handle_connection_changed = watched
+
     @staticmethod
     def _streams():
         from pytgcalls.types import ExternalMedia, MediaStream, RecordStream
@@ -88,6 +111,13 @@ class PyTgCallsBackend(CallBackend):
                 RecordStream(True, params))
 
     async def start(self):
+        # An unauthorised session would make Pyrogram prompt for a phone number on stdin;
+        # a daemon must say what to do instead.
+        if not await self.client.connect():
+            await self.client.disconnect()
+            from .telegram import SessionMissing
+            raise SessionMissing("the Telegram session is not logged in (expired or revoked?): run `tg-bridge login`")
+        await self.client.disconnect()
         await self.calls.start()
 
     async def stop(self):
@@ -95,6 +125,7 @@ class PyTgCallsBackend(CallBackend):
             await self.client.stop()
 
     async def _play_and_record(self, chat_id, config):
+        self.lost.discard(chat_id)
         send, record = self._streams()
         await self.calls.play(chat_id, send, config)
         await self.calls.record(chat_id, record)
@@ -122,7 +153,7 @@ class PyTgCallsBackend(CallBackend):
         await self.calls.send_frame(chat_id, Device.MICROPHONE, pcm)
 
     async def connected_calls(self):
-        return set((await self.calls.calls).keys())
+        return set((await self.calls.calls).keys()) - self.lost
 
     async def resolve(self, peer):
         try:

@@ -178,7 +178,13 @@ async def serve(backend, run_dir, **bridge_args):
     log.info("run directory %s", run_dir)
     failed = False
     try:
-        await bridge.start()
+        try:
+            await bridge.start()
+        except SessionMissing:
+            raise
+        except Exception as e:
+            log.error("cannot start: %s: %s", type(e).__name__, e)
+            return EXIT_FAILURE
         if bridge.mode != "answer" and bridge.current is None and bridge.finished.is_set():
             failed = True
         await bridge.finished.wait()

@@ -34,6 +34,7 @@ class LocalP2PBackend(CallBackend):
         self.queued_signaling = []
         self.ready = False            # our p2p call exists: signaling can be delivered
         self.connection_states = []
+        self.lost = set()
 
     @property
     def other(self):
@@ -54,11 +55,18 @@ class LocalP2PBackend(CallBackend):
             self.loop.call_soon_threadsafe(self._frames, chat, batch)
 
         def connection(chat, info):
-            self.loop.call_soon_threadsafe(self.connection_states.append, info.state)
+            self.loop.call_soon_threadsafe(self._connection_changed, chat, info.state)
 
         self.ntg.on_signaling_data(signaling)
         self.ntg.on_frames(frames)
         self.ntg.on_connection_change(connection)
+
+    def _connection_changed(self, chat, state):
+        self.connection_states.append(state)
+        if state in (N.ConnectionState.FAILED, N.ConnectionState.TIMEOUT, N.ConnectionState.CLOSED):
+            self.lost.add(chat)
+        elif state == N.ConnectionState.CONNECTED:
+            self.lost.discard(chat)
 
     def _frames(self, chat, batch):
         if self.on_frames:
@@ -127,7 +135,7 @@ class LocalP2PBackend(CallBackend):
                                            N.FrameData(0, N.VideoRotation.VIDEO_ROTATION_0, 0, 0))
 
     async def connected_calls(self):
-        return set((await self.ntg.calls()).keys())
+        return set((await self.ntg.calls()).keys()) - self.lost
 
 
 class LocalP2PPair:
