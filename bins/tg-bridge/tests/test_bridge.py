@@ -236,3 +236,27 @@ def test_sigterm_hangs_up_cleanly_and_exits_0(run_dir, drain):
     ev = events_in(control.close())
     assert [(e["type"], e.get("reason")) for e in ev] == [("call-start", None), ("call-end", "shutdown")]
     assert "stats: sent" in err
+
+
+def test_taps_get_a_copy_only_while_someone_reads_them(fake_backend, run_dir, drain):
+    tg_input = drain(run_dir / "tg_input.raw")
+    out_tap = drain(run_dir / "tg_output.tap")
+    pcm = b"\x05\x00" * 480
+
+    async def scenario():
+        br = Bridge(fake_backend, run_dir, mode="call", call_user=9)
+        await br.start()
+        await asyncio.sleep(0.3)
+        fd = os.open(run_dir / "tg_output.raw", os.O_WRONLY | os.O_NONBLOCK)
+        os.write(fd, b"\x06\x00" * 480 * 3)
+        for _ in range(5):                      # nobody on tg_input.tap: no effect, no block
+            fake_backend.on_frames(9, stream_frames(9, [(1, pcm)]).frames)
+        await asyncio.sleep(0.2)
+        os.close(fd)
+        await br.stop()
+        return br
+    br = asyncio.run(scenario())
+    time.sleep(0.15)
+    assert tg_input.close() == pcm * 5
+    assert out_tap.close() == b"\x06\x00" * 480 * 3
+    assert br.input_tap.written == 0 and br.input_tap.dropped_no_reader == 5
