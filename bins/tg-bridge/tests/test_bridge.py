@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pytgcalls.types import Device, Direction, Frame, StreamFrames
 
-from conftest import FakeCallBackend
+from conftest import FakeCallBackend, FifoDrain
 from tgvoice_bridge import tgvoice_frames
 from tgvoice_bridge.bridge import Bridge
 from tgvoice_bridge.media import mix
@@ -212,7 +212,7 @@ def test_incoming_audio_into_a_full_fifo_is_dropped_and_counted(fake_backend, ru
 SIGTERM_CHILD = r"""
 import asyncio, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
-from conftest import FakeCallBackend
+from conftest import FakeCallBackend, FifoDrain
 from tgvoice_bridge.cli import serve, setup_logging
 setup_logging()
 backend = FakeCallBackend()
@@ -260,3 +260,30 @@ def test_taps_get_a_copy_only_while_someone_reads_them(fake_backend, run_dir, dr
     assert tg_input.close() == pcm * 5
     assert out_tap.close() == b"\x06\x00" * 480 * 3
     assert br.input_tap.written == 0 and br.input_tap.dropped_no_reader == 5
+
+
+def test_events_wait_for_a_late_control_reader_in_order_and_bounded(fake_backend, run_dir):
+    async def scenario():
+        b = Bridge(fake_backend, run_dir, mode="call", call_user=5, greeting="Hi.")
+        await b.start()                              # call-start while nobody reads control.frames
+        assert len(b.control.queue) == 1
+        await asyncio.sleep(0.2)
+        d = FifoDrain(run_dir / "control.frames")    # tgcat --control comes up late
+        await asyncio.sleep(0.3)
+        await fake_backend.remote_hang_up(5)
+        await asyncio.sleep(0.1)
+        await b.stop()
+        return b, d
+    b, d = asyncio.run(scenario())
+    time.sleep(0.15)
+    ev = events_in(d.close())
+    assert [(e["type"], e.get("greeting")) for e in ev] == [("call-start", "Hi."), ("call-end", None)]
+    assert b.control.dropped == 0
+
+    # with nobody ever reading, the queue stays bounded and the oldest events go first
+    from tgvoice_bridge.bridge import ControlEvents
+    from tgvoice_bridge.fifo import NonBlockingWriter
+    c = ControlEvents(NonBlockingWriter(run_dir / "control.frames"), limit=4)
+    for i in range(10):
+        c.emit({"type": "x", "i": i})
+    assert [e["i"] for e, _ in c.queue] == [6, 7, 8, 9] and c.dropped == 6

@@ -10,10 +10,11 @@ and drives a ``CallBackend``:
 - mode ``call``: place a private call to ``call_user``; the bridge exits when it ends.
 Each call start/end goes to ``control.frames`` as an event frame
 (``{"type":"call-start","call":…,"peer":…[,"greeting":…]}``, ``{"type":"call-end","call":…,
-"reason":…}``), written without blocking (dropped with a log line when nobody reads).
+"reason":…}``), written without blocking (held in a small queue while nobody reads, see ControlEvents).
 ``stop()`` (SIGTERM/SIGINT) hangs up cleanly.
 """
 import asyncio
+import collections
 import io
 import logging
 import time
@@ -39,20 +40,51 @@ class ActiveCall:
 
 
 class ControlEvents:
-    """Event frames to control.frames, never blocking; a dropped event is logged."""
+    """Event frames to control.frames, never blocking. Events wait in a small queue (in
+    order, at most ``limit``, oldest dropped with a log line) until a reader is there, so a
+    call-start emitted a moment before ``tgcat --control`` opens the FIFO still arrives;
+    ``flush()`` is retried every 50 ms by the bridge (opens at most every 100 ms)."""
 
-    def __init__(self, writer):
+    def __init__(self, writer, limit=32):
         self.writer = writer
+        self.queue = collections.deque()
+        self.limit = limit
         self.sent = []
+        self.dropped = 0
+        self._warned = False
 
     def emit(self, event):
         buf = io.BytesIO()
         tgvoice_frames.write_event(buf, event)
-        if self.writer.write(buf.getvalue()):
+        if len(self.queue) >= self.limit:
+            old = self.queue.popleft()
+            self.dropped += 1
+            log.warning("control.frames: nobody has read it for a while; dropped event %s", old[0])
+        self.queue.append((event, buf.getvalue()))
+        log.info("event %s", event)
+        self.flush()
+
+    def flush(self):
+        while self.queue:
+            event, data = self.queue[0]
+            if not self.writer.write(data):
+                if not self._warned:
+                    self._warned = True
+                    log.warning("control.frames: nobody is reading (is `tgcat --control` running?); "
+                                "holding %d event(s)", len(self.queue))
+                return False
+            self.queue.popleft()
             self.sent.append(event)
-            log.info("event %s", event)
-        else:
-            log.warning("control.frames: nobody is reading (is `tgcat --control` running?); dropped event %s", event)
+            self._warned = False
+        return True
+
+    def close(self):
+        if self.queue:
+            self.dropped += len(self.queue)
+            log.warning("control.frames: %d event(s) never delivered (no reader): %s",
+                        len(self.queue), [e for e, _ in self.queue])
+            self.queue.clear()
+        self.writer.close()
 
 
 class Bridge:
@@ -72,7 +104,7 @@ class Bridge:
         self.input_tap = NonBlockingWriter(run_dir / "tg_input.tap", retry_s=0.25, clock=clock)
         self.output_tap = NonBlockingWriter(run_dir / "tg_output.tap", retry_s=0.25, clock=clock)
         self.output = NonBlockingFrameReader(run_dir / "tg_output.raw", FRAME_BYTES)
-        self.control = ControlEvents(NonBlockingWriter(run_dir / "control.frames", retry_s=0, clock=clock))
+        self.control = ControlEvents(NonBlockingWriter(run_dir / "control.frames", retry_s=0.1, clock=clock))
         self.incoming = IncomingAudio(self.input, self.input_tap)
         self.pump = SendPump(self.output, self._send, self.output_tap, clock=clock)
         self.current = None
@@ -124,6 +156,7 @@ class Bridge:
             self.call_user = await self.backend.resolve(self.call_user)
         self._tasks.append(asyncio.ensure_future(self.pump.run()))
         self._tasks.append(asyncio.ensure_future(self._poll()))
+        self._tasks.append(asyncio.ensure_future(self._flush_control()))
         if self.mode == "group":
             if not await self._join_group():
                 self.finished.set()
@@ -195,6 +228,12 @@ class Bridge:
             log.error("left the voice chat of %s for good (%s)", self.chat, reason)
             self.finished.set()
 
+    async def _flush_control(self):
+        while True:
+            await asyncio.sleep(0.05)
+            if self.control.queue:
+                self.control.flush()
+
     async def _poll(self):
         """py-tgcalls emits nothing when the connection drops: watch its list of calls."""
         while True:
@@ -225,11 +264,16 @@ class Bridge:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for _ in range(3):                     # a last chance for call-end (≤ 0.2 s)
+            self.control.writer.next_open = 0
+            if self.control.flush():
+                break
+            await asyncio.sleep(0.1)
         try:
             await self.backend.stop()
         except Exception as e:
             log.debug("backend stop: %s", e)
-        for end in (self.input, self.input_tap, self.output_tap, self.control.writer):
+        for end in (self.input, self.input_tap, self.output_tap, self.control):
             end.close()
         self.output.close()
         log.info("stats: sent %d frames (%d audio, %d silence, %d send errors, %d resyncs); "
