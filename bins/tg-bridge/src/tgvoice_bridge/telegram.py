@@ -77,7 +77,7 @@ async def login(api_id, api_hash, session_path, phone=None, qr=False):
     os.chmod(workdir, 0o700)
     old_umask = os.umask(0o077)       # the SQLite session (and its journal) are born 0600
     try:
-        client = make_client(api_id, api_hash, session_path, phone_number=phone)
+        client = make_client(api_id, api_hash, session_path, phone_number=phone, hide_password=True)
         if qr:
             await client.connect()
             user = await client.authorize_qr()
