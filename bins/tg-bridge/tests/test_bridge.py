@@ -287,3 +287,24 @@ def test_events_wait_for_a_late_control_reader_in_order_and_bounded(fake_backend
     for i in range(10):
         c.emit({"type": "x", "i": i})
     assert [e["i"] for e, _ in c.queue] == [6, 7, 8, 9] and c.dropped == 6
+
+
+def test_a_second_call_while_answering_the_first_is_declined(run_dir):
+    class SlowAnswer(FakeCallBackend):
+        async def answer(self, user_id):
+            await asyncio.sleep(0.2)          # waiting for the caller's key exchange
+            await super().answer(user_id)
+
+    backend = SlowAnswer()
+
+    async def scenario():
+        b = Bridge(backend, run_dir, mode="answer", allow=["1", "2"])
+        await b.start()
+        first = asyncio.ensure_future(backend.ring(1))
+        await asyncio.sleep(0.05)
+        await backend.ring(2)
+        await first
+        assert b.current.chat_id == 1
+        await b.stop()
+    asyncio.run(scenario())
+    assert backend.log == [("decline", 2), ("answer", 1), ("hang_up", 1)]

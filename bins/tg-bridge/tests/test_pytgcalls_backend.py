@@ -42,9 +42,12 @@ def test_updates_reach_the_bridge_callbacks(backend):
         await p(ChatUpdate(-100, ChatUpdate.Status.CLOSED_VOICE_CHAT), b.calls)
         await p(StreamFrames(42, Direction.INCOMING, Device.MICROPHONE, [Frame(7, b"\x01\x02" * 480, Frame.Info())]), b.calls)
         await p(StreamFrames(42, Direction.OUTGOING, Device.MICROPHONE, [Frame(8, b"\x03\x04" * 480, Frame.Info())]), b.calls)
+        await asyncio.sleep(0.01)       # incoming calls are handled in their own task
     loop.run_until_complete(feed())
-    assert seen == [("incoming", 42), ("ended", 42, "hung-up"), ("ended", 42, "busy"),
-                    ("ended", -100, "voice-chat-closed"), ("frames", 42, [(7, b"\x01\x02" * 480)])]
+    assert seen.count(("incoming", 42)) == 1
+    assert [x for x in seen if x[0] != "incoming"] == [
+        ("ended", 42, "hung-up"), ("ended", 42, "busy"), ("ended", -100, "voice-chat-closed"),
+        ("frames", 42, [(7, b"\x01\x02" * 480)])]
 
 
 def test_a_failed_connection_counts_as_dropped_when_polling(backend):

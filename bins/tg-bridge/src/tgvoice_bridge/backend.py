@@ -7,6 +7,7 @@ A backend reports three things through callbacks the bridge sets:
 ``.ssrc`` and ``.frame``). Chat ids follow py-tgcalls: negative = group voice chat,
 positive = private call with that user.
 """
+import asyncio
 import logging
 from abc import ABC, abstractmethod
 
@@ -67,8 +68,10 @@ class PyTgCallsBackend(CallBackend):
 
         @self.calls.on_update(filters.chat_update(ChatUpdate.Status.INCOMING_CALL))
         async def _incoming(_, update):
+            # answering waits for further Telegram updates (the caller's key): never do that
+            # inside the update handler that delivered the call
             if self.on_incoming_call:
-                await self.on_incoming_call(update.chat_id)
+                asyncio.ensure_future(self.on_incoming_call(update.chat_id))
 
         @self.calls.on_update(filters.chat_update(ChatUpdate.Status.LEFT_CALL))
         async def _ended(_, update):

@@ -111,6 +111,7 @@ class Bridge:
         self.declined = []
         self.finished = asyncio.Event()   # set when mode "call" is over, or on stop()
         self._call_seq = 0
+        self._answering = None        # user id while an answer is in progress (counts as busy)
         self._tasks = []
         backend.on_incoming_call = self._on_incoming_call
         backend.on_call_ended = self._on_call_ended
@@ -191,9 +192,10 @@ class Bridge:
                 await asyncio.sleep(backoff)
 
     async def _on_incoming_call(self, user_id):
-        if self.mode != "answer" or user_id not in self.allow or self.current is not None:
+        busy = self.current is not None or self._answering is not None
+        if self.mode != "answer" or user_id not in self.allow or busy:
             why = ("not in the allowlist" if user_id not in self.allow else
-                   "busy in another call" if self.current is not None else f"mode is {self.mode}")
+                   "busy in another call" if busy else f"mode is {self.mode}")
             log.info("declining a call from %s (%s)", user_id, why)
             self.declined.append(user_id)
             try:
@@ -202,11 +204,14 @@ class Bridge:
                 log.warning("declining %s failed: %s: %s", user_id, type(e).__name__, e)
             return
         log.info("answering a call from %s", user_id)
+        self._answering = user_id
         try:
             await self.backend.answer(user_id)
         except Exception as e:
             log.error("answering %s failed: %s: %s", user_id, type(e).__name__, e)
             return
+        finally:
+            self._answering = None
         self._begin(user_id)
 
     async def _on_call_ended(self, chat_id, reason):
