@@ -109,7 +109,7 @@ def events_in(data):
     return out
 
 
-def test_speech_crosses_a_real_local_private_call(tmp_path):
+def test_speech_crosses_a_real_local_private_call(tmp_path, realtime_priority):
     prefix = netns_prefix()
     speech = speech_pcm(tmp_path)
     run_a, run_b = rundir.prepare(tmp_path / "a"), rundir.prepare(tmp_path / "b")
@@ -121,7 +121,7 @@ def test_speech_crosses_a_real_local_private_call(tmp_path):
     try:
         line = child.stdout.readline()
         assert line.startswith("READY"), f"local call did not connect: {line!r}\n{child.stderr.read() if child.poll() is not None else ''}"
-        time.sleep(1.0)     # let WebRTC settle (bandwidth estimate, jitter buffer) like a pickup
+        time.sleep(2.0)     # let WebRTC settle (bandwidth estimate, jitter buffer) like a pickup
         # the tts-writer side: speech into A's tg_output.raw, paced in real time
         fd = os.open(run_a / "tg_output.raw", os.O_WRONLY | os.O_NONBLOCK)
         received_before = len(b_input.data)

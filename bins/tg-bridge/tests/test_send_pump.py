@@ -13,7 +13,7 @@ def numbered_frame(i):
     return struct.pack("<480h", *([i % 30000 + 1] * 480))
 
 
-def test_cadence_100_per_second_over_10_s_with_silence_fill_and_exact_sizes(fake_backend, run_dir):
+def test_cadence_100_per_second_over_10_s_with_silence_fill_and_exact_sizes(fake_backend, run_dir, realtime_priority):
     """Real clock, real FIFO: a writer paces 2 s of numbered frames into tg_output.raw, then
     goes away; the bridge must send 1000 ± 1 % frames in 10 s, all 960 bytes, the 200 audio
     frames intact and in order, silence otherwise."""

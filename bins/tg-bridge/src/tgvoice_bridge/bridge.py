@@ -253,7 +253,11 @@ class Bridge:
                 continue
             if call.chat_id not in held and self.current is call:
                 self._end("dropped")
-                log.warning("call %s dropped (no longer held by the call stack)", call.call_id)
+                log.warning("call %s dropped (lost by the call stack)", call.call_id)
+                try:   # clear what is left of it, or a rejoin would find the dead call "joined"
+                    await self.backend.hang_up(call.chat_id)
+                except Exception as e:
+                    log.debug("clearing the dropped call: %s: %s", type(e).__name__, e)
                 await self._after_end(call, "dropped")
 
     async def stop(self):
