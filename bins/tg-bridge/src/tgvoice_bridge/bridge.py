@@ -16,6 +16,7 @@ Each call start/end goes to ``control.frames`` as an event frame
 import asyncio
 import collections
 import io
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ log = logging.getLogger("tg-bridge")
 class ActiveCall:
     chat_id: int
     call_id: str
+    counters: tuple = ()
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -61,7 +63,7 @@ class ControlEvents:
             self.dropped += 1
             log.warning("control.frames: nobody has read it for a while; dropped event %s", old[0])
         self.queue.append((event, buf.getvalue()))
-        log.info("event %s", event)
+        log.info("event %s", json.dumps(event))
         self.flush()
 
     def flush(self):
@@ -134,7 +136,7 @@ class Bridge:
         return f"{chat_id}-{int(time.time() * 1000)}-{self._call_seq}"
 
     def _begin(self, chat_id, call_id=None, rejoin=False):
-        self.current = ActiveCall(chat_id, call_id or self._new_call_id(chat_id))
+        self.current = ActiveCall(chat_id, call_id or self._new_call_id(chat_id), counters=self._counters())
         event = {"type": "call-start", "call": self.current.call_id, "peer": str(chat_id)}
         if self.greeting and not rejoin:
             event["greeting"] = self.greeting
@@ -142,10 +144,17 @@ class Bridge:
             event["rejoin"] = True
         self.control.emit(event)
 
+    def _counters(self):
+        return (self.incoming.batches, self.input.dropped, self.pump.audio_frames, self.pump.silence_frames)
+
     def _end(self, reason):
         call, self.current = self.current, None
         if call is not None:
             self.control.emit({"type": "call-end", "call": call.call_id, "reason": reason})
+            heard, dropped, said, silent = (a - b for a, b in zip(self._counters(), call.counters))
+            log.info("call %s (%s) lasted %.1f s: heard %d frames (%d dropped at tg_input.raw), "
+                     "sent %d frames of speech and %d of silence", call.call_id, reason,
+                     time.monotonic() - call.started, heard, dropped, said, silent)
         return call
 
     async def start(self):
@@ -218,7 +227,6 @@ class Bridge:
         if self.current is None or self.current.chat_id != chat_id:
             return
         call = self._end(reason)
-        log.info("call %s ended (%s)", call.call_id, reason)
         await self._after_end(call, reason)
 
     async def _after_end(self, call, reason):
