@@ -14,5 +14,6 @@ fi
 # Build isolation fetches setuptools+wheel from PyPI once (cached by pip); the pinned
 # dependencies are already there from bridge.pip, so pip only checks them.
 "$TGVOICE_VENV/bin/pip" install -q --disable-pip-version-check "$pkg"
+rm -rf "$pkg/build" "$pkg"/src/*.egg-info     # pip builds in-tree; leave the checkout clean
 printf '%s' "$hash" > "$stamp"
 say "tg-bridge installed: $TGVOICE_VENV/bin/tg-bridge"
