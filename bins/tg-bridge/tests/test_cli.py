@@ -1,0 +1,78 @@
+"""The command line: help texts, and one clear line plus the documented exit code when
+credentials, the session or a safe run directory are missing."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+HASH = "0123456789abcdef0123456789abcdef"
+
+
+def tg_bridge(*args, env=None, home=None):
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("TG_", "TGVOICE_TG", "TGVOICE_ALLOW"))}
+    e["PYTHONPATH"] = SRC
+    if home:
+        e["HOME"] = str(home)
+        e.pop("XDG_STATE_HOME", None)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "tgvoice_bridge", *args], capture_output=True,
+                          text=True, env=e, timeout=60)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--help"], "exit codes:"),
+    (["login", "--help"], "--qr"),
+    (["run", "--help"], "--allow"),
+])
+def test_help(args, needle):
+    r = tg_bridge(*args)
+    assert r.returncode == 0 and needle in r.stdout
+    assert "69" in r.stdout and "78" in r.stdout
+
+
+def test_no_command_prints_usage_and_exits_2():
+    r = tg_bridge()
+    assert r.returncode == 2 and "usage: tg-bridge" in r.stdout
+
+
+@pytest.mark.parametrize("cmd", ["run", "login"])
+def test_missing_credentials_is_one_line_and_exit_78(cmd, tmp_path):
+    r = tg_bridge(cmd, home=tmp_path)
+    assert r.returncode == 78
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TG_API_ID and TG_API_HASH" in lines[0] and "my.telegram.org" in lines[0]
+
+
+def test_malformed_api_hash_is_exit_78_and_not_echoed(tmp_path):
+    r = tg_bridge("run", env={"TG_API_ID": "123", "TG_API_HASH": "secret-not-hex"}, home=tmp_path)
+    assert r.returncode == 78 and "secret-not-hex" not in r.stderr + r.stdout
+
+
+def test_missing_session_is_one_line_and_exit_69(tmp_path):
+    r = tg_bridge("run", "--allow", "1", env={"TG_API_ID": "123", "TG_API_HASH": HASH}, home=tmp_path)
+    assert r.returncode == 69
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "tg-bridge login" in lines[0]
+    assert str(tmp_path / ".local/state/tgvoice/telegram.session") in lines[0]
+    assert HASH not in r.stderr
+
+
+def test_unsafe_run_directory_is_exit_78(tmp_path):
+    session = tmp_path / "s.session"
+    session.write_bytes(b"x")
+    os.symlink(tmp_path, tmp_path / "link")
+    r = tg_bridge("run", "--session", str(session), "--run-dir", str(tmp_path / "link"),
+                  env={"TG_API_ID": "123", "TG_API_HASH": HASH}, home=tmp_path)
+    assert r.returncode == 78 and "symlink" in r.stderr
+    assert os.stat(session).st_mode & 0o777 == 0o600      # tightened to 0600
+
+
+def test_installed_console_script_if_present():
+    exe = Path(sys.executable).parent / "tg-bridge"
+    if not exe.exists():
+        pytest.skip(f"{exe} not installed: run scripts/setup bridge")
+    r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("tg-bridge ")
