@@ -224,7 +224,7 @@ fn serve(mut conn: TcpStream, reqs: Arc<Mutex<Vec<Recorded>>>, respond: Arc<Resp
         conn.flush().ok();
         written_at.lock().unwrap().push(Instant::now());
         if !ok {
-            *closed_at.lock().unwrap().get_or_insert(Instant::now());
+            closed_at.lock().unwrap().get_or_insert(Instant::now());
             return;
         }
     }
