@@ -232,7 +232,16 @@ impl Relay {
             self.conversation.append(Role::Assistant, &spoken.join(" "), Some(em.turn), false)?;
         }
         self.sink.send(Frame::Event(end));
-        log::info!("turn {}: reply complete, {} chunk(s); {}", em.turn, em.seq, em.trace.latency_line());
+        if failure.is_none() {
+            let ms = |to| em.trace.span_ms(trace_key::LLM_REQUEST, to).map(|v| format!("{v:.0} ms")).unwrap_or("?".into());
+            log::info!(
+                "turn {}: reply complete, {} chunk(s); request → first token {}, → first chunk {}",
+                em.turn,
+                em.seq,
+                ms(trace_key::LLM_FIRST_TOKEN),
+                ms(trace_key::FIRST_CHUNK)
+            );
+        }
         Ok(())
     }
 
