@@ -161,7 +161,12 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
                 .clone()
                 .or_else(|| env_nonempty("ANTHROPIC_BASE_URL"))
                 .unwrap_or_else(|| "https://api.anthropic.com".into());
-            (ProviderKind::Anthropic, base, Some(key), args.model.clone().unwrap_or_else(|| DEFAULT_ANTHROPIC_MODEL.into()))
+            (
+                ProviderKind::Anthropic,
+                base,
+                Some(key),
+                args.model.clone().unwrap_or_else(|| DEFAULT_ANTHROPIC_MODEL.into()),
+            )
         }
         ProviderChoice::Openai => {
             let base = args
@@ -173,12 +178,17 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         }
         _ => {
             let base = args.base_url.clone().unwrap_or(local_url);
-            log::info!("no API key configured; using the local llama.cpp server at {base} (start it with scripts/llm-server)");
+            log::info!(
+                "no API key configured; using the local llama.cpp server at {base} (start it with scripts/llm-server)"
+            );
             (ProviderKind::OpenAi, base, None, args.model.clone().unwrap_or_else(|| DEFAULT_LOCAL_MODEL.into()))
         }
     };
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-        return Err(fail(exit::CONFIG, format!("the LLM base URL must start with http:// or https://, not {base_url:?}")));
+        return Err(fail(
+            exit::CONFIG,
+            format!("the LLM base URL must start with http:// or https://, not {base_url:?}"),
+        ));
     }
     let provider = Provider {
         kind,

@@ -85,9 +85,7 @@ impl Conversation {
         let entry = Entry { role, text: text.to_string(), turn, t: tgvoice::clock::now_us(), interrupted };
         let mut line = serde_json::to_string(&entry)?;
         line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .with_context(|| format!("cannot append to {}", self.path().display()))?;
+        self.file.write_all(line.as_bytes()).with_context(|| format!("cannot append to {}", self.path().display()))?;
         self.entries.push(entry);
         Ok(())
     }
@@ -106,7 +104,8 @@ impl Conversation {
                 continue;
             }
             // Always keep the newest message, however long.
-            if !picked.is_empty() && (picked.len() >= budget.max_messages || chars + text.len() > budget.max_tokens * 4) {
+            if !picked.is_empty() && (picked.len() >= budget.max_messages || chars + text.len() > budget.max_tokens * 4)
+            {
                 break;
             }
             chars += text.len();

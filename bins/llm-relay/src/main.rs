@@ -33,7 +33,11 @@ fn main() {
         let relay = relay::Relay::new(cfg.relay, sink.handle(), conversation)?;
         runtime.block_on(relay.run(inputs))?;
         let stats = sink.finish();
-        log::info!("end of input; {} frames delivered, {} dropped", stats.delivered, stats.dropped_no_reader + stats.dropped_overflow);
+        log::info!(
+            "end of input; {} frames delivered, {} dropped",
+            stats.delivered,
+            stats.dropped_no_reader + stats.dropped_overflow
+        );
         Ok(())
     })
 }

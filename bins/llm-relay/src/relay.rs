@@ -9,7 +9,8 @@
 //!   sink, `reply-end` with `cancelled: true` is written, and the history keeps only the chunks
 //!   that were handed on, marked interrupted.
 //! * `call-start` → new conversation; `call-end` → cancel; everything else is forwarded.
-//! * On failure: one log line, and (if nothing was said yet) a short spoken apology.
+//! * On failure: one log line, an `error` event {stage, message}, and (if nothing was said
+//!   yet) a short spoken apology.
 
 use crate::conversation::{Budget, Conversation};
 use crate::provider::{Provider, Role};
@@ -215,6 +216,10 @@ impl Relay {
             Err(e) => Some(format!("the reply task failed: {e}")),
         };
         if let Some(msg) = &failure {
+            // Informational, for the supervisor/bridge (fifo-layout.md `error`).
+            let error =
+                Event::new(kind::ERROR).with_turn(em.turn).with("stage", "llm-relay").with("message", msg.as_str());
+            self.sink.send(Frame::Event(error));
             log::error!("turn {}: no reply from the LLM after {} chunk(s): {msg}", em.turn, em.spoken.len());
             if em.spoken.is_empty() && !self.cfg.apology.is_empty() {
                 let apology = self.cfg.apology.clone();
@@ -223,7 +228,8 @@ impl Relay {
             }
         }
         let spoken: Vec<String> = em.spoken.iter().map(|(_, t)| t.clone()).collect();
-        let mut end = Event::new(kind::REPLY_END).with_turn(em.turn).with_trace(em.trace.clone()).with("cancelled", false);
+        let mut end =
+            Event::new(kind::REPLY_END).with_turn(em.turn).with_trace(em.trace.clone()).with("cancelled", false);
         if failure.is_some() {
             end = end.with("error", true);
         }
@@ -233,7 +239,8 @@ impl Relay {
         }
         self.sink.send(Frame::Event(end));
         if failure.is_none() {
-            let ms = |to| em.trace.span_ms(trace_key::LLM_REQUEST, to).map(|v| format!("{v:.0} ms")).unwrap_or("?".into());
+            let ms =
+                |to| em.trace.span_ms(trace_key::LLM_REQUEST, to).map(|v| format!("{v:.0} ms")).unwrap_or("?".into());
             log::info!(
                 "turn {}: reply complete, {} chunk(s); request → first token {}, → first chunk {}",
                 em.turn,
@@ -272,7 +279,11 @@ impl Relay {
             "turn {}: reply cancelled ({why}) after {} chunk(s) handed to TTS{}",
             em.turn,
             spoken.len(),
-            if withdrawn.is_empty() { String::new() } else { format!(", {} withdrawn from the queue", withdrawn.len()) }
+            if withdrawn.is_empty() {
+                String::new()
+            } else {
+                format!(", {} withdrawn from the queue", withdrawn.len())
+            }
         );
         Ok(())
     }

@@ -12,9 +12,9 @@
 
 /// Abbreviations (lower case, without the final dot) after which a dot does not end a sentence.
 const ABBREVIATIONS: &[&str] = &[
-    "dr", "mr", "mrs", "ms", "prof", "sr", "jr", "st", "mt", "vs", "etc", "e.g", "i.e", "approx",
-    "fig", "inc", "ltd", "co", "corp", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct",
-    "nov", "dec", "a.m", "p.m", "u.s", "u.k", "u.n", "e.u", "ph.d", "cf", "al", "gen", "gov", "sen", "rep",
+    "dr", "mr", "mrs", "ms", "prof", "sr", "jr", "st", "mt", "vs", "etc", "e.g", "i.e", "approx", "fig", "inc", "ltd",
+    "co", "corp", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "a.m", "p.m",
+    "u.s", "u.k", "u.n", "e.u", "ph.d", "cf", "al", "gen", "gov", "sen", "rep",
 ];
 
 /// Streaming filter that removes fenced code blocks and inline-code backticks.
@@ -254,7 +254,8 @@ fn replace_urls(s: &str) -> String {
             let core = w.trim_start_matches(['(', '<', '"']);
             let lower = core.to_ascii_lowercase();
             if lower.starts_with("http://") || lower.starts_with("https://") || lower.starts_with("www.") {
-                let trail: String = w.chars().rev().take_while(|c| matches!(c, '.' | ',' | ')' | '>' | '"' | '!' | '?')).collect();
+                let trail: String =
+                    w.chars().rev().take_while(|c| matches!(c, '.' | ',' | ')' | '>' | '"' | '!' | '?')).collect();
                 let trail: String = trail.chars().rev().filter(|c| matches!(c, '.' | ',' | '!' | '?')).collect();
                 format!("a link{trail}")
             } else {
@@ -311,10 +312,17 @@ mod tests {
 
     #[test]
     fn first_chunk_cuts_at_a_clause_boundary_later_ones_do_not() {
-        let chunks = split_all("Well, the short answer is yes, it works. Later, it gets better, mostly. The answer is no. Ok");
+        let chunks =
+            split_all("Well, the short answer is yes, it works. Later, it gets better, mostly. The answer is no. Ok");
         assert_eq!(
             chunks,
-            vec!["Well, the short answer is yes,", "it works.", "Later, it gets better, mostly.", "The answer is no.", "Ok"]
+            vec![
+                "Well, the short answer is yes,",
+                "it works.",
+                "Later, it gets better, mostly.",
+                "The answer is no.",
+                "Ok"
+            ]
         );
     }
 
@@ -347,7 +355,10 @@ mod tests {
     #[test]
     fn markdown_urls_and_emoji_become_speakable() {
         assert_eq!(clean_for_speech("## **Great** question! 😀").as_deref(), Some("Great question!"));
-        assert_eq!(clean_for_speech("- See [the docs](https://x.io/a) or https://example.com.").as_deref(), Some("See the docs or a link."));
+        assert_eq!(
+            clean_for_speech("- See [the docs](https://x.io/a) or https://example.com.").as_deref(),
+            Some("See the docs or a link.")
+        );
         assert_eq!(clean_for_speech("3. Use *snake* mode").as_deref(), Some("Use snake mode"));
         assert_eq!(clean_for_speech("| --- | --- |"), None);
         assert_eq!(clean_for_speech("🎉🎉"), None);

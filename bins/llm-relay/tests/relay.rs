@@ -34,7 +34,13 @@ fn messages(body: &Value) -> Vec<(String, String)> {
 
 #[test]
 fn anthropic_stream_split_across_reads_with_utf8_and_ping() {
-    let body = anthropic_sse(&["Héllo wörld", ", this is the first clause", " — and 😀 more. The plan costs $29", ".99 a month, e.g", ". with Dr. Who. Done"]);
+    let body = anthropic_sse(&[
+        "Héllo wörld",
+        ", this is the first clause",
+        " — and 😀 more. The plan costs $29",
+        ".99 a month, e.g",
+        ". with Dr. Who. Done",
+    ]);
     let bytes = body.as_bytes();
     // Cut inside "é" (2 bytes) and "😀" (4 bytes), mid-line and mid-event.
     let e_acute = body.find('é').unwrap() + 1;
@@ -74,13 +80,23 @@ fn anthropic_stream_split_across_reads_with_utf8_and_ping() {
 
 #[test]
 fn openai_stream_close_delimited_with_markdown() {
-    let body = openai_sse(&["## Answer\n", "**Yes** — see [the docs](https://x.example/a", ").\n```py\nprint('", "hi')\n```\nIt costs 3.", "14 euros ", "🎉. Bye!"]);
+    let body = openai_sse(&[
+        "## Answer\n",
+        "**Yes** — see [the docs](https://x.example/a",
+        ").\n```py\nprint('",
+        "hi')\n```\nIt costs 3.",
+        "14 euros ",
+        "🎉. Bye!",
+    ]);
     let bytes = body.as_bytes().to_vec();
     let cuts: Vec<usize> = (1..bytes.len()).step_by(37).collect(); // many small reads
-    let pieces: Vec<Piece> = split_at(&bytes, &cuts).into_iter().map(|mut p| {
-        p.delay = Duration::from_millis(1);
-        p
-    }).collect();
+    let pieces: Vec<Piece> = split_at(&bytes, &cuts)
+        .into_iter()
+        .map(|mut p| {
+            p.delay = Duration::from_millis(1);
+            p
+        })
+        .collect();
     let server = StandIn::start(move |_, _| Response::sse(pieces.clone(), false));
     let state = tempfile::tempdir().unwrap();
     let mut relay = Relay::spawn(openai_relay(&server, state.path()));
@@ -171,7 +187,10 @@ fn barge_in_cancels_mid_sentence_and_history_keeps_only_what_was_spoken() {
         }
     };
     let closed = closed.expect("the relay did not close the HTTP connection after the cancel");
-    eprintln!("speech-start written → server saw the connection closed: {:.1} ms", closed.duration_since(t_cancel).as_secs_f64() * 1000.0);
+    eprintln!(
+        "speech-start written → server saw the connection closed: {:.1} ms",
+        closed.duration_since(t_cancel).as_secs_f64() * 1000.0
+    );
     // Nothing more of turn 3 after the cancel, even though the server kept streaming.
     std::thread::sleep(Duration::from_millis(400));
     relay.send(transcript(4, "Actually, wait."));
@@ -233,7 +252,8 @@ fn errors_retry_then_apologise_without_crashing_or_leaking_the_key() {
     // Turn 2: 401 (not retried) → apology.
     // Turn 3: an `error` event mid-stream before any text, non-retryable → apology.
     // Turn 4: malformed SSE data → apology.  Turn 5: fine again.
-    let server = StandIn::start(|i, _| match i {
+    let server = StandIn::start(|i, _| {
+        match i {
         0 => {
             let mut r = Response::error(429, r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#);
             r.headers.push(("retry-after".into(), "0".into()));
@@ -248,6 +268,7 @@ fn errors_retry_then_apologise_without_crashing_or_leaking_the_key() {
         ),
         5 => Response::sse(vec![piece(anthropic_sse_head()), piece("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_del\n\n")], true),
         _ => Response::sse(split_at(anthropic_sse(&["All good now."]).as_bytes(), &[]), true),
+    }
     });
     let state = tempfile::tempdir().unwrap();
     let mut cmd = anthropic_relay(&server, state.path());
@@ -263,6 +284,9 @@ fn errors_retry_then_apologise_without_crashing_or_leaking_the_key() {
         assert_eq!(chunks_of(&events, turn), vec!["Sorry, something went wrong."], "turn {turn}");
         let end = events.iter().find(|e| e.is("reply-end") && e.turn == Some(turn)).unwrap();
         assert_eq!(end.get_bool("error"), Some(true));
+        let err = events.iter().find(|e| e.is("error") && e.turn == Some(turn)).expect("an error event");
+        assert_eq!(err.get_str("stage"), Some("llm-relay"));
+        assert!(!err.get_str("message").unwrap_or("").contains("SECRET"));
     }
     assert_eq!(chunks_of(&events, 5), vec!["All good now."]);
     assert_eq!(server.count(), 7, "401 and non-retryable errors must not be retried");

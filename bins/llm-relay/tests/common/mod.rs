@@ -165,7 +165,13 @@ fn serve(mut conn: TcpStream, reqs: Arc<Mutex<Vec<Recorded>>>, respond: Arc<Resp
     let written_at: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let index = {
         let mut r = reqs.lock().unwrap();
-        r.push(Recorded { path, headers, body: body.clone(), closed_at: closed_at.clone(), written_at: written_at.clone() });
+        r.push(Recorded {
+            path,
+            headers,
+            body: body.clone(),
+            closed_at: closed_at.clone(),
+            written_at: written_at.clone(),
+        });
         r.len() - 1
     };
     let resp = respond(index, &body);
@@ -499,9 +505,13 @@ impl LocalServer {
             }
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let req = format!("GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1:{}\r\nconnection: close\r\n\r\n", self.port);
+                let req =
+                    format!("GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1:{}\r\nconnection: close\r\n\r\n", self.port);
                 let mut resp = String::new();
-                if s.write_all(req.as_bytes()).is_ok() && s.read_to_string(&mut resp).is_ok() && resp.starts_with("HTTP/1.1 200") {
+                if s.write_all(req.as_bytes()).is_ok()
+                    && s.read_to_string(&mut resp).is_ok()
+                    && resp.starts_with("HTTP/1.1 200")
+                {
                     return;
                 }
             }
