@@ -1,0 +1,232 @@
+//! Flags and environment → which provider to use, where the conversation lives, budgets.
+//!
+//! Provider choice (`--provider auto`, the default): `ANTHROPIC_API_KEY` set → Claude;
+//! else `OPENAI_API_KEY` set → OpenAI-compatible (`--base-url`/`OPENAI_BASE_URL`); else the
+//! local llama.cpp server on 127.0.0.1 (`scripts/llm-server`), announced in the log.
+//! API keys are read from the environment only (never flags: they would show in `ps`), and
+//! are never logged.
+
+use crate::conversation::Budget;
+use crate::provider::{Provider, ProviderKind};
+use crate::relay::RelayConfig;
+use crate::stream::StreamOptions;
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+use tgvoice::cli::{exit, fail, LinkArgs, LogArgs};
+
+pub const DEFAULT_ANTHROPIC_MODEL: &str = "claude-haiku-4-5";
+pub const DEFAULT_OPENAI_MODEL: &str = "gpt-4o-mini";
+pub const DEFAULT_LOCAL_MODEL: &str = "SmolLM2-135M-Instruct";
+pub const DEFAULT_LOCAL_PORT: u16 = 8088;
+
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a friendly voice assistant talking to someone on a phone call. \
+Your words are spoken aloud, so answer in one to three short, natural sentences. \
+Use plain spoken language only: no lists, no markdown, no code, no links, no emoji. \
+If you did not understand, ask a short question.";
+
+pub const DEFAULT_APOLOGY: &str = "Sorry, I can't answer right now. Please try again in a moment.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderChoice {
+    /// Anthropic if ANTHROPIC_API_KEY is set, else OpenAI if OPENAI_API_KEY is set, else local.
+    Auto,
+    /// Anthropic Messages API (needs ANTHROPIC_API_KEY).
+    Anthropic,
+    /// Any OpenAI-compatible Chat Completions server (OpenAI, Ollama, llama.cpp, LM Studio, vLLM).
+    Openai,
+    /// The local llama.cpp server started by scripts/llm-server.
+    Local,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Stream LLM replies to final transcripts as speakable sentence chunks (tgvoice stage)",
+    after_help = "Examples:\n  \
+  sttd < speech.frames | llm-relay | tts-writer\n  \
+  llm-relay -i $RUN/text.frames -o $RUN/reply.frames\n  \
+  ANTHROPIC_API_KEY=... llm-relay --model claude-haiku-4-5 < text.frames | framecat\n  \
+  OPENAI_API_KEY=x llm-relay --base-url http://127.0.0.1:11434/v1 --model llama3.2 # Ollama\n\n\
+Provider (--provider auto): ANTHROPIC_API_KEY set → Claude (default model claude-haiku-4-5);\n\
+else OPENAI_API_KEY set → OpenAI-compatible at --base-url (default https://api.openai.com/v1);\n\
+else the local llama.cpp server at http://127.0.0.1:$TGVOICE_LLM_PORT/v1 (default port 8088;\n\
+start it with scripts/llm-server). Keys come from the environment only and are never logged.\n\n\
+Input events: transcript (final=true starts a reply; final=false is ignored), speech-start and\n\
+cancel (forwarded at once, then the reply in progress is cancelled), call-start (new\n\
+conversation), call-end; anything else is forwarded unchanged. Output: reply-chunk {turn, seq,\n\
+text, trace} per sentence (the first one may end at a clause boundary), then reply-end {turn,\n\
+cancelled, trace} (error=true when the LLM failed and the apology was spoken).\n\n\
+The conversation is kept as JSONL under --state-dir (conversations/<id>.jsonl, the current id\n\
+in current-conversation) and continues after a restart; call-start begins a new one.\n\n\
+Exit codes: 0 end of input or SIGTERM, 2 bad flags, 78 bad configuration (e.g. --provider\n\
+anthropic without ANTHROPIC_API_KEY), 1 other errors."
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub link: LinkArgs,
+    /// Which LLM to talk to.
+    #[arg(long, value_enum, env = "TGVOICE_LLM_PROVIDER", default_value = "auto")]
+    pub provider: ProviderChoice,
+    /// Model name [default: claude-haiku-4-5 (Anthropic), gpt-4o-mini (OpenAI),
+    /// SmolLM2-135M-Instruct (local)].
+    #[arg(long, env = "TGVOICE_LLM_MODEL")]
+    pub model: Option<String>,
+    /// API root: for Anthropic the host (default https://api.anthropic.com, or
+    /// ANTHROPIC_BASE_URL); for OpenAI-compatible servers the /v1 root (default
+    /// OPENAI_BASE_URL or https://api.openai.com/v1); for local http://127.0.0.1:PORT/v1.
+    #[arg(long, env = "TGVOICE_LLM_BASE_URL", value_name = "URL")]
+    pub base_url: Option<String>,
+    /// Port of the local llama.cpp server (used when no API key is set).
+    #[arg(long, env = "TGVOICE_LLM_PORT", default_value_t = DEFAULT_LOCAL_PORT)]
+    pub local_port: u16,
+    /// Longest reply, in tokens.
+    #[arg(long, env = "TGVOICE_LLM_MAX_TOKENS", default_value_t = 200)]
+    pub max_tokens: u32,
+    /// Sampling temperature [default: the provider's].
+    #[arg(long, env = "TGVOICE_LLM_TEMPERATURE")]
+    pub temperature: Option<f32>,
+    /// System prompt [default: short, plain spoken answers for a phone call].
+    #[arg(long, env = "TGVOICE_LLM_SYSTEM_PROMPT")]
+    pub system_prompt: Option<String>,
+    /// Spoken when the LLM fails before saying anything ("" = stay silent).
+    #[arg(long, env = "TGVOICE_LLM_APOLOGY", default_value = DEFAULT_APOLOGY)]
+    pub apology: String,
+    /// Where the conversation is kept [default: $TGVOICE_STATE_DIR, else
+    /// ~/.local/state/tgvoice/<instance> ($XDG_STATE_HOME honoured)].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Instance name (one state directory per instance).
+    #[arg(long, env = "TGVOICE_INSTANCE", default_value = "default")]
+    pub instance: String,
+    /// At most this many earlier messages are sent with each request.
+    #[arg(long, default_value_t = 24)]
+    pub history_messages: usize,
+    /// At most about this many tokens of history (≈ 4 characters per token) per request.
+    #[arg(long, default_value_t = 3000)]
+    pub history_tokens: usize,
+    /// Retries before the first token (connection errors, timeouts, 429, 5xx, overloaded).
+    #[arg(long, default_value_t = 2)]
+    pub retries: u32,
+    /// Seconds from sending a request to its first token before giving up on that attempt.
+    #[arg(long, default_value_t = 20.0)]
+    pub first_token_timeout: f64,
+    /// Seconds of silence mid-stream before giving up.
+    #[arg(long, default_value_t = 20.0)]
+    pub idle_timeout: f64,
+    /// Seconds to wait for a TCP/TLS connection.
+    #[arg(long, default_value_t = 5.0)]
+    pub connect_timeout: f64,
+    /// The first chunk may end at a clause boundary (, ; : —) once it has this many words
+    /// (0 = only at sentence ends).
+    #[arg(long, default_value_t = 4)]
+    pub first_clause_words: usize,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+pub struct Config {
+    pub relay: RelayConfig,
+    pub state_dir: PathBuf,
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
+    if !(v > 0.0 && v < 3600.0) {
+        return Err(fail(exit::USAGE, format!("--{name} must be between 0 and 3600 seconds, not {v}")));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+pub fn resolve(args: &Args) -> anyhow::Result<Config> {
+    let anthropic_key = env_nonempty("ANTHROPIC_API_KEY");
+    let openai_key = env_nonempty("OPENAI_API_KEY");
+    let choice = match args.provider {
+        ProviderChoice::Auto if anthropic_key.is_some() => ProviderChoice::Anthropic,
+        ProviderChoice::Auto if openai_key.is_some() => ProviderChoice::Openai,
+        ProviderChoice::Auto => ProviderChoice::Local,
+        c => c,
+    };
+    let local_url = format!("http://127.0.0.1:{}/v1", args.local_port);
+    let (kind, base_url, api_key, model) = match choice {
+        ProviderChoice::Anthropic => {
+            let Some(key) = anthropic_key else {
+                return Err(fail(exit::CONFIG, "--provider anthropic needs ANTHROPIC_API_KEY in the environment"));
+            };
+            let base = args
+                .base_url
+                .clone()
+                .or_else(|| env_nonempty("ANTHROPIC_BASE_URL"))
+                .unwrap_or_else(|| "https://api.anthropic.com".into());
+            (
+                ProviderKind::Anthropic,
+                base,
+                Some(key),
+                args.model.clone().unwrap_or_else(|| DEFAULT_ANTHROPIC_MODEL.into()),
+            )
+        }
+        ProviderChoice::Openai => {
+            let base = args
+                .base_url
+                .clone()
+                .or_else(|| env_nonempty("OPENAI_BASE_URL"))
+                .unwrap_or_else(|| "https://api.openai.com/v1".into());
+            (ProviderKind::OpenAi, base, openai_key, args.model.clone().unwrap_or_else(|| DEFAULT_OPENAI_MODEL.into()))
+        }
+        _ => {
+            let base = args.base_url.clone().unwrap_or(local_url);
+            log::info!(
+                "no API key configured; using the local llama.cpp server at {base} (start it with scripts/llm-server)"
+            );
+            (ProviderKind::OpenAi, base, None, args.model.clone().unwrap_or_else(|| DEFAULT_LOCAL_MODEL.into()))
+        }
+    };
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        return Err(fail(
+            exit::CONFIG,
+            format!("the LLM base URL must start with http:// or https://, not {base_url:?}"),
+        ));
+    }
+    let provider = Provider {
+        kind,
+        base_url,
+        api_key,
+        model,
+        max_tokens: args.max_tokens,
+        temperature: args.temperature,
+        system_prompt: args.system_prompt.clone().unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
+    };
+    log::info!("LLM: {}", provider.describe());
+    let stream = StreamOptions {
+        retries: args.retries,
+        backoff: Duration::from_millis(300),
+        connect_timeout: secs("connect-timeout", args.connect_timeout)?,
+        first_token_timeout: secs("first-token-timeout", args.first_token_timeout)?,
+        idle_timeout: secs("idle-timeout", args.idle_timeout)?,
+    };
+    let state_dir = match &args.state_dir {
+        Some(d) => d.clone(),
+        None => match env_nonempty("TGVOICE_STATE_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => {
+                let base = env_nonempty("XDG_STATE_HOME").map(PathBuf::from).unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/state")
+                });
+                base.join("tgvoice").join(&args.instance)
+            }
+        },
+    };
+    Ok(Config {
+        relay: RelayConfig {
+            provider,
+            stream,
+            budget: Budget { max_messages: args.history_messages.max(1), max_tokens: args.history_tokens.max(1) },
+            apology: args.apology.clone(),
+            first_clause_min_words: if args.first_clause_words == 0 { usize::MAX } else { args.first_clause_words },
+        },
+        state_dir,
+    })
+}

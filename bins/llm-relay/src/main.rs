@@ -1,0 +1,62 @@
+//! llm-relay — reads final transcripts and events (text.frames), keeps the conversation on
+//! disk, streams a reply from Claude, an OpenAI-compatible server, or the local llama.cpp
+//! server, and writes speakable `reply-chunk`s plus a `reply-end` (reply.frames) for
+//! tts-writer. Barge-in (`speech-start`) or `cancel` aborts the reply within milliseconds.
+
+mod config;
+mod conversation;
+mod provider;
+mod relay;
+mod speakable;
+mod stream;
+
+use clap::Parser;
+use tgvoice::cli;
+use tgvoice::source::Input;
+use tgvoice::{FrameSink, FrameSource, TapFormat};
+
+fn main() {
+    let args = config::Args::parse();
+    cli::run("llm-relay", &args.log.clone(), move || {
+        let cfg = config::resolve(&args)?;
+        let conversation = conversation::Conversation::open(&cfg.state_dir)?;
+        log::info!(
+            "conversation {} ({} earlier message(s)) in {}",
+            conversation.id(),
+            conversation.entries().len(),
+            cfg.state_dir.display()
+        );
+        let source = FrameSource::open(args.link.input())?;
+        let sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::JsonLines)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let inputs = bridge_inputs(source);
+        let relay = relay::Relay::new(cfg.relay, sink.handle(), conversation)?;
+        runtime.block_on(relay.run(inputs))?;
+        let stats = sink.finish();
+        log::info!(
+            "end of input; {} frames delivered, {} dropped",
+            stats.delivered,
+            stats.dropped_no_reader + stats.dropped_overflow
+        );
+        Ok(())
+    })
+}
+
+/// FrameSource reads on its own thread; hand its frames to the async loop.
+fn bridge_inputs(source: FrameSource) -> tokio::sync::mpsc::UnboundedReceiver<tgvoice::Frame> {
+    let rx = source.spawn();
+    let (tx, out) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("input bridge".into())
+        .spawn(move || {
+            for input in rx {
+                if let Input::Frame(f) = input {
+                    if tx.send(f).is_err() {
+                        break;
+                    }
+                }
+            }
+        })
+        .expect("spawn input bridge");
+    out
+}

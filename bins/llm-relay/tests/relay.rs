@@ -1,0 +1,354 @@
+//! llm-relay against loopback stand-ins that speak the real Anthropic / OpenAI streaming
+//! wire format: split reads, split UTF-8, ping/error events, slow streams, HTTP errors,
+//! barge-in cancel, and a restart that must keep the conversation.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tgvoice::Event;
+
+const KEY: &str = "sk-ant-test-SECRET-0123456789";
+
+fn anthropic_relay(server: &StandIn, state: &std::path::Path) -> std::process::Command {
+    let mut cmd = relay_command(state);
+    cmd.env("ANTHROPIC_API_KEY", KEY).arg("--base-url").arg(server.base()).args(["--model", "claude-test"]);
+    cmd
+}
+
+fn openai_relay(server: &StandIn, state: &std::path::Path) -> std::process::Command {
+    let mut cmd = relay_command(state);
+    cmd.env("OPENAI_API_KEY", KEY).arg("--base-url").arg(format!("{}/v1", server.base()));
+    cmd
+}
+
+fn messages(body: &Value) -> Vec<(String, String)> {
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap().to_string(), m["content"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn anthropic_stream_split_across_reads_with_utf8_and_ping() {
+    let body = anthropic_sse(&[
+        "Héllo wörld",
+        ", this is the first clause",
+        " — and 😀 more. The plan costs $29",
+        ".99 a month, e.g",
+        ". with Dr. Who. Done",
+    ]);
+    let bytes = body.as_bytes();
+    // Cut inside "é" (2 bytes) and "😀" (4 bytes), mid-line and mid-event.
+    let e_acute = body.find('é').unwrap() + 1;
+    let emoji = body.find('😀').unwrap() + 2;
+    let cuts = [7, 60, e_acute, e_acute + 9, emoji, emoji + 1, bytes.len() - 30];
+    let pieces = split_at(bytes, &cuts);
+    let server = StandIn::start(move |_, _| Response::sse(pieces.clone(), true));
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(transcript(1, "Say hello."));
+    relay.wait_reply_end(1);
+    let (events, stderr) = relay.finish();
+    assert_eq!(
+        chunks_of(&events, 1),
+        vec![
+            "Héllo wörld, this is the first clause —",
+            "and more.",
+            "The plan costs $29.99 a month, e.g. with Dr. Who.",
+            "Done"
+        ]
+    );
+    let end = events.iter().find(|e| e.is("reply-end")).unwrap();
+    assert_eq!(end.get_bool("cancelled"), Some(false));
+    for k in ["transcript", "llm_request", "llm_first_token", "first_chunk"] {
+        assert!(end.trace.get(k).is_some(), "trace lacks {k}: {end:?}");
+    }
+    let req = server.request(0);
+    assert_eq!(req.path, "/v1/messages");
+    assert_eq!(req.header("x-api-key"), Some(KEY));
+    assert_eq!(req.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(req.body["stream"], true);
+    assert_eq!(req.body["model"], "claude-test");
+    assert!(req.body["system"].as_str().unwrap().contains("spoken"));
+    assert_eq!(messages(&req.body), vec![("user".into(), "Say hello.".into())]);
+    assert!(!stderr.contains("SECRET"), "the API key leaked into the log:\n{stderr}");
+}
+
+#[test]
+fn openai_stream_close_delimited_with_markdown() {
+    let body = openai_sse(&[
+        "## Answer\n",
+        "**Yes** — see [the docs](https://x.example/a",
+        ").\n```py\nprint('",
+        "hi')\n```\nIt costs 3.",
+        "14 euros ",
+        "🎉. Bye!",
+    ]);
+    let bytes = body.as_bytes().to_vec();
+    let cuts: Vec<usize> = (1..bytes.len()).step_by(37).collect(); // many small reads
+    let pieces: Vec<Piece> = split_at(&bytes, &cuts)
+        .into_iter()
+        .map(|mut p| {
+            p.delay = Duration::from_millis(1);
+            p
+        })
+        .collect();
+    let server = StandIn::start(move |_, _| Response::sse(pieces.clone(), false));
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(openai_relay(&server, state.path()));
+    relay.send(transcript(7, "Is it cheap?"));
+    relay.wait_reply_end(7);
+    let (events, stderr) = relay.finish();
+    assert_eq!(chunks_of(&events, 7), vec!["Answer", "Yes — see the docs.", "It costs 3.14 euros.", "Bye!"]);
+    let req = server.request(0);
+    assert_eq!(req.path, "/v1/chat/completions");
+    assert_eq!(req.header("authorization").map(String::from), Some(format!("Bearer {KEY}")));
+    assert_eq!(req.body["stream"], true);
+    assert_eq!(req.body["messages"][0]["role"], "system");
+    assert!(!stderr.contains("SECRET"));
+}
+
+#[test]
+fn slow_stream_chunks_are_written_as_they_complete() {
+    // Sentence one arrives at once; the rest trickles in over ~1.2 s.
+    let mut pieces = vec![piece(anthropic_sse_head()), piece(anthropic_delta("First things first. "))];
+    for w in ["Then ", "the ", "second ", "sentence ", "comes ", "slowly."] {
+        pieces.push(slow_piece(200, anthropic_delta(w)));
+    }
+    pieces.push(piece(anthropic_sse_tail()));
+    let server = StandIn::start(move |_, _| Response::sse(pieces.clone(), true));
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(transcript(2, "Go."));
+    let (t_first, first) = relay.wait_for(Duration::from_secs(10), |e| e.is("reply-chunk"));
+    assert_eq!(first.text.as_deref(), Some("First things first."));
+    let (t_end, _) = relay.wait_for(Duration::from_secs(10), |e| e.is("reply-end"));
+    assert!(
+        t_end.duration_since(t_first) > Duration::from_millis(900),
+        "the first sentence was held back until the stream ended"
+    );
+    let (events, _) = relay.finish();
+    assert_eq!(chunks_of(&events, 2), vec!["First things first.", "Then the second sentence comes slowly."]);
+}
+
+#[test]
+fn barge_in_cancels_mid_sentence_and_history_keeps_only_what_was_spoken() {
+    // Request 0: one sentence, then half of the next, then more tokens much later (which must
+    // never be written), holding the connection open. Request 1: a normal reply.
+    let server = StandIn::start(|i, _| {
+        if i == 0 {
+            let mut pieces = vec![
+                piece(anthropic_sse_head()),
+                piece(anthropic_delta("The first sentence is spoken. ")),
+                piece(anthropic_delta("The second one is cut")),
+            ];
+            // Arrives long after the cancel (the test cancels ~150 ms after the first chunk).
+            pieces.push(slow_piece(1500, anthropic_delta(" off, never heard. More.")));
+            for _ in 0..20 {
+                pieces.push(slow_piece(100, anthropic_delta(" Still talking.")));
+            }
+            let mut r = Response::sse(pieces, true);
+            r.hold_open = true;
+            r
+        } else {
+            Response::sse(split_at(anthropic_sse(&["Sure, go ahead."]).as_bytes(), &[]), true)
+        }
+    });
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(transcript(3, "Tell me two things."));
+    relay.wait_for(Duration::from_secs(10), |e| e.is("reply-chunk"));
+    std::thread::sleep(Duration::from_millis(150)); // "cut" has arrived; the slow part has not
+    let mut barge = Event::new("speech-start").with_turn(4);
+    barge.trace.mark("speech_start", tgvoice::clock::now_us());
+    let t_cancel = Instant::now();
+    relay.send(barge);
+    let (t_end, end) = relay.wait_for(Duration::from_secs(5), |e| e.is("reply-end"));
+    assert_eq!(end.turn, Some(3));
+    assert_eq!(end.get_bool("cancelled"), Some(true));
+    let cancel_ms = t_end.duration_since(t_cancel).as_secs_f64() * 1000.0;
+    eprintln!("speech-start written → cancelled reply-end read: {cancel_ms:.1} ms");
+    assert!(cancel_ms < 50.0, "cancel took {cancel_ms:.1} ms (target < 50 ms)");
+    // The stand-in sees the connection dropped.
+    let closed = {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(t) = *server.request(0).closed_at.lock().unwrap() {
+                break Some(t);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let closed = closed.expect("the relay did not close the HTTP connection after the cancel");
+    eprintln!(
+        "speech-start written → server saw the connection closed: {:.1} ms",
+        closed.duration_since(t_cancel).as_secs_f64() * 1000.0
+    );
+    // Nothing more of turn 3 after the cancel, even though the server kept streaming.
+    std::thread::sleep(Duration::from_millis(400));
+    relay.send(transcript(4, "Actually, wait."));
+    relay.wait_reply_end(4);
+    let (events, _) = relay.finish();
+    let order: Vec<String> = events.iter().map(|e| format!("{}:{}", e.kind, e.turn.unwrap_or(0))).collect();
+    let pos = |k: &str| order.iter().position(|o| o == k).unwrap();
+    assert!(pos("speech-start:4") < pos("reply-end:3"), "{order:?}");
+    assert_eq!(chunks_of(&events, 3), vec!["The first sentence is spoken."]);
+    let after_end: Vec<&Event> = events[pos("reply-end:3")..].iter().filter(|e| e.turn == Some(3)).collect();
+    assert_eq!(after_end.len(), 1, "frames of the cancelled turn after its reply-end: {after_end:?}");
+    // The next request: the interrupted reply holds only what was spoken, marked.
+    let m = messages(&server.request(1).body);
+    assert_eq!(
+        m,
+        vec![
+            ("user".into(), "Tell me two things.".into()),
+            ("assistant".into(), "The first sentence is spoken. [interrupted]".into()),
+            ("user".into(), "Actually, wait.".into()),
+        ]
+    );
+}
+
+#[test]
+fn restart_between_turns_keeps_the_conversation_and_call_start_begins_a_new_one() {
+    let server = StandIn::start(|i, _| {
+        let text = ["Nice to meet you, Ada.", "Your name is Ada.", "Hello!"][i.min(2)];
+        Response::sse(split_at(anthropic_sse(&[text]).as_bytes(), &[40]), true)
+    });
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(transcript(1, "My name is Ada."));
+    relay.wait_reply_end(1);
+    std::thread::sleep(Duration::from_millis(100));
+    relay.kill(); // SIGKILL between turns
+
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(transcript(2, "What is my name?"));
+    relay.wait_reply_end(2);
+    relay.send(Event::new("call-start").with("call", "c-2"));
+    relay.send(transcript(3, "Hi."));
+    relay.wait_reply_end(3);
+    let (events, _) = relay.finish();
+    assert_eq!(
+        messages(&server.request(1).body),
+        vec![
+            ("user".into(), "My name is Ada.".into()),
+            ("assistant".into(), "Nice to meet you, Ada.".into()),
+            ("user".into(), "What is my name?".into()),
+        ]
+    );
+    assert_eq!(messages(&server.request(2).body), vec![("user".into(), "Hi.".into())]);
+    assert!(events.iter().any(|e| e.is("call-start")), "call-start was not forwarded");
+}
+
+#[test]
+fn errors_retry_then_apologise_without_crashing_or_leaking_the_key() {
+    // Turn 1: 429 then 529 then success (retried before the first token).
+    // Turn 2: 401 (not retried) → apology.
+    // Turn 3: an `error` event mid-stream before any text, non-retryable → apology.
+    // Turn 4: malformed SSE data → apology.  Turn 5: fine again.
+    let server = StandIn::start(|i, _| {
+        match i {
+        0 => {
+            let mut r = Response::error(429, r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#);
+            r.headers.push(("retry-after".into(), "0".into()));
+            r
+        }
+        1 => Response::error(529, r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#),
+        2 => Response::sse(split_at(anthropic_sse(&["Third time lucky."]).as_bytes(), &[100]), true),
+        3 => Response::error(401, r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#),
+        4 => Response::sse(
+            vec![piece(anthropic_sse_head()), piece("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"bad\"}}\n\n")],
+            true,
+        ),
+        5 => Response::sse(vec![piece(anthropic_sse_head()), piece("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_del\n\n")], true),
+        _ => Response::sse(split_at(anthropic_sse(&["All good now."]).as_bytes(), &[]), true),
+    }
+    });
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = anthropic_relay(&server, state.path());
+    cmd.args(["--apology", "Sorry, something went wrong."]);
+    let mut relay = Relay::spawn(cmd);
+    for (turn, q) in [(1, "one"), (2, "two"), (3, "three"), (4, "four"), (5, "five")] {
+        relay.send(transcript(turn, q));
+        relay.wait_reply_end(turn);
+    }
+    let (events, stderr) = relay.finish();
+    assert_eq!(chunks_of(&events, 1), vec!["Third time lucky."]);
+    for turn in [2, 3, 4] {
+        assert_eq!(chunks_of(&events, turn), vec!["Sorry, something went wrong."], "turn {turn}");
+        let end = events.iter().find(|e| e.is("reply-end") && e.turn == Some(turn)).unwrap();
+        assert_eq!(end.get_bool("error"), Some(true));
+        let err = events.iter().find(|e| e.is("error") && e.turn == Some(turn)).expect("an error event");
+        assert_eq!(err.get_str("stage"), Some("llm-relay"));
+        assert!(!err.get_str("message").unwrap_or("").contains("SECRET"));
+    }
+    assert_eq!(chunks_of(&events, 5), vec!["All good now."]);
+    assert_eq!(server.count(), 7, "401 and non-retryable errors must not be retried");
+    assert!(stderr.contains("HTTP 401"), "{stderr}");
+    assert!(stderr.contains("retrying"), "{stderr}");
+    assert!(!stderr.contains("SECRET"), "the API key leaked into the log:\n{stderr}");
+    // Failed turns leave no assistant message; the apology is not history.
+    let last = messages(&server.request(6).body);
+    assert!(last.iter().all(|(_, t)| !t.contains("Sorry")), "{last:?}");
+}
+
+#[test]
+fn connection_refused_and_timeouts_end_in_a_spoken_apology() {
+    // A port with nothing listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = relay_command(state.path());
+    cmd.args(["--provider", "local", "--local-port", &port.to_string(), "--retries", "1"]);
+    let mut relay = Relay::spawn(cmd);
+    relay.send(transcript(1, "Hello?"));
+    relay.wait_reply_end(1);
+    // A server that accepts but never sends a token: first-token timeout.
+    let server = StandIn::start(|_, _| {
+        let mut r = Response::sse(vec![piece(": keep-alive comment\n\n")], false);
+        r.hold_open = true;
+        r
+    });
+    let (events, stderr) = relay.finish();
+    assert_eq!(chunks_of(&events, 1).len(), 1);
+    assert!(stderr.contains("no API key configured; using the local llama.cpp server"), "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+
+    let mut cmd = openai_relay(&server, state.path());
+    cmd.args(["--first-token-timeout", "0.5", "--retries", "0"]);
+    let mut relay = Relay::spawn(cmd);
+    let t0 = Instant::now();
+    relay.send(transcript(2, "Anyone?"));
+    relay.wait_reply_end(2);
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    let (events, stderr) = relay.finish();
+    assert_eq!(chunks_of(&events, 2), vec![tgvoice_default_apology()]);
+    assert!(stderr.contains("no reply token"), "{stderr}");
+}
+
+fn tgvoice_default_apology() -> String {
+    "Sorry, I can't answer right now. Please try again in a moment.".into()
+}
+
+#[test]
+fn forwards_unknown_events_and_ignores_partial_transcripts() {
+    let server = StandIn::start(|_, _| Response::sse(split_at(anthropic_sse(&["Ok."]).as_bytes(), &[]), true));
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(Event::new("x-custom").with("payload", 42));
+    relay.send(Event::new("transcript").with_turn(1).with_text("partial").with("final", false));
+    relay.send(Event::new("speech-end").with_turn(1));
+    relay.send(transcript(1, "Final."));
+    relay.wait_reply_end(1);
+    let (events, _) = relay.finish();
+    let custom = events.iter().find(|e| e.is("x-custom")).expect("x-custom forwarded");
+    assert_eq!(custom.get_u64("payload"), Some(42));
+    assert!(events.iter().any(|e| e.is("speech-end")));
+    assert_eq!(server.count(), 1, "a partial transcript must not start a reply");
+    assert_eq!(chunks_of(&events, 1), vec!["Ok."]);
+}
