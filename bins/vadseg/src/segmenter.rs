@@ -80,12 +80,13 @@ impl Chunk {
 #[derive(Debug, Clone)]
 pub enum Decision {
     /// Speech has lasted the minimum duration: a turn starts (barge-in signal).
-    Start { turn: u64, speech_start_us: u64, continues: Option<u64> },
+    /// `decided_us`: capture time of the last sample the decision saw (for latency traces).
+    Start { turn: u64, speech_start_us: u64, continues: Option<u64>, decided_us: u64 },
     /// Audio of the current turn, in order.
     Audio { turn: u64, chunk: Chunk },
     /// The turn ended: end-of-turn silence passed, or the segment was `cut` at max length
     /// (then a `Start` with `continues` follows at once).
-    End { turn: u64, speech_start_us: u64, speech_end_us: u64, cut: bool },
+    End { turn: u64, speech_start_us: u64, speech_end_us: u64, cut: bool, decided_us: u64 },
 }
 
 #[derive(Debug)]
@@ -120,6 +121,8 @@ pub struct SpeechSegmenter {
     emitted_until: u64,
     /// Capture time just past the last emitted sample.
     emitted_end_us: u64,
+    /// Capture time of the last sample seen.
+    decided_us: u64,
     chunk_ms: u32,
 }
 
@@ -132,12 +135,14 @@ impl SpeechSegmenter {
             last_turn: 0,
             emitted_until: 0,
             emitted_end_us: 0,
+            decided_us: 0,
             chunk_ms: (CHUNK as u32 * 1000) / RATE,
         }
     }
 
     /// Feed one chunk and its speech probability; decisions are appended to `out`.
     pub fn push(&mut self, chunk: Chunk, prob: f32, out: &mut Vec<Decision>) {
+        self.decided_us = chunk.last_sample_us();
         let speech = prob >= self.cfg.threshold;
         let silence = prob < self.cfg.neg_threshold();
         let chunk_ms = self.chunk_ms;
@@ -228,7 +233,7 @@ impl SpeechSegmenter {
         let onset_us = *onset_us;
         let State::Pending { chunks, .. } = std::mem::replace(&mut self.state, State::Idle) else { unreachable!() };
         let turn = self.new_turn_id(onset_us);
-        out.push(Decision::Start { turn, speech_start_us: onset_us, continues: None });
+        out.push(Decision::Start { turn, speech_start_us: onset_us, continues: None, decided_us: self.decided_us });
         let first_index = chunks.first().map(|c| c.index).unwrap_or(0);
         let mut t = Turn {
             turn,
@@ -278,10 +283,11 @@ impl SpeechSegmenter {
     /// Close the current piece and open the next turn right after it: every sample stays in
     /// exactly one segment.
     fn cut(&mut self, t: &mut Turn, out: &mut Vec<Decision>) {
-        out.push(Decision::End { turn: t.turn, speech_start_us: t.speech_start_us, speech_end_us: t.last_voiced_us, cut: true });
+        let decided_us = self.decided_us;
+        out.push(Decision::End { turn: t.turn, speech_start_us: t.speech_start_us, speech_end_us: t.last_voiced_us, cut: true, decided_us });
         let next_us = self.emitted_end_us;
         let turn = self.new_turn_id(next_us);
-        out.push(Decision::Start { turn, speech_start_us: next_us, continues: Some(t.turn) });
+        out.push(Decision::Start { turn, speech_start_us: next_us, continues: Some(t.turn), decided_us });
         t.turn = turn;
         t.speech_start_us = next_us;
         t.first_index = self.emitted_until;
@@ -298,7 +304,8 @@ impl SpeechSegmenter {
                 rest.push(c);
             }
         }
-        out.push(Decision::End { turn: t.turn, speech_start_us: t.speech_start_us, speech_end_us: t.last_voiced_us, cut: false });
+        let decided_us = self.decided_us;
+        out.push(Decision::End { turn: t.turn, speech_start_us: t.speech_start_us, speech_end_us: t.last_voiced_us, cut: false, decided_us });
         for c in rest {
             self.remember(c);
         }

@@ -12,6 +12,16 @@ use crate::chunker::Chunker;
 use crate::segmenter::{Chunk, Decision, SpeechSegmenter, RATE};
 use crate::silero::SileroVad;
 
+/// Extra field on speech-start/speech-end: capture time (µs) of the last input sample the
+/// decision was based on, so `now − vad_audio_until` is vadseg's own decision latency.
+pub const DECIDED_FIELD: &str = "vad_audio_until";
+/// Chunks quieter than this (−70 dBFS) are silence whatever the model says.
+pub const DIGITAL_SILENCE_RMS: f64 = 10.4;
+
+fn rms(s: &[i16]) -> f64 {
+    (s.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>() / s.len().max(1) as f64).sqrt()
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StageStats {
     pub chunks: u64,
@@ -69,8 +79,13 @@ impl VadStage {
 
     fn classify(&mut self, sink: &FrameSink) {
         for chunk in std::mem::take(&mut self.chunks) {
-            let p = self.vad.probability(&chunk.samples);
+            let mut p = self.vad.probability(&chunk.samples);
             log::trace!("chunk {} p={p:.3}", chunk.index);
+            if rms(&chunk.samples) < DIGITAL_SILENCE_RMS {
+                // Silero decays slowly on digital silence (~400 ms from 0.99 to 0.35, measured);
+                // a muted or ended stream is silence now. The model still ran, to keep its state.
+                p = 0.0;
+            }
             self.stats.chunks += 1;
             self.segmenter.push(chunk, p, &mut self.decisions);
             self.send_decisions(sink);
@@ -80,10 +95,10 @@ impl VadStage {
     fn send_decisions(&mut self, sink: &FrameSink) {
         for d in self.decisions.drain(..) {
             match d {
-                Decision::Start { turn, speech_start_us, continues } => {
+                Decision::Start { turn, speech_start_us, continues, decided_us } => {
                     let mut trace = TurnTrace::default();
                     trace.mark(trace_key::SPEECH_START, speech_start_us);
-                    let mut e = Event::new(kind::SPEECH_START).with_turn(turn).with_trace(trace);
+                    let mut e = Event::new(kind::SPEECH_START).with_turn(turn).with_trace(trace).with(DECIDED_FIELD, decided_us);
                     if let Some(prev) = continues {
                         e = e.with("continues", prev);
                     }
@@ -102,13 +117,13 @@ impl VadStage {
                         samples: chunk.samples,
                     }));
                 }
-                Decision::End { turn, speech_start_us, speech_end_us, cut } => {
+                Decision::End { turn, speech_start_us, speech_end_us, cut, decided_us } => {
                     let mut trace = TurnTrace::default();
                     trace.mark(trace_key::SPEECH_START, speech_start_us);
                     trace.mark(trace_key::SPEECH_END, speech_end_us);
                     let eot = now_us();
                     trace.mark(trace_key::EOT, eot);
-                    let mut e = Event::new(kind::SPEECH_END).with_turn(turn).with_trace(trace);
+                    let mut e = Event::new(kind::SPEECH_END).with_turn(turn).with_trace(trace).with(DECIDED_FIELD, decided_us);
                     if cut {
                         e = e.with("cut", true);
                     }

@@ -175,3 +175,45 @@ fn missing_or_bad_onnx_runtime_is_one_clear_error() {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     }
 }
+
+#[test]
+fn speech_tap_carries_the_segments_as_raw_16k_pcm() {
+    let dir = tempdir();
+    let utts = sentences(dir.path());
+    let call = build_call(&utts[..2], 0.5, &[1.5], 1.5);
+    let wav = dir.path().join("tap.wav");
+    tgvoice::resample::write_wav_mono(&wav, RATE, &call.samples).unwrap();
+    let link = dir.path().join("speech.frames");
+    let tap = dir.path().join("speech.tap");
+    tgvoice::fifo::ensure_fifo(&link).unwrap();
+    tgvoice::fifo::ensure_fifo(&tap).unwrap();
+    // Readers first (as ffplay and sttd would be): opening a FIFO waits for its writer.
+    let (l, t) = (link.clone(), tap.clone());
+    let frames = std::thread::spawn(move || std::fs::read(l).unwrap());
+    let pcm = std::thread::spawn(move || std::fs::read(t).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut tgcat = Command::new(bin_path("tgcat")).arg(&wav).arg("-q").stdout(Stdio::piped()).spawn().unwrap();
+    let st = Command::new(bin_path("vadseg"))
+        .arg("-o")
+        .arg(&link)
+        .env("ORT_DYLIB_PATH", ort_dylib())
+        .stdin(tgcat.stdout.take().unwrap())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    tgcat.wait().unwrap();
+    let frames = frames.join().unwrap();
+    let out = decode_output(&frames);
+    let pcm = pcm.join().unwrap();
+    assert_eq!(out.segments.len(), 2);
+    let mut d = tgvoice::frame::FrameDecoder::new();
+    d.push(&frames);
+    let mut expected = vec![];
+    while let Some(f) = d.next() {
+        if let Frame::Audio(a) = f.unwrap() {
+            expected.extend(a.pcm_bytes());
+        }
+    }
+    assert_eq!(expected.len(), out.segments.iter().map(|s| s.samples * 2).sum::<usize>());
+    assert!(pcm == expected, "the tap must carry exactly the segments' samples ({} vs {} bytes)", pcm.len(), expected.len());
+}
