@@ -1,0 +1,434 @@
+//! [`SpeechSegmenter`]: the turn-taking state machine. It sees 16 kHz audio one Silero chunk
+//! (512 samples, 32 ms) at a time together with that chunk's speech probability, and decides
+//! when a turn starts (after the minimum speech duration), which audio belongs to it (with
+//! pre-roll before the first voiced chunk and a little post-roll after the last), when it ends
+//! (after the end-of-turn silence), and where an over-long monologue is cut.
+//!
+//! It knows nothing about ONNX, frames or FIFOs, so it is unit-tested with made-up
+//! probabilities.
+
+use std::collections::VecDeque;
+
+pub const RATE: u32 = 16_000;
+/// Silero's chunk at 16 kHz.
+pub const CHUNK: usize = 512;
+/// A pending (not yet confirmed) speech run is abandoned after this much non-speech. Short
+/// words are separated by pauses of 100–250 ms ("Thank you, that…"); a shorter limit drops
+/// the first word of such a turn (measured: see README).
+pub const PENDING_GAP_MS: u32 = 300;
+/// Once a segment is this close to `max_segment`, it is cut at the first non-speech chunk.
+pub const SOFT_CUT_MARGIN_MS: u32 = 3_000;
+
+/// Tunables (see README "Defaults").
+#[derive(Debug, Clone)]
+pub struct SegmenterConfig {
+    /// A chunk is speech when its probability is at least this.
+    pub threshold: f32,
+    /// Speech must last this long before `speech-start` is emitted (false barge-in guard).
+    pub min_speech_ms: u32,
+    /// This much silence after the last speech chunk ends the turn.
+    pub eot_silence_ms: u32,
+    /// Audio kept before the first speech chunk.
+    pub pre_roll_ms: u32,
+    /// Silence kept after the last speech chunk.
+    pub post_roll_ms: u32,
+    /// Longest segment; longer speech is cut into several turns (no audio lost).
+    pub max_segment_ms: u32,
+}
+
+impl Default for SegmenterConfig {
+    fn default() -> Self {
+        SegmenterConfig {
+            threshold: 0.5,
+            min_speech_ms: 250,
+            eot_silence_ms: 600,
+            pre_roll_ms: 300,
+            post_roll_ms: 200,
+            max_segment_ms: 25_000,
+        }
+    }
+}
+
+impl SegmenterConfig {
+    /// Below this a chunk counts as silence (hysteresis, as in Silero's reference code).
+    pub fn neg_threshold(&self) -> f32 {
+        (self.threshold - 0.15).max(0.01)
+    }
+}
+
+/// One 32 ms block of the 16 kHz stream.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// Index of the first sample in vadseg's 16 kHz stream.
+    pub index: u64,
+    /// Capture time of the first sample (µs since the epoch).
+    pub capture_us: u64,
+    pub samples: Vec<i16>,
+}
+
+impl Chunk {
+    pub fn end_index(&self) -> u64 {
+        self.index + self.samples.len() as u64
+    }
+    /// Capture time of the last sample.
+    pub fn last_sample_us(&self) -> u64 {
+        self.capture_us + (self.samples.len().saturating_sub(1) as u64 * 1_000_000 / RATE as u64)
+    }
+}
+
+/// What the segmenter decided.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Speech has lasted the minimum duration: a turn starts (barge-in signal).
+    /// `decided_us`: capture time of the last sample the decision saw (for latency traces).
+    Start { turn: u64, speech_start_us: u64, continues: Option<u64>, decided_us: u64 },
+    /// Audio of the current turn, in order.
+    Audio { turn: u64, chunk: Chunk },
+    /// The turn ended: end-of-turn silence passed, or the segment was `cut` at max length
+    /// (then a `Start` with `continues` follows at once).
+    End { turn: u64, speech_start_us: u64, speech_end_us: u64, cut: bool, decided_us: u64 },
+}
+
+#[derive(Debug)]
+enum State {
+    Idle,
+    /// Speech seen, not yet long enough. `chunks` holds the pre-roll and everything since.
+    Pending { onset_us: u64, voiced_ms: u32, gap_ms: u32, chunks: Vec<Chunk> },
+    Speaking(Turn),
+}
+
+#[derive(Debug)]
+struct Turn {
+    turn: u64,
+    speech_start_us: u64,
+    /// Capture time of the last sample of the last speech chunk.
+    last_voiced_us: u64,
+    /// First sample index of this segment (for the max-length cut).
+    first_index: u64,
+    /// Silence since the last speech chunk; 0 = not in a pause.
+    silence_ms: u32,
+    /// Chunks of the current pause, held back until we know whether the turn goes on.
+    held: Vec<Chunk>,
+}
+
+pub struct SpeechSegmenter {
+    cfg: SegmenterConfig,
+    state: State,
+    /// The last `pre_roll_ms` of audio while idle.
+    recent: VecDeque<Chunk>,
+    last_turn: u64,
+    /// Index just past the last sample emitted in any turn (pre-roll never re-sends audio).
+    emitted_until: u64,
+    /// Capture time just past the last emitted sample.
+    emitted_end_us: u64,
+    /// Capture time of the last sample seen.
+    decided_us: u64,
+    chunk_ms: u32,
+}
+
+impl SpeechSegmenter {
+    pub fn new(cfg: SegmenterConfig) -> Self {
+        SpeechSegmenter {
+            cfg,
+            state: State::Idle,
+            recent: VecDeque::new(),
+            last_turn: 0,
+            emitted_until: 0,
+            emitted_end_us: 0,
+            decided_us: 0,
+            chunk_ms: (CHUNK as u32 * 1000) / RATE,
+        }
+    }
+
+    /// Feed one chunk and its speech probability; decisions are appended to `out`.
+    pub fn push(&mut self, chunk: Chunk, prob: f32, out: &mut Vec<Decision>) {
+        self.decided_us = chunk.last_sample_us();
+        let speech = prob >= self.cfg.threshold;
+        let silence = prob < self.cfg.neg_threshold();
+        let chunk_ms = self.chunk_ms;
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Idle => {
+                if speech {
+                    let until = self.emitted_until;
+                    let mut chunks: Vec<Chunk> = self.recent.drain(..).filter(|c| c.index >= until).collect();
+                    let onset_us = chunk.capture_us;
+                    chunks.push(chunk);
+                    self.state = State::Pending { onset_us, voiced_ms: chunk_ms, gap_ms: 0, chunks };
+                    self.confirm_if_long_enough(out);
+                } else {
+                    self.remember(chunk);
+                }
+            }
+            State::Pending { onset_us, mut voiced_ms, mut gap_ms, mut chunks } => {
+                chunks.push(chunk);
+                if speech {
+                    voiced_ms += chunk_ms;
+                    gap_ms = 0;
+                } else if silence || gap_ms > 0 {
+                    gap_ms += chunk_ms;
+                }
+                if gap_ms >= PENDING_GAP_MS {
+                    // A click, a cough, a burst of noise: not a turn. Keep the tail as pre-roll.
+                    for c in chunks {
+                        self.remember(c);
+                    }
+                } else {
+                    self.state = State::Pending { onset_us, voiced_ms, gap_ms, chunks };
+                    self.confirm_if_long_enough(out);
+                }
+            }
+            State::Speaking(mut t) => {
+                if speech {
+                    if !t.held.is_empty() && self.segment_ms(&t) >= self.soft_cut_ms() {
+                        // Near the maximum length: cut in the pause that just ended rather
+                        // than mid-word later. The pause opens the next piece.
+                        self.cut(&mut t, out);
+                    }
+                    t.last_voiced_us = chunk.last_sample_us();
+                    t.silence_ms = 0;
+                    for c in std::mem::take(&mut t.held) {
+                        self.emit_audio(&mut t, c, out);
+                    }
+                    self.emit_audio(&mut t, chunk, out);
+                    self.cut_if_long(&mut t, prob, out);
+                } else if silence || t.silence_ms > 0 {
+                    // A pause: hold its audio until we know whether the turn goes on.
+                    t.silence_ms += chunk_ms;
+                    t.held.push(chunk);
+                    if t.silence_ms >= self.cfg.eot_silence_ms {
+                        self.end_turn(t, out);
+                        return;
+                    }
+                } else {
+                    // Between the two thresholds, not in a pause: still part of the speech.
+                    self.emit_audio(&mut t, chunk, out);
+                    self.cut_if_long(&mut t, prob, out);
+                }
+                self.state = State::Speaking(t);
+            }
+        }
+    }
+
+    /// End of input (or of the call): close an open turn; a pending one is dropped.
+    pub fn finish(&mut self, out: &mut Vec<Decision>) {
+        if let State::Speaking(t) = std::mem::replace(&mut self.state, State::Idle) {
+            self.end_turn(t, out);
+        }
+        self.recent.clear();
+    }
+
+    fn remember(&mut self, chunk: Chunk) {
+        self.recent.push_back(chunk);
+        let keep = self.cfg.pre_roll_ms.div_ceil(self.chunk_ms) as usize;
+        while self.recent.len() > keep {
+            self.recent.pop_front();
+        }
+    }
+
+    fn confirm_if_long_enough(&mut self, out: &mut Vec<Decision>) {
+        let State::Pending { onset_us, voiced_ms, .. } = &self.state else { return };
+        if *voiced_ms < self.cfg.min_speech_ms {
+            return;
+        }
+        let onset_us = *onset_us;
+        let State::Pending { chunks, .. } = std::mem::replace(&mut self.state, State::Idle) else { unreachable!() };
+        let turn = self.new_turn_id(onset_us);
+        out.push(Decision::Start { turn, speech_start_us: onset_us, continues: None, decided_us: self.decided_us });
+        let first_index = chunks.first().map(|c| c.index).unwrap_or(0);
+        let mut t = Turn {
+            turn,
+            speech_start_us: onset_us,
+            last_voiced_us: chunks.last().map(|c| c.last_sample_us()).unwrap_or(onset_us),
+            first_index,
+            silence_ms: 0,
+            held: vec![],
+        };
+        for c in chunks {
+            self.emit_audio(&mut t, c, out);
+        }
+        self.state = State::Speaking(t);
+    }
+
+    /// Turn ids: the onset capture time in ms since the epoch, kept strictly increasing, so they
+    /// stay unique across restarts of vadseg (fifo-layout.md).
+    fn new_turn_id(&mut self, onset_us: u64) -> u64 {
+        let id = (onset_us / 1000).max(self.last_turn + 1);
+        self.last_turn = id;
+        id
+    }
+
+    fn emit_audio(&mut self, t: &mut Turn, chunk: Chunk, out: &mut Vec<Decision>) {
+        self.emitted_until = chunk.end_index();
+        self.emitted_end_us = chunk.capture_us + chunk.samples.len() as u64 * 1_000_000 / RATE as u64;
+        out.push(Decision::Audio { turn: t.turn, chunk });
+    }
+
+    fn segment_ms(&self, t: &Turn) -> u32 {
+        ((self.emitted_until.saturating_sub(t.first_index)) * 1000 / RATE as u64) as u32
+    }
+
+    fn soft_cut_ms(&self) -> u32 {
+        self.cfg.max_segment_ms.saturating_sub(SOFT_CUT_MARGIN_MS.min(self.cfg.max_segment_ms / 4))
+    }
+
+    /// Near the maximum length, cut at the first chunk below the threshold; at the maximum,
+    /// cut wherever we are.
+    fn cut_if_long(&mut self, t: &mut Turn, prob: f32, out: &mut Vec<Decision>) {
+        let len = self.segment_ms(t);
+        if len >= self.cfg.max_segment_ms || (len >= self.soft_cut_ms() && prob < self.cfg.threshold) {
+            self.cut(t, out);
+        }
+    }
+
+    /// Close the current piece and open the next turn right after it: every sample stays in
+    /// exactly one segment.
+    fn cut(&mut self, t: &mut Turn, out: &mut Vec<Decision>) {
+        let decided_us = self.decided_us;
+        out.push(Decision::End { turn: t.turn, speech_start_us: t.speech_start_us, speech_end_us: t.last_voiced_us, cut: true, decided_us });
+        let next_us = self.emitted_end_us;
+        let turn = self.new_turn_id(next_us);
+        out.push(Decision::Start { turn, speech_start_us: next_us, continues: Some(t.turn), decided_us });
+        t.turn = turn;
+        t.speech_start_us = next_us;
+        t.first_index = self.emitted_until;
+    }
+
+    fn end_turn(&mut self, mut t: Turn, out: &mut Vec<Decision>) {
+        let post_roll_chunks = self.cfg.post_roll_ms.div_ceil(self.chunk_ms) as usize;
+        let held = std::mem::take(&mut t.held);
+        let mut rest = vec![];
+        for (i, c) in held.into_iter().enumerate() {
+            if i < post_roll_chunks {
+                self.emit_audio(&mut t, c, out);
+            } else {
+                rest.push(c);
+            }
+        }
+        let decided_us = self.decided_us;
+        out.push(Decision::End { turn: t.turn, speech_start_us: t.speech_start_us, speech_end_us: t.last_voiced_us, cut: false, decided_us });
+        for c in rest {
+            self.remember(c);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_700_000_000_000_000;
+
+    /// Feed a probability per chunk; returns decisions with the chunk index they came from.
+    fn run(cfg: SegmenterConfig, probs: &[f32]) -> Vec<Decision> {
+        let mut s = SpeechSegmenter::new(cfg);
+        let mut out = vec![];
+        for (i, &p) in probs.iter().enumerate() {
+            let index = (i * CHUNK) as u64;
+            let chunk = Chunk { index, capture_us: T0 + index * 1_000_000 / RATE as u64, samples: vec![i as i16; CHUNK] };
+            s.push(chunk, p, &mut out);
+        }
+        s.finish(&mut out);
+        out
+    }
+
+    fn pattern(spec: &[(f32, usize)]) -> Vec<f32> {
+        spec.iter().flat_map(|&(p, n)| std::iter::repeat(p).take(n)).collect()
+    }
+
+    fn turns(d: &[Decision]) -> Vec<(u64, Vec<usize>)> {
+        let mut v: Vec<(u64, Vec<usize>)> = vec![];
+        for x in d {
+            match x {
+                Decision::Start { turn, .. } => v.push((*turn, vec![])),
+                Decision::Audio { turn, chunk } => {
+                    let last = v.last_mut().expect("audio before start");
+                    assert_eq!(last.0, *turn);
+                    last.1.push(chunk.samples[0] as usize);
+                }
+                Decision::End { .. } => {}
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn one_turn_with_pre_roll_post_roll_and_trace_times() {
+        let cfg = SegmenterConfig::default();
+        // 20 silent chunks, 30 speech chunks (0.96 s), 40 silent chunks.
+        let d = run(cfg.clone(), &pattern(&[(0.02, 20), (0.9, 30), (0.02, 40)]));
+        let t = turns(&d);
+        assert_eq!(t.len(), 1);
+        // pre-roll 300 ms = 10 chunks before chunk 20; post-roll 200 ms = 7 chunks after 49.
+        assert_eq!(t[0].1, (10..57).collect::<Vec<_>>());
+        let Decision::Start { turn, speech_start_us, .. } = d[0] else { panic!() };
+        assert_eq!(speech_start_us, T0 + 20 * 32_000);
+        assert_eq!(turn, speech_start_us / 1000);
+        let Some(Decision::End { speech_end_us, cut: false, .. }) = d.last() else { panic!() };
+        assert_eq!(*speech_end_us, T0 + 50 * 32_000 - 63);
+    }
+
+    #[test]
+    fn start_is_emitted_as_soon_as_min_speech_is_reached() {
+        let cfg = SegmenterConfig { min_speech_ms: 250, ..Default::default() };
+        let mut s = SpeechSegmenter::new(cfg);
+        let mut out = vec![];
+        for i in 0..20 {
+            let chunk = Chunk { index: (i * CHUNK) as u64, capture_us: T0, samples: vec![0; CHUNK] };
+            s.push(chunk, if i >= 5 { 0.9 } else { 0.0 }, &mut out);
+            let started = out.iter().any(|d| matches!(d, Decision::Start { .. }));
+            // 8 chunks × 32 ms = 256 ms ≥ 250 ms: decided on the 8th speech chunk (index 12).
+            assert_eq!(started, i >= 12, "chunk {i}");
+        }
+    }
+
+    #[test]
+    fn short_bursts_and_noise_make_no_turn() {
+        let d = run(
+            SegmenterConfig::default(),
+            &pattern(&[(0.0, 10), (0.95, 3), (0.0, 10), (0.6, 2), (0.1, 5), (0.4, 30), (0.0, 10)]),
+        );
+        assert!(d.is_empty(), "{d:?}");
+    }
+
+    #[test]
+    fn a_pause_shorter_than_eot_keeps_one_turn_and_all_audio() {
+        // 0.5 s pause (15 chunks = 480 ms) < 600 ms end-of-turn silence.
+        let d = run(SegmenterConfig::default(), &pattern(&[(0.0, 12), (0.9, 20), (0.0, 15), (0.9, 20), (0.0, 40)]));
+        let t = turns(&d);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].1, (2..74).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn max_length_cuts_into_contiguous_turns() {
+        let cfg = SegmenterConfig { max_segment_ms: 4_000, ..Default::default() };
+        // 20 s of speech with a dip every second.
+        let mut probs = vec![0.0; 10];
+        for _ in 0..20 {
+            probs.extend(pattern(&[(0.9, 29), (0.3, 2)]));
+        }
+        probs.extend(vec![0.0; 40]);
+        let d = run(cfg, &probs);
+        let t = turns(&d);
+        assert!(t.len() >= 5, "{} turns", t.len());
+        let all: Vec<usize> = t.iter().flat_map(|x| x.1.clone()).collect();
+        let first = all[0];
+        assert_eq!(all, (first..first + all.len()).collect::<Vec<_>>(), "audio lost or repeated at a cut");
+        for w in t.windows(2) {
+            assert!(w[1].0 > w[0].0, "turn ids increase");
+            assert!(w[0].1.len() as u32 * 32 <= 4_000 + 32, "piece of {} chunks", w[0].1.len());
+        }
+        let cuts = d.iter().filter(|x| matches!(x, Decision::End { cut: true, .. })).count();
+        let conts = d.iter().filter(|x| matches!(x, Decision::Start { continues: Some(_), .. })).count();
+        assert_eq!(cuts, t.len() - 1);
+        assert_eq!(conts, t.len() - 1);
+    }
+
+    #[test]
+    fn next_turn_pre_roll_never_repeats_audio() {
+        let d = run(SegmenterConfig::default(), &pattern(&[(0.9, 20), (0.0, 19), (0.9, 20), (0.0, 40)]));
+        let t = turns(&d);
+        assert_eq!(t.len(), 2);
+        assert!(t[1].1[0] > *t[0].1.last().unwrap());
+    }
+}
