@@ -110,10 +110,22 @@ pub fn audio_frames(turn: u64, samples: &[i16], first_index: u64) -> Vec<Frame> 
         .collect()
 }
 
-/// A whole turn as vadseg frames it: speech-start, audio, speech-end.
+/// vadseg's default pre-roll and post-roll around the voiced audio (ms).
+pub const PRE_ROLL_MS: usize = 300;
+pub const POST_ROLL_MS: usize = 200;
+
+/// `samples` with vadseg's pre-roll and post-roll of silence around them.
+pub fn with_rolls(samples: &[i16]) -> Vec<i16> {
+    let mut v = vec![0i16; PRE_ROLL_MS * RATE as usize / 1000];
+    v.extend_from_slice(samples);
+    v.extend(std::iter::repeat(0).take(POST_ROLL_MS * RATE as usize / 1000));
+    v
+}
+
+/// A whole turn as vadseg frames it: speech-start, audio (with pre- and post-roll), speech-end.
 pub fn segment(turn: u64, samples: &[i16]) -> Vec<Frame> {
     let mut v = vec![speech_start(turn)];
-    v.extend(audio_frames(turn, samples, 0));
+    v.extend(audio_frames(turn, &with_rolls(samples), 0));
     v.push(speech_end(turn));
     v
 }
