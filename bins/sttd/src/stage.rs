@@ -450,7 +450,7 @@ impl<O: Output> SttStage<O> {
         self.next_job += 1;
         let abort = Arc::new(AtomicBool::new(false));
         self.in_flight = Some(InFlight { id, turn, kind, abort: abort.clone(), started: Instant::now() });
-        self.worker.submit(Job { id, turn, kind, samples, abort });
+        self.worker.submit(Job { id, turn, samples, abort });
         id
     }
 }

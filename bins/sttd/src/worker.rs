@@ -19,7 +19,6 @@ pub enum JobKind {
 pub struct Job {
     pub id: u64,
     pub turn: u64,
-    pub kind: JobKind,
     pub samples: Arc<Vec<f32>>,
     pub abort: Arc<AtomicBool>,
 }
