@@ -1,0 +1,189 @@
+//! [`HallucinationGuard`]: decides whether a Whisper result is real speech or one of Whisper's
+//! well-known inventions on silence and noise ("Thank you.", "[BLANK_AUDIO]", "you").
+//!
+//! Checks, cheapest first:
+//! 1. the segment's energy: near-digital-silence audio is never transcribed;
+//! 2. the text: empty, or only bracketed/parenthesised non-speech tags and punctuation;
+//! 3. whisper.cpp's no-speech probability together with the mean token log-probability
+//!    (OpenAI's rule: no-speech prob > threshold AND avg logprob < −1 → silence);
+//! 4. a very high no-speech probability alone;
+//! 5. a short list of stock phrases Whisper emits on non-speech, rejected when the audio is
+//!    weak or the model is unsure.
+
+use crate::engine::Transcription;
+
+#[derive(Debug, Clone)]
+pub struct GuardSettings {
+    /// Segments quieter than this RMS (dBFS) are silence.
+    pub min_rms_dbfs: f32,
+    /// No-speech probability above which (with a low avg logprob) the text is dropped.
+    pub no_speech_thold: f32,
+    /// Average token log-probability under which the model is "guessing".
+    pub logprob_thold: f32,
+    /// No-speech probability above which the text is dropped regardless of confidence.
+    pub no_speech_hard: f32,
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        GuardSettings { min_rms_dbfs: -55.0, no_speech_thold: 0.6, logprob_thold: -1.0, no_speech_hard: 0.9 }
+    }
+}
+
+/// Why a result was rejected (logged).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    Silent { rms_dbfs: f32 },
+    NoText,
+    NoSpeech { no_speech_prob: f32, avg_logprob: f32 },
+    StockPhrase { text: String },
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::Silent { rms_dbfs } => write!(f, "audio is silent ({rms_dbfs:.0} dBFS)"),
+            Rejection::NoText => write!(f, "no words in the result"),
+            Rejection::NoSpeech { no_speech_prob, avg_logprob } => {
+                write!(f, "no speech (no-speech prob {no_speech_prob:.2}, avg logprob {avg_logprob:.2})")
+            }
+            Rejection::StockPhrase { text } => write!(f, "{text:?} is a phrase Whisper invents on noise"),
+        }
+    }
+}
+
+/// Whisper's habitual outputs on silence/noise (lower-case, punctuation stripped).
+const STOCK_PHRASES: &[&str] = &[
+    "thank you",
+    "thanks for watching",
+    "thank you for watching",
+    "thank you very much",
+    "you",
+    "bye",
+    "so",
+    "okay",
+    "oh",
+    "um",
+    "uh",
+    "hmm",
+    "please subscribe",
+    "subtitles by the amaraorg community",
+];
+
+pub struct HallucinationGuard {
+    pub settings: GuardSettings,
+}
+
+/// RMS level of `samples` in dBFS (−inf for all-zero).
+pub fn rms_dbfs(samples: &[f32]) -> f32 {
+    if samples.is_empty() {
+        return f32::NEG_INFINITY;
+    }
+    let ms = samples.iter().map(|s| (*s as f64) * (*s as f64)).sum::<f64>() / samples.len() as f64;
+    (10.0 * ms.log10()) as f32
+}
+
+/// Remove `[...]`, `(...)` and `*...*` non-speech tags and tidy whitespace.
+pub fn strip_tags(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut depth = 0i32;
+    let mut in_star = false;
+    for c in text.chars() {
+        match c {
+            '[' | '(' => depth += 1,
+            ']' | ')' => depth = (depth - 1).max(0),
+            '*' => in_star = !in_star,
+            _ if depth == 0 && !in_star => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn normalise(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_alphanumeric() || c.is_whitespace())
+        .collect::<String>()
+        .to_lowercase()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl HallucinationGuard {
+    pub fn new(settings: GuardSettings) -> Self {
+        HallucinationGuard { settings }
+    }
+
+    /// Before running Whisper: is there anything to transcribe at all?
+    pub fn check_audio(&self, samples: &[f32]) -> Result<(), Rejection> {
+        let level = rms_dbfs(samples);
+        if level < self.settings.min_rms_dbfs {
+            return Err(Rejection::Silent { rms_dbfs: level });
+        }
+        Ok(())
+    }
+
+    /// After Whisper: the text to emit, or why there is none.
+    pub fn accept(&self, t: &Transcription, samples: &[f32]) -> Result<String, Rejection> {
+        let s = &self.settings;
+        let text = strip_tags(&t.text);
+        let words = normalise(&text);
+        if words.is_empty() {
+            return Err(Rejection::NoText);
+        }
+        let unsure = t.avg_logprob < s.logprob_thold;
+        if t.no_speech_prob > s.no_speech_hard || (t.no_speech_prob > s.no_speech_thold && unsure) {
+            return Err(Rejection::NoSpeech { no_speech_prob: t.no_speech_prob, avg_logprob: t.avg_logprob });
+        }
+        if STOCK_PHRASES.contains(&words.as_str()) {
+            let weak = rms_dbfs(samples) < s.min_rms_dbfs + 15.0;
+            if weak || unsure || t.no_speech_prob > 0.3 {
+                return Err(Rejection::StockPhrase { text });
+            }
+        }
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(text: &str, nsp: f32, lp: f32) -> Transcription {
+        Transcription { text: text.into(), no_speech_prob: nsp, avg_logprob: lp, n_tokens: 3, ..Default::default() }
+    }
+
+    fn loud() -> Vec<f32> {
+        (0..16000).map(|i| 0.3 * (i as f32 * 0.05).sin()).collect()
+    }
+
+    #[test]
+    fn strips_non_speech_tags() {
+        assert_eq!(strip_tags("[BLANK_AUDIO]"), "");
+        assert_eq!(strip_tags(" (music) hello  *laughs* there [noise]"), "hello there");
+    }
+
+    #[test]
+    fn silence_is_rejected_before_whisper_runs() {
+        let g = HallucinationGuard::new(GuardSettings::default());
+        assert!(matches!(g.check_audio(&vec![0.0; 16000]), Err(Rejection::Silent { .. })));
+        assert!(matches!(g.check_audio(&vec![1e-4; 16000]), Err(Rejection::Silent { .. })));
+        assert!(g.check_audio(&loud()).is_ok());
+    }
+
+    #[test]
+    fn no_speech_probability_and_stock_phrases() {
+        let g = HallucinationGuard::new(GuardSettings::default());
+        let a = loud();
+        assert_eq!(g.accept(&result(" Hello there.", 0.01, -0.2), &a).unwrap(), "Hello there.");
+        assert!(g.accept(&result("[BLANK_AUDIO]", 0.01, -0.2), &a).is_err());
+        assert!(g.accept(&result("Something.", 0.95, -0.2), &a).is_err());
+        assert!(g.accept(&result("Something.", 0.7, -1.5), &a).is_err());
+        assert!(g.accept(&result("Something.", 0.7, -0.3), &a).is_ok(), "confident text survives a middling no-speech prob");
+        assert!(g.accept(&result("Thank you.", 0.4, -0.2), &a).is_err());
+        assert!(g.accept(&result("Thank you.", 0.01, -0.1), &a).is_ok(), "a clear, confident thank-you is kept");
+        let quiet: Vec<f32> = a.iter().map(|s| s * 0.003).collect();
+        assert!(g.accept(&result("Thank you.", 0.01, -0.1), &quiet).is_err());
+    }
+}

@@ -1,0 +1,456 @@
+//! [`SttStage`]: the event loop of sttd. It reads segments and events, forwards control
+//! events at once, collects each turn's 16 kHz audio, schedules Whisper jobs on the
+//! [`TranscriptionWorker`], and writes one final `transcript` per turn.
+//!
+//! Turn rules:
+//! * `speech-start` (urgent) is forwarded immediately and supersedes every other turn still
+//!   being collected or transcribed (their results are dropped), except the turn it
+//!   `continues` (vadseg cut a long monologue in two: both pieces are transcribed).
+//! * `cancel` is forwarded immediately; with a `turn` it drops that turn, without one it drops
+//!   every finished turn whose transcript is still being computed.
+//! * `speech-end` (forwarded) closes the turn and asks for its transcript. If an early job
+//!   (started at the first pause, see `--speculate-after`, or for a partial transcript) already
+//!   covers every loud sample of the turn, its result is reused instead of running Whisper again.
+//! * audio of a turn we never saw start (sttd restarted mid-turn) is ignored: that turn is lost.
+
+use crate::engine::SAMPLE_RATE;
+use crate::guard::{rms_dbfs, HallucinationGuard};
+use crate::worker::{Job, JobDone, JobKind, TranscriptionWorker};
+use crossbeam_channel::{select, Receiver};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tgvoice::event::{kind, trace_key};
+use tgvoice::{AudioFrame, Event, Frame, Input, TurnTrace};
+
+/// Speculation / partial-transcript settings.
+#[derive(Debug, Clone)]
+pub struct EarlySettings {
+    /// Start decoding an open turn after this long without new audio (None = off).
+    pub speculate_after: Option<Duration>,
+    /// Emit `final: false` transcripts of an open turn at most this often (None = off).
+    pub partial_every: Option<Duration>,
+    /// Audio added after an early job that is this much quieter than the turn (dB) does not
+    /// invalidate its result (vadseg's post-roll is near-silence).
+    pub quiet_db_below_turn: f32,
+}
+
+/// Sink for what the stage emits (a FrameSink in the program, a Vec in unit tests).
+pub trait Output {
+    fn send(&mut self, frame: Frame);
+}
+
+impl Output for tgvoice::FrameSink {
+    fn send(&mut self, frame: Frame) {
+        tgvoice::FrameSink::send(self, frame)
+    }
+}
+
+struct OpenTurn {
+    samples: Vec<f32>,
+    trace: TurnTrace,
+    last_audio: Instant,
+    /// Mean-square level of the turn so far (for the "quiet tail" test).
+    energy_sum: f64,
+    /// Samples covered by the newest early job, and whether louder audio arrived after them.
+    early_covers: usize,
+    loud_after_early: bool,
+    /// An early job whose result can still serve as the final transcript.
+    early: Option<EarlyResult>,
+    last_partial: Option<Instant>,
+}
+
+enum EarlyResult {
+    Running(u64),
+    Done(crate::engine::Transcription, Arc<Vec<f32>>),
+}
+
+struct InFlight {
+    id: u64,
+    turn: u64,
+    kind: JobKind,
+    abort: Arc<AtomicBool>,
+    started: Instant,
+}
+
+struct FinalRequest {
+    turn: u64,
+    samples: Arc<Vec<f32>>,
+}
+
+/// Per-stage counters, logged at exit.
+#[derive(Debug, Default, Clone)]
+pub struct StageStats {
+    pub turns: u64,
+    pub transcripts: u64,
+    pub rejected: u64,
+    pub dropped: u64,
+    pub early_reused: u64,
+}
+
+pub struct SttStage<O: Output> {
+    out: O,
+    worker: TranscriptionWorker,
+    guard: HallucinationGuard,
+    early: EarlySettings,
+    open: HashMap<u64, OpenTurn>,
+    /// Ended turns' traces, until their transcript is emitted or dropped.
+    ended: HashMap<u64, TurnTrace>,
+    queue: VecDeque<FinalRequest>,
+    in_flight: Option<InFlight>,
+    dropped: HashSet<u64>,
+    next_job: u64,
+    unknown_turns_logged: HashSet<u64>,
+    pub stats: StageStats,
+}
+
+fn to_f32(a: &AudioFrame) -> Vec<f32> {
+    if a.channels <= 1 {
+        a.samples.iter().map(|s| *s as f32 / 32768.0).collect()
+    } else {
+        let ch = a.channels as usize;
+        a.samples.chunks_exact(ch).map(|c| c.iter().map(|s| *s as f32).sum::<f32>() / (ch as f32 * 32768.0)).collect()
+    }
+}
+
+impl<O: Output> SttStage<O> {
+    pub fn new(out: O, worker: TranscriptionWorker, guard: HallucinationGuard, early: EarlySettings) -> Self {
+        SttStage {
+            out,
+            worker,
+            guard,
+            early,
+            open: HashMap::new(),
+            ended: HashMap::new(),
+            queue: VecDeque::new(),
+            in_flight: None,
+            dropped: HashSet::new(),
+            next_job: 1,
+            unknown_turns_logged: HashSet::new(),
+            stats: StageStats::default(),
+        }
+    }
+
+    pub fn into_output(self) -> O {
+        self.out
+    }
+
+    /// Run until the input ends, then finish the transcripts already asked for.
+    pub fn run(&mut self, input: Receiver<Input>) {
+        let done = self.worker.done.clone();
+        let tick = Duration::from_millis(10);
+        let mut input_open = true;
+        loop {
+            if !input_open && self.in_flight.is_none() && self.queue.is_empty() {
+                break;
+            }
+            let timers = self.early.speculate_after.is_some() || self.early.partial_every.is_some();
+            let timeout = if timers && !self.open.is_empty() { tick } else { Duration::from_millis(500) };
+            select! {
+                recv(if input_open { input.clone() } else { crossbeam_channel::never() }) -> msg => match msg {
+                    Ok(Input::Frame(f)) => self.on_frame(f),
+                    Ok(Input::WriterGone) => self.on_writer_gone(),
+                    Err(_) => {
+                        input_open = false;
+                        // End of input: open turns will never end; drop them and any early work.
+                        for turn in self.open.keys().copied().collect::<Vec<_>>() {
+                            self.drop_turn(turn, "input ended before its speech-end");
+                        }
+                    }
+                },
+                recv(done) -> msg => if let Ok(d) = msg { self.on_done(d) },
+                default(timeout) => {}
+            }
+            self.schedule();
+        }
+    }
+
+    pub fn on_frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Audio(a) => self.on_audio(a),
+            Frame::Event(e) => self.on_event(e),
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        let turn = e.turn;
+        match e.kind.as_str() {
+            kind::SPEECH_START => {
+                let continues = e.get_u64("continues");
+                let trace = e.trace.clone();
+                self.out.send(Frame::Event(e));
+                let Some(turn) = turn else {
+                    log::warn!("speech-start without a turn id; ignoring it");
+                    return;
+                };
+                let others: Vec<u64> = self
+                    .open
+                    .keys()
+                    .chain(self.ended.keys())
+                    .copied()
+                    .filter(|t| *t != turn && Some(*t) != continues)
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .collect();
+                for t in others {
+                    self.drop_turn(t, "superseded by a new speech-start");
+                }
+                self.stats.turns += 1;
+                self.dropped.remove(&turn);
+                self.open.insert(
+                    turn,
+                    OpenTurn {
+                        samples: Vec::with_capacity(SAMPLE_RATE as usize * 5),
+                        trace,
+                        last_audio: Instant::now(),
+                        energy_sum: 0.0,
+                        early_covers: 0,
+                        loud_after_early: false,
+                        early: None,
+                        last_partial: None,
+                    },
+                );
+            }
+            kind::CANCEL => {
+                self.out.send(Frame::Event(e));
+                match turn {
+                    Some(t) => self.drop_turn(t, "cancelled"),
+                    None => {
+                        for t in self.ended.keys().copied().collect::<Vec<_>>() {
+                            self.drop_turn(t, "cancelled");
+                        }
+                    }
+                }
+            }
+            kind::SPEECH_END => {
+                let trace = e.trace.clone();
+                self.out.send(Frame::Event(e));
+                match turn {
+                    Some(t) => self.end_turn(t, trace),
+                    None => log::warn!("speech-end without a turn id; ignoring it"),
+                }
+            }
+            _ => self.out.send(Frame::Event(e)),
+        }
+    }
+
+    fn on_audio(&mut self, a: AudioFrame) {
+        if a.turn == 0 || self.dropped.contains(&a.turn) {
+            return;
+        }
+        if a.sample_rate != SAMPLE_RATE {
+            if self.unknown_turns_logged.insert(u64::MAX - a.turn) {
+                log::error!(
+                    "turn {}: audio at {} Hz, expected 16000 Hz speech segments (put vadseg before sttd); ignoring it",
+                    a.turn,
+                    a.sample_rate
+                );
+            }
+            return;
+        }
+        let Some(t) = self.open.get_mut(&a.turn) else {
+            if !self.ended.contains_key(&a.turn) && self.unknown_turns_logged.insert(a.turn) {
+                log::warn!("turn {}: audio without its speech-start (sttd started mid-turn?); this turn is skipped", a.turn);
+            }
+            return;
+        };
+        let samples = to_f32(&a);
+        let frame_ms: f64 = samples.iter().map(|s| (*s as f64).powi(2)).sum();
+        t.energy_sum += frame_ms;
+        if t.early.is_some() && !t.loud_after_early {
+            let turn_level = 10.0 * (t.energy_sum / (t.samples.len() + samples.len()).max(1) as f64).log10();
+            let frame_level = rms_dbfs(&samples) as f64;
+            if frame_level > turn_level - self.early.quiet_db_below_turn as f64 {
+                t.loud_after_early = true;
+                if let Some(EarlyResult::Running(id)) = t.early {
+                    if let Some(f) = self.in_flight.as_ref().filter(|f| f.id == id) {
+                        f.abort.store(true, Ordering::Relaxed);
+                    }
+                }
+                t.early = None;
+            }
+        }
+        t.samples.extend_from_slice(&samples);
+        t.last_audio = Instant::now();
+    }
+
+    fn end_turn(&mut self, turn: u64, trace: TurnTrace) {
+        let Some(mut t) = self.open.remove(&turn) else {
+            if !self.dropped.contains(&turn) {
+                log::warn!("turn {turn}: speech-end without its speech-start (sttd started mid-turn?); nothing to transcribe");
+            }
+            return;
+        };
+        for (k, v) in trace.0 {
+            t.trace.mark(&k, v);
+        }
+        let samples = Arc::new(std::mem::take(&mut t.samples));
+        if let Err(why) = self.guard.check_audio(&samples) {
+            log::info!("turn {turn}: no transcript ({why})");
+            self.stats.rejected += 1;
+            return;
+        }
+        self.ended.insert(turn, t.trace.clone());
+        let early_valid = !t.loud_after_early;
+        match t.early.take() {
+            Some(EarlyResult::Done(result, covered)) if early_valid => {
+                self.stats.early_reused += 1;
+                self.finish_turn(turn, Ok(result), &covered, true);
+            }
+            Some(EarlyResult::Running(id)) if early_valid => {
+                if let Some(f) = self.in_flight.as_mut().filter(|f| f.id == id) {
+                    // Its result becomes the final one.
+                    f.kind = JobKind::Final;
+                    self.stats.early_reused += 1;
+                    log::debug!("turn {turn}: speculative decode already running; it becomes the final one");
+                }
+            }
+            _ => {
+                if let Some(f) = self.in_flight.as_ref().filter(|f| f.turn == turn) {
+                    f.abort.store(true, Ordering::Relaxed);
+                }
+                self.queue.push_back(FinalRequest { turn, samples });
+            }
+        }
+    }
+
+    fn drop_turn(&mut self, turn: u64, why: &str) {
+        let mut had = self.open.remove(&turn).is_some();
+        had |= self.ended.remove(&turn).is_some();
+        let before = self.queue.len();
+        self.queue.retain(|r| r.turn != turn);
+        had |= self.queue.len() != before;
+        if let Some(f) = self.in_flight.as_ref().filter(|f| f.turn == turn) {
+            f.abort.store(true, Ordering::Relaxed);
+            had = true;
+        }
+        if had {
+            self.stats.dropped += 1;
+            log::info!("turn {turn}: dropped ({why})");
+        }
+        self.dropped.insert(turn);
+        if self.dropped.len() > 1024 {
+            let min = *self.dropped.iter().min().unwrap();
+            self.dropped.remove(&min);
+        }
+    }
+
+    fn on_writer_gone(&mut self) {
+        for turn in self.open.keys().copied().collect::<Vec<_>>() {
+            self.drop_turn(turn, "the upstream writer went away mid-turn");
+        }
+    }
+
+    fn on_done(&mut self, d: JobDone) {
+        let Some(f) = self.in_flight.take_if(|f| f.id == d.id) else { return };
+        let elapsed = f.started.elapsed();
+        log::debug!("job {} (turn {}, {:?}) done in {:.0} ms", d.id, d.turn, f.kind, elapsed.as_secs_f64() * 1e3);
+        let result = match d.result {
+            Ok(None) => return, // aborted
+            Ok(Some(t)) => Ok(t),
+            Err(e) => Err(e),
+        };
+        match f.kind {
+            JobKind::Final => {
+                if self.ended.contains_key(&d.turn) {
+                    self.finish_turn(d.turn, result, &d.samples, false);
+                }
+            }
+            JobKind::Early => {
+                let Some(t) = self.open.get_mut(&d.turn) else { return };
+                let Ok(result) = result else { return };
+                if self.early.partial_every.is_some() {
+                    if let Ok(text) = self.guard.accept(&result, &d.samples) {
+                        let mut e = Event::new(kind::TRANSCRIPT).with_turn(d.turn).with_text(text).with("final", false);
+                        e.trace = t.trace.clone();
+                        self.out.send(Frame::Event(e));
+                    }
+                }
+                if !t.loud_after_early {
+                    t.early = Some(EarlyResult::Done(result, d.samples));
+                }
+            }
+        }
+    }
+
+    fn finish_turn(&mut self, turn: u64, result: Result<crate::engine::Transcription, String>, samples: &[f32], reused: bool) {
+        let Some(mut trace) = self.ended.remove(&turn) else { return };
+        let secs = samples.len() as f64 / SAMPLE_RATE as f64;
+        let t = match result {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("turn {turn}: transcription failed: {e}");
+                return;
+            }
+        };
+        match self.guard.accept(&t, samples) {
+            Ok(text) => {
+                trace.mark_now(trace_key::TRANSCRIPT);
+                let since_eot = trace.span_ms(trace_key::EOT, trace_key::TRANSCRIPT).map(|ms| format!(", {ms:.0} ms after speech-end")).unwrap_or_default();
+                log::info!(
+                    "turn {turn}: {text:?} ({secs:.2} s of audio; whisper {:.0} ms, audio_ctx {}{}{since_eot})",
+                    t.elapsed_ms,
+                    t.audio_ctx,
+                    if reused { ", speculative" } else { "" }
+                );
+                let e = Event::new(kind::TRANSCRIPT).with_turn(turn).with_text(text).with("final", true).with_trace(trace);
+                self.out.send(Frame::Event(e));
+                self.stats.transcripts += 1;
+            }
+            Err(why) => {
+                self.stats.rejected += 1;
+                log::info!("turn {turn}: no transcript for {:?} ({why})", t.text);
+            }
+        }
+    }
+
+    /// Give the worker its next job when it is idle: ended turns first, then early work.
+    fn schedule(&mut self) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        if let Some(req) = self.queue.pop_front() {
+            self.start_job(req.turn, JobKind::Final, req.samples);
+            return;
+        }
+        let now = Instant::now();
+        let mut pick = None;
+        for (turn, t) in &self.open {
+            if t.samples.len() < SAMPLE_RATE as usize / 2 || t.samples.len() == t.early_covers {
+                continue;
+            }
+            let paused = self.early.speculate_after.is_some_and(|d| now.duration_since(t.last_audio) >= d);
+            let partial_due = self
+                .early
+                .partial_every
+                .is_some_and(|d| t.last_partial.map_or(t.samples.len() as f64 / SAMPLE_RATE as f64 >= d.as_secs_f64(), |p| now.duration_since(p) >= d));
+            if paused || partial_due {
+                pick = Some(*turn);
+                break;
+            }
+        }
+        if let Some(turn) = pick {
+            let t = self.open.get_mut(&turn).unwrap();
+            if self.guard.check_audio(&t.samples).is_err() {
+                t.early_covers = t.samples.len();
+                return;
+            }
+            let samples = Arc::new(t.samples.clone());
+            t.early_covers = samples.len();
+            t.loud_after_early = false;
+            t.last_partial = Some(now);
+            let id = self.start_job(turn, JobKind::Early, samples);
+            self.open.get_mut(&turn).unwrap().early = Some(EarlyResult::Running(id));
+        }
+    }
+
+    fn start_job(&mut self, turn: u64, kind: JobKind, samples: Arc<Vec<f32>>) -> u64 {
+        let id = self.next_job;
+        self.next_job += 1;
+        let abort = Arc::new(AtomicBool::new(false));
+        self.in_flight = Some(InFlight { id, turn, kind, abort: abort.clone(), started: Instant::now() });
+        self.worker.submit(Job { id, turn, samples, abort });
+        id
+    }
+}

@@ -1,0 +1,67 @@
+//! [`TranscriptionWorker`]: the thread that owns the [`WhisperEngine`]. The stage hands it one
+//! [`Job`] at a time and keeps forwarding urgent events while Whisper runs; a job can be
+//! aborted mid-way through its abort flag (whisper.cpp polls it between graph steps).
+
+use crate::engine::{Transcription, WhisperEngine};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Why a job was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// The turn has ended: its transcript is wanted now.
+    Final,
+    /// The turn is still open: speculative (at a pause) or for a partial transcript.
+    Early,
+}
+
+pub struct Job {
+    pub id: u64,
+    pub turn: u64,
+    pub samples: Arc<Vec<f32>>,
+    pub abort: Arc<AtomicBool>,
+}
+
+pub struct JobDone {
+    pub id: u64,
+    pub turn: u64,
+    pub samples: Arc<Vec<f32>>,
+    /// `Ok(None)`: aborted before or during the run.
+    pub result: Result<Option<Transcription>, String>,
+}
+
+pub struct TranscriptionWorker {
+    jobs: Sender<Job>,
+    pub done: Receiver<JobDone>,
+}
+
+impl TranscriptionWorker {
+    pub fn spawn(mut engine: WhisperEngine) -> std::io::Result<Self> {
+        let (jobs, job_rx) = unbounded::<Job>();
+        let (done_tx, done) = unbounded();
+        std::thread::Builder::new().name("whisper".into()).spawn(move || {
+            for job in job_rx {
+                let result = if job.abort.load(Ordering::Relaxed) {
+                    Ok(None)
+                } else {
+                    match engine.transcribe(&job.samples, Some(job.abort.clone())) {
+                        Ok(t) if t.aborted => Ok(None),
+                        Ok(t) => Ok(Some(t)),
+                        Err(e) => Err(format!("{e:#}")),
+                    }
+                };
+                let msg = JobDone { id: job.id, turn: job.turn, samples: job.samples, result };
+                if done_tx.send(msg).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(TranscriptionWorker { jobs, done })
+    }
+
+    pub fn submit(&self, job: Job) {
+        // The worker only stops when this sender is dropped, so sending cannot fail while we live.
+        let _ = self.jobs.send(job);
+    }
+}
