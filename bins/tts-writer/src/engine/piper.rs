@@ -1,0 +1,133 @@
+//! The Piper engine: a Piper voice (`.onnx` + `.onnx.json`) run through ONNX Runtime in this
+//! process, with phonemes from libespeak-ng ([`super::phonemize`]).
+//!
+//! The model is loaded once and kept for the life of the program; each sentence is one
+//! `session.run` (inputs `input` [1,N] i64, `input_lengths` [1] i64, `scales` [3] f32 =
+//! noise_scale, length_scale, noise_w from the json) giving float audio at the voice's rate
+//! (22050 Hz for medium voices), peak-normalised per sentence like piper-tts does.
+
+use super::phonemize::{phonemes_to_ids, EspeakPhonemizer};
+use super::{Audio, SpeechEngine};
+use anyhow::{Context, Result};
+use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::value::Tensor;
+use serde::Deserialize;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// Peak level after normalisation (piper uses 1.0; a little headroom keeps the resampler's
+/// overshoot from clipping).
+const PEAK: f32 = 0.9;
+
+#[derive(Deserialize)]
+struct VoiceConfig {
+    audio: AudioConfig,
+    espeak: EspeakConfig,
+    inference: InferenceConfig,
+    phoneme_id_map: HashMap<String, Vec<i64>>,
+    #[serde(default)]
+    num_speakers: u32,
+}
+
+#[derive(Deserialize)]
+struct AudioConfig {
+    sample_rate: u32,
+}
+
+#[derive(Deserialize)]
+struct EspeakConfig {
+    voice: String,
+}
+
+#[derive(Deserialize)]
+struct InferenceConfig {
+    noise_scale: f32,
+    length_scale: f32,
+    noise_w: f32,
+}
+
+pub struct PiperEngine {
+    session: Session,
+    config: VoiceConfig,
+    phonemizer: EspeakPhonemizer,
+    warned: HashSet<String>,
+    label: String,
+}
+
+/// Where ONNX Runtime is: `ORT_DYLIB_PATH`, else the copy scripts/setup unpacks.
+pub fn onnxruntime_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        return p.exists().then_some(p);
+    }
+    let p = tgvoice::testkit::cache_dir().join("onnxruntime/libonnxruntime.so.1.22.1");
+    p.exists().then_some(p)
+}
+
+impl PiperEngine {
+    /// Load the voice `model` (its config is `<model>.json`) with `threads` intra-op threads.
+    pub fn load(model: &Path, threads: usize) -> Result<Self> {
+        let json_path = PathBuf::from(format!("{}.json", model.display()));
+        let json = std::fs::read_to_string(&json_path).with_context(|| format!("cannot read the voice config {}", json_path.display()))?;
+        let config: VoiceConfig = serde_json::from_str(&json).with_context(|| format!("{} is not a Piper voice config", json_path.display()))?;
+        if config.num_speakers > 1 {
+            log::warn!("{} has {} speakers; using the default one", model.display(), config.num_speakers);
+        }
+        let ort_lib = onnxruntime_path().context("ONNX Runtime not found (set ORT_DYLIB_PATH or run scripts/setup onnxruntime)")?;
+        // ort panics if the library cannot be loaded; we checked the file exists, and catch a
+        // broken one here.
+        let lib = ort_lib.display().to_string();
+        std::panic::catch_unwind(move || ort::init_from(lib).with_name("tts-writer").commit())
+            .map_err(|_| anyhow::anyhow!("cannot load ONNX Runtime from {}", ort_lib.display()))?
+            .context("cannot initialise ONNX Runtime")?;
+        let session = Session::builder()?
+            .with_optimization_level(GraphOptimizationLevel::Level3)?
+            .with_intra_threads(threads.max(1))?
+            .with_inter_threads(1)?
+            .commit_from_file(model)
+            .with_context(|| format!("cannot load the Piper voice {}", model.display()))?;
+        let phonemizer = EspeakPhonemizer::new(&config.espeak.voice)?;
+        let label = format!("piper {}", model.file_stem().unwrap_or_default().to_string_lossy());
+        Ok(PiperEngine { session, config, phonemizer, warned: HashSet::new(), label })
+    }
+
+    fn run(&mut self, ids: &[i64]) -> Result<Vec<f32>> {
+        let n = ids.len();
+        let inf = &self.config.inference;
+        let input = Tensor::from_array(([1usize, n], ids.to_vec()))?;
+        let lengths = Tensor::from_array(([1usize], vec![n as i64]))?;
+        let scales = Tensor::from_array(([3usize], vec![inf.noise_scale, inf.length_scale, inf.noise_w]))?;
+        let outputs = self.session.run(ort::inputs!["input" => input, "input_lengths" => lengths, "scales" => scales])?;
+        let (_, audio) = outputs[0].try_extract_tensor::<f32>()?;
+        Ok(audio.to_vec())
+    }
+}
+
+impl SpeechEngine for PiperEngine {
+    fn name(&self) -> &str {
+        &self.label
+    }
+
+    fn synthesize(&mut self, text: &str, emit: &mut dyn FnMut(Audio) -> bool) -> Result<()> {
+        for sentence in self.phonemizer.phonemize(text) {
+            log::debug!("phonemes: {}", sentence.concat());
+            let (ids, missing) = phonemes_to_ids(&sentence, &self.config.phoneme_id_map)?;
+            for m in missing {
+                if self.warned.insert(m.clone()) {
+                    log::warn!("phoneme {m:?} is not in the voice's phoneme_id_map; skipped");
+                }
+            }
+            if ids.len() <= 3 {
+                continue;
+            }
+            let audio = self.run(&ids)?;
+            let peak = audio.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let gain = if peak < 1e-8 { 0.0 } else { PEAK / peak };
+            let samples = audio.iter().map(|x| (x * gain * 32767.0).round().clamp(-32768.0, 32767.0) as i16).collect();
+            if !emit(Audio { rate: self.config.audio.sample_rate, samples }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
