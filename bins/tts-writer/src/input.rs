@@ -4,10 +4,10 @@
 //! looks like text is read as lines, each line a reply of its own (so `echo hi | tts-writer`
 //! speaks). The sniff happens before a decoder sees the bytes, so text never produces
 //! "bad frame" noise. On a named FIFO whose writer restarts, the next writer is sniffed again.
-//! Runs on its own thread so cancel events reach the speaker while synthesis is busy.
+//! Runs on its own thread, handing each item straight to a handler on that thread (no extra
+//! hop), so a cancel reaches the player while synthesis is busy.
 
 use anyhow::Result;
-use crossbeam_channel::{unbounded, Receiver, Sender};
 use tgvoice::fifo::{ByteInput, Endpoint, ReadOutcome};
 use tgvoice::frame::{FrameDecoder, InputGuess, MAGIC};
 use tgvoice::source::BadInputLog;
@@ -39,14 +39,14 @@ struct InputReader {
     decoder: FrameDecoder,
     errors: BadInputLog,
     audio_frames_ignored: u64,
-    tx: Sender<Incoming>,
+    handler: Box<dyn FnMut(Incoming) + Send>,
 }
 
-/// Start reading `endpoint` on a thread.
-pub fn spawn(endpoint: Endpoint) -> Result<Receiver<Incoming>> {
+/// Start reading `endpoint` on a thread that calls `handler` for every item (the last one is
+/// [`Incoming::End`]).
+pub fn spawn(endpoint: Endpoint, handler: impl FnMut(Incoming) + Send + 'static) -> Result<std::thread::JoinHandle<()>> {
     let label = endpoint.describe("stdin");
     let input = ByteInput::open(endpoint)?;
-    let (tx, rx) = unbounded();
     let mut reader = InputReader {
         input,
         errors: BadInputLog::new(label.clone()),
@@ -55,10 +55,9 @@ pub fn spawn(endpoint: Endpoint) -> Result<Receiver<Incoming>> {
         pending: vec![],
         decoder: FrameDecoder::new(),
         audio_frames_ignored: 0,
-        tx,
+        handler: Box::new(handler),
     };
-    std::thread::Builder::new().name("input".into()).spawn(move || reader.run())?;
-    Ok(rx)
+    Ok(std::thread::Builder::new().name("input".into()).spawn(move || reader.run())?)
 }
 
 impl InputReader {
@@ -71,19 +70,17 @@ impl InputReader {
                     self.finish();
                     log::info!("writer of {} went away; waiting for it to return", self.label);
                     self.mode = Mode::Sniffing;
-                    if self.tx.send(Incoming::WriterGone).is_err() {
-                        return;
-                    }
+                    (self.handler)(Incoming::WriterGone);
                 }
                 Ok(ReadOutcome::End) => {
                     self.finish();
-                    let _ = self.tx.send(Incoming::End);
+                    (self.handler)(Incoming::End);
                     return;
                 }
                 Err(e) => {
                     log::error!("cannot read {}: {e}", self.label);
                     self.finish();
-                    let _ = self.tx.send(Incoming::End);
+                    (self.handler)(Incoming::End);
                     return;
                 }
             }
@@ -135,7 +132,7 @@ impl InputReader {
                 while let Some(r) = self.decoder.next() {
                     match r {
                         Ok(Frame::Event(e)) => {
-                            let _ = self.tx.send(Incoming::Event(e));
+                            (self.handler)(Incoming::Event(e));
                         }
                         Ok(Frame::Audio(_)) => {
                             self.audio_frames_ignored += 1;
@@ -164,7 +161,7 @@ impl InputReader {
         let text = String::from_utf8_lossy(line);
         let text = text.trim();
         if !text.is_empty() {
-            let _ = self.tx.send(Incoming::Line(text.to_string()));
+            (self.handler)(Incoming::Line(text.to_string()));
         }
     }
 

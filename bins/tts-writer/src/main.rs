@@ -51,9 +51,13 @@ struct Args {
     /// [default: $TGVOICE_MODELS/piper/en_US-joe-medium.onnx].
     #[arg(long, value_name = "ONNX", env = "TGVOICE_PIPER_MODEL")]
     piper_model: Option<PathBuf>,
-    /// ONNX Runtime threads for Piper.
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// ONNX Runtime threads for Piper (1 was fastest on a busy 2-core machine).
+    #[arg(long, default_value_t = 1, value_name = "N")]
     piper_threads: usize,
+    /// Speak each sentence in one piece (by default the first clause of a chunk is spoken on
+    /// its own, which cuts the time to first audio).
+    #[arg(long)]
+    piper_whole_sentences: bool,
     /// espeak-ng voice.
     #[arg(long, default_value = "en-us", value_name = "VOICE")]
     espeak_voice: String,
@@ -72,6 +76,10 @@ struct Args {
     /// Most audio kept ahead of real time in the output (ms); a cancel is heard within this.
     #[arg(long, default_value_t = 60, value_name = "MS", value_parser = clap::value_parser!(u64).range(20..=1000))]
     lead_ms: u64,
+    /// Pacing granularity (ms of audio per write). 10 ms matches what the bridge sends per call
+    /// and bounds the audio that can race a cancel to 10 ms + the fade.
+    #[arg(long, default_value_t = 10, value_name = "MS", value_parser = clap::value_parser!(u64).range(5..=20))]
+    frame_ms: u64,
     /// Fade-out length on a cut (ms).
     #[arg(long, default_value_t = 4, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=20))]
     fade_ms: u64,
@@ -105,6 +113,7 @@ fn speak(args: Args) -> anyhow::Result<()> {
         kind: args.engine,
         piper_model: args.piper_model.clone().unwrap_or_else(engine::default_piper_model),
         piper_threads: args.piper_threads,
+        piper_whole_sentences: args.piper_whole_sentences,
         espeak_voice: args.espeak_voice.clone(),
         espeak_speed: args.espeak_speed,
         command: args.command.clone(),
@@ -125,6 +134,7 @@ fn speak(args: Args) -> anyhow::Result<()> {
     let barrier = Arc::new(AtomicU64::new(0));
     let player = Player::new(
         PlayerConfig {
+            frame: (48 * args.frame_ms) as usize,
             lead: Duration::from_millis(args.lead_ms),
             fade: Duration::from_millis(args.fade_ms),
             fill_silence: args.fill_silence,
@@ -135,7 +145,6 @@ fn speak(args: Args) -> anyhow::Result<()> {
         barrier.clone(),
     );
 
-    let input = tts_writer::input::spawn(args.link.input())?;
     let (job_tx, job_rx) = unbounded();
     let (player_tx, player_rx) = unbounded();
     let synth_player = player_tx.clone();
@@ -145,12 +154,12 @@ fn speak(args: Args) -> anyhow::Result<()> {
         .spawn(move || tts_writer::synth::run(engine, job_rx, synth_player, synth_barrier))?;
     let playing = std::thread::Builder::new().name("player".into()).spawn(move || player.run(player_rx))?;
 
-    let controller = TurnController::new(job_tx, player_tx, barrier);
-    let output_open = std::thread::Builder::new().name("turns".into()).spawn(move || controller.run(input))?;
+    let mut controller = TurnController::new(job_tx, player_tx, barrier);
+    let reading = tts_writer::input::spawn(args.link.input(), move |item| controller.handle(item))?;
     // The player finishes when input ended and everything was spoken, or when stdout closed.
     let finished = playing.join().map_err(|_| anyhow::anyhow!("player thread panicked"))?;
     if finished {
-        let _ = output_open.join();
+        let _ = reading.join();
         let _ = synth.join();
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! The paced writer: emits 48 kHz s16le in 20 ms frames on a real-time clock, keeping at most
+//! The paced writer: emits 48 kHz s16le in 10 ms (or 20 ms) frames on a real-time clock, keeping at most
 //! `lead` of audio ahead of real time, and cuts off within one frame (with a short fade) on
 //! cancel.
 //!
@@ -21,15 +21,14 @@ use tgvoice::fifo::{FifoWriter, Tap, WriteOutcome};
 use tgvoice::TurnTrace;
 
 pub const RATE: u32 = 48_000;
-/// 20 ms at 48 kHz.
-pub const FRAME: usize = 960;
 
 /// Messages to the player, in order.
 pub enum PlayerMsg {
     /// A reply chunk was accepted for synthesis (text for the played-text report).
     ChunkQueued { turn: u64, seq: u64, text: String, trace: TurnTrace },
-    /// Synthesised audio at 48 kHz; `last` marks the chunk's final piece.
-    Audio { turn: u64, seq: u64, samples: Vec<i16>, last: bool },
+    /// Synthesised audio at 48 kHz; `text` is what it says if the engine knows (a sentence);
+    /// `last` marks the chunk's final piece.
+    Audio { turn: u64, seq: u64, samples: Vec<i16>, text: Option<String>, last: bool },
     /// All chunks of `turn` were queued (reply-end, or the end of a text line).
     TurnEnd { turn: u64 },
     /// Drop everything of turns below the barrier (shared), fading out what is playing.
@@ -38,6 +37,8 @@ pub enum PlayerMsg {
 
 #[derive(Debug, Clone)]
 pub struct PlayerConfig {
+    /// Samples per paced write (480 = 10 ms, 960 = 20 ms).
+    pub frame: usize,
     pub lead: Duration,
     pub fade: Duration,
     pub fill_silence: bool,
@@ -51,6 +52,8 @@ enum Item {
 #[derive(Default)]
 struct ChunkStats {
     text: String,
+    /// The chunk's audio in order: (text it speaks if known, samples).
+    segments: Vec<(Option<String>, usize)>,
     synthesized: usize,
     played: usize,
     complete: bool,
@@ -157,7 +160,7 @@ impl Player {
                     if has_audio {
                         self.write_audio_frame();
                     } else if self.cfg.fill_silence {
-                        self.write_samples(&[0i16; FRAME]);
+                        self.write_samples(&vec![0i16; self.cfg.frame]);
                     }
                 }
             }
@@ -167,13 +170,14 @@ impl Player {
     /// How long until the next frame may be written (None or zero = now).
     fn time_until_writable(&mut self, now: Instant) -> Option<Duration> {
         // Writing one more frame at `allowed_at` leaves exactly `lead` of audio ahead of real time.
-        let allowed_at = (self.play_head + Duration::from_millis(20)).checked_sub(self.cfg.lead).unwrap_or(now);
+        let frame_dur = Duration::from_secs_f64(self.cfg.frame as f64 / RATE as f64);
+        let allowed_at = (self.play_head + frame_dur).checked_sub(self.cfg.lead).unwrap_or(now);
         if allowed_at > now {
             return Some(allowed_at - now);
         }
         if let Some(unread) = self.unread_bytes() {
             self.max_unread = self.max_unread.max(unread);
-            if unread + FRAME * 2 > self.lead_bytes() {
+            if unread + self.cfg.frame * 2 > self.lead_bytes() {
                 // The reader is behind real time (or just connected): wait for it.
                 return Some(Duration::from_millis(2));
             }
@@ -222,11 +226,15 @@ impl Player {
                 }
                 t.chunks.entry(seq).or_default().text = text;
             }
-            PlayerMsg::Audio { turn, seq, samples, last } => {
+            PlayerMsg::Audio { turn, seq, samples, text, last } => {
                 if turn < barrier {
                     return;
                 }
                 if let Some(c) = self.turns.get_mut(&turn).and_then(|t| t.chunks.get_mut(&seq)) {
+                    match (text, c.segments.last_mut()) {
+                        (None, Some((Some(_), len))) => *len += samples.len(), // resampler tail
+                        (text, _) => c.segments.push((text, samples.len())),
+                    }
                     c.synthesized += samples.len();
                     c.complete |= last;
                 }
@@ -304,11 +312,12 @@ impl Player {
 
     /// Write up to one frame of queued audio.
     fn write_audio_frame(&mut self) {
-        let mut frame: Vec<i16> = Vec::with_capacity(FRAME);
+        let size = self.cfg.frame;
+        let mut frame: Vec<i16> = Vec::with_capacity(size);
         let mut played: Vec<(u64, u64, usize)> = vec![];
         let mut first_turn = None;
         for item in self.queue.iter_mut() {
-            if frame.len() >= FRAME {
+            if frame.len() >= size {
                 break;
             }
             match item {
@@ -316,7 +325,7 @@ impl Player {
                     if *pos >= samples.len() {
                         continue;
                     }
-                    let n = (samples.len() - *pos).min(FRAME - frame.len());
+                    let n = (samples.len() - *pos).min(size - frame.len());
                     frame.extend_from_slice(&samples[*pos..*pos + n]);
                     *pos += n;
                     played.push((*turn, *seq, n));
@@ -386,6 +395,23 @@ fn played_of(turn: u64, stats: &TurnStats, cancelled: bool) -> Played {
         played += c.played;
         synthesized += c.synthesized;
         text.push(c.text.clone());
+        if !c.segments.is_empty() && c.segments.iter().all(|(t, _)| t.is_some()) {
+            // The engine said what each piece speaks: whole pieces played, plus part of one.
+            let mut start = 0;
+            for (t, len) in &c.segments {
+                let t = t.as_deref().unwrap_or_default();
+                let fraction = if *len == 0 { 1.0 } else { (c.played.saturating_sub(start)) as f64 / *len as f64 };
+                let p = spoken_prefix(t, fraction.min(1.0));
+                if !p.is_empty() {
+                    played_text.push(p);
+                }
+                start += len;
+                if c.played < start {
+                    break;
+                }
+            }
+            continue;
+        }
         let fraction = if c.complete && c.synthesized > 0 {
             c.played as f64 / c.synthesized as f64
         } else if c.played > 0 && c.synthesized > 0 {

@@ -56,7 +56,7 @@ pub fn run(mut engine: Box<dyn SpeechEngine>, jobs: Receiver<SynthJob>, player: 
                     }
                     out.extend(resampler.as_mut().expect("set above").1.process(&audio.samples));
                     produced += out.len();
-                    let _ = player.send(PlayerMsg::Audio { turn, seq, samples: out, last: false });
+                    let _ = player.send(PlayerMsg::Audio { turn, seq, samples: out, text: audio.text, last: false });
                     true
                 };
                 if let Err(e) = engine.synthesize(&text, &mut emit) {
@@ -64,7 +64,7 @@ pub fn run(mut engine: Box<dyn SpeechEngine>, jobs: Receiver<SynthJob>, player: 
                 }
                 let tail = resampler.take().map(|(_, mut r)| r.flush()).unwrap_or_default();
                 produced += tail.len();
-                let _ = player.send(PlayerMsg::Audio { turn, seq, samples: tail, last: true });
+                let _ = player.send(PlayerMsg::Audio { turn, seq, samples: tail, text: None, last: true });
                 let secs = produced as f64 / RATE as f64;
                 log::debug!(
                     "turn {turn} chunk {seq}: {:.2} s of audio in {:.0} ms (RTF {:.2}) with {}",

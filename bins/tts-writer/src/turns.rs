@@ -10,15 +10,15 @@
 use crate::input::Incoming;
 use crate::player::PlayerMsg;
 use crate::synth::SynthJob;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tgvoice::event::kind;
 use tgvoice::{Event, TurnTrace};
 
 pub struct TurnController {
-    jobs: Sender<SynthJob>,
-    player: Sender<PlayerMsg>,
+    jobs: Option<Sender<SynthJob>>,
+    player: Option<Sender<PlayerMsg>>,
     barrier: Arc<AtomicU64>,
     latest_turn: u64,
     text_turn: u64,
@@ -26,19 +26,26 @@ pub struct TurnController {
 
 impl TurnController {
     pub fn new(jobs: Sender<SynthJob>, player: Sender<PlayerMsg>, barrier: Arc<AtomicU64>) -> Self {
-        TurnController { jobs, player, barrier, latest_turn: 0, text_turn: 0 }
+        TurnController { jobs: Some(jobs), player: Some(player), barrier, latest_turn: 0, text_turn: 0 }
     }
 
-    /// Handle input until it ends (stdin/file) — returns then, dropping the job and player
-    /// senders so the pipeline drains and stops.
-    pub fn run(mut self, input: Receiver<Incoming>) {
-        for item in input {
-            match item {
-                Incoming::Event(e) => self.event(e),
-                Incoming::Line(text) => self.line(text),
-                Incoming::WriterGone => {}
-                Incoming::End => break,
+    /// Handle one input item (on the input thread). At the end of input the job and player
+    /// senders are dropped, so the pipeline drains what is queued and stops.
+    pub fn handle(&mut self, item: Incoming) {
+        match item {
+            Incoming::Event(e) => self.event(e),
+            Incoming::Line(text) => self.line(text),
+            Incoming::WriterGone => {}
+            Incoming::End => {
+                self.jobs = None;
+                self.player = None;
             }
+        }
+    }
+
+    fn job(&self, job: SynthJob) {
+        if let Some(j) = &self.jobs {
+            let _ = j.send(job);
         }
     }
 
@@ -60,14 +67,14 @@ impl TurnController {
                 if text.trim().is_empty() {
                     return;
                 }
-                let _ = self.jobs.send(SynthJob::Chunk { turn, seq, text, trace: e.trace });
+                self.job(SynthJob::Chunk { turn, seq, text, trace: e.trace });
             }
             kind::REPLY_END => {
                 let turn = e.turn.unwrap_or(self.latest_turn);
                 if e.get_bool("cancelled") == Some(true) {
                     self.cancel_below(turn + 1, "reply-end cancelled");
                 }
-                let _ = self.jobs.send(SynthJob::End { turn });
+                self.job(SynthJob::End { turn });
             }
             kind::SPEECH_START => {
                 let turn = e.turn.unwrap_or(self.latest_turn + 1);
@@ -96,8 +103,8 @@ impl TurnController {
         self.latest_turn = turn;
         let mut trace = TurnTrace::default();
         trace.mark_now(tgvoice::event::trace_key::FIRST_CHUNK);
-        let _ = self.jobs.send(SynthJob::Chunk { turn, seq: 0, text, trace });
-        let _ = self.jobs.send(SynthJob::End { turn });
+        self.job(SynthJob::Chunk { turn, seq: 0, text, trace });
+        self.job(SynthJob::End { turn });
     }
 
     /// Raise the barrier to `barrier` (never lowers it) and tell the player at once.
@@ -105,7 +112,9 @@ impl TurnController {
         let old = self.barrier.fetch_max(barrier, Ordering::SeqCst);
         if barrier > old {
             log::info!("{why}: stopping replies of turns < {barrier}");
-            let _ = self.player.send(PlayerMsg::Cancel);
+            if let Some(p) = &self.player {
+                let _ = p.send(PlayerMsg::Cancel);
+            }
         }
     }
 }

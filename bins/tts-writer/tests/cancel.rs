@@ -78,7 +78,9 @@ fn assert_clean_stop(r: &CancelRun) {
     eprintln!("after cancel: {} bytes; before: {} samples; last sample {}", r.after_cancel, r.before.len(), r.all.last().unwrap());
     // ≤ one 20 ms frame (960 samples, 1920 bytes) written after the cancel.
     assert!(r.after_cancel <= 1920, "{} bytes ({:.1} ms) written after the cancel", r.after_cancel, r.after_cancel as f64 / 96.0);
-    assert!(r.before.len() > 48_000, "the reply played for 1 s before the cancel ({} samples)", r.before.len());
+    // Precondition: the cancel came mid-reply (≥ 0.5 s had been written; a busy machine may
+    // make a synthesis gap within the first second).
+    assert!(r.before.len() > 24_000, "the reply was playing before the cancel ({} samples)", r.before.len());
     // A fade, not a click: the output ends at (near) zero, and no step in its last 5 ms is
     // larger than the largest step the speech itself made before.
     let all = &r.all;
@@ -94,8 +96,10 @@ fn assert_clean_stop(r: &CancelRun) {
 fn assert_reported(r: &CancelRun) {
     let played = r.metrics.iter().find(|v| v["type"] == "reply-played").expect("reply-played record");
     assert_eq!(played["cancelled"], true);
+    // What tts-writer reports as played = what reached the output (before + fade), ± 1 frame.
     let ms = played["played_ms"].as_f64().unwrap();
-    assert!((950.0..1300.0).contains(&ms), "played {ms} ms");
+    let seen_ms = r.all.len() as f64 / 48.0;
+    assert!((ms - seen_ms).abs() <= 10.0, "reported {ms} ms played, the output got {seen_ms} ms");
     let text = played["played_text"].as_str().unwrap();
     assert!(!text.is_empty() && text.len() < LONG.len() / 2 && LONG.starts_with(text), "played text {text:?}");
 }

@@ -20,6 +20,8 @@ use tgvoice::cli::{exit, fail};
 pub struct Audio {
     pub rate: u32,
     pub samples: Vec<i16>,
+    /// The text this piece speaks, when the engine knows (Piper: the sentence or clause).
+    pub text: Option<String>,
 }
 
 pub trait SpeechEngine: Send {
@@ -47,6 +49,7 @@ pub struct EngineConfig {
     pub kind: EngineKind,
     pub piper_model: PathBuf,
     pub piper_threads: usize,
+    pub piper_whole_sentences: bool,
     pub espeak_voice: String,
     pub espeak_speed: u32,
     pub command: Option<String>,
@@ -69,8 +72,9 @@ pub fn select(cfg: &EngineConfig) -> Result<Box<dyn SpeechEngine>> {
             if !cfg.piper_model.exists() {
                 return Err(fail(exit::UNAVAILABLE, format!("Piper voice {} not found; {PIPER_INSTALL}", cfg.piper_model.display())));
             }
-            let engine = piper::PiperEngine::load(&cfg.piper_model, cfg.piper_threads)
+            let mut engine = piper::PiperEngine::load(&cfg.piper_model, cfg.piper_threads)
                 .map_err(|e| fail(exit::UNAVAILABLE, format!("cannot start the Piper engine: {e:#}; {PIPER_INSTALL}")))?;
+            engine.first_clause_alone = !cfg.piper_whole_sentences;
             Ok(Box::new(engine))
         }
         EngineKind::Auto => {
@@ -78,7 +82,10 @@ pub fn select(cfg: &EngineConfig) -> Result<Box<dyn SpeechEngine>> {
                 log::info!("Piper voice {} not installed; using espeak-ng ({PIPER_INSTALL} for the neural voice)", cfg.piper_model.display());
             } else {
                 match piper::PiperEngine::load(&cfg.piper_model, cfg.piper_threads) {
-                    Ok(e) => return Ok(Box::new(e)),
+                    Ok(mut e) => {
+                        e.first_clause_alone = !cfg.piper_whole_sentences;
+                        return Ok(Box::new(e));
+                    }
                     Err(e) => log::warn!("Piper unavailable ({e:#}); using espeak-ng instead"),
                 }
             }
@@ -158,10 +165,10 @@ impl SpeechEngine for CommandEngine {
             bail!("{:?} failed ({status})", self.command);
         }
         let audio = match self.raw_rate {
-            Some(rate) => Audio { rate, samples: bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect() },
+            Some(rate) => Audio { rate, samples: bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect(), text: None },
             None => {
                 let (rate, samples) = parse_wav(&bytes).with_context(|| format!("{:?} did not print a WAV file", self.command))?;
-                Audio { rate, samples }
+                Audio { rate, samples, text: None }
             }
         };
         if !audio.samples.is_empty() {

@@ -76,10 +76,18 @@ impl EspeakPhonemizer {
     /// piper's espeak-ng fork reports each clause's terminator; Debian's libespeak-ng does
     /// not, so the text is split into clauses here (at `. , ? ! ; :` before a space or the end)
     /// and each clause is phonemized on its own.
-    pub fn phonemize(&mut self, text: &str) -> Vec<Vec<String>> {
-        let mut sentences: Vec<Vec<String>> = vec![];
+    pub fn phonemize(&mut self, text: &str) -> Vec<Sentence> {
+        let mut sentences: Vec<Sentence> = vec![];
         let mut current = String::new();
+        let mut clauses: Vec<String> = vec![];
         for (clause, terminator) in split_clauses(text) {
+            let mut clause_text = clause.trim().to_string();
+            if let Some(t) = terminator {
+                clause_text.push(t);
+            }
+            if !clause_text.is_empty() {
+                clauses.push(clause_text);
+            }
             let phonemes = self.clause_phonemes(&clause);
             if !phonemes.trim().is_empty() {
                 if !current.is_empty() && !current.ends_with(' ') {
@@ -95,11 +103,11 @@ impl EspeakPhonemizer {
                 if matches!(t, ',' | ':' | ';') {
                     current.push(' ');
                 } else {
-                    push_sentence(&mut sentences, &mut current);
+                    push_sentence(&mut sentences, &mut current, &mut clauses);
                 }
             }
         }
-        push_sentence(&mut sentences, &mut current);
+        push_sentence(&mut sentences, &mut current, &mut clauses);
         sentences
     }
 
@@ -158,13 +166,28 @@ pub fn split_clauses(text: &str) -> Vec<(String, Option<char>)> {
     out
 }
 
-fn push_sentence(sentences: &mut Vec<Vec<String>>, current: &mut String) {
+/// One sentence: its text clauses (with their punctuation) and its phonemes (one code point
+/// each, clauses separated by "<punctuation> ").
+#[derive(Debug, Clone, Default)]
+pub struct Sentence {
+    pub clauses: Vec<String>,
+    pub phonemes: Vec<String>,
+}
+
+impl Sentence {
+    pub fn text(&self) -> String {
+        self.clauses.join(" ")
+    }
+}
+
+fn push_sentence(sentences: &mut Vec<Sentence>, current: &mut String, clauses: &mut Vec<String>) {
     let s = current.trim_end().to_string();
     current.clear();
+    let clauses = std::mem::take(clauses);
     if s.trim().is_empty() {
         return;
     }
-    sentences.push(s.nfd().map(|c| c.to_string()).collect());
+    sentences.push(Sentence { clauses, phonemes: s.nfd().map(|c| c.to_string()).collect() });
 }
 
 /// Remove "(en)"-style language switch flags.
@@ -237,7 +260,8 @@ mod tests {
             panic!("libespeak-ng missing: run scripts/setup apt");
         };
         let s = p.phonemize("Hello there, how are you? I am fine.");
-        let joined: Vec<String> = s.iter().map(|x| x.concat()).collect();
+        let joined: Vec<String> = s.iter().map(|x| x.phonemes.concat()).collect();
+        assert_eq!(s[0].text(), "Hello there, how are you?");
         assert_eq!(joined.len(), 2, "{joined:?}");
         assert!(joined[0].contains(", "), "{joined:?}");
         assert!(joined[0].ends_with('?'), "{joined:?}");

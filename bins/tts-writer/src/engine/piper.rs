@@ -6,7 +6,7 @@
 //! noise_scale, length_scale, noise_w from the json) giving float audio at the voice's rate
 //! (22050 Hz for medium voices), peak-normalised per sentence like piper-tts does.
 
-use super::phonemize::{phonemes_to_ids, EspeakPhonemizer};
+use super::phonemize::{phonemes_to_ids, EspeakPhonemizer, Sentence};
 use super::{Audio, SpeechEngine};
 use anyhow::{Context, Result};
 use ort::session::{builder::GraphOptimizationLevel, Session};
@@ -52,6 +52,8 @@ pub struct PiperEngine {
     phonemizer: EspeakPhonemizer,
     warned: HashSet<String>,
     label: String,
+    /// Speak the first clause of each text on its own (see [`split_first_clause`]).
+    pub first_clause_alone: bool,
 }
 
 /// Where ONNX Runtime is: `ORT_DYLIB_PATH`, else the copy scripts/setup unpacks.
@@ -84,11 +86,12 @@ impl PiperEngine {
             .with_optimization_level(GraphOptimizationLevel::Level3)?
             .with_intra_threads(threads.max(1))?
             .with_inter_threads(1)?
+            .with_intra_op_spinning(false)?
             .commit_from_file(model)
             .with_context(|| format!("cannot load the Piper voice {}", model.display()))?;
         let phonemizer = EspeakPhonemizer::new(&config.espeak.voice)?;
         let label = format!("piper {}", model.file_stem().unwrap_or_default().to_string_lossy());
-        Ok(PiperEngine { session, config, phonemizer, warned: HashSet::new(), label })
+        Ok(PiperEngine { session, config, phonemizer, warned: HashSet::new(), label, first_clause_alone: true })
     }
 
     fn run(&mut self, ids: &[i64]) -> Result<Vec<f32>> {
@@ -109,9 +112,19 @@ impl SpeechEngine for PiperEngine {
     }
 
     fn synthesize(&mut self, text: &str, emit: &mut dyn FnMut(Audio) -> bool) -> Result<()> {
-        for sentence in self.phonemizer.phonemize(text) {
-            log::debug!("phonemes: {}", sentence.concat());
-            let (ids, missing) = phonemes_to_ids(&sentence, &self.config.phoneme_id_map)?;
+        let mut sentences = self.phonemizer.phonemize(text);
+        if self.first_clause_alone && !sentences.is_empty() {
+            // The first sentence clause by clause: each clause is synthesised while the one
+            // before it plays.
+            let mut at = 0;
+            while let Some(rest) = split_first_clause(&mut sentences[at]) {
+                sentences.insert(at + 1, rest);
+                at += 1;
+            }
+        }
+        for sentence in sentences {
+            log::debug!("phonemes: {}", sentence.phonemes.concat());
+            let (ids, missing) = phonemes_to_ids(&sentence.phonemes, &self.config.phoneme_id_map)?;
             for m in missing {
                 if self.warned.insert(m.clone()) {
                     log::warn!("phoneme {m:?} is not in the voice's phoneme_id_map; skipped");
@@ -124,10 +137,47 @@ impl SpeechEngine for PiperEngine {
             let peak = audio.iter().fold(0f32, |m, x| m.max(x.abs()));
             let gain = if peak < 1e-8 { 0.0 } else { PEAK / peak };
             let samples = audio.iter().map(|x| (x * gain * 32767.0).round().clamp(-32768.0, 32767.0) as i16).collect();
-            if !emit(Audio { rate: self.config.audio.sample_rate, samples }) {
+            if !emit(Audio { rate: self.config.audio.sample_rate, samples, text: Some(sentence.text()) }) {
                 break;
             }
         }
         Ok(())
+    }
+}
+
+/// Split `sentence` after its first clause (`, ; :` then a space), returning the rest.
+///
+/// VITS renders a whole sentence at once, so the time to first audio grows with the sentence
+/// (RTF × its length). Speaking "Hello," by itself first and the rest right after halves or
+/// better the wait for a typical reply opening, at the price of a phrase boundary Piper puts
+/// at a comma anyway. Applied to every clause of a chunk's first sentence.
+pub fn split_first_clause(sentence: &mut Sentence) -> Option<Sentence> {
+    let ph = &sentence.phonemes;
+    let at = ph.windows(2).position(|w| matches!(w[0].as_str(), "," | ";" | ":") && w[1] == " ")?;
+    let rest: Vec<String> = ph[at + 2..].to_vec();
+    if rest.iter().all(|p| p.trim().is_empty() || ".?!".contains(p.as_str())) || sentence.clauses.len() < 2 {
+        return None;
+    }
+    sentence.phonemes.truncate(at + 1);
+    let rest_clauses = sentence.clauses.split_off(1);
+    Some(Sentence { clauses: rest_clauses, phonemes: rest })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_clause_is_split_off() {
+        let sentence = |p: &str, c: &[&str]| Sentence {
+            phonemes: p.chars().map(|c| c.to_string()).collect(),
+            clauses: c.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut s = sentence("ab, cd, e.", &["Ab,", "cd,", "e."]);
+        let rest = split_first_clause(&mut s).unwrap();
+        assert_eq!((s.phonemes.concat(), s.text()), ("ab,".to_string(), "Ab,".to_string()));
+        assert_eq!((rest.phonemes.concat(), rest.text()), ("cd, e.".to_string(), "cd, e.".to_string()));
+        let mut whole = sentence("abc.", &["Abc."]);
+        assert!(split_first_clause(&mut whole).is_none());
     }
 }
