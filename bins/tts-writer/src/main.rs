@@ -1,0 +1,166 @@
+//! tts-writer — speaks reply chunks (frames from llm-relay, or plain text lines) with Piper,
+//! espeak-ng or any command, and writes raw s16le 48 kHz mono paced in real time, stopping
+//! within one frame on barge-in. See bins/tts-writer/README.md.
+
+use clap::Parser;
+use crossbeam_channel::unbounded;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tgvoice::cli::{self, exit, fail, LinkArgs, LogArgs};
+use tgvoice::fifo::{is_fifo, FifoWriter, Tap};
+use tts_writer::engine::{self, EngineConfig, EngineKind};
+use tts_writer::player::{Player, PlayerConfig};
+use tts_writer::report::Reporter;
+use tts_writer::turns::TurnController;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Speak reply chunks (frames or text lines) as raw s16le 48 kHz mono, paced in real time",
+    after_help = "\
+Engines:
+  piper      the Piper voice en_US-joe-medium run through ONNX Runtime (scripts/setup installs it)
+  espeak-ng  the espeak-ng program (zero setup)
+  command    any program that prints WAV (or raw s16le with --command-raw-rate) for the text
+             on its stdin (or as its last argument with --command-arg)
+  auto       piper if installed, else espeak-ng (default)
+
+Examples:
+  echo 'hello there' | tts-writer | ffplay -nodisp -autoexit -f s16le -ar 48000 -ac 1 -
+  echo 'hello there' | tts-writer --engine espeak-ng --fill-silence | aplay -f S16_LE -r 48000 -c 1
+  tts-writer --input $RUN/reply.frames --output $RUN/tg_output.raw
+  tts-writer --engine command --command 'espeak-ng --stdout -v en-gb' < lines.txt > out.raw
+  tts-writer --engine command --command-arg --command 'say -o /dev/stdout --data-format=LEI16@22050' --command-raw-rate 22050
+
+Each reply logs one latency line at its first audio (end of speech → transcript → first LLM
+token → first chunk → first audio) and appends it, and what was played of each reply, as JSON
+lines to <state dir>/metrics.jsonl.
+
+Exit codes: 0 end of input (or SIGTERM/SIGINT), 2 bad flags, 69 the engine is missing (the
+message says how to install it), 78 unsafe FIFO path, 1 other failures."
+)]
+struct Args {
+    #[command(flatten)]
+    link: LinkArgs,
+    /// Speech engine.
+    #[arg(short, long, value_enum, default_value = "auto", env = "TGVOICE_TTS_ENGINE")]
+    engine: EngineKind,
+    /// Piper voice model (.onnx; its config is <model>.json)
+    /// [default: $TGVOICE_MODELS/piper/en_US-joe-medium.onnx].
+    #[arg(long, value_name = "ONNX", env = "TGVOICE_PIPER_MODEL")]
+    piper_model: Option<PathBuf>,
+    /// ONNX Runtime threads for Piper (1 was fastest on a busy 2-core machine).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    piper_threads: usize,
+    /// Speak each sentence in one piece (by default the first clause of a chunk is spoken on
+    /// its own, which cuts the time to first audio).
+    #[arg(long)]
+    piper_whole_sentences: bool,
+    /// espeak-ng voice.
+    #[arg(long, default_value = "en-us", value_name = "VOICE")]
+    espeak_voice: String,
+    /// espeak-ng speed in words per minute.
+    #[arg(long, default_value_t = 175, value_name = "WPM")]
+    espeak_speed: u32,
+    /// Program for --engine command, run with `sh -c`; it must print WAV on stdout.
+    #[arg(long, value_name = "CMDLINE")]
+    command: Option<String>,
+    /// Pass the text as the command's last argument instead of on its stdin.
+    #[arg(long)]
+    command_arg: bool,
+    /// The command prints raw s16le mono at this rate instead of WAV.
+    #[arg(long, value_name = "HZ")]
+    command_raw_rate: Option<u32>,
+    /// Most audio kept ahead of real time in the output (ms); a cancel is heard within this.
+    #[arg(long, default_value_t = 60, value_name = "MS", value_parser = clap::value_parser!(u64).range(20..=1000))]
+    lead_ms: u64,
+    /// Pacing granularity (ms of audio per write). 10 ms matches what the bridge sends per call
+    /// and bounds the audio that can race a cancel to 10 ms + the fade.
+    #[arg(long, default_value_t = 10, value_name = "MS", value_parser = clap::value_parser!(u64).range(5..=20))]
+    frame_ms: u64,
+    /// Fade-out length on a cut (ms).
+    #[arg(long, default_value_t = 4, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=20))]
+    fade_ms: u64,
+    /// Write silence when there is nothing to say (for ffplay/aplay; the bridge does not need it).
+    #[arg(long)]
+    fill_silence: bool,
+    /// Where metrics.jsonl goes [default: ~/.local/state/tgvoice/default].
+    #[arg(long, value_name = "DIR", env = "TGVOICE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+fn main() {
+    let args = Args::parse();
+    cli::run("tts-writer", &args.log.clone(), move || speak(args))
+}
+
+fn default_state_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(base.join("tgvoice/default"))
+}
+
+fn speak(args: Args) -> anyhow::Result<()> {
+    if args.engine != EngineKind::Command && (args.command.is_some() || args.command_raw_rate.is_some()) {
+        return Err(fail(exit::USAGE, "--command/--command-raw-rate need --engine command"));
+    }
+    let cfg = EngineConfig {
+        kind: args.engine,
+        piper_model: args.piper_model.clone().unwrap_or_else(engine::default_piper_model),
+        piper_threads: args.piper_threads,
+        piper_whole_sentences: args.piper_whole_sentences,
+        espeak_voice: args.espeak_voice.clone(),
+        espeak_speed: args.espeak_speed,
+        command: args.command.clone(),
+        command_arg: args.command_arg,
+        command_raw_rate: args.command_raw_rate,
+    };
+    let engine = engine::select(&cfg)?;
+    log::info!("speaking with {}", engine.name());
+
+    let out = FifoWriter::open(args.link.output())?;
+    let tap_path = args.link.tap.clone().or_else(|| {
+        let p = args.link.output.as_ref().filter(|p| is_fifo(p))?;
+        let tap = Tap::path_for(p);
+        is_fifo(&tap).then_some(tap)
+    });
+    let state_dir = args.state_dir.clone().or_else(default_state_dir);
+    let reporter = Reporter::new(state_dir.as_deref(), engine.name());
+    let barrier = Arc::new(AtomicU64::new(0));
+    let player = Player::new(
+        PlayerConfig {
+            frame: (48 * args.frame_ms) as usize,
+            lead: Duration::from_millis(args.lead_ms),
+            fade: Duration::from_millis(args.fade_ms),
+            fill_silence: args.fill_silence,
+        },
+        out,
+        tap_path.map(Tap::new),
+        reporter,
+        barrier.clone(),
+    );
+
+    let (job_tx, job_rx) = unbounded();
+    let (player_tx, player_rx) = unbounded();
+    let synth_player = player_tx.clone();
+    let synth_barrier = barrier.clone();
+    let synth = std::thread::Builder::new()
+        .name("synth".into())
+        .spawn(move || tts_writer::synth::run(engine, job_rx, synth_player, synth_barrier))?;
+    let playing = std::thread::Builder::new().name("player".into()).spawn(move || player.run(player_rx))?;
+
+    let mut controller = TurnController::new(job_tx, player_tx, barrier);
+    let reading = tts_writer::input::spawn(args.link.input(), move |item| controller.handle(item))?;
+    // The player finishes when input ended and everything was spoken, or when stdout closed.
+    let finished = playing.join().map_err(|_| anyhow::anyhow!("player thread panicked"))?;
+    if finished {
+        let _ = reading.join();
+        let _ = synth.join();
+    }
+    Ok(())
+}

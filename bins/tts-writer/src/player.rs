@@ -1,0 +1,437 @@
+//! The paced writer: emits 48 kHz s16le in 10 ms (or 20 ms) frames on a real-time clock, keeping at most
+//! `lead` of audio ahead of real time, and cuts off within one frame (with a short fade) on
+//! cancel.
+//!
+//! Clock: `play_head` is the wall-clock instant at which the next sample will be heard if the
+//! reader consumes in real time. A frame may be written once `now >= play_head - lead`; after
+//! writing n samples `play_head += n / 48 kHz`. When the queue runs dry the head is allowed to
+//! fall behind `now` and restarts at `now` with the next audio (no silence is written unless
+//! `--fill-silence`). On a named FIFO the real lead is also measured (FIONREAD on the write
+//! end = bytes the reader has not taken yet) and writing waits while it would exceed `lead`;
+//! the pipe buffer is shrunk (F_SETPIPE_SZ) so even a stalled reader cannot hoard more.
+
+use crate::report::{spoken_prefix, Played, Reporter};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tgvoice::fifo::{FifoWriter, Tap, WriteOutcome};
+use tgvoice::TurnTrace;
+
+pub const RATE: u32 = 48_000;
+
+/// Messages to the player, in order.
+pub enum PlayerMsg {
+    /// A reply chunk was accepted for synthesis (text for the played-text report).
+    ChunkQueued { turn: u64, seq: u64, text: String, trace: TurnTrace },
+    /// Synthesised audio at 48 kHz; `text` is what it says if the engine knows (a sentence);
+    /// `last` marks the chunk's final piece.
+    Audio { turn: u64, seq: u64, samples: Vec<i16>, text: Option<String>, last: bool },
+    /// All chunks of `turn` were queued (reply-end, or the end of a text line).
+    TurnEnd { turn: u64 },
+    /// Drop everything of turns below the barrier (shared), fading out what is playing.
+    Cancel,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlayerConfig {
+    /// Samples per paced write (480 = 10 ms, 960 = 20 ms).
+    pub frame: usize,
+    pub lead: Duration,
+    pub fade: Duration,
+    pub fill_silence: bool,
+}
+
+enum Item {
+    Audio { turn: u64, seq: u64, samples: Vec<i16>, pos: usize },
+    TurnEnd { turn: u64 },
+}
+
+#[derive(Default)]
+struct ChunkStats {
+    text: String,
+    /// The chunk's audio in order: (text it speaks if known, samples).
+    segments: Vec<(Option<String>, usize)>,
+    synthesized: usize,
+    played: usize,
+    complete: bool,
+}
+
+#[derive(Default)]
+struct TurnStats {
+    trace: TurnTrace,
+    first_audio_done: bool,
+    chunks: BTreeMap<u64, ChunkStats>,
+}
+
+pub struct Player {
+    cfg: PlayerConfig,
+    out: FifoWriter,
+    tap: Option<Tap>,
+    reporter: Reporter,
+    barrier: Arc<AtomicU64>,
+    queue: VecDeque<Item>,
+    turns: HashMap<u64, TurnStats>,
+    play_head: Instant,
+    /// The fd whose pipe size we set, so it is set once per connection.
+    sized_fd: Option<i32>,
+    pipe_ok: bool,
+    closed: bool,
+    /// Largest FIFO backlog seen (bytes), for the log and tests.
+    pub max_unread: usize,
+}
+
+impl Player {
+    pub fn new(cfg: PlayerConfig, out: FifoWriter, tap: Option<Tap>, reporter: Reporter, barrier: Arc<AtomicU64>) -> Self {
+        Player {
+            cfg,
+            out,
+            tap,
+            reporter,
+            barrier,
+            queue: VecDeque::new(),
+            turns: HashMap::new(),
+            play_head: Instant::now(),
+            sized_fd: None,
+            pipe_ok: true,
+            closed: false,
+            max_unread: 0,
+        }
+    }
+
+    fn lead_bytes(&self) -> usize {
+        (self.cfg.lead.as_secs_f64() * RATE as f64).round() as usize * 2
+    }
+
+    fn queued_samples(&self) -> usize {
+        self.queue.iter().map(|i| if let Item::Audio { samples, pos, .. } = i { samples.len() - pos } else { 0 }).sum()
+    }
+
+    /// Run until the message channel closes and everything queued was written (or stdout
+    /// closed). Returns false if the output reader (stdout) went away.
+    pub fn run(mut self, rx: Receiver<PlayerMsg>) -> bool {
+        let mut inputs_open = true;
+        loop {
+            // Everything that has arrived is handled before the next write, so a cancel behind
+            // queued audio takes effect now.
+            loop {
+                match rx.try_recv() {
+                    Ok(m) => self.handle(m),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        inputs_open = false;
+                        break;
+                    }
+                }
+            }
+            if self.closed {
+                return false;
+            }
+            self.report_finished_turns();
+            let has_audio = self.queued_samples() > 0;
+            if !inputs_open && !has_audio {
+                self.report_finished_turns();
+                if self.out.dropped_chunks > 0 {
+                    log::info!("dropped {} chunks of output while no reader was connected", self.out.dropped_chunks);
+                }
+                log::debug!("largest output backlog seen: {} bytes", self.max_unread);
+                return true;
+            }
+            let now = Instant::now();
+            if !has_audio && self.play_head < now {
+                self.play_head = now; // idle: the next reply starts at once
+            }
+            let wait = if has_audio || self.cfg.fill_silence { self.time_until_writable(now) } else { Some(Duration::from_millis(500)) };
+            match wait {
+                Some(w) if w > Duration::ZERO => {
+                    if inputs_open {
+                        match rx.recv_timeout(w) {
+                            Ok(m) => self.handle(m),
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => inputs_open = false,
+                        }
+                    } else {
+                        std::thread::sleep(w);
+                    }
+                }
+                _ => {
+                    if has_audio {
+                        self.write_audio_frame();
+                    } else if self.cfg.fill_silence {
+                        self.write_samples(&vec![0i16; self.cfg.frame]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long until the next frame may be written (None or zero = now).
+    fn time_until_writable(&mut self, now: Instant) -> Option<Duration> {
+        // Writing one more frame at `allowed_at` leaves exactly `lead` of audio ahead of real time.
+        let frame_dur = Duration::from_secs_f64(self.cfg.frame as f64 / RATE as f64);
+        let allowed_at = (self.play_head + frame_dur).checked_sub(self.cfg.lead).unwrap_or(now);
+        if allowed_at > now {
+            return Some(allowed_at - now);
+        }
+        if let Some(unread) = self.unread_bytes() {
+            self.max_unread = self.max_unread.max(unread);
+            if unread + self.cfg.frame * 2 > self.lead_bytes() {
+                // The reader is behind real time (or just connected): wait for it.
+                return Some(Duration::from_millis(2));
+            }
+        }
+        None
+    }
+
+    /// Bytes written to the FIFO that its reader has not read yet (Linux: FIONREAD on the
+    /// write end). Also shrinks the pipe buffer once per connection.
+    fn unread_bytes(&mut self) -> Option<usize> {
+        let fd = self.out.file()?.as_raw_fd();
+        if self.sized_fd != Some(fd) {
+            self.sized_fd = Some(fd);
+            let want = self.lead_bytes().next_power_of_two().max(4096) as libc::c_int;
+            #[cfg(target_os = "linux")]
+            unsafe {
+                if libc::fcntl(fd, libc::F_SETPIPE_SZ, want) < 0 {
+                    log::debug!("F_SETPIPE_SZ {want} failed: {}", std::io::Error::last_os_error());
+                }
+            }
+            let _ = want;
+            self.pipe_ok = true;
+        }
+        if !self.pipe_ok {
+            return None;
+        }
+        let mut n: libc::c_int = 0;
+        if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } < 0 {
+            self.pipe_ok = false;
+            log::debug!("FIONREAD unsupported on the output; pacing by the clock only");
+            return None;
+        }
+        Some(n.max(0) as usize)
+    }
+
+    fn handle(&mut self, m: PlayerMsg) {
+        let barrier = self.barrier.load(Ordering::SeqCst);
+        match m {
+            PlayerMsg::ChunkQueued { turn, seq, text, trace } => {
+                if turn < barrier {
+                    return;
+                }
+                let t = self.turns.entry(turn).or_default();
+                for (k, v) in trace.0 {
+                    t.trace.mark(&k, v);
+                }
+                t.chunks.entry(seq).or_default().text = text;
+            }
+            PlayerMsg::Audio { turn, seq, samples, text, last } => {
+                if turn < barrier {
+                    return;
+                }
+                if let Some(c) = self.turns.get_mut(&turn).and_then(|t| t.chunks.get_mut(&seq)) {
+                    match (text, c.segments.last_mut()) {
+                        (None, Some((Some(_), len))) => *len += samples.len(), // resampler tail
+                        (text, _) => c.segments.push((text, samples.len())),
+                    }
+                    c.synthesized += samples.len();
+                    c.complete |= last;
+                }
+                if !samples.is_empty() {
+                    self.queue.push_back(Item::Audio { turn, seq, samples, pos: 0 });
+                }
+            }
+            PlayerMsg::TurnEnd { turn } => {
+                if turn >= barrier {
+                    self.queue.push_back(Item::TurnEnd { turn });
+                } else {
+                    self.turns.remove(&turn);
+                }
+            }
+            PlayerMsg::Cancel => self.cancel(barrier),
+        }
+    }
+
+    /// Fade out what is playing (if it belongs to a cancelled turn) and drop the rest.
+    fn cancel(&mut self, barrier: u64) {
+        let fade_len = (self.cfg.fade.as_secs_f64() * RATE as f64).round() as usize;
+        let mut fade: Vec<i16> = Vec::with_capacity(fade_len);
+        let mut fade_turn = None;
+        // Only if audio of a cancelled turn is mid-flight (something already written).
+        if let Some(Item::Audio { turn, pos, .. }) = self.queue.front() {
+            if *turn < barrier && *pos > 0 {
+                fade_turn = Some(*turn);
+            }
+        }
+        if let Some(ft) = fade_turn {
+            let mut taken = vec![];
+            for item in self.queue.iter_mut() {
+                if fade.len() >= fade_len {
+                    break;
+                }
+                if let Item::Audio { turn, seq, samples, pos } = item {
+                    if *turn != ft {
+                        break;
+                    }
+                    let n = (samples.len() - *pos).min(fade_len - fade.len());
+                    fade.extend_from_slice(&samples[*pos..*pos + n]);
+                    *pos += n;
+                    taken.push((*turn, *seq, n));
+                }
+            }
+            let len = fade_len.max(1) as f32;
+            for (i, s) in fade.iter_mut().enumerate() {
+                *s = (*s as f32 * (1.0 - (i + 1) as f32 / len)).round() as i16;
+            }
+            for (turn, seq, n) in taken {
+                self.count_played(turn, seq, n);
+            }
+        }
+        if !fade.is_empty() {
+            self.write_samples(&fade);
+        }
+        let before = self.queue.len();
+        self.queue.retain(|i| match i {
+            Item::Audio { turn, .. } | Item::TurnEnd { turn } => *turn >= barrier,
+        });
+        let mut cut: Vec<u64> = self.turns.keys().copied().filter(|t| *t < barrier).collect();
+        cut.sort();
+        for turn in cut {
+            let stats = self.turns.remove(&turn).expect("listed");
+            self.reporter.played(&played_of(turn, &stats, true));
+        }
+        log::debug!("cancel below turn {barrier}: dropped {} queued items, faded {} samples", before - self.queue.len(), fade.len());
+    }
+
+    fn count_played(&mut self, turn: u64, seq: u64, n: usize) {
+        if let Some(t) = self.turns.get_mut(&turn) {
+            t.chunks.entry(seq).or_default().played += n;
+        }
+    }
+
+    /// Write up to one frame of queued audio.
+    fn write_audio_frame(&mut self) {
+        let size = self.cfg.frame;
+        let mut frame: Vec<i16> = Vec::with_capacity(size);
+        let mut played: Vec<(u64, u64, usize)> = vec![];
+        let mut first_turn = None;
+        for item in self.queue.iter_mut() {
+            if frame.len() >= size {
+                break;
+            }
+            match item {
+                Item::Audio { turn, seq, samples, pos } => {
+                    if *pos >= samples.len() {
+                        continue;
+                    }
+                    let n = (samples.len() - *pos).min(size - frame.len());
+                    frame.extend_from_slice(&samples[*pos..*pos + n]);
+                    *pos += n;
+                    played.push((*turn, *seq, n));
+                    first_turn.get_or_insert(*turn);
+                }
+                Item::TurnEnd { .. } => break, // a turn's report waits for its audio
+            }
+        }
+        while matches!(self.queue.front(), Some(Item::Audio { samples, pos, .. }) if *pos >= samples.len()) {
+            self.queue.pop_front();
+        }
+        if frame.is_empty() {
+            return;
+        }
+        if let Some(turn) = first_turn {
+            if let Some(t) = self.turns.get_mut(&turn) {
+                if !t.first_audio_done {
+                    t.first_audio_done = true;
+                    t.trace.mark_now(tgvoice::event::trace_key::FIRST_AUDIO);
+                    self.reporter.first_audio(turn, &t.trace);
+                }
+            }
+        }
+        self.write_samples(&frame);
+        for (turn, seq, n) in played {
+            self.count_played(turn, seq, n);
+        }
+    }
+
+    fn write_samples(&mut self, samples: &[i16]) {
+        let mut bytes = Vec::with_capacity(samples.len() * 2);
+        for s in samples {
+            bytes.extend_from_slice(&s.to_le_bytes());
+        }
+        let now = Instant::now();
+        if self.play_head < now {
+            self.play_head = now;
+        }
+        self.play_head += Duration::from_secs_f64(samples.len() as f64 / RATE as f64);
+        if self.out.write_chunk(&bytes) == WriteOutcome::Closed {
+            log::info!("{} closed by its reader; stopping", self.out.label());
+            self.closed = true;
+        }
+        if let Some(tap) = self.tap.as_mut() {
+            tap.mirror(&bytes);
+        }
+    }
+
+    /// Report turns whose end marker reached the head of the queue (all their audio written).
+    fn report_finished_turns(&mut self) {
+        while let Some(Item::TurnEnd { turn }) = self.queue.front() {
+            let turn = *turn;
+            self.queue.pop_front();
+            if let Some(stats) = self.turns.remove(&turn) {
+                self.reporter.played(&played_of(turn, &stats, false));
+            }
+        }
+    }
+}
+
+fn played_of(turn: u64, stats: &TurnStats, cancelled: bool) -> Played {
+    let ms = |n: usize| n as f64 * 1000.0 / RATE as f64;
+    let mut played_text = vec![];
+    let mut text = vec![];
+    let (mut played, mut synthesized) = (0, 0);
+    for c in stats.chunks.values() {
+        played += c.played;
+        synthesized += c.synthesized;
+        text.push(c.text.clone());
+        if !c.segments.is_empty() && c.segments.iter().all(|(t, _)| t.is_some()) {
+            // The engine said what each piece speaks: whole pieces played, plus part of one.
+            let mut start = 0;
+            for (t, len) in &c.segments {
+                let t = t.as_deref().unwrap_or_default();
+                let fraction = if *len == 0 { 1.0 } else { (c.played.saturating_sub(start)) as f64 / *len as f64 };
+                let p = spoken_prefix(t, fraction.min(1.0));
+                if !p.is_empty() {
+                    played_text.push(p);
+                }
+                start += len;
+                if c.played < start {
+                    break;
+                }
+            }
+            continue;
+        }
+        let fraction = if c.complete && c.synthesized > 0 {
+            c.played as f64 / c.synthesized as f64
+        } else if c.played > 0 && c.synthesized > 0 {
+            // still being synthesised: what was played of what exists is an upper bound
+            (c.played as f64 / c.synthesized as f64).min(0.99)
+        } else {
+            0.0
+        };
+        let p = spoken_prefix(&c.text, fraction);
+        if !p.is_empty() {
+            played_text.push(p);
+        }
+    }
+    Played {
+        turn,
+        cancelled,
+        played_ms: ms(played),
+        synthesized_ms: ms(synthesized),
+        played_text: played_text.join(" "),
+        text: text.join(" "),
+        trace: stats.trace.clone(),
+    }
+}

@@ -1,0 +1,90 @@
+//! The synthesis thread: speaks queued reply chunks with the engine, resamples each to 48 kHz
+//! and hands the audio to the player as soon as each piece (a sentence for Piper) is ready, so
+//! the first sentence plays while later ones are synthesised. Work for a turn below the cancel
+//! barrier is skipped, and an utterance in progress is abandoned at its next piece.
+
+use crate::engine::{Audio, SpeechEngine};
+use crate::player::{PlayerMsg, RATE};
+use crossbeam_channel::{Receiver, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tgvoice::resample::StreamResampler;
+use tgvoice::TurnTrace;
+
+/// Work for the synthesis thread, in input order.
+pub enum SynthJob {
+    Chunk { turn: u64, seq: u64, text: String, trace: TurnTrace },
+    End { turn: u64 },
+}
+
+/// Fade length at each utterance edge (native-rate samples per ms × 2 ms), so joins never click.
+const EDGE_FADE_MS: f64 = 2.0;
+
+pub fn run(mut engine: Box<dyn SpeechEngine>, jobs: Receiver<SynthJob>, player: Sender<PlayerMsg>, barrier: Arc<AtomicU64>) {
+    for job in jobs {
+        match job {
+            SynthJob::End { turn } => {
+                let _ = player.send(PlayerMsg::TurnEnd { turn });
+            }
+            SynthJob::Chunk { turn, seq, text, trace } => {
+                if turn < barrier.load(Ordering::SeqCst) {
+                    log::debug!("skipping chunk {seq} of cancelled turn {turn}");
+                    continue;
+                }
+                let _ = player.send(PlayerMsg::ChunkQueued { turn, seq, text: text.clone(), trace });
+                let t0 = Instant::now();
+                let mut resampler: Option<(u32, StreamResampler)> = None;
+                let mut produced = 0usize;
+                let mut emit = |mut audio: Audio| -> bool {
+                    if turn < barrier.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    fade_edges(&mut audio.samples, audio.rate);
+                    let mut out = vec![];
+                    if resampler.as_ref().map(|(r, _)| *r) != Some(audio.rate) {
+                        if let Some((_, mut old)) = resampler.take() {
+                            out.extend(old.flush());
+                        }
+                        match StreamResampler::new(audio.rate, RATE, (audio.rate / 50) as usize) {
+                            Ok(r) => resampler = Some((audio.rate, r)),
+                            Err(e) => {
+                                log::error!("{e:#}");
+                                return false;
+                            }
+                        }
+                    }
+                    out.extend(resampler.as_mut().expect("set above").1.process(&audio.samples));
+                    produced += out.len();
+                    let _ = player.send(PlayerMsg::Audio { turn, seq, samples: out, text: audio.text, last: false });
+                    true
+                };
+                if let Err(e) = engine.synthesize(&text, &mut emit) {
+                    log::error!("{} could not speak chunk {seq} of turn {turn}: {e:#}", engine.name());
+                }
+                let tail = resampler.take().map(|(_, mut r)| r.flush()).unwrap_or_default();
+                produced += tail.len();
+                let _ = player.send(PlayerMsg::Audio { turn, seq, samples: tail, text: None, last: true });
+                let secs = produced as f64 / RATE as f64;
+                log::debug!(
+                    "turn {turn} chunk {seq}: {:.2} s of audio in {:.0} ms (RTF {:.2}) with {}",
+                    secs,
+                    t0.elapsed().as_secs_f64() * 1000.0,
+                    if secs > 0.0 { t0.elapsed().as_secs_f64() / secs } else { 0.0 },
+                    engine.name()
+                );
+            }
+        }
+    }
+}
+
+/// A short linear fade-in and fade-out, so utterances start and end at zero.
+pub fn fade_edges(samples: &mut [i16], rate: u32) {
+    let n = ((rate as f64 * EDGE_FADE_MS / 1000.0) as usize).min(samples.len() / 2);
+    let len = samples.len();
+    for i in 0..n {
+        let g = i as f32 / n as f32;
+        samples[i] = (samples[i] as f32 * g) as i16;
+        samples[len - 1 - i] = (samples[len - 1 - i] as f32 * g) as i16;
+    }
+}

@@ -1,0 +1,120 @@
+//! The turn controller: turns input events and text lines into synthesis jobs, and keeps the
+//! cancel barrier — every turn below it is dead: its queued chunks are dropped, synthesis in
+//! progress is abandoned and the player fades out within one frame.
+//!
+//! * `speech-start {turn: N}` — the caller started talking: replies of turns < N stop.
+//! * `cancel {turn: T}` — stop reply T (and older); `cancel {}` — stop whatever is in progress.
+//! * `call-end` — stop everything.
+//! * plain text lines — each line is a reply of its own (turns 1, 2, …).
+
+use crate::input::Incoming;
+use crate::player::PlayerMsg;
+use crate::synth::SynthJob;
+use crossbeam_channel::Sender;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tgvoice::event::kind;
+use tgvoice::{Event, TurnTrace};
+
+pub struct TurnController {
+    jobs: Option<Sender<SynthJob>>,
+    player: Option<Sender<PlayerMsg>>,
+    barrier: Arc<AtomicU64>,
+    latest_turn: u64,
+    text_turn: u64,
+}
+
+impl TurnController {
+    pub fn new(jobs: Sender<SynthJob>, player: Sender<PlayerMsg>, barrier: Arc<AtomicU64>) -> Self {
+        TurnController { jobs: Some(jobs), player: Some(player), barrier, latest_turn: 0, text_turn: 0 }
+    }
+
+    /// Handle one input item (on the input thread). At the end of input the job and player
+    /// senders are dropped, so the pipeline drains what is queued and stops.
+    pub fn handle(&mut self, item: Incoming) {
+        match item {
+            Incoming::Event(e) => self.event(e),
+            Incoming::Line(text) => self.line(text),
+            Incoming::WriterGone => {}
+            Incoming::End => {
+                self.jobs = None;
+                self.player = None;
+            }
+        }
+    }
+
+    fn job(&self, job: SynthJob) {
+        if let Some(j) = &self.jobs {
+            let _ = j.send(job);
+        }
+    }
+
+    fn barrier(&self) -> u64 {
+        self.barrier.load(Ordering::SeqCst)
+    }
+
+    fn event(&mut self, e: Event) {
+        match e.kind.as_str() {
+            kind::REPLY_CHUNK => {
+                let turn = e.turn.unwrap_or_else(|| self.latest_turn.max(self.barrier()));
+                self.latest_turn = self.latest_turn.max(turn);
+                let seq = e.get_u64("seq").unwrap_or(0);
+                let text = e.text.clone().unwrap_or_default();
+                if turn < self.barrier() {
+                    log::debug!("dropping chunk {seq} of cancelled turn {turn}");
+                    return;
+                }
+                if text.trim().is_empty() {
+                    return;
+                }
+                self.job(SynthJob::Chunk { turn, seq, text, trace: e.trace });
+            }
+            kind::REPLY_END => {
+                let turn = e.turn.unwrap_or(self.latest_turn);
+                if e.get_bool("cancelled") == Some(true) {
+                    self.cancel_below(turn + 1, "reply-end cancelled");
+                }
+                self.job(SynthJob::End { turn });
+            }
+            kind::SPEECH_START => {
+                let turn = e.turn.unwrap_or(self.latest_turn + 1);
+                self.latest_turn = self.latest_turn.max(turn);
+                self.cancel_below(turn, "speech-start");
+            }
+            kind::CANCEL => {
+                let barrier = match e.turn {
+                    Some(t) => t + 1,
+                    None => self.latest_turn.max(self.barrier()) + 1,
+                };
+                self.cancel_below(barrier, "cancel");
+            }
+            kind::CALL_END => {
+                let b = self.latest_turn.max(self.barrier()) + 1;
+                self.cancel_below(b, "call-end");
+            }
+            kind::CALL_START => log::info!("call {} started", e.get_str("call").unwrap_or("?")),
+            other => log::debug!("ignoring event {other:?} (the output is raw audio; nothing to forward it to)"),
+        }
+    }
+
+    fn line(&mut self, text: String) {
+        self.text_turn = self.text_turn.max(self.latest_turn).max(self.barrier()) + 1;
+        let turn = self.text_turn;
+        self.latest_turn = turn;
+        let mut trace = TurnTrace::default();
+        trace.mark_now(tgvoice::event::trace_key::FIRST_CHUNK);
+        self.job(SynthJob::Chunk { turn, seq: 0, text, trace });
+        self.job(SynthJob::End { turn });
+    }
+
+    /// Raise the barrier to `barrier` (never lowers it) and tell the player at once.
+    fn cancel_below(&mut self, barrier: u64, why: &str) {
+        let old = self.barrier.fetch_max(barrier, Ordering::SeqCst);
+        if barrier > old {
+            log::info!("{why}: stopping replies of turns < {barrier}");
+            if let Some(p) = &self.player {
+                let _ = p.send(PlayerMsg::Cancel);
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Real engines end to end: text or reply frames in, non-silent 48 kHz audio of the right
+//! length out; stale turns are not spoken; engines fall back or fail as documented.
+
+mod common;
+use common::*;
+
+const SENTENCE: &str = "The quick brown fox jumps over the lazy dog.";
+
+#[test]
+fn espeak_ng_speaks_a_text_line_at_48k_with_the_reference_duration() {
+    require_espeak();
+    let state = tempfile::tempdir().unwrap();
+    let out = run_with_input(&["--engine", "espeak-ng"], format!("{SENTENCE}\n").as_bytes(), state.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = samples(&out.stdout);
+    let secs = s.len() as f64 / RATE;
+    let reference = espeak_reference_seconds(SENTENCE);
+    // Same speech resampled from 22.05 kHz: the duration at 48 kHz must match espeak's own.
+    assert!((secs - reference).abs() < 0.01, "got {secs:.3} s at 48 kHz, espeak-ng says {reference:.3} s");
+    assert!(rms(&s) > 500.0, "too quiet: rms {}", rms(&s));
+    let m = metrics(state.path());
+    assert!(m.iter().any(|v| v["type"] == "turn-latency" && v["ms"]["audio"].is_number()), "{m:?}");
+    assert!(m.iter().any(|v| v["type"] == "reply-played" && v["cancelled"] == false && v["played_text"] == SENTENCE), "{m:?}");
+}
+
+#[test]
+fn piper_speaks_reply_frames_and_logs_the_latency_line() {
+    let model = piper_model();
+    let state = tempfile::tempdir().unwrap();
+    let mut input = chunk(7, 0, "Hello there, how are you?");
+    input.extend(chunk(7, 1, "I am fine, thank you."));
+    input.extend(reply_end(7));
+    let out = run_with_input(&["--engine", "piper", "--piper-model", model.to_str().unwrap()], &input, state.path());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let s = samples(&out.stdout);
+    let secs = s.len() as f64 / RATE;
+    // piper-tts 1.8 (Python) renders these two sentences as 1.54 s + 1.57 s; the voice's noise
+    // makes each run differ a little.
+    assert!((2.6..3.7).contains(&secs), "{secs:.2} s of audio");
+    assert!(rms(&s) > 1000.0, "too quiet: rms {}", rms(&s));
+    assert!(log.contains("turn 7: eot ? → stt ? → llm ? → chunk ? → audio"), "{log}");
+    let m = metrics(state.path());
+    let lat = m.iter().find(|v| v["type"] == "turn-latency").expect("latency record");
+    assert_eq!(lat["turn"], 7);
+    assert!(lat["trace"]["first_audio"].as_u64() >= lat["trace"]["first_chunk"].as_u64());
+    let played = m.iter().find(|v| v["type"] == "reply-played").expect("played record");
+    assert_eq!(played["played_text"], "Hello there, how are you? I am fine, thank you.");
+    assert_eq!(played["cancelled"], false);
+}
+
+#[test]
+fn chunks_of_a_turn_older_than_speech_start_are_not_spoken() {
+    require_espeak();
+    let state = tempfile::tempdir().unwrap();
+    let fresh = "Fresh words.";
+    let mut input = event_bytes(tgvoice::Event::new("speech-start").with_turn(5));
+    input.extend(chunk(4, 0, "This stale reply must never be heard by anyone at all."));
+    input.extend(reply_end(4));
+    input.extend(chunk(5, 0, fresh));
+    input.extend(reply_end(5));
+    let out = run_with_input(&["--engine", "espeak-ng"], &input, state.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let secs = samples(&out.stdout).len() as f64 / RATE;
+    let reference = espeak_reference_seconds(fresh);
+    assert!((secs - reference).abs() < 0.01, "got {secs:.3} s, only the fresh reply is {reference:.3} s");
+}
+
+#[test]
+fn command_engine_speaks_with_any_wav_program() {
+    require_espeak();
+    let state = tempfile::tempdir().unwrap();
+    let out = run_with_input(&["--engine", "command", "--command", "espeak-ng --stdout -s 175"], b"hello from a command\n", state.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = samples(&out.stdout);
+    let reference = espeak_reference_seconds("hello from a command");
+    assert!((s.len() as f64 / RATE - reference).abs() < 0.01);
+    assert!(rms(&s) > 500.0);
+}
+
+#[test]
+fn command_engine_raw_output_with_declared_rate() {
+    require_espeak();
+    let state = tempfile::tempdir().unwrap();
+    // 0.5 s of a 16 kHz tone as raw s16le → 0.5 s at 48 kHz.
+    let cmd = "python3 -c \"import sys,math,struct; sys.stdin.read(); sys.stdout.buffer.write(b''.join(struct.pack('<h', int(8000*math.sin(i*0.2))) for i in range(8000)))\"";
+    let out = run_with_input(&["--engine", "command", "--command", cmd, "--command-raw-rate", "16000"], b"tone\n", state.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(samples(&out.stdout).len(), 24000);
+}
+
+#[test]
+fn explicit_piper_without_its_voice_exits_69_saying_how_to_install() {
+    let state = tempfile::tempdir().unwrap();
+    let out = run_with_input(&["--engine", "piper", "--piper-model", "/nonexistent/voice.onnx"], b"hi\n", state.path());
+    assert_eq!(out.status.code(), Some(69));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("scripts/setup"), "{log}");
+}
+
+#[test]
+fn auto_falls_back_to_espeak_ng_when_the_voice_is_missing() {
+    require_espeak();
+    let state = tempfile::tempdir().unwrap();
+    let out = run_with_input(&["--piper-model", "/nonexistent/voice.onnx"], b"fallback works\n", state.path());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("using espeak-ng"), "{log}");
+    assert!(rms(&samples(&out.stdout)) > 500.0);
+}
+
+#[test]
+fn garbage_before_frames_does_not_stop_speech() {
+    require_espeak();
+    let state = tempfile::tempdir().unwrap();
+    let mut input = chunk(1, 0, "first");
+    input.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0x01, 0x02]);
+    input.extend(chunk(1, 1, "second"));
+    input.extend(reply_end(1));
+    let out = run_with_input(&["--engine", "espeak-ng"], &input, state.path());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("bad input"), "{log}");
+    let secs = samples(&out.stdout).len() as f64 / RATE;
+    let reference = espeak_reference_seconds("first") + espeak_reference_seconds("second");
+    assert!((secs - reference).abs() < 0.02, "{secs} vs {reference}");
+}
