@@ -64,13 +64,18 @@ fn hash(s: &str) -> u64 {
 /// First and last sample of the 5 ms windows whose RMS is above -50 dBFS (espeak's output is
 /// digitally silent around the speech, so this is where the speech is).
 pub fn speech_bounds(s: &[i16]) -> (usize, usize) {
+    speech_bounds_above(s, -50.0)
+}
+
+/// First and last sample of the 5 ms windows whose RMS is above `dbfs`.
+pub fn speech_bounds_above(s: &[i16], dbfs: f64) -> (usize, usize) {
     let win = RATE as usize / 200;
     let loud: Vec<usize> = s
         .chunks(win)
         .enumerate()
         .filter(|(_, c)| {
             let e = c.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / c.len() as f64;
-            e.sqrt() > 32768.0 * 10f64.powf(-50.0 / 20.0)
+            e.sqrt() > 32768.0 * 10f64.powf(dbfs / 20.0)
         })
         .map(|(i, _)| i)
         .collect();
@@ -95,6 +100,23 @@ pub fn sentences(dir: &Path) -> Vec<Utterance> {
     .iter()
     .map(|(t, v, s)| espeak(dir, t, v, *s))
     .collect()
+}
+
+/// Real recorded speech from the Debian package alsa-utils (a speaker saying "Front Center",
+/// "Rear Left", …; 48 kHz mono). Its room noise floor is near -50 dBFS, so the speech is
+/// where the level exceeds -40 dBFS.
+pub fn alsa_recording(name: &str) -> Utterance {
+    let path = alsa_sound(name);
+    let (rate, samples) = read_wav_mono(std::fs::File::open(&path).unwrap()).unwrap();
+    assert_eq!(rate, RATE, "{}", path.display());
+    let (onset, offset) = speech_bounds_above(&samples, -40.0);
+    Utterance { text: name.replace('_', " "), samples, onset, offset }
+}
+
+pub fn alsa_sound(name: &str) -> PathBuf {
+    let path = PathBuf::from(format!("/usr/share/sounds/alsa/{name}.wav"));
+    assert!(path.is_file(), "{} missing: run scripts/setup (it installs the Debian package alsa-utils)", path.display());
+    path
 }
 
 // ---------------------------------------------------------------- noise
