@@ -135,6 +135,8 @@ fn stats(v: &mut [f64]) -> (f64, f64) {
 }
 
 /// tgcat FILE | vadseg, returning vadseg's CPU seconds, wall seconds and segment count.
+/// (The child is reaped by wait4 below, which also gives its rusage.)
+#[allow(clippy::zombie_processes)]
 fn cpu_run(dir: &std::path::Path, samples: &[i16]) -> (f64, f64, usize) {
     let wav = dir.join("rtf.wav");
     tgvoice::resample::write_wav_mono(&wav, RATE, samples).unwrap();

@@ -213,7 +213,7 @@ pub fn chord_music(n: usize, rms_dbfs: f64, seed: u64) -> Vec<i16> {
     let mut start = 0;
     while start < n {
         let root = roots[(r.next_u64() % roots.len() as u64) as usize];
-        let minor = r.next_u64() % 2 == 0;
+        let minor = r.next_u64() & 1 == 0;
         let notes = [root, root * if minor { 1.189 } else { 1.26 }, root * 1.498, root / 2.0];
         for k in 0..chord_len.min(n - start) {
             let t = k as f64 / RATE as f64;
@@ -261,13 +261,13 @@ pub fn build_call(utts: &[Utterance], lead_s: f64, pauses_s: &[f64], tail_s: f64
             let gap = (pauses_s[(i - 1) % pauses_s.len()] * RATE as f64) as usize;
             let prev_tail = utts[i - 1].samples.len() - utts[i - 1].offset;
             let need = gap.saturating_sub(prev_tail + u.onset);
-            samples.extend(std::iter::repeat(0).take(need));
+            samples.resize(samples.len() + need, 0);
         }
         let base = samples.len();
         samples.extend_from_slice(&u.samples);
         spans.push((base + u.onset, base + u.offset));
     }
-    samples.extend(std::iter::repeat(0).take((tail_s * RATE as f64) as usize));
+    samples.resize(samples.len() + (tail_s * RATE as f64) as usize, 0);
     Call { samples, spans, texts: utts.iter().map(|u| u.text.clone()).collect() }
 }
 
