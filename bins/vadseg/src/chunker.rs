@@ -84,7 +84,7 @@ impl Chunker {
         }
         if !self.pending.is_empty() {
             let missing = CHUNK - self.pending.len();
-            self.pending.extend(std::iter::repeat(0).take(missing));
+            self.pending.resize(CHUNK, 0);
             self.next_index += missing as u64;
             self.take(vec![], out);
         }

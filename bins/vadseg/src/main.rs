@@ -79,7 +79,7 @@ fn main() {
                 break;
             }
         }
-        stage.finish(&sink);
+        stage.finish(&sink)?;
         let s = sink.finish();
         log::info!(
             "end of input: {:.1} s of audio, {} turns, {:.1} s of speech segments; {} frames delivered, {} dropped",

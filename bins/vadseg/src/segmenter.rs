@@ -332,7 +332,7 @@ mod tests {
     }
 
     fn pattern(spec: &[(f32, usize)]) -> Vec<f32> {
-        spec.iter().flat_map(|&(p, n)| std::iter::repeat(p).take(n)).collect()
+        spec.iter().flat_map(|&(p, n)| vec![p; n]).collect()
     }
 
     fn turns(d: &[Decision]) -> Vec<(u64, Vec<usize>)> {

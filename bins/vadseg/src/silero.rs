@@ -1,20 +1,28 @@
-//! [`SileroVad`]: the Silero VAD model (embedded in the `voice_activity_detector` crate) run by
-//! ONNX Runtime, which `ort` loads at run time from `ORT_DYLIB_PATH` (the library from the
-//! PyPI wheel `onnxruntime==1.22.1`, unpacked by scripts/setup).
+//! [`SileroVad`]: the Silero VAD v5 model (the file the `voice_activity_detector` crate
+//! embeds, kept in model/) run by ONNX Runtime through `ort`, which loads the library at run
+//! time from `ORT_DYLIB_PATH` (from the PyPI wheel `onnxruntime==1.22.1`, unpacked by
+//! scripts/setup). Each 512-sample chunk is fed with the 64 samples before it, as Silero v5
+//! expects (the crate's own `predict` omits them; see model/README.md).
 //!
 //! `ort` panics when the library is missing or unusable, so [`SileroVad::load`] checks the
 //! path and `dlopen`s it first, then creates the model under `catch_unwind`: the user gets
 //! one line saying how to install ONNX Runtime (exit 69), never a panic.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::value::Tensor;
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 use tgvoice::cli::{exit, fail};
-use voice_activity_detector::VoiceActivityDetector;
 
 use crate::segmenter::{CHUNK, RATE};
 
 pub const ORT_VERSION: &str = "1.22.1";
+/// Silero VAD v5, as embedded in the crate voice_activity_detector 0.2.1 (see model/README.md).
+const MODEL: &[u8] = include_bytes!("../model/silero_vad.onnx");
+/// Samples of the previous chunk that Silero v5 sees in front of each 512-sample chunk.
+const CONTEXT: usize = 64;
+const STATE_LEN: usize = 2 * 128;
 
 fn how_to_install() -> String {
     format!(
@@ -24,7 +32,9 @@ fn how_to_install() -> String {
 }
 
 pub struct SileroVad {
-    detector: VoiceActivityDetector,
+    session: Session,
+    state: Vec<f32>,
+    context: [f32; CONTEXT],
 }
 
 impl SileroVad {
@@ -32,29 +42,48 @@ impl SileroVad {
     pub fn load() -> Result<Self> {
         let lib = locate_onnx_runtime()?;
         probe_library(&lib)?;
-        let detector = quietly_catch(|| {
+        let session = quietly_catch(|| {
             let _ = ort::init_from(lib.display().to_string()).with_name("vadseg").commit();
-            let mut d = VoiceActivityDetector::builder().sample_rate(RATE as i64).chunk_size(CHUNK).build()?;
-            d.predict([0i16; CHUNK]);
-            d.reset();
-            Ok::<_, voice_activity_detector::Error>(d)
+            Session::builder()?
+                .with_optimization_level(GraphOptimizationLevel::Level3)?
+                .with_intra_threads(1)?
+                .with_inter_threads(1)?
+                .commit_from_memory(MODEL)
         })
         .map_err(|panic| {
             fail(exit::UNAVAILABLE, format!("ONNX Runtime at {} could not run the Silero model ({panic}); {}", lib.display(), how_to_install()))
         })?
-        .map_err(|e| fail(exit::FAILURE, format!("cannot create the Silero VAD: {e}")))?;
+        .map_err(|e| fail(exit::UNAVAILABLE, format!("ONNX Runtime at {} cannot load the Silero model ({e}); {}", lib.display(), how_to_install())))?;
+        let mut vad = SileroVad { session, state: vec![0.0; STATE_LEN], context: [0.0; CONTEXT] };
+        vad.probability(&[0; CHUNK]).context("Silero VAD warm-up inference failed")?;
+        vad.reset();
         log::info!("Silero VAD ready (ONNX Runtime {})", lib.display());
-        Ok(SileroVad { detector })
+        Ok(vad)
     }
 
     /// Speech probability of one 512-sample chunk (the model keeps state between chunks).
-    pub fn probability(&mut self, chunk: &[i16]) -> f32 {
-        self.detector.predict(chunk.iter().copied())
+    pub fn probability(&mut self, chunk: &[i16]) -> Result<f32> {
+        let mut input = Vec::with_capacity(CONTEXT + CHUNK);
+        input.extend_from_slice(&self.context);
+        input.extend(chunk.iter().map(|&s| s as f32 / 32768.0));
+        input.resize(CONTEXT + CHUNK, 0.0);
+        self.context.copy_from_slice(&input[input.len() - CONTEXT..]);
+        let inputs = ort::inputs![
+            "input" => Tensor::from_array(([1usize, CONTEXT + CHUNK], input))?,
+            "state" => Tensor::from_array(([2usize, 1, 128], std::mem::take(&mut self.state)))?,
+            "sr" => Tensor::from_array(((), vec![RATE as i64]))?,
+        ];
+        let outputs = self.session.run(inputs)?;
+        let (_, state) = outputs["stateN"].try_extract_tensor::<f32>()?;
+        self.state = state.to_vec();
+        let (_, p) = outputs["output"].try_extract_tensor::<f32>()?;
+        Ok(p.first().copied().unwrap_or(0.0))
     }
 
     /// Forget the model state (new stream).
     pub fn reset(&mut self) {
-        self.detector.reset();
+        self.state = vec![0.0; STATE_LEN];
+        self.context = [0.0; CONTEXT];
     }
 }
 

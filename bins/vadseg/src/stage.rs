@@ -48,38 +48,39 @@ impl VadStage {
         match input {
             Input::Frame(Frame::Audio(frame)) => {
                 self.chunker.push(&frame, &mut self.chunks)?;
-                self.classify(sink);
+                self.classify(sink)?;
             }
             Input::Frame(Frame::Event(event)) => {
                 let call_boundary = event.is(kind::CALL_START) || event.is(kind::CALL_END);
                 if call_boundary {
                     // A new conversation: nothing of the old call's audio belongs to it.
-                    self.interrupt(sink);
+                    self.interrupt(sink)?;
                 }
                 sink.send(Frame::Event(event));
             }
-            Input::WriterGone => self.interrupt(sink),
+            Input::WriterGone => self.interrupt(sink)?,
         }
         Ok(())
     }
 
     /// End of input: flush audio, close an open turn.
-    pub fn finish(&mut self, sink: &FrameSink) {
-        self.interrupt(sink);
+    pub fn finish(&mut self, sink: &FrameSink) -> Result<()> {
+        self.interrupt(sink)
     }
 
     /// The audio stream broke off (writer restarted, call boundary, end of input).
-    fn interrupt(&mut self, sink: &FrameSink) {
+    fn interrupt(&mut self, sink: &FrameSink) -> Result<()> {
         self.chunker.restart(&mut self.chunks);
-        self.classify(sink);
+        self.classify(sink)?;
         self.segmenter.finish(&mut self.decisions);
         self.send_decisions(sink);
         self.vad.reset();
+        Ok(())
     }
 
-    fn classify(&mut self, sink: &FrameSink) {
+    fn classify(&mut self, sink: &FrameSink) -> Result<()> {
         for chunk in std::mem::take(&mut self.chunks) {
-            let mut p = self.vad.probability(&chunk.samples);
+            let mut p = self.vad.probability(&chunk.samples)?;
             log::trace!("chunk {} p={p:.3}", chunk.index);
             if rms(&chunk.samples) < DIGITAL_SILENCE_RMS {
                 // Silero decays slowly on digital silence (~400 ms from 0.99 to 0.35, measured);
@@ -90,6 +91,7 @@ impl VadStage {
             self.segmenter.push(chunk, p, &mut self.decisions);
             self.send_decisions(sink);
         }
+        Ok(())
     }
 
     fn send_decisions(&mut self, sink: &FrameSink) {

@@ -64,13 +64,18 @@ fn hash(s: &str) -> u64 {
 /// First and last sample of the 5 ms windows whose RMS is above -50 dBFS (espeak's output is
 /// digitally silent around the speech, so this is where the speech is).
 pub fn speech_bounds(s: &[i16]) -> (usize, usize) {
+    speech_bounds_above(s, -50.0)
+}
+
+/// First and last sample of the 5 ms windows whose RMS is above `dbfs`.
+pub fn speech_bounds_above(s: &[i16], dbfs: f64) -> (usize, usize) {
     let win = RATE as usize / 200;
     let loud: Vec<usize> = s
         .chunks(win)
         .enumerate()
         .filter(|(_, c)| {
             let e = c.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / c.len() as f64;
-            e.sqrt() > 32768.0 * 10f64.powf(-50.0 / 20.0)
+            e.sqrt() > 32768.0 * 10f64.powf(dbfs / 20.0)
         })
         .map(|(i, _)| i)
         .collect();
@@ -95,6 +100,23 @@ pub fn sentences(dir: &Path) -> Vec<Utterance> {
     .iter()
     .map(|(t, v, s)| espeak(dir, t, v, *s))
     .collect()
+}
+
+/// Real recorded speech from the Debian package alsa-utils (a speaker saying "Front Center",
+/// "Rear Left", …; 48 kHz mono). Its room noise floor is near -50 dBFS, so the speech is
+/// where the level exceeds -40 dBFS.
+pub fn alsa_recording(name: &str) -> Utterance {
+    let path = alsa_sound(name);
+    let (rate, samples) = read_wav_mono(std::fs::File::open(&path).unwrap()).unwrap();
+    assert_eq!(rate, RATE, "{}", path.display());
+    let (onset, offset) = speech_bounds_above(&samples, -40.0);
+    Utterance { text: name.replace('_', " "), samples, onset, offset }
+}
+
+pub fn alsa_sound(name: &str) -> PathBuf {
+    let path = PathBuf::from(format!("/usr/share/sounds/alsa/{name}.wav"));
+    assert!(path.is_file(), "{} missing: run scripts/setup (it installs the Debian package alsa-utils)", path.display());
+    path
 }
 
 // ---------------------------------------------------------------- noise
@@ -191,7 +213,7 @@ pub fn chord_music(n: usize, rms_dbfs: f64, seed: u64) -> Vec<i16> {
     let mut start = 0;
     while start < n {
         let root = roots[(r.next_u64() % roots.len() as u64) as usize];
-        let minor = r.next_u64() % 2 == 0;
+        let minor = r.next_u64() & 1 == 0;
         let notes = [root, root * if minor { 1.189 } else { 1.26 }, root * 1.498, root / 2.0];
         for k in 0..chord_len.min(n - start) {
             let t = k as f64 / RATE as f64;
@@ -239,13 +261,13 @@ pub fn build_call(utts: &[Utterance], lead_s: f64, pauses_s: &[f64], tail_s: f64
             let gap = (pauses_s[(i - 1) % pauses_s.len()] * RATE as f64) as usize;
             let prev_tail = utts[i - 1].samples.len() - utts[i - 1].offset;
             let need = gap.saturating_sub(prev_tail + u.onset);
-            samples.extend(std::iter::repeat(0).take(need));
+            samples.resize(samples.len() + need, 0);
         }
         let base = samples.len();
         samples.extend_from_slice(&u.samples);
         spans.push((base + u.onset, base + u.offset));
     }
-    samples.extend(std::iter::repeat(0).take((tail_s * RATE as f64) as usize));
+    samples.resize(samples.len() + (tail_s * RATE as f64) as usize, 0);
     Call { samples, spans, texts: utts.iter().map(|u| u.text.clone()).collect() }
 }
 
