@@ -102,9 +102,10 @@ pub struct Args {
     /// At most this many earlier messages are sent with each request.
     #[arg(long, default_value_t = 24)]
     pub history_messages: usize,
-    /// At most about this many tokens of history (≈ 4 characters per token) per request.
-    #[arg(long, default_value_t = 3000)]
-    pub history_tokens: usize,
+    /// At most about this many tokens of history (≈ 4 characters per token) per request
+    /// [default: 3000; 1200 for the local server, whose context is 2048 tokens].
+    #[arg(long)]
+    pub history_tokens: Option<usize>,
     /// Retries before the first token (connection errors, timeouts, 429, 5xx, overloaded).
     #[arg(long, default_value_t = 2)]
     pub retries: u32,
@@ -151,6 +152,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         c => c,
     };
     let local_url = format!("http://127.0.0.1:{}/v1", args.local_port);
+    let history_tokens = args.history_tokens.unwrap_or(if choice == ProviderChoice::Local { 1200 } else { 3000 });
     let (kind, base_url, api_key, model) = match choice {
         ProviderChoice::Anthropic => {
             let Some(key) = anthropic_key else {
@@ -223,7 +225,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         relay: RelayConfig {
             provider,
             stream,
-            budget: Budget { max_messages: args.history_messages.max(1), max_tokens: args.history_tokens.max(1) },
+            budget: Budget { max_messages: args.history_messages.max(1), max_tokens: history_tokens.max(1) },
             apology: args.apology.clone(),
             first_clause_min_words: if args.first_clause_words == 0 { usize::MAX } else { args.first_clause_words },
         },

@@ -149,7 +149,7 @@ async fn one_attempt(
             }
             Err(_) => return Err(retry(format!("no reply token from {url} within {:?}", opts.first_token_timeout))),
             Ok(None) if got_text => {
-                log::debug!("stream from {url} ended without an end marker; taking the reply as complete");
+                log::warn!("the stream from {url} ended without an end marker; taking the reply as complete");
                 return Ok(());
             }
             Ok(None) => return Err(retry(format!("the stream from {url} ended before any reply text"))),

@@ -352,3 +352,76 @@ fn forwards_unknown_events_and_ignores_partial_transcripts() {
     assert_eq!(server.count(), 1, "a partial transcript must not start a reply");
     assert_eq!(chunks_of(&events, 1), vec!["Ok."]);
 }
+
+#[test]
+fn named_fifos_and_the_json_lines_tap() {
+    use std::io::{BufRead, Read, Write};
+    let server =
+        StandIn::start(|_, _| Response::sse(split_at(anthropic_sse(&["Over the FIFO."]).as_bytes(), &[]), true));
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output, tap) =
+        (dir.path().join("text.frames"), dir.path().join("reply.frames"), dir.path().join("reply.tap"));
+    for p in [&input, &output, &tap] {
+        assert!(std::process::Command::new("mkfifo").arg(p).status().unwrap().success());
+    }
+    let mut cmd = anthropic_relay(&server, &dir.path().join("state"));
+    cmd.arg("-i").arg(&input).arg("-o").arg(&output);
+    let mut child = cmd.stdin(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Tap reader (JSON lines) and output reader (frames), each on its own thread.
+    let (tap_tx, tap_rx) = std::sync::mpsc::channel::<String>();
+    let tap_path = tap.clone();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(tap_path).unwrap();
+        for line in std::io::BufReader::new(f).lines() {
+            let Ok(line) = line else { return };
+            if tap_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let (out_tx, out_rx) = std::sync::mpsc::channel::<tgvoice::Frame>();
+    let out_path = output.clone();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::open(out_path).unwrap();
+        let mut dec = tgvoice::frame::FrameDecoder::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            dec.push(&buf[..n]);
+            while let Some(Ok(fr)) = dec.next() {
+                let _ = out_tx.send(fr);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(600)); // let the relay attach its tap
+    let mut w = std::fs::OpenOptions::new().write(true).open(&input).unwrap();
+    w.write_all(&tgvoice::frame::encode(&tgvoice::Frame::Event(transcript(1, "Hi.")))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = vec![];
+    while !out.iter().any(|e: &Event| e.is("reply-end")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match out_rx.recv_timeout(left) {
+            Ok(tgvoice::Frame::Event(e)) => out.push(e),
+            Ok(_) => {}
+            Err(_) => panic!("no reply-end on reply.frames; got {out:?}"),
+        }
+    }
+    assert_eq!(chunks_of(&out, 1), vec!["Over the FIFO."]);
+    let mut tap_lines = vec![];
+    while tap_lines.len() < 2 {
+        tap_lines.push(tap_rx.recv_timeout(Duration::from_secs(5)).expect("tap lines"));
+    }
+    let first: Value = serde_json::from_str(&tap_lines[0]).unwrap();
+    assert_eq!(first["type"], "reply-chunk");
+    assert_eq!(first["text"], "Over the FIFO.");
+    let second: Value = serde_json::from_str(&tap_lines[1]).unwrap();
+    assert_eq!(second["type"], "reply-end");
+    // The writer of text.frames goes away: the relay keeps waiting for it (no exit).
+    drop(w);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "llm-relay exited when the FIFO writer went away");
+    let _ = child.kill();
+    let _ = child.wait();
+}
