@@ -115,8 +115,10 @@ def test_speech_crosses_a_real_local_private_call(tmp_path, realtime_priority):
     run_a, run_b = rundir.prepare(tmp_path / "a"), rundir.prepare(tmp_path / "b")
     b_input = TimedDrain(run_b / "tg_input.raw")
     a_control, b_control = FifoDrain(run_a / "control.frames"), FifoDrain(run_b / "control.frames")
-    child = subprocess.Popen(prefix + ["sh", "-c", NETNS_SETUP, sys.executable, str(HERE / "p2p_pair_child.py"),
-                                       str(run_a), str(run_b)],
+    # nice is per thread on Linux: start the child (and so every ntgcalls/WebRTC thread) at the
+    # priority a live call would get; `nice` only warns when not allowed
+    child = subprocess.Popen(prefix + ["sh", "-c", NETNS_SETUP, "nice", "-n", "-10", sys.executable,
+                                       str(HERE / "p2p_pair_child.py"), str(run_a), str(run_b)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = child.stdout.readline()
