@@ -43,7 +43,7 @@ async def main(run_a, run_b):
     await asyncio.wait_for(_wait_end(b), 5)
     summary = {
         "b_ended": b.current is None,
-        "a_sent": a.pump.ticks, "a_audio": a.pump.audio_frames, "a_resyncs": a.pump.resyncs,
+        "a_sent": a.pump.ticks, "a_audio": a.pump.audio_frames, "a_underruns": a.pump.underruns, "a_resyncs": a.pump.resyncs,
         "a_send_errors": a.pump.send_errors,
         "b_written": b.input.written, "b_dropped": b.input.dropped,
     }
