@@ -4,7 +4,6 @@ the call, bridge B answers it (A is on B's allowlist). Prints READY once both si
 CONNECTED, hangs A up when a line arrives on stdin, prints a JSON summary and exits."""
 import asyncio
 import json
-import os
 import logging
 import sys
 from pathlib import Path
@@ -20,10 +19,6 @@ from tgvoice_bridge.local_p2p import LocalP2PPair  # noqa: E402
 
 async def main(run_a, run_b):
     setup_logging()
-    try:                      # a live call's priority, when allowed (the test shares the CPU)
-        os.nice(-10)
-    except PermissionError:
-        pass
     log = logging.getLogger("tg-bridge")
     pair = LocalP2PPair()
     a = Bridge(pair.a, run_a, mode="call", call_user=pair.b.user_id)
@@ -48,7 +43,7 @@ async def main(run_a, run_b):
     await asyncio.wait_for(_wait_end(b), 5)
     summary = {
         "b_ended": b.current is None,
-        "a_sent": a.pump.ticks, "a_audio": a.pump.audio_frames, "a_resyncs": a.pump.resyncs,
+        "a_sent": a.pump.ticks, "a_audio": a.pump.audio_frames, "a_underruns": a.pump.underruns, "a_resyncs": a.pump.resyncs,
         "a_send_errors": a.pump.send_errors,
         "b_written": b.input.written, "b_dropped": b.input.dropped,
     }

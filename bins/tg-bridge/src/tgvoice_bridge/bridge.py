@@ -293,8 +293,8 @@ class Bridge:
         for end in (self.input, self.input_tap, self.output_tap, self.control):
             end.close()
         self.output.close()
-        log.info("stats: sent %d frames (%d audio, %d silence, %d send errors, %d resyncs); "
-                 "tg_input.raw: %d written, %d dropped (no reader %d, full %d)",
-                 self.pump.ticks, self.pump.audio_frames, self.pump.silence_frames,
+        log.info("stats: sent %d frames (%d audio, %d silence of which %d underruns, %d send errors, "
+                 "%d resyncs); tg_input.raw: %d written, %d dropped (no reader %d, full %d)",
+                 self.pump.ticks, self.pump.audio_frames, self.pump.silence_frames, self.pump.underruns,
                  self.pump.send_errors, self.pump.resyncs, self.input.written, self.input.dropped,
                  self.input.dropped_no_reader, self.input.dropped_full)

@@ -34,6 +34,7 @@ class SendPump:
         self.ticks = 0
         self.audio_frames = 0
         self.silence_frames = 0
+        self.underruns = 0
         self.send_errors = 0
         self.resyncs = 0
 
@@ -45,6 +46,8 @@ class SendPump:
             pcm = None
         if pcm is None:
             self.silence_frames += 1
+            if getattr(self.reader, "writer_present", False):
+                self.underruns += 1       # a writer is there but was late (or idle)
             return SILENCE
         self.audio_frames += 1
         if self.tap is not None:
