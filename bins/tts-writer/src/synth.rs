@@ -40,7 +40,9 @@ pub fn run(mut engine: Box<dyn SpeechEngine>, jobs: Receiver<SynthJob>, player: 
                     if turn < barrier.load(Ordering::SeqCst) {
                         return false;
                     }
-                    fade_edges(&mut audio.samples, audio.rate);
+                    if audio.edges {
+                        fade_edges(&mut audio.samples, audio.rate);
+                    }
                     let mut out = vec![];
                     if resampler.as_ref().map(|(r, _)| *r) != Some(audio.rate) {
                         if let Some((_, mut old)) = resampler.take() {
