@@ -27,12 +27,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn config(kind: EngineKind) -> EngineConfig {
+fn config(kind: EngineKind, whole_sentences: bool) -> EngineConfig {
     EngineConfig {
         kind,
         piper_model: engine::default_piper_model(),
         piper_threads: 1,
-        piper_whole_sentences: false,
+        piper_whole_sentences: whole_sentences,
         espeak_voice: "en-us".into(),
         espeak_speed: 175,
         command: None,
@@ -68,9 +68,9 @@ fn rtf(e: &mut dyn engine::SpeechEngine, text: &str) -> (f64, f64) {
     (t.elapsed().as_secs_f64() / secs, secs)
 }
 
-fn in_process(name: &str, kind: EngineKind) -> Option<f64> {
+fn in_process(name: &str, kind: EngineKind, whole_sentences: bool) -> Option<f64> {
     let t = Instant::now();
-    let mut e = match engine::select(&config(kind)) {
+    let mut e = match engine::select(&config(kind, whole_sentences)) {
         Ok(e) => e,
         Err(err) => {
             println!("{name}: unavailable ({err:#}); run scripts/setup");
@@ -160,8 +160,11 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let piper = in_process("piper", EngineKind::Piper);
-    let espeak = in_process("espeak-ng", EngineKind::EspeakNg);
+    let piper = in_process("piper", EngineKind::Piper, false);
+    // The same voice without the first-clause split (what a whole-sentence seam such as a
+    // persistent piper-tts process gives; compare with bench-support/piper_python_ttfa.py).
+    in_process("piper-whole", EngineKind::Piper, true);
+    let espeak = in_process("espeak-ng", EngineKind::EspeakNg, false);
     let piper_e2e = end_to_end("piper", "piper");
     let espeak_e2e = end_to_end("espeak-ng", "espeak-ng");
     let fmt = |v: Option<f64>| v.map(|x| format!("{x:.0} ms")).unwrap_or_else(|| "n/a".into());

@@ -22,7 +22,7 @@ use tts_writer::turns::TurnController;
     after_help = "\
 Engines:
   piper      the Piper voice en_US-joe-medium run through ONNX Runtime (scripts/setup installs it)
-  espeak-ng  the espeak-ng program (zero setup)
+  espeak-ng  espeak-ng through libespeak-ng, or the espeak-ng program (zero setup)
   command    any program that prints WAV (or raw s16le with --command-raw-rate) for the text
              on its stdin (or as its last argument with --command-arg)
   auto       piper if installed, else espeak-ng (default)

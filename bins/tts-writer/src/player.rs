@@ -4,9 +4,9 @@
 //!
 //! Clock: `play_head` is the wall-clock instant at which the next sample will be heard if the
 //! reader consumes in real time. A frame may be written once `now >= play_head - lead`; after
-//! writing n samples `play_head += n / 48 kHz`. When the queue runs dry the head is allowed to
-//! fall behind `now` and restarts at `now` with the next audio (no silence is written unless
-//! `--fill-silence`). On a named FIFO the real lead is also measured (FIONREAD on the write
+//! writing n samples `play_head += n / 48 kHz`. When the queue runs dry the head restarts at
+//! `now` with the next audio (no silence is written unless `--fill-silence`); a writer or
+//! reader delayed by a scheduling hiccup catches up at most 100 ms of schedule. On a named FIFO the real lead is also measured (FIONREAD on the write
 //! end = bytes the reader has not taken yet) and writing waits while it would exceed `lead`;
 //! the pipe buffer is shrunk (F_SETPIPE_SZ) so even a stalled reader cannot hoard more.
 
@@ -21,6 +21,8 @@ use tgvoice::fifo::{FifoWriter, Tap, WriteOutcome};
 use tgvoice::TurnTrace;
 
 pub const RATE: u32 = 48_000;
+/// The most a late writer catches up (see [`Player::write_samples`]).
+const MAX_DEBT: Duration = Duration::from_millis(100);
 
 /// Messages to the player, in order.
 pub enum PlayerMsg {
@@ -360,9 +362,14 @@ impl Player {
         for s in samples {
             bytes.extend_from_slice(&s.to_le_bytes());
         }
+        // Late by a scheduling hiccup (this thread or the reader): keep up to MAX_DEBT of
+        // schedule debt so the stream catches up (the FIONREAD check still bounds the lead);
+        // later than that is an underrun and the schedule restarts from now.
         let now = Instant::now();
-        if self.play_head < now {
-            self.play_head = now;
+        if let Some(floor) = now.checked_sub(MAX_DEBT) {
+            if self.play_head < floor {
+                self.play_head = floor;
+            }
         }
         self.play_head += Duration::from_secs_f64(samples.len() as f64 / RATE as f64);
         if self.out.write_chunk(&bytes) == WriteOutcome::Closed {

@@ -22,6 +22,7 @@ pub enum SynthJob {
 const EDGE_FADE_MS: f64 = 2.0;
 
 pub fn run(mut engine: Box<dyn SpeechEngine>, jobs: Receiver<SynthJob>, player: Sender<PlayerMsg>, barrier: Arc<AtomicU64>) {
+    lower_thread_priority();
     for job in jobs {
         match job {
             SynthJob::End { turn } => {
@@ -40,7 +41,9 @@ pub fn run(mut engine: Box<dyn SpeechEngine>, jobs: Receiver<SynthJob>, player: 
                     if turn < barrier.load(Ordering::SeqCst) {
                         return false;
                     }
-                    fade_edges(&mut audio.samples, audio.rate);
+                    if audio.edges {
+                        fade_edges(&mut audio.samples, audio.rate);
+                    }
                     let mut out = vec![];
                     if resampler.as_ref().map(|(r, _)| *r) != Some(audio.rate) {
                         if let Some((_, mut old)) = resampler.take() {
@@ -86,5 +89,17 @@ pub fn fade_edges(samples: &mut [i16], rate: u32) {
         let g = i as f32 / n as f32;
         samples[i] = (samples[i] as f32 * g) as i16;
         samples[len - 1 - i] = (samples[len - 1 - i] as f32 * g) as i16;
+    }
+}
+
+/// Synthesis is the CPU hog of this program; on a busy machine it must not delay the threads
+/// that read cancels and write audio. Linux applies `setpriority` to a single thread (by tid).
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    unsafe {
+        let tid = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0 {
+            log::debug!("cannot lower the synthesis thread's priority: {}", std::io::Error::last_os_error());
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! [`select`] picks one from the command line, falling back from Piper to espeak-ng when the
 //! voice or ONNX Runtime is missing and the user did not insist on Piper.
 
+pub mod espeak_lib;
 pub mod phonemize;
 pub mod piper;
 
@@ -22,6 +23,8 @@ pub struct Audio {
     pub samples: Vec<i16>,
     /// The text this piece speaks, when the engine knows (Piper: the sentence or clause).
     pub text: Option<String>,
+    /// A whole utterance: fade its edges (false for a stream of pieces that join seamlessly).
+    pub edges: bool,
 }
 
 pub trait SpeechEngine: Send {
@@ -89,14 +92,25 @@ pub fn select(cfg: &EngineConfig) -> Result<Box<dyn SpeechEngine>> {
                     Err(e) => log::warn!("Piper unavailable ({e:#}); using espeak-ng instead"),
                 }
             }
-            Ok(Box::new(EspeakEngine::new(&cfg.espeak_voice, cfg.espeak_speed)?))
+            espeak(cfg)
         }
-        EngineKind::EspeakNg => Ok(Box::new(EspeakEngine::new(&cfg.espeak_voice, cfg.espeak_speed)?)),
+        EngineKind::EspeakNg => espeak(cfg),
         EngineKind::Command => {
             let Some(cmd) = cfg.command.clone() else {
                 return Err(fail(exit::USAGE, "--engine command needs --command 'PROGRAM ARGS' (e.g. --command 'espeak-ng --stdout')"));
             };
             Ok(Box::new(CommandEngine { command: cmd, text_as_arg: cfg.command_arg, raw_rate: cfg.command_raw_rate }))
+        }
+    }
+}
+
+/// espeak-ng in-process (libespeak-ng), else the espeak-ng program.
+fn espeak(cfg: &EngineConfig) -> Result<Box<dyn SpeechEngine>> {
+    match espeak_lib::EspeakLibEngine::new(&cfg.espeak_voice, cfg.espeak_speed) {
+        Ok(e) => Ok(Box::new(e)),
+        Err(e) => {
+            log::info!("libespeak-ng unavailable ({e:#}); running the espeak-ng program per utterance");
+            Ok(Box::new(EspeakEngine::new(&cfg.espeak_voice, cfg.espeak_speed)?))
         }
     }
 }
@@ -165,10 +179,10 @@ impl SpeechEngine for CommandEngine {
             bail!("{:?} failed ({status})", self.command);
         }
         let audio = match self.raw_rate {
-            Some(rate) => Audio { rate, samples: bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect(), text: None },
+            Some(rate) => Audio { rate, samples: bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect(), text: None, edges: true },
             None => {
                 let (rate, samples) = parse_wav(&bytes).with_context(|| format!("{:?} did not print a WAV file", self.command))?;
-                Audio { rate, samples, text: None }
+                Audio { rate, samples, text: None, edges: true }
             }
         };
         if !audio.samples.is_empty() {

@@ -37,23 +37,7 @@ unsafe impl Send for EspeakPhonemizer {}
 impl EspeakPhonemizer {
     /// Load libespeak-ng and select `voice` (e.g. "en-us").
     pub fn new(voice: &str) -> Result<Self> {
-        let mut last_err = None;
-        let mut lib = None;
-        for name in LIBRARY_NAMES {
-            match unsafe { Library::new(name) } {
-                Ok(l) => {
-                    lib = Some(l);
-                    break;
-                }
-                Err(e) => last_err = Some(e),
-            }
-        }
-        let Some(lib) = lib else {
-            bail!(
-                "cannot load libespeak-ng ({}); install it (Debian: apt-get install libespeak-ng1, macOS: brew install espeak-ng)",
-                last_err.map(|e| e.to_string()).unwrap_or_default()
-            );
-        };
+        let lib = load_espeak_library()?;
         unsafe {
             let init: Symbol<InitializeFn> = lib.get(b"espeak_Initialize\0")?;
             let set_voice: Symbol<SetVoiceFn> = lib.get(b"espeak_SetVoiceByName\0")?;
@@ -178,6 +162,21 @@ impl Sentence {
     pub fn text(&self) -> String {
         self.clauses.join(" ")
     }
+}
+
+/// Load libespeak-ng (its global state is shared by every handle in the process).
+pub fn load_espeak_library() -> Result<Library> {
+    let mut last_err = None;
+    for name in LIBRARY_NAMES {
+        match unsafe { Library::new(name) } {
+            Ok(l) => return Ok(l),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    bail!(
+        "cannot load libespeak-ng ({}); install it (Debian: apt-get install libespeak-ng1, macOS: brew install espeak-ng)",
+        last_err.map(|e| e.to_string()).unwrap_or_default()
+    )
 }
 
 fn push_sentence(sentences: &mut Vec<Sentence>, current: &mut String, clauses: &mut Vec<String>) {

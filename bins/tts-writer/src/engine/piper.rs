@@ -137,7 +137,7 @@ impl SpeechEngine for PiperEngine {
             let peak = audio.iter().fold(0f32, |m, x| m.max(x.abs()));
             let gain = if peak < 1e-8 { 0.0 } else { PEAK / peak };
             let samples = audio.iter().map(|x| (x * gain * 32767.0).round().clamp(-32768.0, 32767.0) as i16).collect();
-            if !emit(Audio { rate: self.config.audio.sample_rate, samples, text: Some(sentence.text()) }) {
+            if !emit(Audio { rate: self.config.audio.sample_rate, samples, text: Some(sentence.text()), edges: true }) {
                 break;
             }
         }
