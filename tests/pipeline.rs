@@ -1,0 +1,311 @@
+//! Whole-pipeline tests on the offline defaults (Silero, whisper tiny.en, the local llama.cpp
+//! server, Piper): a supervised pipeline started with `scripts/voicecall`, a simulated caller
+//! (`callsim`) in tg-bridge's place. Faults: every stage SIGKILLed mid-turn, garbage written
+//! into every link. Barge-in. Two calls side by side. Requires `scripts/setup` (scripts/test
+//! runs it).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+use tgvoice::testkit::bin_path;
+
+/// These tests each run a whole pipeline; on 2 cores they must not overlap.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn espeak(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.wav"));
+    let ok = Command::new("espeak-ng").args(["-v", "en-us", "-s", "150", "-w"]).arg(&path).arg(text).status();
+    assert!(ok.map(|s| s.success()).unwrap_or(false), "espeak-ng failed: run scripts/setup");
+    path
+}
+
+struct Pipeline {
+    instance: String,
+    state: tempfile::TempDir,
+    run_dir: PathBuf,
+}
+
+impl Pipeline {
+    fn voicecall(&self, args: &[&str]) -> std::process::Output {
+        let bin_dir = bin_path("tgcat").parent().unwrap().to_path_buf();
+        Command::new("bash")
+            .arg(root().join("scripts/voicecall"))
+            .args(["--instance", &self.instance])
+            .args(args)
+            .env("TGVOICE_STATE_DIR", self.state.path())
+            .env("TGVOICE_BIN", &bin_dir)
+            .env_remove("TGVOICE_RUN_DIR")
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("OPENAI_API_KEY")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/voicecall")
+    }
+
+    fn start(instance: &str) -> Pipeline {
+        let state = tempfile::tempdir().unwrap();
+        let mut p = Pipeline { instance: format!("{instance}-{}", std::process::id()), state, run_dir: PathBuf::new() };
+        let out = p.voicecall(&["start"]);
+        assert!(out.status.success(), "voicecall start: {}", String::from_utf8_lossy(&out.stderr));
+        let rd = Command::new(bin_path("tgvoice-rundir")).args(["--instance", &p.instance, "-q"]).env_remove("TGVOICE_RUN_DIR").output().unwrap();
+        p.run_dir = PathBuf::from(String::from_utf8(rd.stdout).unwrap().trim());
+        p.wait_ready();
+        p
+    }
+
+    fn logs(&self) -> PathBuf {
+        self.state.path().join(&self.instance).join("logs")
+    }
+
+    fn wait_ready(&self) {
+        // The local LLM server answers /v1/models once the model is loaded.
+        let port = self.llm_port();
+        for _ in 0..600 {
+            let ok = Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{port}/v1/models")]).stdout(Stdio::null()).status();
+            if ok.map(|s| s.success()).unwrap_or(false) {
+                std::thread::sleep(Duration::from_secs(2));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("the local LLM server did not come up; see {}", self.logs().display());
+    }
+
+    fn llm_port(&self) -> u16 {
+        // Same rule as scripts/voicecall: 20000 + cksum(instance) % 20000.
+        let out = Command::new("sh").arg("-c").arg(format!("printf '%s' '{}' | cksum | cut -d' ' -f1", self.instance)).output().unwrap();
+        let sum: u64 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
+        (20000 + sum % 20000) as u16
+    }
+
+    /// Run callsim with the given turns; returns (per-turn reports, summary).
+    fn call(&self, turns: &[String], extra: &[&str]) -> (Vec<Value>, Value) {
+        let out = Command::new(bin_path("callsim"))
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .args(extra)
+            .args(turns)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "callsim failed");
+        let mut lines: Vec<Value> =
+            String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let summary = lines.pop().unwrap();
+        (lines, summary)
+    }
+
+    fn stage_pid(&self, stage: &str) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.run_dir.join("supervise").join(stage).join("pid")).ok()?.trim().parse().ok()?;
+        (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+    }
+
+    fn restarts(&self, stage: &str) -> u32 {
+        std::fs::read_to_string(self.run_dir.join("supervise").join(stage).join("restarts"))
+            .map(|s| s.trim().parse().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    fn log(&self, stage: &str) -> String {
+        std::fs::read_to_string(self.logs().join(format!("{stage}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        let _ = self.voicecall(&["stop"]);
+    }
+}
+
+fn kill9(pid: i32) {
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// Write 4 KiB of random bytes into a link as a second writer (non-blocking; skipped if no
+/// reader is attached at that moment).
+fn write_garbage(link: &Path) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut x: u32 = 0x9e3779b9;
+    let junk: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x & 0xff) as u8
+        })
+        .collect();
+    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(link) {
+        let _ = f.write(&junk);
+    }
+}
+
+fn answered(turn: &Value) -> bool {
+    turn["voice_to_voice_ms"].is_number()
+}
+
+/// Processes whose command line mentions `needle` (to find orphans).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn every_stage_killed_mid_turn_and_garbage_on_every_link_the_call_goes_on() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let questions = [
+        espeak(dir.path(), "q0", "What is the capital of France?"),
+        espeak(dir.path(), "q1", "How many legs does a spider have?"),
+        espeak(dir.path(), "q2", "What color is the sky on a clear day?"),
+    ];
+    let q = |i: usize| questions[i % questions.len()].display().to_string();
+    let p = Pipeline::start("faults");
+
+    // A first turn with nothing wrong.
+    let (turns, summary) = p.call(&[q(0)], &[]);
+    assert!(answered(&turns[0]), "baseline turn not answered: {turns:?}");
+    let mut worst_write_ms = summary["input_worst_write_ms"].as_f64().unwrap();
+
+    let stages = ["tgcat", "vadseg", "sttd", "llm-relay", "tts-writer", "llm-server"];
+    for (i, stage) in stages.iter().enumerate() {
+        let before = p.restarts(stage);
+        let pid = p.stage_pid(stage).unwrap_or_else(|| panic!("{stage} is not running"));
+        // Kill the stage while the caller is speaking (mid-turn); that turn may be lost.
+        let run_dir = p.run_dir.clone();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1800));
+            kill9(pid);
+            run_dir
+        });
+        let (_, s) = p.call(&[q(i + 1)], &["--lead-in", "1.0", "--reply-timeout", "15", "--no-call-events"]);
+        killer.join().unwrap();
+        worst_write_ms = worst_write_ms.max(s["input_worst_write_ms"].as_f64().unwrap());
+        // The stage comes back, and the next turn is answered.
+        for _ in 0..100 {
+            if p.stage_pid(stage).is_some_and(|np| np != pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(p.restarts(stage) > before, "{stage} was not restarted");
+        assert!(p.stage_pid(stage).is_some(), "{stage} did not come back");
+        if *stage == "llm-server" {
+            p.wait_ready();
+        }
+        let (turns, s) = p.call(&[q(i + 2)], &["--no-call-events"]);
+        worst_write_ms = worst_write_ms.max(s["input_worst_write_ms"].as_f64().unwrap());
+        assert!(answered(&turns[0]), "turn after killing {stage} not answered: {turns:?}");
+    }
+
+    // Garbage into every link, then a turn that must be answered.
+    for link in ["tg_input.raw", "control.frames", "audio.frames", "speech.frames", "text.frames", "reply.frames", "tg_output.raw"] {
+        write_garbage(&p.run_dir.join(link));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (turns, s) = p.call(&[q(0)], &["--no-call-events"]);
+    worst_write_ms = worst_write_ms.max(s["input_worst_write_ms"].as_f64().unwrap());
+    assert!(answered(&turns[0]), "turn after garbage not answered: {turns:?}");
+    for stage in ["tgcat", "vadseg", "sttd", "llm-relay", "tts-writer"] {
+        assert!(p.stage_pid(stage).is_some(), "{stage} died after garbage");
+    }
+    let bad_input_logged = ["vadseg", "sttd", "llm-relay", "tts-writer"].iter().filter(|s| p.log(s).contains("bad input")).count();
+    assert!(bad_input_logged >= 3, "garbage was not reported by the stages");
+
+    // The media path never waited on a FIFO.
+    assert!(worst_write_ms < 20.0, "a write into tg_input.raw blocked {worst_write_ms} ms");
+
+    // The conversation survived the llm-relay restart: its history holds every answered turn.
+    let history: String = walk(&p.state.path().join(&p.instance))
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "jsonl") && !f.ends_with("metrics.jsonl"))
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .collect();
+    assert!(history.to_lowercase().contains("spider"), "history lost the turns before the restart:\n{history}");
+
+    // No process of this instance remains after stop.
+    let out = p.voicecall(&["stop"]);
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    let left = processes_mentioning(&p.run_dir.display().to_string());
+    assert!(left.is_empty(), "orphans after stop: {left:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn caller_talking_over_a_reply_silences_it_and_gets_an_answer() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let long = espeak(dir.path(), "long", "Please tell me a long story about a dragon and a knight.");
+    let interrupt = espeak(dir.path(), "stop", "Stop. What is two plus two?");
+    let p = Pipeline::start("bargein");
+    let (turns, _) = p.call(&[long.display().to_string(), format!("barge:700:{}", interrupt.display())], &[]);
+    assert!(answered(&turns[0]), "no reply to talk over: {turns:?}");
+    let stop_ms = turns[1]["barge_in_stop_ms"].as_f64().unwrap_or_else(|| panic!("reply never stopped: {turns:?}"));
+    let guard_ms = vad_min_speech_ms(&p);
+    println!("barge-in: output silent {stop_ms:.0} ms after the caller's speech onset (guard {guard_ms} ms)");
+    assert!(stop_ms <= 150.0 + guard_ms, "output stopped {stop_ms} ms after speech onset (limit 150 + {guard_ms})");
+    assert!(answered(&turns[1]), "the interruption was not answered: {turns:?}");
+    let heard = turns[1]["heard"].as_str().unwrap().to_lowercase();
+    assert!(heard.contains("two"), "the answer was not to the interruption: heard {heard:?}");
+}
+
+/// vadseg's minimum speech duration (the barge-in guard), from its --help default.
+fn vad_min_speech_ms(_p: &Pipeline) -> f64 {
+    let help = Command::new(bin_path("vadseg")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    help.lines()
+        .skip_while(|l| !l.contains("--min-speech"))
+        .take(4)
+        .find_map(|l| l.split("[default: ").nth(1).and_then(|r| r.split(']').next()).and_then(|v| v.parse::<f64>().ok()))
+        .expect("vadseg --help shows the --min-speech-ms default")
+}
+
+#[test]
+fn two_calls_side_by_side_do_not_cross() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let qa = espeak(dir.path(), "a", "What is the capital of France?");
+    let qb = espeak(dir.path(), "b", "How many legs does a spider have?");
+    let a = Pipeline::start("call-a");
+    let b = Pipeline::start("call-b");
+    assert_ne!(a.run_dir, b.run_dir);
+    let (ra, rb) = std::thread::scope(|s| {
+        let ha = s.spawn(|| a.call(&[qa.display().to_string()], &["--reply-timeout", "40"]));
+        let hb = s.spawn(|| b.call(&[qb.display().to_string()], &["--reply-timeout", "40"]));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    let heard_a = ra.0[0]["heard"].as_str().unwrap().to_lowercase();
+    let heard_b = rb.0[0]["heard"].as_str().unwrap().to_lowercase();
+    assert!(heard_a.contains("france") && !heard_a.contains("spider"), "call A heard {heard_a:?}");
+    assert!(heard_b.contains("spider") && !heard_b.contains("france"), "call B heard {heard_b:?}");
+    assert!(answered(&ra.0[0]) && answered(&rb.0[0]), "{ra:?} {rb:?}");
+}
