@@ -78,7 +78,7 @@ fn default_model() -> PathBuf {
 
 fn parse_audio_ctx(s: &str, margin: u32) -> anyhow::Result<engine::AudioCtx> {
     Ok(match s {
-        "fit" => engine::AudioCtx::Fit { margin, min: 128 },
+        "fit" => engine::AudioCtx::Fit { margin, min: 256 },
         "full" | "0" => engine::AudioCtx::Full,
         n => engine::AudioCtx::Fixed(n.parse().map_err(|_| {
             cli::fail(cli::exit::USAGE, format!("--audio-ctx {n:?}: expected fit, full or a number of encoder positions"))
