@@ -47,6 +47,8 @@ fn word_error_rate_through_tgcat_vadseg_sttd() {
     let mut sttd = Command::new(tgvoice::testkit::bin_path("sttd"))
         .arg("--model")
         .arg(&model)
+        // For manual experiments, like tests/common's Sttd::spawn.
+        .args(std::env::var("STTD_TEST_ARGS").unwrap_or_default().split_whitespace())
         .stdin(vadseg.stdout.take().unwrap())
         .stdout(Stdio::piped())
         .spawn()
