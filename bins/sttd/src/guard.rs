@@ -2,7 +2,9 @@
 //! well-known inventions on silence and noise ("Thank you.", "[BLANK_AUDIO]", "you").
 //!
 //! Checks, cheapest first:
-//! 1. the segment's energy: near-digital-silence audio is never transcribed;
+//! 1. the segment's energy: near-digital-silence audio is never transcribed; and its spectral
+//!    flatness: broadband noise (hiss, fans, static; flatness near 0.56 for white noise) is
+//!    not speech (voiced speech stays below ~0.2), so it never reaches Whisper either;
 //! 2. the text: empty, or only bracketed/parenthesised non-speech tags and punctuation;
 //! 3. whisper.cpp's no-speech probability together with the mean token log-probability
 //!    (OpenAI's rule: no-speech prob > threshold AND avg logprob < −1 → silence);
@@ -18,6 +20,8 @@ pub struct GuardSettings {
     pub min_rms_dbfs: f32,
     /// No-speech probability above which (with a low avg logprob) the text is dropped.
     pub no_speech_thold: f32,
+    /// Median spectral flatness (0..1) above which a segment is broadband noise.
+    pub max_flatness: f32,
     /// Average token log-probability under which the model is "guessing".
     pub logprob_thold: f32,
     /// No-speech probability above which the text is dropped regardless of confidence.
@@ -26,7 +30,7 @@ pub struct GuardSettings {
 
 impl Default for GuardSettings {
     fn default() -> Self {
-        GuardSettings { min_rms_dbfs: -55.0, no_speech_thold: 0.6, logprob_thold: -1.0, no_speech_hard: 0.9 }
+        GuardSettings { min_rms_dbfs: -55.0, max_flatness: 0.35, no_speech_thold: 0.6, logprob_thold: -1.0, no_speech_hard: 0.9 }
     }
 }
 
@@ -34,6 +38,7 @@ impl Default for GuardSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rejection {
     Silent { rms_dbfs: f32 },
+    Noise { flatness: f32 },
     NoText,
     NoSpeech { no_speech_prob: f32, avg_logprob: f32 },
     StockPhrase { text: String },
@@ -43,6 +48,7 @@ impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rejection::Silent { rms_dbfs } => write!(f, "audio is silent ({rms_dbfs:.0} dBFS)"),
+            Rejection::Noise { flatness } => write!(f, "audio is broadband noise (spectral flatness {flatness:.2})"),
             Rejection::NoText => write!(f, "no words in the result"),
             Rejection::NoSpeech { no_speech_prob, avg_logprob } => {
                 write!(f, "no speech (no-speech prob {no_speech_prob:.2}, avg logprob {avg_logprob:.2})")
@@ -83,6 +89,36 @@ pub fn rms_dbfs(samples: &[f32]) -> f32 {
     (10.0 * ms.log10()) as f32
 }
 
+/// Median spectral flatness (geometric / arithmetic mean of the power spectrum) over the
+/// 512-sample frames louder than -50 dBFS; 0 if there are none.
+pub fn spectral_flatness(samples: &[f32]) -> f32 {
+    use rustfft::{num_complex::Complex, FftPlanner};
+    const N: usize = 512;
+    let fft = FftPlanner::<f32>::new().plan_fft_forward(N);
+    let window: Vec<f32> = (0..N).map(|i| 0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / N as f32).cos()).collect();
+    let mut values = vec![];
+    let mut buf = vec![Complex::new(0.0f32, 0.0); N];
+    for frame in samples.chunks_exact(N) {
+        if rms_dbfs(frame) < -50.0 {
+            continue;
+        }
+        for (b, (x, w)) in buf.iter_mut().zip(frame.iter().zip(&window)) {
+            *b = Complex::new(x * w, 0.0);
+        }
+        fft.process(&mut buf);
+        // Bins 2..N/2 (skip DC and the lowest bin), power with a tiny floor.
+        let power: Vec<f64> = buf[2..N / 2].iter().map(|c| c.norm_sqr() as f64 + 1e-12).collect();
+        let log_mean = power.iter().map(|p| p.ln()).sum::<f64>() / power.len() as f64;
+        let mean = power.iter().sum::<f64>() / power.len() as f64;
+        values.push((log_mean.exp() / mean) as f32);
+    }
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
 /// Remove `[...]`, `(...)` and `*...*` non-speech tags and tidy whitespace.
 pub fn strip_tags(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -121,6 +157,10 @@ impl HallucinationGuard {
         if level < self.settings.min_rms_dbfs {
             return Err(Rejection::Silent { rms_dbfs: level });
         }
+        let flatness = spectral_flatness(samples);
+        if flatness > self.settings.max_flatness {
+            return Err(Rejection::Noise { flatness });
+        }
         Ok(())
     }
 
@@ -156,6 +196,30 @@ mod tests {
 
     fn loud() -> Vec<f32> {
         (0..16000).map(|i| 0.3 * (i as f32 * 0.05).sin()).collect()
+    }
+
+    #[test]
+    fn white_noise_is_flat_and_a_tone_mix_is_not() {
+        let mut x = 12345u64;
+        let noise: Vec<f32> = (0..16000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+            })
+            .collect();
+        let f = spectral_flatness(&noise);
+        assert!(f > 0.45, "white noise flatness {f}");
+        // A voiced-speech-like harmonic series (150 Hz fundamental) is far from flat.
+        let voiced: Vec<f32> = (0..16000)
+            .map(|i| (1..20).map(|h| (2.0 * std::f32::consts::PI * 150.0 * h as f32 * i as f32 / 16000.0).sin() / h as f32).sum::<f32>() * 0.1)
+            .collect();
+        let v = spectral_flatness(&voiced);
+        assert!(v < 0.1, "harmonic flatness {v}");
+        let g = HallucinationGuard::new(GuardSettings::default());
+        assert!(matches!(g.check_audio(&noise), Err(Rejection::Noise { .. })));
+        assert!(g.check_audio(&voiced).is_ok());
     }
 
     #[test]

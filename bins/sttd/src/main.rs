@@ -78,7 +78,7 @@ fn default_model() -> PathBuf {
 
 fn parse_audio_ctx(s: &str, margin: u32) -> anyhow::Result<engine::AudioCtx> {
     Ok(match s {
-        "fit" => engine::AudioCtx::Fit { margin, min: 128 },
+        "fit" => engine::AudioCtx::Fit { margin, min: 256 },
         "full" | "0" => engine::AudioCtx::Full,
         n => engine::AudioCtx::Fixed(n.parse().map_err(|_| {
             cli::fail(cli::exit::USAGE, format!("--audio-ctx {n:?}: expected fit, full or a number of encoder positions"))
@@ -105,6 +105,10 @@ fn main() {
             println!("ok: {} loads and runs ({:.0} ms for 1 s of silence; {})", model.display(), t.elapsed_ms, engine.describe());
             return Ok(());
         }
+        // Warm up: whisper.cpp's first call allocates its compute buffers and is several times
+        // slower than the next ones; pay that now rather than on the caller's first turn.
+        let warm = engine.transcribe(&vec![0.0; 16_000], None)?;
+        log::debug!("warm-up call: {:.0} ms", warm.elapsed_ms);
         let guard = guard::HallucinationGuard::new(guard::GuardSettings {
             min_rms_dbfs: args.min_level,
             no_speech_thold: args.no_speech_thold,

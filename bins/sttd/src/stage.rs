@@ -389,9 +389,11 @@ impl<O: Output> SttStage<O> {
                 trace.mark_now(trace_key::TRANSCRIPT);
                 let since_eot = trace.span_ms(trace_key::EOT, trace_key::TRANSCRIPT).map(|ms| format!(", {ms:.0} ms after speech-end")).unwrap_or_default();
                 log::info!(
-                    "turn {turn}: {text:?} ({secs:.2} s of audio; whisper {:.0} ms, audio_ctx {}{}{since_eot})",
+                    "turn {turn}: {text:?} ({secs:.2} s of audio; whisper {:.0} ms, audio_ctx {}, no-speech {:.2}, logprob {:.2}{}{since_eot})",
                     t.elapsed_ms,
                     t.audio_ctx,
+                    t.no_speech_prob,
+                    t.avg_logprob,
                     if reused { ", speculative" } else { "" }
                 );
                 let e = Event::new(kind::TRANSCRIPT).with_turn(turn).with_text(text).with("final", true).with_trace(trace);

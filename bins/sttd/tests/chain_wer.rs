@@ -19,8 +19,11 @@ fn word_error_rate_through_tgcat_vadseg_sttd() {
         return;
     }
     let model = model_path();
-    // One WAV: every utterance, separated by 1.2 s of silence (vadseg ends a turn after 600 ms).
-    let gap = vec![0i16; RATE as usize * 12 / 10];
+    // One WAV: every utterance, separated by 4 s of silence. vadseg ends a turn after 600 ms;
+    // the gap leaves sttd ~3.5 s to transcribe before the next speech-start, which (by design)
+    // supersedes a turn whose transcript is not out yet (tiny.en needs ~0.3-1 s on an idle
+    // 2-core machine; on one shared with parallel builds calls took 2-17 s and turns were lost).
+    let gap = vec![0i16; RATE as usize * 4];
     let mut audio = gap.clone();
     for text in UTTERANCES {
         audio.extend(speak(text, 135));
@@ -44,6 +47,8 @@ fn word_error_rate_through_tgcat_vadseg_sttd() {
     let mut sttd = Command::new(tgvoice::testkit::bin_path("sttd"))
         .arg("--model")
         .arg(&model)
+        // For manual experiments, like tests/common's Sttd::spawn.
+        .args(std::env::var("STTD_TEST_ARGS").unwrap_or_default().split_whitespace())
         .stdin(vadseg.stdout.take().unwrap())
         .stdout(Stdio::piped())
         .spawn()

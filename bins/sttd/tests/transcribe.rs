@@ -21,7 +21,8 @@ const WPM: u32 = 135;
 /// (one more wrong sentence, a broken converter or mel filterbank gives 30 %+).
 pub const MAX_WER: f64 = 15.0;
 
-const TURN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Generous: on a 2-core machine shared with parallel builds one call can take 40 s.
+const TURN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Word error rate of tiny.en (through sttd, default tuned settings) on the 12 espeak-ng
 /// utterances, which must stay at or under [`MAX_WER`].
@@ -48,11 +49,11 @@ fn word_error_rate_on_espeak_utterances() {
     assert!(wer <= MAX_WER, "WER {wer:.1} % exceeds {MAX_WER} %");
 }
 
-/// Silence and noise segments give no transcript, but their events are forwarded; a real
-/// utterance afterwards is still transcribed.
+/// Silence and noise segments give no transcript, but their events are forwarded. Each case
+/// runs in its own sttd, which finishes every pending transcription before exiting at the end
+/// of stdin, so "no transcript" is not a matter of waiting long enough.
 #[test]
 fn silence_and_noise_yield_no_transcript() {
-    let mut sttd = Sttd::spawn(&[]);
     let cases: Vec<(&str, Vec<i16>)> = vec![
         ("digital silence", vec![0; RATE as usize * 2]),
         ("faint hiss (-60 dBFS)", noise(RATE as usize * 2, 0.0017, 1)),
@@ -60,28 +61,26 @@ fn silence_and_noise_yield_no_transcript() {
         ("loud white noise (-10 dBFS)", noise(RATE as usize * 3, 0.55, 3)),
         ("short noise burst", noise(RATE as usize / 2, 0.3, 4)),
     ];
-    for (i, (_, audio)) in cases.iter().enumerate() {
-        let turn = i as u64 + 1;
-        sttd.send(&segment(turn, audio));
-        // Wait for the speech-end echo, then give Whisper time to (not) produce text.
-        assert!(sttd.wait_event(kind::SPEECH_END, TURN_TIMEOUT).is_some());
-        std::thread::sleep(Duration::from_millis(1500));
+    for (name, audio) in &cases {
+        let mut sttd = Sttd::spawn(&[]);
+        sttd.send(&segment(1, audio));
+        let events = sttd.finish();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        println!("{name}: {kinds:?}");
+        assert!(
+            !events.iter().any(|e| e.kind == kind::TRANSCRIPT),
+            "{name} produced a transcript: {events:?}"
+        );
+        assert_eq!(kinds, vec![kind::SPEECH_START, kind::SPEECH_END], "{name}: events are forwarded");
     }
-    let last = cases.len() as u64 + 1;
-    sttd.send(&segment(last, &speak("Good morning, how are you", 160)));
+    // The same guard lets real speech through.
+    let mut sttd = Sttd::spawn(&[]);
+    sttd.send(&segment(1, &speak("Good morning, how are you", WPM)));
     let events = sttd.finish();
     let transcripts: Vec<_> = events.iter().filter(|e| e.kind == kind::TRANSCRIPT).collect();
-    for t in &transcripts {
-        if t.turn != Some(last) {
-            let name = cases[t.turn.unwrap() as usize - 1].0;
-            panic!("{name} produced a transcript: {:?}", t.text);
-        }
-    }
-    assert_eq!(transcripts.len(), 1, "the speech turn is transcribed: {transcripts:?}");
+    assert_eq!(transcripts.len(), 1, "the speech turn is transcribed: {events:?}");
     let (err, _) = word_errors("good morning how are you", transcripts[0].text.as_deref().unwrap());
     assert!(err <= 1, "{:?}", transcripts[0].text);
-    let starts = events.iter().filter(|e| e.kind == kind::SPEECH_START).count();
-    assert_eq!(starts, cases.len() + 1, "every speech-start is forwarded");
 }
 
 /// While Whisper is busy with a long segment, speech-start and cancel come out within a few
@@ -89,7 +88,7 @@ fn silence_and_noise_yield_no_transcript() {
 #[test]
 fn urgent_events_pass_while_transcribing_and_superseded_turn_is_dropped() {
     let mut sttd = Sttd::spawn(&["--audio-ctx", "full"]);
-    let long: Vec<i16> = UTTERANCES[..4].iter().flat_map(|t| speak(t, 160)).collect();
+    let long: Vec<i16> = UTTERANCES[..4].iter().flat_map(|t| speak(t, WPM)).collect();
     sttd.send(&segment(1, &long));
     // Let the worker start on turn 1 (a full-window decode takes ~1-2 s here).
     std::thread::sleep(Duration::from_millis(300));

@@ -53,7 +53,12 @@ pub fn speak(text: &str, words_per_minute: u32) -> Vec<i16> {
     assert!(out.status.success(), "espeak-ng failed: {}", String::from_utf8_lossy(&out.stderr));
     let file = std::fs::File::open(&wav).unwrap();
     let (rate, samples) = tgvoice::resample::read_wav_mono(std::io::BufReader::new(file)).expect("espeak-ng WAV");
-    resample(rate, RATE, &samples)
+    let speech = resample(rate, RATE, &samples);
+    if std::env::var_os("STTD_TEST_VIA_48K").is_some() {
+        // Manual experiment: the 16 k → 48 k → 16 k trip the chain (tgcat, vadseg) makes.
+        return resample(48_000, RATE, &resample(RATE, 48_000, &speech));
+    }
+    speech
 }
 
 pub fn resample(from: u32, to: u32, samples: &[i16]) -> Vec<i16> {
