@@ -29,6 +29,9 @@ struct Pipeline {
     instance: String,
     state: tempfile::TempDir,
     run_dir: PathBuf,
+    /// Extra environment for scripts/voicecall (e.g. another instance's LLM server).
+    env: Vec<(String, String)>,
+    llm_port: u16,
 }
 
 impl Pipeline {
@@ -43,14 +46,28 @@ impl Pipeline {
             .env_remove("TGVOICE_RUN_DIR")
             .env_remove("ANTHROPIC_API_KEY")
             .env_remove("OPENAI_API_KEY")
+            .env_remove("TGVOICE_LLM_BASE_URL")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .output()
             .expect("run scripts/voicecall")
     }
 
     fn start(instance: &str) -> Pipeline {
+        Self::start_with(instance, vec![], None)
+    }
+
+    /// Start an instance that uses the local LLM server of `other` instead of its own.
+    fn start_sharing_llm(instance: &str, other: &Pipeline) -> Pipeline {
+        let url = format!("http://127.0.0.1:{}/v1", other.llm_port);
+        Self::start_with(instance, vec![("TGVOICE_LLM_BASE_URL".into(), url)], Some(other.llm_port))
+    }
+
+    fn start_with(instance: &str, env: Vec<(String, String)>, llm_port: Option<u16>) -> Pipeline {
         let state = tempfile::tempdir().unwrap();
-        let mut p = Pipeline { instance: format!("{instance}-{}", std::process::id()), state, run_dir: PathBuf::new() };
+        let instance = format!("{instance}-{}", std::process::id());
+        let llm_port = llm_port.unwrap_or_else(|| local_llm_port(&instance));
+        let mut p = Pipeline { instance, state, run_dir: PathBuf::new(), env, llm_port };
         let out = p.voicecall(&["start"]);
         assert!(out.status.success(), "voicecall start: {}", String::from_utf8_lossy(&out.stderr));
         let rd = Command::new(bin_path("tgvoice-rundir")).args(["--instance", &p.instance, "-q"]).env_remove("TGVOICE_RUN_DIR").output().unwrap();
@@ -65,7 +82,7 @@ impl Pipeline {
 
     fn wait_ready(&self) {
         // The local LLM server answers /v1/models once the model is loaded.
-        let port = self.llm_port();
+        let port = self.llm_port;
         for _ in 0..600 {
             let ok = Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{port}/v1/models")]).stdout(Stdio::null()).status();
             if ok.map(|s| s.success()).unwrap_or(false) {
@@ -75,13 +92,6 @@ impl Pipeline {
             std::thread::sleep(Duration::from_millis(200));
         }
         panic!("the local LLM server did not come up; see {}", self.logs().display());
-    }
-
-    fn llm_port(&self) -> u16 {
-        // Same rule as scripts/voicecall: 20000 + cksum(instance) % 20000.
-        let out = Command::new("sh").arg("-c").arg(format!("printf '%s' '{}' | cksum | cut -d' ' -f1", self.instance)).output().unwrap();
-        let sum: u64 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
-        (20000 + sum % 20000) as u16
     }
 
     /// Run callsim with the given turns; returns (per-turn reports, summary).
@@ -117,9 +127,25 @@ impl Pipeline {
     }
 }
 
+/// The port scripts/voicecall gives an instance's local LLM server: 20000 + cksum(name) % 20000.
+fn local_llm_port(instance: &str) -> u16 {
+    let out = Command::new("sh").arg("-c").arg(format!("printf '%s' '{instance}' | cksum | cut -d' ' -f1")).output().unwrap();
+    let sum: u64 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
+    (20000 + sum % 20000) as u16
+}
+
 impl Drop for Pipeline {
     fn drop(&mut self) {
         let _ = self.voicecall(&["stop"]);
+        // Keep the logs for a post-mortem: target/pipeline-logs/<instance>/.
+        let keep = root().join("target/pipeline-logs").join(&self.instance);
+        let _ = std::fs::create_dir_all(&keep);
+        for f in walk(&self.state.path().join(&self.instance)) {
+            if let Some(name) = f.file_name() {
+                let _ = std::fs::copy(&f, keep.join(name));
+            }
+        }
+        eprintln!("pipeline logs kept in {}", keep.display());
     }
 }
 
@@ -179,7 +205,10 @@ fn every_stage_killed_mid_turn_and_garbage_on_every_link_the_call_goes_on() {
     // A first turn with nothing wrong.
     let (turns, summary) = p.call(&[q(0)], &[]);
     assert!(answered(&turns[0]), "baseline turn not answered: {turns:?}");
-    let mut worst_write_ms = summary["input_worst_write_ms"].as_f64().unwrap();
+    let blocking = |s: &Value| s["input_worst_blocking_write_ms"].as_f64().unwrap();
+    let wall = |s: &Value| s["input_worst_write_ms"].as_f64().unwrap();
+    let mut worst_write_ms = blocking(&summary);
+    let mut worst_wall_ms = wall(&summary);
 
     let stages = ["tgcat", "vadseg", "sttd", "llm-relay", "tts-writer", "llm-server"];
     for (i, stage) in stages.iter().enumerate() {
@@ -194,7 +223,8 @@ fn every_stage_killed_mid_turn_and_garbage_on_every_link_the_call_goes_on() {
         });
         let (_, s) = p.call(&[q(i + 1)], &["--lead-in", "1.0", "--reply-timeout", "15", "--no-call-events"]);
         killer.join().unwrap();
-        worst_write_ms = worst_write_ms.max(s["input_worst_write_ms"].as_f64().unwrap());
+        worst_write_ms = worst_write_ms.max(blocking(&s));
+        worst_wall_ms = worst_wall_ms.max(wall(&s));
         // The stage comes back, and the next turn is answered.
         for _ in 0..100 {
             if p.stage_pid(stage).is_some_and(|np| np != pid) {
@@ -208,7 +238,8 @@ fn every_stage_killed_mid_turn_and_garbage_on_every_link_the_call_goes_on() {
             p.wait_ready();
         }
         let (turns, s) = p.call(&[q(i + 2)], &["--no-call-events"]);
-        worst_write_ms = worst_write_ms.max(s["input_worst_write_ms"].as_f64().unwrap());
+        worst_write_ms = worst_write_ms.max(blocking(&s));
+        worst_wall_ms = worst_wall_ms.max(wall(&s));
         assert!(answered(&turns[0]), "turn after killing {stage} not answered: {turns:?}");
     }
 
@@ -218,7 +249,8 @@ fn every_stage_killed_mid_turn_and_garbage_on_every_link_the_call_goes_on() {
     }
     std::thread::sleep(Duration::from_millis(300));
     let (turns, s) = p.call(&[q(0)], &["--no-call-events"]);
-    worst_write_ms = worst_write_ms.max(s["input_worst_write_ms"].as_f64().unwrap());
+    worst_write_ms = worst_write_ms.max(blocking(&s));
+    worst_wall_ms = worst_wall_ms.max(wall(&s));
     assert!(answered(&turns[0]), "turn after garbage not answered: {turns:?}");
     for stage in ["tgcat", "vadseg", "sttd", "llm-relay", "tts-writer"] {
         assert!(p.stage_pid(stage).is_some(), "{stage} died after garbage");
@@ -226,7 +258,9 @@ fn every_stage_killed_mid_turn_and_garbage_on_every_link_the_call_goes_on() {
     let bad_input_logged = ["vadseg", "sttd", "llm-relay", "tts-writer"].iter().filter(|s| p.log(s).contains("bad input")).count();
     assert!(bad_input_logged >= 3, "garbage was not reported by the stages");
 
-    // The media path never waited on a FIFO.
+    // The media path never waited on a FIFO. (Wall time also counts being preempted by the
+    // other stages on a busy 2-core machine; it is printed, not asserted.)
+    println!("tg_input.raw writes: longest blocking {worst_write_ms:.2} ms, longest wall {worst_wall_ms:.2} ms");
     assert!(worst_write_ms < 20.0, "a write into tg_input.raw blocked {worst_write_ms} ms");
 
     // The conversation survived the llm-relay restart: its history holds every answered turn.
@@ -275,7 +309,7 @@ fn caller_talking_over_a_reply_silences_it_and_gets_an_answer() {
     assert!(stop_ms <= 150.0 + guard_ms, "output stopped {stop_ms} ms after speech onset (limit 150 + {guard_ms})");
     assert!(answered(&turns[1]), "the interruption was not answered: {turns:?}");
     let heard = turns[1]["heard"].as_str().unwrap().to_lowercase();
-    assert!(heard.contains("two"), "the answer was not to the interruption: heard {heard:?}");
+    assert!(heard.contains("two") || heard.contains(" 2 "), "the answer was not to the interruption: heard {heard:?}");
 }
 
 /// vadseg's minimum speech duration (the barge-in guard), from its --help default.
@@ -295,8 +329,11 @@ fn two_calls_side_by_side_do_not_cross() {
     let dir = tempfile::tempdir().unwrap();
     let qa = espeak(dir.path(), "a", "What is the capital of France?");
     let qb = espeak(dir.path(), "b", "How many legs does a spider have?");
+    // One LLM server for both calls (llama.cpp's spinning threads must not oversubscribe 2
+    // cores), each call with its own FIFOs, VAD, STT, relay and TTS.
     let a = Pipeline::start("call-a");
-    let b = Pipeline::start("call-b");
+    let b = Pipeline::start_sharing_llm("call-b", &a);
+    assert!(b.stage_pid("llm-server").is_none(), "call B started its own LLM server");
     assert_ne!(a.run_dir, b.run_dir);
     let (ra, rb) = std::thread::scope(|s| {
         let ha = s.spawn(|| a.call(&[qa.display().to_string()], &["--reply-timeout", "40"]));

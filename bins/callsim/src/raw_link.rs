@@ -14,16 +14,36 @@ pub struct RawInputWriter {
     file: Option<File>,
     next_try: Instant,
     pub dropped_chunks: u64,
-    /// Longest time one write call took.
+    /// Longest wall time one write took (includes being preempted by other processes).
     pub worst_write: Duration,
+    /// Longest wall time of a write during which the thread *blocked* (a voluntary context
+    /// switch happened: it waited on the FIFO). Being preempted is involuntary and not counted.
+    pub worst_blocking_write: Duration,
+    pub blocking_writes: u64,
+}
+
+/// Voluntary context switches of the calling thread so far.
+fn voluntary_switches() -> i64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    ru.ru_nvcsw
 }
 
 impl RawInputWriter {
     pub fn new(path: PathBuf) -> Self {
-        RawInputWriter { path, file: None, next_try: Instant::now(), dropped_chunks: 0, worst_write: Duration::ZERO }
+        RawInputWriter {
+            path,
+            file: None,
+            next_try: Instant::now(),
+            dropped_chunks: 0,
+            worst_write: Duration::ZERO,
+            worst_blocking_write: Duration::ZERO,
+            blocking_writes: 0,
+        }
     }
 
     pub fn write(&mut self, bytes: &[u8]) {
+        let switches = voluntary_switches();
         let t0 = Instant::now();
         if self.file.is_none() && t0 >= self.next_try {
             self.next_try = t0 + Duration::from_millis(100);
@@ -39,7 +59,12 @@ impl RawInputWriter {
             }
             None => self.dropped_chunks += 1,
         }
-        self.worst_write = self.worst_write.max(t0.elapsed());
+        let took = t0.elapsed();
+        self.worst_write = self.worst_write.max(took);
+        if voluntary_switches() != switches {
+            self.blocking_writes += 1;
+            self.worst_blocking_write = self.worst_blocking_write.max(took);
+        }
     }
 }
 

@@ -312,6 +312,8 @@ impl Caller {
             "voice_to_voice_ms": v2v,
             "barge_in_stop_ms": barge,
             "input_worst_write_ms": self.input.worst_write.as_secs_f64() * 1000.0,
+            "input_worst_blocking_write_ms": self.input.worst_blocking_write.as_secs_f64() * 1000.0,
+            "input_blocking_writes": self.input.blocking_writes,
             "input_dropped_chunks": self.input.dropped_chunks,
             "assistant_audio_s": self.assistant_voiced.iter().filter(|v| **v).count() as f64 / 100.0,
         });
