@@ -61,6 +61,26 @@ pub fn speak(text: &str, words_per_minute: u32) -> Vec<i16> {
     speech
 }
 
+/// `text` spoken by the Piper neural voice (en_US-joe-medium) through the real `tts-writer`,
+/// at 16 kHz. A natural voice: the chain's WER then measures the chain, not espeak's robotic
+/// pronunciation (tiny.en mishears espeak's "brown fox" as "roundfark").
+pub fn speak_piper(text: &str) -> Vec<i16> {
+    let mut child = Command::new(tgvoice::testkit::bin_path("tts-writer"))
+        .args(["--engine", "piper", "-q"])
+        .env("TGVOICE_STATE_DIR", std::env::temp_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("tts-writer not built: cargo build --release --workspace");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(format!("{text}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "tts-writer --engine piper failed: run scripts/setup (Piper voice)");
+    let pcm: Vec<i16> = out.stdout.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+    assert!(pcm.len() > 48_000 / 2, "tts-writer produced almost no audio for {text:?}");
+    resample(48_000, RATE, &pcm)
+}
+
 pub fn resample(from: u32, to: u32, samples: &[i16]) -> Vec<i16> {
     let mut r = tgvoice::resample::StreamResampler::new(from, to, (from / 50) as usize).unwrap();
     let mut out = r.process(samples);
