@@ -12,7 +12,11 @@
 //! A `call-start` begins a new conversation (new file, `current` updated); the files are
 //! append-only, so they double as a transcript log. What is *sent* to the model is trimmed to a
 //! budget of messages and approximate tokens (≈ 4 characters per token), always starting with a
-//! user message and alternating roles (consecutive same-role messages are merged). An
+//! user message. The window's start only moves forward, and when it must move it jumps to
+//! where the rest fits *half* the budget: consecutive requests then share a long identical
+//! prefix, which a local server (llama.cpp) reuses from its cache instead of re-evaluating the
+//! whole history every turn (a sliding window cost 2.5–3 s per turn on 2 cores). Messages
+//! are otherwise sent as and alternating roles (consecutive same-role messages are merged). An
 //! interrupted assistant message holds only what was handed to TTS and is sent with
 //! " [interrupted]" appended, so the model knows the caller cut it off.
 
@@ -49,6 +53,8 @@ pub struct Conversation {
     id: String,
     entries: Vec<Entry>,
     file: File,
+    /// First entry of the window sent to the model (only moves forward; see the module doc).
+    window_start: std::cell::Cell<usize>,
 }
 
 impl Conversation {
@@ -90,27 +96,39 @@ impl Conversation {
         Ok(())
     }
 
-    /// The messages to send, newest last, trimmed to `budget`.
+    /// The messages to send, newest last, trimmed to `budget` in jumps (see the module doc).
     pub fn messages(&self, budget: Budget) -> Vec<ChatMessage> {
-        let mut picked: Vec<ChatMessage> = vec![];
-        let mut chars = 0usize;
-        for e in self.entries.iter().rev() {
-            let text = if e.interrupted && e.role == Role::Assistant {
-                format!("{} {INTERRUPTED_MARK}", e.text).trim().to_string()
-            } else {
-                e.text.trim().to_string()
-            };
-            if text.is_empty() {
-                continue;
+        let texts: Vec<(Role, String)> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let text = if e.interrupted && e.role == Role::Assistant {
+                    format!("{} {INTERRUPTED_MARK}", e.text).trim().to_string()
+                } else {
+                    e.text.trim().to_string()
+                };
+                (e.role, text)
+            })
+            .collect();
+        let fits = |from: usize, max_messages: usize, max_chars: usize| {
+            let kept: Vec<&(Role, String)> = texts[from..].iter().filter(|(_, t)| !t.is_empty()).collect();
+            kept.len() <= max_messages && kept.iter().map(|(_, t)| t.len()).sum::<usize>() <= max_chars
+        };
+        let mut start = self.window_start.get().min(texts.len());
+        if !fits(start, budget.max_messages, budget.max_tokens * 4) {
+            // Over budget: jump to where the rest fits half of it (always keeping the newest).
+            let (half_messages, half_chars) = ((budget.max_messages / 2).max(1), budget.max_tokens * 4 / 2);
+            while start + 1 < texts.len() && !fits(start, half_messages, half_chars) {
+                start += 1;
             }
-            // Always keep the newest message, however long.
-            if !picked.is_empty() && (picked.len() >= budget.max_messages || chars + text.len() > budget.max_tokens * 4)
-            {
-                break;
-            }
-            chars += text.len();
-            picked.push(ChatMessage { role: e.role, text });
+            self.window_start.set(start);
         }
+        let mut picked: Vec<ChatMessage> = texts[start..]
+            .iter()
+            .rev()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(role, text)| ChatMessage { role: *role, text: text.clone() })
+            .collect();
         picked.reverse();
         while picked.first().is_some_and(|m| m.role != Role::User) {
             picked.remove(0);
@@ -150,7 +168,7 @@ impl Conversation {
         let tmp = dir.join("current.tmp");
         fs::write(&tmp, format!("{id}\n")).with_context(|| format!("cannot write {}", tmp.display()))?;
         fs::rename(&tmp, dir.join("current-conversation"))?;
-        Ok(Conversation { dir: dir.to_path_buf(), id, entries: vec![], file })
+        Ok(Conversation { dir: dir.to_path_buf(), id, entries: vec![], file, window_start: Default::default() })
     }
 
     fn load(dir: &Path, id: String) -> Result<Self> {
@@ -168,7 +186,7 @@ impl Conversation {
             }
         }
         let file = OpenOptions::new().append(true).open(&path)?;
-        Ok(Conversation { dir: dir.to_path_buf(), id, entries, file })
+        Ok(Conversation { dir: dir.to_path_buf(), id, entries, file, window_start: Default::default() })
     }
 }
 
@@ -203,14 +221,35 @@ mod tests {
             c.append(Role::Assistant, &format!("answer {i}"), Some(i), i == 9).unwrap();
         }
         c.append(Role::User, "last", Some(10), false).unwrap();
-        let m = c.messages(Budget { max_messages: 4, max_tokens: 1000 });
+        let m = c.messages(Budget { max_messages: 6, max_tokens: 1000 });
         let texts: Vec<&str> = m.iter().map(|m| m.text.as_str()).collect();
-        // 4 newest are: answer 8, question 9, answer 9 [interrupted], last → drop the leading
-        // assistant message.
+        // Over 6 messages: the window jumps to where 3 fit (half the budget).
         assert_eq!(texts, vec!["question 9", "answer 9 [interrupted]", "last"]);
-        let m = c.messages(Budget { max_messages: 100, max_tokens: 10 });
-        assert_eq!(m.len(), 3, "{m:?}"); // 40 characters of budget: last, answer 9, question 9
+        let c2 = Conversation::open(dir.path()).unwrap();
+        let m = c2.messages(Budget { max_messages: 100, max_tokens: 20 });
+        // 80 characters of budget → jump to 40: last, answer 9 [interrupted], question 9.
+        assert_eq!(m.len(), 3, "{m:?}");
         assert_eq!(m[0].role, Role::User);
+    }
+
+    #[test]
+    fn the_sent_prefix_stays_the_same_until_the_budget_is_exceeded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Conversation::open(dir.path()).unwrap();
+        let budget = Budget { max_messages: 8, max_tokens: 1000 };
+        let mut firsts = vec![];
+        for i in 0..12 {
+            c.append(Role::User, &format!("question {i}"), Some(i), false).unwrap();
+            let m = c.messages(budget);
+            assert!(m.len() <= 8 && m[0].role == Role::User, "{m:?}");
+            assert_eq!(m.last().unwrap().text, format!("question {i}"));
+            firsts.push(m[0].text.clone());
+            c.append(Role::Assistant, &format!("answer {i}"), Some(i), false).unwrap();
+        }
+        // The first message sent changes in jumps, not every turn: a sliding window would
+        // change it 8 times over these 12 turns.
+        let changes = firsts.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(changes <= 3, "the window start moved {changes} times: {firsts:?}");
     }
 
     #[test]
