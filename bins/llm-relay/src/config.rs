@@ -122,6 +122,12 @@ pub struct Args {
     /// (0 = only at sentence ends).
     #[arg(long, default_value_t = 4)]
     pub first_clause_words: usize,
+    /// A message held back because the caller went on speaking is answered on its own if the
+    /// next turn's transcript has not come this many seconds after that turn ended (or after
+    /// the last transcript). sttd always sends one (empty for a turn without words); this
+    /// guards against a replacement stage that does not.
+    #[arg(long, default_value_t = 20.0, env = "TGVOICE_LLM_MERGE_WAIT", value_name = "SECS")]
+    pub merge_wait: f64,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -228,6 +234,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
             budget: Budget { max_messages: args.history_messages.max(1), max_tokens: history_tokens.max(1) },
             apology: args.apology.clone(),
             first_clause_min_words: if args.first_clause_words == 0 { usize::MAX } else { args.first_clause_words },
+            merge_wait: std::time::Duration::from_secs_f64(args.merge_wait.clamp(0.0, 3600.0)),
         },
         state_dir,
     })

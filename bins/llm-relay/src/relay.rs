@@ -38,6 +38,8 @@ pub struct RelayConfig {
     /// Spoken when a reply fails before anything was said; empty = say nothing.
     pub apology: String,
     pub first_clause_min_words: usize,
+    /// See `--merge-wait` ([`Waiting`]).
+    pub merge_wait: Duration,
 }
 
 /// Turns one reply's text deltas into reply-chunk frames; shared by the streaming task and the
@@ -109,10 +111,11 @@ pub struct Relay {
     waiting: Waiting,
 }
 
-/// Longest wait for a later turn's transcript after its speech-end (or, with no speech-end,
-/// after its speech-start) before an unanswered message is answered on its own.
-pub const MERGE_WAIT: Duration = Duration::from_secs(5);
-pub const MERGE_WAIT_NO_END: Duration = Duration::from_secs(60);
+/// How long a held-back message waits for a turn whose speech-end never came (vadseg cuts
+/// turns at 25 s by default). With a speech-end, `--merge-wait` applies, counted from that
+/// speech-end or the last transcript, whichever is later (sttd transcribes in order; on a
+/// loaded machine one turn took 12–15 s).
+const MERGE_WAIT_NO_END: Duration = Duration::from_secs(60);
 
 /// What the caller said that has no reply heard yet, and the caller's turns whose transcript
 /// has not arrived (speech-start seen, final transcript not yet).
@@ -125,6 +128,8 @@ struct Waiting {
     due: bool,
     /// turn → (speech-start seen at, speech-end seen at).
     turns: BTreeMap<u64, (Instant, Option<Instant>)>,
+    /// When the last final transcript arrived (sttd's progress).
+    last_transcript: Option<Instant>,
 }
 
 impl Waiting {
@@ -141,13 +146,15 @@ impl Waiting {
     /// A final transcript for `turn` arrived: it and every older turn are done.
     fn transcribed(&mut self, turn: u64) {
         self.turns.retain(|t, _| *t > turn);
+        self.last_transcript = Some(Instant::now());
     }
 
     /// Turns still being transcribed, after giving up on those that waited too long.
-    fn caller_has_more(&mut self) -> bool {
+    fn caller_has_more(&mut self, merge_wait: Duration) -> bool {
+        let progress = self.last_transcript;
         self.turns.retain(|turn, (started, ended)| {
             let alive = match ended {
-                Some(e) => e.elapsed() < MERGE_WAIT,
+                Some(e) => progress.map_or(*e, |p| p.max(*e)).elapsed() < merge_wait,
                 None => started.elapsed() < MERGE_WAIT_NO_END,
             };
             if !alive {
@@ -284,7 +291,7 @@ impl Relay {
         };
         self.waiting.unanswered = Some((turn, text));
         self.waiting.due = true;
-        if self.waiting.caller_has_more() {
+        if self.waiting.caller_has_more(self.cfg.merge_wait) {
             log::info!("turn {turn}: the caller went on speaking; waiting for the rest before answering");
         }
         self.answer_if_caller_done(Some((turn, trace)))
@@ -295,7 +302,7 @@ impl Relay {
     /// that just finished: the reply carries the newest turn id, so tts-writer, which stops
     /// replies of turns older than the caller's latest speech-start, plays it.
     fn answer_if_caller_done(&mut self, latest: Option<(u64, TurnTrace)>) -> anyhow::Result<()> {
-        if self.active.is_some() || !self.waiting.due || self.waiting.caller_has_more() {
+        if self.active.is_some() || !self.waiting.due || self.waiting.caller_has_more(self.cfg.merge_wait) {
             return Ok(());
         }
         let Some((turn, text)) = self.waiting.unanswered.clone() else { return Ok(()) };

@@ -545,13 +545,17 @@ fn a_later_turn_without_words_releases_the_held_message() {
 fn a_later_turn_whose_transcript_never_comes_is_given_up_on() {
     let server = StandIn::start(|_, _| Response::sse(split_at(anthropic_sse(&["Hello."]).as_bytes(), &[]), true));
     let state = tempfile::tempdir().unwrap();
-    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    let mut cmd = anthropic_relay(&server, state.path());
+    cmd.args(["--merge-wait", "2"]);
+    let mut relay = Relay::spawn(cmd);
     relay.send(turn_event("speech-start", 30));
     relay.send(turn_event("speech-end", 30));
     relay.send(turn_event("speech-start", 31));
     relay.send(transcript(30, "Hello there."));
     relay.send(turn_event("speech-end", 31)); // …and sttd (replaced by something else) says nothing more
+    let t0 = Instant::now();
     let (_, end) = relay.wait_for(Duration::from_secs(9), |e| e.is("reply-end"));
+    assert!(t0.elapsed() >= Duration::from_millis(1900), "answered before --merge-wait ran out");
     assert_eq!(end.get_bool("cancelled"), Some(false));
     let (_, log) = relay.finish();
     assert!(log.contains("turn 31: no transcript came for it"), "{log}");

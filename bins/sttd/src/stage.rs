@@ -166,8 +166,11 @@ impl<O: Output> SttStage<O> {
                 },
                 recv(done) -> msg => if let Ok(d) = msg { self.on_done(d) },
                 recv(if input_open { stop.clone() } else { crossbeam_channel::never() }) -> _ => {
-                    while let Ok(Input::Frame(f)) = input.try_recv() {
-                        self.on_frame(f);
+                    // What was already read belongs to the turn; a live input never runs dry.
+                    for item in input.try_iter().take(input.len()) {
+                        if let Input::Frame(f) = item {
+                            self.on_frame(f);
+                        }
                     }
                     input_open = false;
                     self.end_open_turns("stopping");

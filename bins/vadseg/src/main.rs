@@ -83,8 +83,9 @@ fn main() {
                     Err(_) => break,
                 },
                 recv(stop) -> _ => {
-                    // Whatever the reader already has is part of the turn: take it first.
-                    while let Ok(input) = inputs.try_recv() {
+                    // What the reader already has is part of the turn: take it first (only
+                    // that: a live input never runs dry).
+                    for input in inputs.try_iter().take(inputs.len()) {
                         stage.handle(input, &sink)?;
                     }
                     break;
