@@ -54,7 +54,9 @@ else the local llama.cpp server at http://127.0.0.1:$TGVOICE_LLM_PORT/v1 (defaul
 start it with scripts/llm-server). Keys come from the environment only and are never logged.\n\n\
 Input events: transcript (final=true starts a reply; final=false is ignored), speech-start and\n\
 cancel (forwarded at once, then the reply in progress is cancelled), call-start (new\n\
-conversation), call-end; anything else is forwarded unchanged. Output: reply-chunk {turn, seq,\n\
+conversation), call-end; anything else is forwarded unchanged. A caller who pauses and goes on\n\
+before the reply reached TTS said one message: the parts are merged and answered together\n\
+(never two user messages in a row; see --merge-wait). Output: reply-chunk {turn, seq,\n\
 text, trace} per sentence (the first one may end at a clause boundary), then reply-end {turn,\n\
 cancelled, trace} (error=true when the LLM failed and the apology was spoken).\n\n\
 The conversation is kept as JSONL under --state-dir (conversations/<id>.jsonl, the current id\n\
