@@ -25,6 +25,16 @@ Your words are spoken aloud, so answer in one to three short, natural sentences.
 Use plain spoken language only: no lists, no markdown, no code, no links, no emoji. \
 If you did not understand, ask a short question.";
 
+/// The local model (SmolLM2-135M) answers in broken French to any system prompt but the one it
+/// was trained with; this is that prompt plus one instruction, chosen with scripts/llm-check
+/// (20 spoken questions in one conversation: 16 right, 20 in English, 20 short — the general
+/// prompt above at the server's default temperature gave 4, 6 and 20).
+pub const DEFAULT_LOCAL_SYSTEM_PROMPT: &str =
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Answer in English in one short sentence.";
+/// Greedy decoding for the local model: the same question gets the same answer (the demo's
+/// too), and sampling only made a model this small wander (scripts/llm-check).
+pub const DEFAULT_LOCAL_TEMPERATURE: f32 = 0.0;
+
 pub const DEFAULT_APOLOGY: &str = "Sorry, I can't answer right now. Please try again in a moment.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,10 +95,11 @@ pub struct Args {
     /// Longest reply, in tokens.
     #[arg(long, env = "TGVOICE_LLM_MAX_TOKENS", default_value_t = 200)]
     pub max_tokens: u32,
-    /// Sampling temperature [default: the provider's].
+    /// Sampling temperature [default: the provider's; 0 for the local model].
     #[arg(long, env = "TGVOICE_LLM_TEMPERATURE")]
     pub temperature: Option<f32>,
-    /// System prompt [default: short, plain spoken answers for a phone call].
+    /// System prompt [default: short, plain spoken answers for a phone call; for the local
+    /// model, the prompt it was trained with plus "Answer in English in one short sentence."].
     #[arg(long, env = "TGVOICE_LLM_SYSTEM_PROMPT")]
     pub system_prompt: Option<String>,
     /// Spoken when the LLM fails before saying anything ("" = stay silent).
@@ -200,14 +211,19 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
             format!("the LLM base URL must start with http:// or https://, not {base_url:?}"),
         ));
     }
+    // The local defaults suit SmolLM2-135M only; another model on an OpenAI-compatible server
+    // (Ollama, LM Studio…) gets the general ones.
+    let small_local_model = choice == ProviderChoice::Local && model == DEFAULT_LOCAL_MODEL;
     let provider = Provider {
         kind,
         base_url,
         api_key,
         model,
         max_tokens: args.max_tokens,
-        temperature: args.temperature,
-        system_prompt: args.system_prompt.clone().unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
+        temperature: args.temperature.or(small_local_model.then_some(DEFAULT_LOCAL_TEMPERATURE)),
+        system_prompt: args.system_prompt.clone().unwrap_or_else(|| {
+            if small_local_model { DEFAULT_LOCAL_SYSTEM_PROMPT } else { DEFAULT_SYSTEM_PROMPT }.into()
+        }),
     };
     log::info!("LLM: {}", provider.describe());
     let stream = StreamOptions {

@@ -111,6 +111,15 @@ pub struct SttStage<O: Output> {
     pub stats: StageStats,
 }
 
+/// Insert `turn` into a set of turns already logged about; true if it is new. The set is kept
+/// small (a long call must not grow it forever): it forgets everything past 1024 entries.
+fn remember_once(set: &mut HashSet<u64>, turn: u64) -> bool {
+    if set.len() >= 1024 {
+        set.clear();
+    }
+    set.insert(turn)
+}
+
 fn to_f32(a: &AudioFrame) -> Vec<f32> {
     if a.channels <= 1 {
         a.samples.iter().map(|s| *s as f32 / 32768.0).collect()
@@ -245,7 +254,7 @@ impl<O: Output> SttStage<O> {
             return;
         }
         if a.sample_rate != SAMPLE_RATE {
-            if self.wrong_rate_logged.insert(a.turn) {
+            if remember_once(&mut self.wrong_rate_logged, a.turn) {
                 log::error!(
                     "turn {}: audio at {} Hz, expected 16000 Hz speech segments (put vadseg before sttd); ignoring it",
                     a.turn,
@@ -255,7 +264,7 @@ impl<O: Output> SttStage<O> {
             return;
         }
         let Some(t) = self.open.get_mut(&a.turn) else {
-            if !self.ended.contains_key(&a.turn) && self.unknown_turns_logged.insert(a.turn) {
+            if !self.ended.contains_key(&a.turn) && remember_once(&mut self.unknown_turns_logged, a.turn) {
                 log::warn!("turn {}: audio without its speech-start (sttd started mid-turn?); this turn is skipped", a.turn);
             }
             return;
