@@ -193,6 +193,12 @@ impl Relay {
                 r = wait_for(&mut self.active) => Step::ReplyDone(r),
                 _ = tick.tick(), if self.waiting.due => Step::Tick,
             };
+            if self.sink.is_closed() {
+                // A reader that leaves ends the writer quietly, like any pipeline tool.
+                log::info!("output closed; stopping");
+                self.cancel_reply("the output closed", false).await?;
+                return Ok(());
+            }
             match step {
                 Step::Input(Some(frame)) => self.handle(frame).await?,
                 Step::Input(None) => break,

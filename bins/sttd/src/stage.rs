@@ -44,11 +44,18 @@ pub struct EarlySettings {
 /// Sink for what the stage emits (a FrameSink in the program, a Vec in unit tests).
 pub trait Output {
     fn send(&mut self, frame: Frame);
+    /// The reader has gone for good (stdout closed, e.g. `sttd | head`): stop.
+    fn is_closed(&self) -> bool {
+        false
+    }
 }
 
 impl Output for tgvoice::FrameSink {
     fn send(&mut self, frame: Frame) {
         tgvoice::FrameSink::send(self, frame)
+    }
+    fn is_closed(&self) -> bool {
+        tgvoice::FrameSink::is_closed(self)
     }
 }
 
@@ -160,6 +167,11 @@ impl<O: Output> SttStage<O> {
         let mut input_open = true;
         loop {
             if !input_open && self.in_flight.is_none() && self.queue.is_empty() {
+                break;
+            }
+            if self.out.is_closed() {
+                // A reader that leaves ends the writer quietly, like any pipeline tool.
+                log::info!("output closed; stopping");
                 break;
             }
             let timers = self.early.speculate_after.is_some() || self.early.partial_every.is_some();
