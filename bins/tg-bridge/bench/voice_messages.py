@@ -6,7 +6,9 @@ step and the machine's load (uptime).
     scripts/bench-voice-messages [N] [--gap S]
 
 N messages (default 12), sent one after another: each ``--gap`` seconds (default 5: the time
-it takes to record a 5 s question) after the previous reply went out.
+it takes to record a 5 s question) after the previous reply went out, each from a chat of its
+own (a conversation's growing history would make later requests slower: that is the LLM's
+cost, not this path's; ``--same-chat`` measures it).
 """
 import argparse
 import asyncio
@@ -32,7 +34,7 @@ from tgvoice_bridge.bridge import Bridge                                    # no
 from tgvoice_bridge.msgpipeline import MessagePipeline, stage_commands      # noqa: E402
 from tgvoice_bridge.voicemsg import IncomingMessage                         # noqa: E402
 
-QUESTION = "Hello there. I have a quick question for you. What is a good name for a small black cat?"
+QUESTION = "Hello there. I have a quick question for you today. What would be a good name for a small black cat?"
 USER = 111
 STEPS = ("download", "decode", "vad+stt", "llm first chunk", "llm", "tts+encode tail", "waveform", "send", "total")
 
@@ -70,17 +72,18 @@ def pct(values, q):
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-async def run(n, gap, port, tmp):
+async def run(n, gap, port, tmp, same_chat):
     ogg, secs = question_note()
     print(f"question: {secs:.1f} s of Piper speech, {len(ogg)} bytes OGG/Opus: {QUESTION!r}")
     backend = FakeCallBackend()
     pipeline = MessagePipeline(tmp / "state", stage_commands(BIN), env={"TGVOICE_LLM_PORT": str(port)})
-    bridge = Bridge(backend, rundir.prepare(tmp / "run"), allow=[str(USER)], voice={"pipeline": pipeline})
+    bridge = Bridge(backend, rundir.prepare(tmp / "run"), allow=[str(USER + i) for i in range(n)], voice={"pipeline": pipeline})
     await bridge.start()
     await asyncio.sleep(8)                       # tts-writer and the first vadseg | sttd load their models
     try:
         for i in range(n):
-            await backend.message(IncomingMessage(chat_id=USER, message_id=i + 1, sender_id=USER, private=True,
+            user = USER if same_chat else USER + i
+            await backend.message(IncomingMessage(chat_id=user, message_id=i + 1, sender_id=user, private=True,
                                                   voice=True, duration=secs, handle=ogg))
             while len(bridge.voice.replies) <= i:
                 await asyncio.sleep(0.01)
@@ -97,6 +100,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("n", nargs="?", type=int, default=12)
     ap.add_argument("--gap", type=float, default=5.0, help="seconds between a reply and the next message (default 5)")
+    ap.add_argument("--same-chat", action="store_true", help="all messages in one chat (one growing conversation)")
     args = ap.parse_args()
     port = int(os.environ.get("TGVOICE_LLM_PORT", "8088"))
     server = None
@@ -104,7 +108,7 @@ def main():
         port, server = start_llm_server()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            replies = asyncio.run(run(args.n, args.gap, port, Path(tmp)))
+            replies = asyncio.run(run(args.n, args.gap, port, Path(tmp), args.same_chat))
     finally:
         if server is not None:
             server.terminate()

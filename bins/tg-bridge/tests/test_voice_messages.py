@@ -124,12 +124,15 @@ def make_pipeline(state, llm_port):
                                                                 "TGVOICE_LLM_TEMPERATURE": "0"})   # the same words, the same reply
 
 
-def run_bridge(backend, run_dir, pipeline, messages, expect_replies, allow=(str(USER),), **voice):
-    """Start a bridge with voice messages, deliver ``messages`` (IncomingMessage or seconds to
-    sleep), wait for ``expect_replies`` voice notes (and then a moment for any extra one)."""
+def run_bridge(backend, run_dir, pipeline, messages, expect_replies, allow=(str(USER),), ring=None, **voice):
+    """Start a bridge with voice messages (first answering a call from ``ring``, if given),
+    deliver ``messages``, wait for ``expect_replies`` voice notes or texts (and then a moment for
+    any extra one). ``b.call_at_end`` is the call still up at the end, if any."""
     async def scenario():
         b = Bridge(backend, run_dir, mode="answer", allow=list(allow), voice=dict(pipeline=pipeline, **voice))
         await b.start()
+        if ring is not None:
+            await backend.ring(ring)
         try:
             for m in messages:
                 await backend.message(m)
@@ -137,6 +140,7 @@ def run_bridge(backend, run_dir, pipeline, messages, expect_replies, allow=(str(
             while len(backend.voices) + len(backend.texts) < expect_replies and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             await asyncio.sleep(0.5)
+            b.call_at_end = b.current
             return b
         finally:
             await b.stop()
@@ -148,10 +152,23 @@ def voice_message(mid, ogg, sender=USER, chat=None, private=True, addressed=Fals
                            addressed=addressed, voice=True, duration=duration, handle=ogg)
 
 
-def test_a_voice_note_is_answered_with_a_voice_note_that_says_the_reply(run_dir, tmp_path, llm_port, piper_note):
+def test_a_voice_note_is_answered_with_a_voice_note_that_says_the_reply(run_dir, tmp_path, llm_port, piper_note, drain):
     ogg = piper_note("Why is the sky blue?")
     backend = FakeCallBackend()
-    b = run_bridge(backend, run_dir, make_pipeline(tmp_path / "state", llm_port), [voice_message(7, ogg)], 1, caption=True)
+    control = drain(run_dir / "control.frames")
+    before = sorted(os.listdir(run_dir))
+    # the sender is in a call with the account meanwhile: the note must not touch the call
+    b = run_bridge(backend, run_dir, make_pipeline(tmp_path / "state", llm_port), [voice_message(7, ogg)], 1,
+                   ring=USER, caption=True)
+    assert b.call_at_end is not None and b.call_at_end.chat_id == USER, "the call did not survive the voice note"
+    assert sorted(os.listdir(run_dir)) == before                  # nothing of the note's pipeline in $RUN
+    time.sleep(0.2)
+    events = []
+    import io
+    buf = io.BytesIO(control.close())
+    while (f := tgvoice_frames.read_frame(buf)) is not None:
+        events.append(f[1]["type"])
+    assert events == ["call-start", "call-end"], events           # (call-end: the bridge's shutdown)
     assert len(backend.voices) == 1, backend.log
     sent = backend.voices[0]
     assert (sent["chat_id"], sent["reply_to"]) == (USER, 7)
@@ -224,7 +241,7 @@ def conversation(state, chat):
 
 def test_messages_are_answered_in_order_in_one_conversation_per_chat_across_restarts(run_dir, tmp_path, llm_port, piper_note):
     state = tmp_path / "state"
-    questions = ["My dog is called Max.", "What is my dog called?", "Thank you, goodbye."]
+    questions = ["My dog is called Max.", "What is my dog called?", "Thank you very much."]
     notes = [piper_note(q) for q in questions]
     backend = FakeCallBackend()
     b = run_bridge(backend, run_dir, make_pipeline(state, llm_port),

@@ -46,6 +46,10 @@ FRAME_SAMPLES = RATE // 50                 # 20 ms audio frames, like tgcat
 # the call's 600 ms end-of-turn silence buys nothing here, and a later turn's speech-start
 # would make sttd drop an earlier turn it had not finished.)
 MESSAGE_EOT_SILENCE_MS = 5000
+# whisper.cpp's worker threads spin-wait for each other: on this 2-core machine at load 12–16,
+# 5 s of speech took 65–74 s with 2 threads and 4–5 s with 1. Messages run beside a call at
+# lower priority, where that contention is the normal case.
+MESSAGE_STT_THREADS = 1
 FALLBACK_APOLOGY = "Sorry, something went wrong while answering. Please try again."
 
 
@@ -108,7 +112,7 @@ class _Front:
         p = pipeline
         self.vad = p._spawn("vadseg", ["--eot-silence", str(MESSAGE_EOT_SILENCE_MS)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.stt = p._spawn("sttd", [], stdin=self.vad.stdout, stdout=subprocess.PIPE)
+        self.stt = p._spawn("sttd", ["--threads", str(MESSAGE_STT_THREADS)], stdin=self.vad.stdout, stdout=subprocess.PIPE)
         self.vad.stdout.close()              # sttd holds it now
         self.started = time.monotonic()
 
@@ -310,8 +314,14 @@ class MessagePipeline:
         buf = io.BytesIO()
         tgvoice_frames.write_event(buf, {"type": "transcript", "turn": turn, "text": answer.transcript,
                                          "final": True, "trace": stt_trace})
-        relay.stdin.write(buf.getvalue())
-        relay.stdin.close()
+        try:
+            relay.stdin.write(buf.getvalue())
+            relay.stdin.close()
+        except (BrokenPipeError, OSError) as e:
+            relay.kill()
+            relay.wait()
+            raise PipelineError(f"llm-relay is not reading (exit {relay.returncode}; see "
+                                f"{self.state_dir / 'logs' / 'llm-relay.log'}): {e}") from None
         t1 = time.monotonic()
         chunks, ended = [], False
         try:

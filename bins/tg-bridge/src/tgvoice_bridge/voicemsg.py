@@ -139,9 +139,13 @@ class VoiceMessages:
         if m.duration is not None and m.duration > self.max_seconds:
             reply = Reply(m, "too-long")          # known from the metadata: no download needed
         else:
-            data = await self.backend.download_voice(m)
-            steps["download"] = (time.monotonic() - t0) * 1000
-            reply = await asyncio.to_thread(self._process, m, data, steps)
+            try:
+                data = await self.backend.download_voice(m)
+                steps["download"] = (time.monotonic() - t0) * 1000
+                reply = await asyncio.to_thread(self._process, m, data, steps)
+            except Exception as e:                 # whatever broke, the sender hears about it
+                log.error("voice messages: message %s in chat %s: %s: %s", m.message_id, m.chat_id, type(e).__name__, e)
+                reply = Reply(m, "failed")
         t1 = time.monotonic()
         if reply.kind not in ("answer", "llm-down"):
             log.info("voice messages: message %s in chat %s: %s", m.message_id, m.chat_id, reply.kind)
