@@ -121,6 +121,8 @@ class _Front:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+        for f in (self.vad.stdin, self.stt.stdout):
+            f.close()
 
 
 class MessagePipeline:
@@ -240,6 +242,12 @@ class MessagePipeline:
         except (BrokenPipeError, OSError) as e:
             raise PipelineError(f"tts-writer is not reading ({e})") from None
 
+    def _forget(self, turn, p):
+        """Give up on a reply (an error before it was asked for or finished)."""
+        with self._tts_lock:
+            self._pending.pop(turn, None)
+        p.encoder.abort()
+
     def _await(self, turn, p):
         """The reply's audio and its OGG/Opus encoding, once tts-writer says it ended."""
         ok = p.done.wait(self.reply_timeout_s)
@@ -259,8 +267,12 @@ class MessagePipeline:
         self._ensure_tts()
         turn = self._new_turn()
         w = self._expect(turn)
-        self._to_tts({"type": "reply-chunk", "turn": turn, "seq": 0, "text": text})
-        self._to_tts({"type": "reply-end", "turn": turn, "cancelled": False})
+        try:
+            self._to_tts({"type": "reply-chunk", "turn": turn, "seq": 0, "text": text})
+            self._to_tts({"type": "reply-end", "turn": turn, "cancelled": False})
+        except PipelineError:
+            self._forget(turn, w)
+            raise
         return self._await(turn, w)
 
     # -- conversations ---------------------------------------------------------------
@@ -306,11 +318,30 @@ class MessagePipeline:
         if not answer.transcript:
             relay.stdin.close()
             relay.wait()
+            relay.stdout.close()
             answer.steps = steps
             return answer
         # One message is one user message, whatever pauses split it into turns.
         turn = self._new_turn()
         w = self._expect(turn)
+        try:
+            t1 = self._reply(relay, turn, answer, stt_trace, steps)
+        except Exception:
+            self._forget(turn, w)
+            if relay.poll() is None:
+                relay.kill()
+            relay.wait()
+            raise
+        finally:
+            relay.stdout.close()
+        answer.pcm, answer.ogg = self._await(turn, w)
+        steps["tts+encode tail"] = (time.monotonic() - t1) * 1000 - steps["llm"]
+        answer.steps = steps
+        return answer
+
+    def _reply(self, relay, turn, answer, stt_trace, steps):
+        """Ask llm-relay for the reply to the message's transcript and pass its chunks on to
+        tts-writer as they stream in; returns when the request was sent (monotonic)."""
         buf = io.BytesIO()
         tgvoice_frames.write_event(buf, {"type": "transcript", "turn": turn, "text": answer.transcript,
                                          "final": True, "trace": stt_trace})
@@ -350,11 +381,8 @@ class MessagePipeline:
                 chunks.append(FALLBACK_APOLOGY)
                 answer.llm_error = True
             self._to_tts({"type": "reply-end", "turn": turn, "cancelled": False})
-        answer.pcm, answer.ogg = self._await(turn, w)
         answer.reply = " ".join(c.strip() for c in chunks).strip()
-        steps["tts+encode tail"] = (time.monotonic() - t1) * 1000 - steps["llm"]
-        answer.steps = steps
-        return answer
+        return t1
 
     def _transcribe(self, front, pcm, received_us):
         """Feed the message to vadseg as audio frames, close it, and collect sttd's final

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from . import voicecodec
-from .msgpipeline import MessagePipeline, PipelineError
+from .msgpipeline import FALLBACK_APOLOGY, MessagePipeline, PipelineError
 
 log = logging.getLogger("tg-bridge")
 
@@ -37,7 +37,7 @@ def polite(kind, max_seconds=DEFAULT_MAX_SECONDS):
         "too-long": f"Sorry, that message is too long for me. Please keep voice messages under {_duration_words(max_seconds)}.",
         "no-speech": "Sorry, I could not hear any speech in that message. Could you say it again?",
         "undecodable": "Sorry, I could not play that voice message. Could you record it again?",
-        "failed": "Sorry, something went wrong while answering. Please try again.",
+        "failed": FALLBACK_APOLOGY,
     }[kind]
 
 
