@@ -22,6 +22,8 @@ class FakeCallBackend(CallBackend):
         self.held = set()             # what connected_calls() reports
         self.fail_joins = fail_joins
         self.started = self.stopped = False
+        self.voices = []              # voice notes sent: dicts with chat_id, ogg, reply_to, caption, …
+        self.texts = []
 
     async def start(self):
         self.started = True
@@ -57,7 +59,24 @@ class FakeCallBackend(CallBackend):
     async def connected_calls(self):
         return set(self.held)
 
+    # voice messages (the fake's IncomingMessage.handle holds the file's bytes)
+    async def download_voice(self, message):
+        self.log.append(("download", message.message_id))
+        return message.handle
+
+    async def send_voice(self, chat_id, ogg, reply_to=None, caption=None, duration=None, waveform=None):
+        self.log.append(("send_voice", chat_id, reply_to))
+        self.voices.append(dict(chat_id=chat_id, ogg=ogg, reply_to=reply_to, caption=caption,
+                                duration=duration, waveform=waveform))
+
+    async def send_text(self, chat_id, text, reply_to=None):
+        self.log.append(("send_text", chat_id, reply_to))
+        self.texts.append(dict(chat_id=chat_id, text=text, reply_to=reply_to))
+
     # the Telegram side
+    async def message(self, m):
+        await self.on_message(m)
+
     async def ring(self, user_id):
         await self.on_incoming_call(user_id)
 

@@ -26,6 +26,7 @@ def tg_bridge(*args, env=None, home=None):
     (["--help"], "exit codes:"),
     (["login", "--help"], "--qr"),
     (["run", "--help"], "--allow"),
+    (["run", "--help"], "--voice-messages"),
 ])
 def test_help(args, needle):
     r = tg_bridge(*args)
@@ -68,6 +69,17 @@ def test_unsafe_run_directory_is_exit_78(tmp_path):
                   env={"TG_API_ID": "123", "TG_API_HASH": HASH}, home=tmp_path)
     assert r.returncode == 78 and "symlink" in r.stderr
     assert os.stat(session).st_mode & 0o777 == 0o600      # tightened to 0600
+
+
+def test_bad_voice_stage_is_one_line_and_exit_78(tmp_path):
+    session = tmp_path / "s.session"
+    session.write_bytes(b"x")
+    r = tg_bridge("run", "--session", str(session), "--run-dir", str(tmp_path / "run"), "--voice-messages",
+                  "--voice-stage", "whisper=foo", "--voice-state-dir", str(tmp_path / "vm"),
+                  env={"TG_API_ID": "123", "TG_API_HASH": HASH}, home=tmp_path)
+    assert r.returncode == 78, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--voice-stage" in lines[0] and "vadseg, sttd, llm-relay, tts-writer" in lines[0]
 
 
 def test_installed_console_script_if_present():

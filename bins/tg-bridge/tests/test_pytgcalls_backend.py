@@ -72,3 +72,36 @@ def test_stream_descriptions_are_external_48k_mono(backend):
         assert d.media_source == ntgcalls.MediaSource.EXTERNAL
         assert d.sample_rate == 48000 and d.channel_count == 1
     assert s.camera is None and s.screen is None and r.camera is None
+
+
+def test_voice_notes_and_text_reach_on_message_with_their_chat_facts(backend):
+    """kurigram's own MessageHandler and filters, fed real pyrogram Message objects."""
+    from pyrogram import enums, types as pt
+    from pyrogram.handlers import MessageHandler
+    b, loop = backend
+    seen = []
+
+    async def on_message(m):
+        seen.append(m)
+    b.on_message = on_message
+    handlers = [h for group in b.client.dispatcher.groups.values() for h in group if isinstance(h, MessageHandler)]
+    assert len(handlers) == 1
+
+    def msg(mid, chat, ctype, **kw):
+        return pt.Message(id=mid, chat=pt.Chat(id=chat, type=ctype), from_user=pt.User(id=111), **kw)
+    voice = pt.Voice(file_id="f", file_unique_id="u", duration=4)
+    updates = [msg(1, 111, enums.ChatType.PRIVATE, voice=voice, outgoing=False),
+               msg(2, -100, enums.ChatType.SUPERGROUP, voice=voice, mentioned=True, outgoing=False),
+               msg(3, 111, enums.ChatType.PRIVATE, text="/reset", outgoing=False),
+               msg(4, 111, enums.ChatType.PRIVATE, voice=voice, outgoing=True)]     # our own reply: ignored
+
+    async def feed():
+        for u in updates:
+            if await handlers[0].check(b.client, u):
+                await handlers[0].callback(b.client, u)
+    loop.run_until_complete(feed())
+    got = [(m.message_id, m.chat_id, m.sender_id, m.private, m.addressed, m.voice, m.duration, m.text) for m in seen]
+    assert got == [(1, 111, 111, True, False, True, 4.0, None),
+                   (2, -100, 111, False, True, True, 4.0, None),
+                   (3, 111, 111, True, False, False, None, "/reset")]
+    assert seen[0].handle is updates[0]

@@ -32,6 +32,7 @@ Examples:
   echo 'hello there' | tts-writer --engine espeak-ng --fill-silence | aplay -f S16_LE -r 48000 -c 1
   tts-writer --input $RUN/reply.frames --output $RUN/tg_output.raw
   tts-writer --engine command --command 'espeak-ng --stdout -v en-gb' < lines.txt > out.raw
+  tts-writer --unpaced --output-format frames < reply.frames | framecat   # replies with boundaries
   tts-writer --engine command --command-arg --command 'say -o /dev/stdout --data-format=LEI16@22050' --command-raw-rate 22050
 
 Each reply logs one latency line at its first audio (end of speech → transcript → first LLM
@@ -86,11 +87,25 @@ struct Args {
     /// Write silence when there is nothing to say (for ffplay/aplay; the bridge does not need it).
     #[arg(long)]
     fill_silence: bool,
+    /// Write audio as fast as the output takes it, not in real time (files, the voice-message
+    /// pipeline); --lead-ms no longer applies.
+    #[arg(long)]
+    unpaced: bool,
+    /// raw: s16le 48 kHz mono (for the call). frames: 48 kHz audio frames with the turn id and a
+    /// `reply-played` event after each reply's last audio, so a reader knows where a reply ends.
+    #[arg(long, value_enum, default_value = "raw", value_name = "FORMAT")]
+    output_format: OutputFormat,
     /// Where metrics.jsonl goes [default: ~/.local/state/tgvoice/default].
     #[arg(long, value_name = "DIR", env = "TGVOICE_STATE_DIR")]
     state_dir: Option<PathBuf>,
     #[command(flatten)]
     log: LogArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    Raw,
+    Frames,
 }
 
 fn main() {
@@ -138,6 +153,8 @@ fn speak(args: Args) -> anyhow::Result<()> {
             lead: Duration::from_millis(args.lead_ms),
             fade: Duration::from_millis(args.fade_ms),
             fill_silence: args.fill_silence,
+            unpaced: args.unpaced,
+            frames: args.output_format == OutputFormat::Frames,
         },
         out,
         tap_path.map(Tap::new),

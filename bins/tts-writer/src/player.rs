@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tgvoice::fifo::{FifoWriter, Tap, WriteOutcome};
-use tgvoice::TurnTrace;
+use tgvoice::frame::encode;
+use tgvoice::{AudioFrame, Event, Frame, TurnTrace};
 
 pub const RATE: u32 = 48_000;
 /// The most a late writer catches up (see [`Player::write_samples`]).
@@ -44,6 +45,12 @@ pub struct PlayerConfig {
     pub lead: Duration,
     pub fade: Duration,
     pub fill_silence: bool,
+    /// Write audio as fast as the output takes it (no clock, no lead): for files and the
+    /// voice-message pipeline, where nobody listens in real time.
+    pub unpaced: bool,
+    /// Write frames — 48 kHz audio frames carrying the turn id, and a `reply-played` event
+    /// after the last audio of each reply — instead of raw PCM.
+    pub frames: bool,
 }
 
 enum Item {
@@ -83,6 +90,9 @@ pub struct Player {
     closed: bool,
     /// Largest FIFO backlog seen (bytes), for the log and tests.
     pub max_unread: usize,
+    /// Framed output: the turn of the audio being written, and the running sample index.
+    out_turn: u64,
+    out_index: u64,
 }
 
 impl Player {
@@ -100,6 +110,8 @@ impl Player {
             pipe_ok: true,
             closed: false,
             max_unread: 0,
+            out_turn: 0,
+            out_index: 0,
         }
     }
 
@@ -171,6 +183,9 @@ impl Player {
 
     /// How long until the next frame may be written (None or zero = now).
     fn time_until_writable(&mut self, now: Instant) -> Option<Duration> {
+        if self.cfg.unpaced {
+            return None;
+        }
         // Writing one more frame at `allowed_at` leaves exactly `lead` of audio ahead of real time.
         let frame_dur = Duration::from_secs_f64(self.cfg.frame as f64 / RATE as f64);
         let allowed_at = (self.play_head + frame_dur).checked_sub(self.cfg.lead).unwrap_or(now);
@@ -267,6 +282,7 @@ impl Player {
             }
         }
         if let Some(ft) = fade_turn {
+            self.out_turn = ft;
             let mut taken = vec![];
             for item in self.queue.iter_mut() {
                 if fade.len() >= fade_len {
@@ -301,7 +317,7 @@ impl Player {
         cut.sort();
         for turn in cut {
             let stats = self.turns.remove(&turn).expect("listed");
-            self.reporter.played(&played_of(turn, &stats, true));
+            self.reply_done(played_of(turn, &stats, true));
         }
         log::debug!("cancel below turn {barrier}: dropped {} queued items, faded {} samples", before - self.queue.len(), fade.len());
     }
@@ -351,6 +367,7 @@ impl Player {
                 }
             }
         }
+        self.out_turn = first_turn.unwrap_or(0);
         self.write_samples(&frame);
         for (turn, seq, n) in played {
             self.count_played(turn, seq, n);
@@ -372,12 +389,42 @@ impl Player {
             }
         }
         self.play_head += Duration::from_secs_f64(samples.len() as f64 / RATE as f64);
-        if self.out.write_chunk(&bytes) == WriteOutcome::Closed {
+        let outcome = if self.cfg.frames {
+            let frame = Frame::Audio(AudioFrame {
+                sample_rate: RATE,
+                channels: 1,
+                turn: std::mem::take(&mut self.out_turn),
+                capture_us: tgvoice::clock::now_us(),
+                sample_index: self.out_index,
+                samples: samples.to_vec(),
+            });
+            self.out_index += samples.len() as u64;
+            self.out.write_chunk(&encode(&frame))
+        } else {
+            self.out.write_chunk(&bytes)
+        };
+        if outcome == WriteOutcome::Closed {
             log::info!("{} closed by its reader; stopping", self.out.label());
             self.closed = true;
         }
         if let Some(tap) = self.tap.as_mut() {
             tap.mirror(&bytes);
+        }
+    }
+
+    /// A reply is over (all its audio written, or cut off): record it and, on a framed output,
+    /// say so right after its last audio.
+    fn reply_done(&mut self, played: Played) {
+        self.reporter.played(&played);
+        if self.cfg.frames {
+            match serde_json::from_value::<Event>(played.record()) {
+                Ok(event) => {
+                    if self.out.write_chunk(&encode(&Frame::Event(event))) == WriteOutcome::Closed {
+                        self.closed = true;
+                    }
+                }
+                Err(e) => log::error!("reply-played record is not an event: {e}"),
+            }
         }
     }
 
@@ -387,7 +434,7 @@ impl Player {
             let turn = *turn;
             self.queue.pop_front();
             if let Some(stats) = self.turns.remove(&turn) {
-                self.reporter.played(&played_of(turn, &stats, false));
+                self.reply_done(played_of(turn, &stats, false));
             }
         }
     }

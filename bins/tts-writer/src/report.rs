@@ -29,6 +29,23 @@ pub struct Played {
     pub trace: TurnTrace,
 }
 
+impl Played {
+    /// The `reply-played` record: a line of metrics.jsonl, and the event that ends a reply on
+    /// a framed output (`--output-format frames`).
+    pub fn record(&self) -> Value {
+        json!({
+            "type": "reply-played",
+            "turn": self.turn,
+            "cancelled": self.cancelled,
+            "played_ms": (self.played_ms * 10.0).round() / 10.0,
+            "synthesized_ms": (self.synthesized_ms * 10.0).round() / 10.0,
+            "played_text": self.played_text,
+            "text": self.text,
+            "trace": self.trace,
+        })
+    }
+}
+
 impl Reporter {
     /// Append to `<state_dir>/metrics.jsonl` (created if missing); `None` = log only.
     pub fn new(state_dir: Option<&Path>, engine: &str) -> Self {
@@ -79,16 +96,7 @@ impl Reporter {
         } else {
             log::info!("turn {}: played {:.0} ms", p.turn, p.played_ms);
         }
-        self.append(json!({
-            "type": "reply-played",
-            "turn": p.turn,
-            "cancelled": p.cancelled,
-            "played_ms": (p.played_ms * 10.0).round() / 10.0,
-            "synthesized_ms": (p.synthesized_ms * 10.0).round() / 10.0,
-            "played_text": p.played_text,
-            "text": p.text,
-            "trace": p.trace,
-        }));
+        self.append(p.record());
     }
 
     fn append(&self, v: Value) {

@@ -6,6 +6,10 @@ A backend reports three things through callbacks the bridge sets:
 ``on_frames(chat_id, frames)`` (sync; ``frames`` are py-tgcalls ``Frame`` objects with
 ``.ssrc`` and ``.frame``). Chat ids follow py-tgcalls: negative = group voice chat,
 positive = private call with that user.
+
+Voice messages (optional, see voicemsg.py): ``on_message(message)`` (async) gets an
+``IncomingMessage`` for each incoming voice note or text message; ``download_voice``,
+``send_voice`` and ``send_text`` fetch a note and reply in its chat.
 """
 import asyncio
 import logging
@@ -19,6 +23,7 @@ class CallBackend(ABC):
         self.on_incoming_call = None
         self.on_call_ended = None
         self.on_frames = None
+        self.on_message = None
 
     @abstractmethod
     async def start(self): ...
@@ -48,6 +53,17 @@ class CallBackend(ABC):
         """A user/chat id for ``peer`` (an id, or a @username where the backend can look it up)."""
         return int(peer)
 
+    async def download_voice(self, message):
+        """The voice note's file (bytes)."""
+        raise NotImplementedError
+
+    async def send_voice(self, chat_id, ogg, reply_to=None, caption=None, duration=None, waveform=None):
+        """Send OGG/Opus bytes as a voice note, as a reply to message ``reply_to``."""
+        raise NotImplementedError
+
+    async def send_text(self, chat_id, text, reply_to=None):
+        raise NotImplementedError
+
     @abstractmethod
     async def connected_calls(self):
         """Chat ids the call stack currently holds (polled: py-tgcalls emits no drop event)."""
@@ -65,6 +81,7 @@ class PyTgCallsBackend(CallBackend):
         self.calls = PyTgCalls(client)
         self.lost = set()     # chats whose connection ntgcalls reported FAILED/TIMEOUT/CLOSED
         self._watch_connection_state()
+        self._watch_messages()
 
         @self.calls.on_update(filters.chat_update(ChatUpdate.Status.INCOMING_CALL))
         async def _incoming(_, update):
@@ -83,6 +100,40 @@ class PyTgCallsBackend(CallBackend):
             # never str() a StreamFrames: it holds a circular reference
             if self.on_frames:
                 self.on_frames(update.chat_id, update.frames)
+
+    def _watch_messages(self):
+        """Incoming voice notes and text (for /reset) become ``IncomingMessage``s."""
+        from pyrogram import enums, filters as pf
+        from pyrogram.handlers import MessageHandler
+        from .voicemsg import IncomingMessage
+
+        async def handler(_, message):
+            if self.on_message is None or message.from_user is None:
+                return
+            voice = message.voice
+            await self.on_message(IncomingMessage(
+                chat_id=message.chat.id, message_id=message.id, sender_id=message.from_user.id,
+                private=message.chat.type == enums.ChatType.PRIVATE, addressed=bool(message.mentioned),
+                voice=voice is not None, duration=float(voice.duration) if voice and voice.duration else None,
+                text=message.text, handle=message))
+        self.client.add_handler(MessageHandler(handler, pf.incoming & (pf.voice | pf.text)))
+
+    async def download_voice(self, message):
+        f = await self.client.download_media(message.handle, in_memory=True)
+        return bytes(f.getbuffer())
+
+    async def send_voice(self, chat_id, ogg, reply_to=None, caption=None, duration=None, waveform=None):
+        import io
+        from pyrogram.types import ReplyParameters
+        f = io.BytesIO(ogg)
+        f.name = "reply.ogg"
+        await self.client.send_voice(chat_id, f, caption=caption or "", duration=duration or 0, waveform=waveform,
+                                     reply_parameters=ReplyParameters(message_id=reply_to) if reply_to else None)
+
+    async def send_text(self, chat_id, text, reply_to=None):
+        from pyrogram.types import ReplyParameters
+        await self.client.send_message(chat_id, text,
+                                       reply_parameters=ReplyParameters(message_id=reply_to) if reply_to else None)
 
     def _watch_connection_state(self):
         """py-tgcalls turns ntgcalls' connection changes into no public update. Its handler is

@@ -12,6 +12,9 @@ Each call start/end goes to ``control.frames`` as an event frame
 (``{"type":"call-start","call":…,"peer":…[,"greeting":…]}``, ``{"type":"call-end","call":…,
 "reason":…}``), written without blocking (held in a small queue while nobody reads, see ControlEvents).
 ``stop()`` (SIGTERM/SIGINT) hangs up cleanly.
+
+With ``voice`` (options of ``voicemsg.VoiceMessages``, e.g. ``{"pipeline": MessagePipeline(…)}``)
+voice notes from the same allowlist are answered too, on a pipeline of their own.
 """
 import asyncio
 import collections
@@ -92,7 +95,7 @@ class ControlEvents:
 class Bridge:
     def __init__(self, backend, run_dir, mode="answer", chat=None, call_user=None, allow=(),
                  greeting=None, auto_start=False, poll_s=1.0, call_timeout_s=60,
-                 rejoin_backoff=(1, 2, 4, 8, 16, 30), clock=time.monotonic):
+                 rejoin_backoff=(1, 2, 4, 8, 16, 30), clock=time.monotonic, voice=None):
         assert mode in ("group", "answer", "call")
         self.backend, self.mode = backend, mode
         self.chat, self.call_user = chat, call_user
@@ -118,6 +121,11 @@ class Bridge:
         backend.on_incoming_call = self._on_incoming_call
         backend.on_call_ended = self._on_call_ended
         backend.on_frames = self._on_frames
+        self.voice = None
+        if voice:
+            from .voicemsg import VoiceMessages
+            self.voice = VoiceMessages(backend, allow=lambda: self.allow, **voice)
+            backend.on_message = self.voice.on_message
 
     # -- media -------------------------------------------------------------------------
     async def _send(self, pcm):
@@ -167,6 +175,8 @@ class Bridge:
         self._tasks.append(asyncio.ensure_future(self.pump.run()))
         self._tasks.append(asyncio.ensure_future(self._poll()))
         self._tasks.append(asyncio.ensure_future(self._flush_control()))
+        if self.voice is not None:
+            await self.voice.start()
         if self.mode == "group":
             if not await self._join_group():
                 self.finished.set()
@@ -286,6 +296,8 @@ class Bridge:
             if self.control.flush():
                 break
             await asyncio.sleep(0.1)
+        if self.voice is not None:
+            await self.voice.stop()
         try:
             await self.backend.stop()
         except Exception as e:

@@ -91,7 +91,8 @@ def build_parser():
                         epilog="examples:\n"
                                "  tg-bridge run --allow 123456789,@alice --greeting 'Operator.'\n"
                                "  tg-bridge run --call 123456789\n"
-                               "  tg-bridge run --chat -1001234567890 --start\n\n" + ENVIRONMENT + "\n\n" + EXIT_CODES)
+                               "  tg-bridge run --chat -1001234567890 --start\n"
+                               "  tg-bridge run --allow 123456789 --voice-messages --voice-caption\n\n" + ENVIRONMENT + "\n\n" + EXIT_CODES)
     common(rp)
     mode = rp.add_mutually_exclusive_group()
     mode.add_argument("--chat", help="join this group's voice chat (chat id like -100…, or @username)")
@@ -104,6 +105,18 @@ def build_parser():
     rp.add_argument("--instance", default="default", help="instance name in the default run directory (default: default)")
     rp.add_argument("--call-timeout", type=int, default=60, metavar="S", help="with --call: seconds to wait for an answer (default 60)")
     rp.add_argument("--poll", type=float, default=1.0, metavar="S", help="seconds between connection checks (default 1)")
+    vm = rp.add_argument_group("voice messages", "answer voice notes from the --allow users with a voice note (text /reset "
+                               "starts a new conversation for that chat); see bins/tg-bridge/README.md")
+    vm.add_argument("--voice-messages", action="store_true", help="answer voice notes in private chats")
+    vm.add_argument("--voice-groups", action="store_true",
+                    help="also in groups, when the note replies to the account or mentions it")
+    vm.add_argument("--voice-caption", action="store_true", help="attach the transcript and the answer text as a caption")
+    vm.add_argument("--voice-max-seconds", type=float, default=120, metavar="S",
+                    help="longest voice note answered (default 120); longer ones get a spoken 'too long'")
+    vm.add_argument("--voice-state-dir", metavar="DIR",
+                    help="conversations per chat, metrics and stage logs (default ~/.local/state/tgvoice/messages)")
+    vm.add_argument("--voice-stage", action="append", default=[], metavar="STAGE=CMD",
+                    help="run CMD instead of the built STAGE (vadseg, sttd, llm-relay, tts-writer) for voice messages")
     return p
 
 
@@ -159,12 +172,27 @@ def _run(args, log):
         import pytgcalls  # noqa: F401
     except ImportError as e:
         raise SessionMissing(f"py-tgcalls/ntgcalls missing ({e}): run scripts/setup venv bridge") from None
+    voice = _voice_options(args) if args.voice_messages or args.voice_groups else None
     client = make_client(api_id, api_hash, session)
     backend = PyTgCallsBackend(client)
     mode = "group" if args.chat else "call" if args.call else "answer"
     return asyncio.run(serve(backend, run_dir, mode=mode, chat=args.chat, call_user=args.call,
                              allow=_allow_list(args), greeting=args.greeting, auto_start=args.start,
-                             poll_s=args.poll, call_timeout_s=args.call_timeout))
+                             poll_s=args.poll, call_timeout_s=args.call_timeout, voice=voice))
+
+
+def _voice_options(args):
+    from .msgpipeline import MessagePipeline, stage_commands
+    if args.voice_max_seconds <= 0:
+        raise ConfigError("--voice-max-seconds must be positive")
+    state = args.voice_state_dir or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "tgvoice", "messages")
+    try:
+        commands = stage_commands(overrides=args.voice_stage)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return {"pipeline": MessagePipeline(state, commands), "groups": args.voice_groups,
+            "caption": args.voice_caption, "max_seconds": args.voice_max_seconds}
 
 
 async def serve(backend, run_dir, **bridge_args):
