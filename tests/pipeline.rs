@@ -80,7 +80,41 @@ impl Pipeline {
         self.state.path().join(&self.instance).join("logs")
     }
 
+    /// Every stage reads its input link, and the LLM server answers.
     fn wait_ready(&self) {
+        self.wait_stages_reading();
+        self.wait_llm_ready();
+    }
+
+    /// Each stage reads its input link: its log says `reading <link>` once everything slow
+    /// (model loading and warm-up) is done. sttd, for one, needs seconds for that, and a call
+    /// placed before loses its first turn (vadseg drops speech while sttd is not there).
+    fn wait_stages_reading(&self) {
+        let links = [
+            ("tgcat", "tg_input.raw"),
+            ("vadseg", "audio.frames"),
+            ("sttd", "speech.frames"),
+            ("llm-relay", "text.frames"),
+            ("tts-writer", "reply.frames"),
+        ];
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        for (stage, link) in links {
+            let line = format!("reading {}", self.run_dir.join(link).display());
+            loop {
+                let ready = self.stage_pid(stage).is_some_and(|pid| {
+                    let me = format!("{stage}[{pid}]");
+                    self.log(stage).lines().any(|l| l.contains(&me) && l.ends_with(&line))
+                });
+                if ready {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "{stage} never started reading {link}; see {}", self.logs().display());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn wait_llm_ready(&self) {
         // The local LLM server answers /v1/models once the model is loaded.
         let port = self.llm_port;
         for _ in 0..600 {
@@ -235,7 +269,9 @@ fn every_stage_killed_mid_turn_and_garbage_on_every_link_the_call_goes_on() {
         assert!(p.restarts(stage) > before, "{stage} was not restarted");
         assert!(p.stage_pid(stage).is_some(), "{stage} did not come back");
         if *stage == "llm-server" {
-            p.wait_ready();
+            p.wait_llm_ready();
+        } else {
+            p.wait_stages_reading();
         }
         let (turns, s) = p.call(&[q(i + 2)], &["--no-call-events"]);
         worst_write_ms = worst_write_ms.max(blocking(&s));

@@ -89,6 +89,8 @@ impl ByteInput {
             Endpoint::Path(p) => {
                 check_link_path(p)?;
                 fifo = is_fifo(p);
+                // Also the stage's "ready" line: everything slow (models) is loaded by now.
+                log::info!("reading {}", p.display());
                 if fifo {
                     None // opened lazily: opening a FIFO blocks until a writer appears
                 } else {
