@@ -16,11 +16,10 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha1::Sha1;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tgvoice::mulaw;
-use tgvoice::testkit::bin_path;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -88,19 +87,9 @@ impl PhoneFront {
     }
 
     pub fn voicecall(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-        let bin_dir = bin_path("phone-bridge").parent().unwrap().to_path_buf();
-        Command::new("bash")
-            .arg(root().join("scripts/voicecall"))
-            .args(["--instance", &self.instance])
+        tgvoice::testkit::voicecall(&root(), &self.instance, self.state.path())
             .args(args)
-            .env("TGVOICE_STATE_DIR", self.state.path())
-            .env("TGVOICE_BIN", &bin_dir)
-            .env_remove("TGVOICE_RUN_DIR")
-            .env_remove("ANTHROPIC_API_KEY")
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("TGVOICE_LLM_BASE_URL")
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
             .output()
             .expect("run scripts/voicecall")
     }

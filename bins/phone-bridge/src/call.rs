@@ -52,7 +52,8 @@ pub enum ToTwilio {
     EndOfBurst,
     /// The caller started talking or the reply was cancelled: flush Twilio's buffer now.
     /// `replying`: a reply was in progress (its chunks seen on reply.tap, no reply-end yet).
-    BargeIn { why: &'static str, replying: bool },
+    /// `onset_ms`: how long ago the caller's speech began (speech-start's trace), if known.
+    BargeIn { why: &'static str, replying: bool, onset_ms: Option<f64> },
     /// What the pipeline heard or said (for the log).
     Heard(String),
     Said(String),
@@ -188,7 +189,10 @@ pub fn run(mut links: CallLinks, from_ws: Receiver<ToPipeline>, to_ws: Unbounded
             };
             if let Some(why) = why {
                 stats.barge_ins += 1;
-                let _ = to_ws.send(ToTwilio::BargeIn { why, replying });
+                let onset_ms = v["trace"]["speech_start"]
+                    .as_u64()
+                    .map(|t| (tgvoice::clock::now_us().saturating_sub(t)) as f64 / 1e3);
+                let _ = to_ws.send(ToTwilio::BargeIn { why, replying, onset_ms });
                 replying = false;
                 muted_since = Some(now);
                 ulaw.clear();

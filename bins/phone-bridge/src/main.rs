@@ -124,6 +124,10 @@ fn main_inner(args: Args) -> anyhow::Result<()> {
         return Err(fail(exit::USAGE, "--max-calls must be at least 1"));
     }
     let token = auth_token(&args)?;
+    // The calls' media path gets priority over bulk compute (whisper, the LLM), as callsim's.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -10) } != 0 {
+        log::debug!("could not raise priority (not permitted); running at normal priority");
+    }
     // The instances are started from this process: they must not inherit the secret.
     std::env::remove_var("TWILIO_AUTH_TOKEN");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -227,6 +227,13 @@ impl Pool {
         // Its own process group: a `voicecall stop` of the front instance signals the front's
         // group, and must not cut short the stop/start commands this bridge is running.
         c.stdin(std::process::Stdio::null()).process_group(0).kill_on_drop(true);
+        // The pipeline runs at normal priority, not at the media path's raised one.
+        unsafe {
+            c.pre_exec(|| {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+                Ok(())
+            });
+        }
         c
     }
 

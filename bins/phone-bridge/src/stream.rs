@@ -227,7 +227,7 @@ fn to_twilio(c: &mut ActiveCall, out: ToTwilio) -> Option<Value> {
             c.audio_since_mark = false;
             Some(json!({"event": "mark", "streamSid": c.stream_sid, "mark": {"name": name}}))
         }
-        ToTwilio::BargeIn { why, replying } => {
+        ToTwilio::BargeIn { why, replying, onset_ms } => {
             // Between two sentences of a reply Twilio may have played everything: clear anyway,
             // the next sentence must not follow what was already queued.
             if c.unplayed_marks.is_empty() && !c.audio_since_mark && !replying {
@@ -237,7 +237,8 @@ fn to_twilio(c: &mut ActiveCall, out: ToTwilio) -> Option<Value> {
             c.unplayed_marks.clear();
             c.audio_since_mark = false;
             c.clears += 1;
-            log::info!("call {}: barge-in ({why}): clearing Twilio's buffer", c.call_sid);
+            let onset = onset_ms.map(|ms| format!(", {ms:.0} ms after the caller's speech onset")).unwrap_or_default();
+            log::info!("call {}: barge-in ({why}): clearing Twilio's buffer{onset}", c.call_sid);
             Some(json!({"event": "clear", "streamSid": c.stream_sid}))
         }
         ToTwilio::Heard(text) => {
