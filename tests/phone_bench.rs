@@ -95,10 +95,10 @@ fn main() {
     let front = PhoneFront::start("phonebench", max_k, max_k);
     rt.block_on(front.wait_warm(max_k as u64, Duration::from_secs(300)));
 
-    // 1. The bridge's own cost: one call, the same questions, phone-bridge vs callsim.
+    // 1. The bridge's own cost: the same questions, alternately through phone-bridge (one call)
+    //    and through callsim on a plain instance sharing the LLM server, so that both see the
+    //    same load (this machine is shared; the load average is printed with each summary).
     let n = QUESTIONS.len() * rounds;
-    let phone = rt.block_on(phone_turns(&front, 1, n, &questions));
-    summary("phone-bridge, 1 call", &phone, n);
     let plain = format!("{}-plain", front.instance);
     let llm = format!("http://127.0.0.1:{}/v1", llm_port(&front.instance));
     let plain_vc = |cmd: &str| {
@@ -114,14 +114,34 @@ fn main() {
     std::thread::sleep(Duration::from_secs(8)); // models load
     let rd = Command::new(bin_path("tgvoice-rundir")).args(["--instance", &plain, "-q"]).env_remove("TGVOICE_RUN_DIR").output().unwrap();
     let run_dir = String::from_utf8(rd.stdout).unwrap().trim().to_string();
-    let turns: Vec<String> = (0..n).map(|i| wavs[i % wavs.len()].clone()).collect();
-    let cs = Command::new(bin_path("callsim")).args(["--run-dir", &run_dir, "--reply-timeout", "60"]).args(&turns).output().unwrap();
-    let direct: Vec<f64> = String::from_utf8_lossy(&cs.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["voice_to_voice_ms"].as_f64())
-        .collect();
+    let call = rt.block_on(async {
+        let c = PhoneCall::dial(&front.base_url(), "+15550003999").await;
+        if let Some(g) = c.voice_after(c.started, Duration::from_secs(10)).await {
+            c.quiet_after(g, Duration::from_millis(600), Duration::from_secs(10)).await;
+        }
+        c
+    });
+    let (mut phone, mut direct) = (vec![], vec![]);
+    for i in 0..n {
+        let q = i % QUESTIONS.len();
+        let v = rt.block_on(async {
+            let (_, last) = call.say_all(&questions[q]).await;
+            let reply = call.voice_after(last, Duration::from_secs(60)).await;
+            call.quiet_after(std::time::Instant::now(), Duration::from_millis(1500), Duration::from_secs(60)).await;
+            reply.map(|r| (r - last).as_secs_f64() * 1e3)
+        });
+        phone.extend(v);
+        let cs = Command::new(bin_path("callsim")).args(["--run-dir", &run_dir, "--reply-timeout", "60", &wavs[q]]).output().unwrap();
+        direct.extend(
+            String::from_utf8_lossy(&cs.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v["voice_to_voice_ms"].as_f64()),
+        );
+    }
+    rt.block_on(call.hang_up());
     plain_vc("stop");
+    summary("phone-bridge, 1 call", &phone, n);
     summary("callsim (no bridge), 1 call", &direct, n);
     println!(
         "bridge cost: median {:+.0} ms, p90 {:+.0} ms (phone-bridge − callsim; includes 8 kHz μ-law in both directions)",
