@@ -36,19 +36,9 @@ struct Pipeline {
 
 impl Pipeline {
     fn voicecall(&self, args: &[&str]) -> std::process::Output {
-        let bin_dir = bin_path("tgcat").parent().unwrap().to_path_buf();
-        Command::new("bash")
-            .arg(root().join("scripts/voicecall"))
-            .args(["--instance", &self.instance])
+        tgvoice::testkit::voicecall(&root(), &self.instance, self.state.path())
             .args(args)
-            .env("TGVOICE_STATE_DIR", self.state.path())
-            .env("TGVOICE_BIN", &bin_dir)
-            .env_remove("TGVOICE_RUN_DIR")
-            .env_remove("ANTHROPIC_API_KEY")
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("TGVOICE_LLM_BASE_URL")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
             .output()
             .expect("run scripts/voicecall")
     }
@@ -343,23 +333,12 @@ fn caller_talking_over_a_reply_silences_it_and_gets_an_answer() {
     let (turns, _) = p.call(&[long.display().to_string(), format!("barge:700:{}", interrupt.display())], &[]);
     assert!(answered(&turns[0]), "no reply to talk over: {turns:?}");
     let stop_ms = turns[1]["barge_in_stop_ms"].as_f64().unwrap_or_else(|| panic!("reply never stopped: {turns:?}"));
-    let guard_ms = vad_min_speech_ms(&p);
+    let guard_ms = tgvoice::testkit::vad_min_speech_ms();
     println!("barge-in: output silent {stop_ms:.0} ms after the caller's speech onset (guard {guard_ms} ms)");
     assert!(stop_ms <= 150.0 + guard_ms, "output stopped {stop_ms} ms after speech onset (limit 150 + {guard_ms})");
     assert!(answered(&turns[1]), "the interruption was not answered: {turns:?}");
     let heard = turns[1]["heard"].as_str().unwrap().to_lowercase();
     assert!(heard.contains("two") || heard.contains(" 2 "), "the answer was not to the interruption: heard {heard:?}");
-}
-
-/// vadseg's minimum speech duration (the barge-in guard), from its --help default.
-fn vad_min_speech_ms(_p: &Pipeline) -> f64 {
-    let help = Command::new(bin_path("vadseg")).arg("--help").output().unwrap();
-    let help = String::from_utf8_lossy(&help.stdout).to_string();
-    help.lines()
-        .skip_while(|l| !l.contains("--min-speech"))
-        .take(4)
-        .find_map(|l| l.split("[default: ").nth(1).and_then(|r| r.split(']').next()).and_then(|v| v.parse::<f64>().ok()))
-        .expect("vadseg --help shows the --min-speech-ms default")
 }
 
 #[test]

@@ -5,7 +5,6 @@
 //! assistant took (voice-to-voice), plus barge-in stop times. Used by `voicecall demo`, the
 //! fault and barge-in tests and the end-to-end benchmark.
 
-mod raw_link;
 mod timeline;
 
 use anyhow::Context;

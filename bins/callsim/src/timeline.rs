@@ -1,12 +1,10 @@
 //! The simulated call: a 10 ms clock that feeds the caller's script into tg_input.raw, records
 //! tg_output.raw, follows the transcript/reply taps, and measures each turn.
 
-use crate::raw_link::{RawInputWriter, RawOutputReader};
+use tgvoice::raw_link::{RawInputWriter, RawOutputReader, TapLines};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tgvoice::fifo::{Endpoint, FifoWriter};
@@ -60,40 +58,6 @@ fn rms(chunk: &[i16]) -> f64 {
         return 0.0;
     }
     (chunk.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / chunk.len() as f64).sqrt()
-}
-
-/// Non-blocking reader of a JSON-lines tap (text.tap, reply.tap).
-struct TapLines {
-    file: Option<File>,
-    partial: Vec<u8>,
-}
-
-impl TapLines {
-    fn open(path: &Path) -> Self {
-        let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).ok();
-        TapLines { file, partial: vec![] }
-    }
-
-    fn poll(&mut self) -> Vec<Value> {
-        let mut out = vec![];
-        let Some(f) = self.file.as_mut() else { return out };
-        let mut buf = [0u8; 8192];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => self.partial.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=i).collect();
-            if let Ok(v) = serde_json::from_slice::<Value>(&line) {
-                out.push(v);
-            }
-        }
-        out
-    }
 }
 
 #[derive(Default, Clone)]

@@ -4,6 +4,7 @@
 //!
 //! * `speech-start {turn: N}` — the caller started talking: replies of turns < N stop.
 //! * `cancel {turn: T}` — stop reply T (and older); `cancel {}` — stop whatever is in progress.
+//! * `call-start {greeting}` — speak the greeting (not on a `rejoin`).
 //! * `call-end` — stop everything.
 //! * plain text lines — each line is a reply of its own (turns 1, 2, …).
 
@@ -92,7 +93,14 @@ impl TurnController {
                 let b = self.latest_turn.max(self.barrier()) + 1;
                 self.cancel_below(b, "call-end");
             }
-            kind::CALL_START => log::info!("call {} started", e.get_str("call").unwrap_or("?")),
+            kind::CALL_START => {
+                log::info!("call {} started", e.get_str("call").unwrap_or("?"));
+                if let Some(greeting) = e.get_str("greeting").filter(|g| !g.trim().is_empty()) {
+                    if e.get_bool("rejoin") != Some(true) {
+                        self.greet(greeting.to_string());
+                    }
+                }
+            }
             other => log::debug!("ignoring event {other:?} (the output is raw audio; nothing to forward it to)"),
         }
     }
@@ -103,6 +111,18 @@ impl TurnController {
         self.latest_turn = turn;
         let mut trace = TurnTrace::default();
         trace.mark_now(tgvoice::event::trace_key::FIRST_CHUNK);
+        self.job(SynthJob::Chunk { turn, seq: 0, text, trace });
+        self.job(SynthJob::End { turn });
+    }
+
+    /// Speak the call's greeting on pickup. Its turn id is "now" in ms, the scale of vadseg's
+    /// turn ids (the onset time), so the caller's first speech-start cuts it like any reply.
+    fn greet(&mut self, text: String) {
+        let turn = (tgvoice::clock::now_us() / 1000).max(self.barrier());
+        self.latest_turn = self.latest_turn.max(turn);
+        let mut trace = TurnTrace::default();
+        trace.mark_now(tgvoice::event::trace_key::FIRST_CHUNK);
+        log::info!("greeting the caller: {text:?}");
         self.job(SynthJob::Chunk { turn, seq: 0, text, trace });
         self.job(SynthJob::End { turn });
     }

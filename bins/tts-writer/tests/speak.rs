@@ -134,3 +134,35 @@ fn garbage_before_frames_does_not_stop_speech() {
     let reference = spoken_seconds(&["--engine", "espeak-ng"], "first") + spoken_seconds(&["--engine", "espeak-ng"], "second");
     assert!((secs - reference).abs() < 0.02, "{secs} vs {reference}");
 }
+
+/// call-start's greeting is spoken on pickup (as long as the same text as a line), not on a
+/// rejoin; the caller's first speech-start (a turn id from vadseg's clock, i.e. later) cuts it.
+#[test]
+fn greeting_is_spoken_on_call_start_and_not_on_rejoin() {
+    require_espeak();
+    let greeting = "Operator. How can I help you?";
+    let start = |extra: Option<(&str, bool)>| {
+        let mut e = tgvoice::Event::new("call-start").with("call", "c1").with("greeting", greeting);
+        if let Some((k, v)) = extra {
+            e = e.with(k, v);
+        }
+        event_bytes(e)
+    };
+    let state = tempfile::tempdir().unwrap();
+    let out = run_with_input(&["--engine", "espeak-ng"], &start(None), state.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let secs = samples(&out.stdout).len() as f64 / RATE;
+    let reference = spoken_seconds(&["--engine", "espeak-ng"], greeting);
+    assert!((secs - reference).abs() < 0.05, "greeting: {secs:.3} s of audio, the same text as a line: {reference:.3} s");
+    assert!(rms(&samples(&out.stdout)) > 500.0, "the greeting is silent");
+
+    let out = run_with_input(&["--engine", "espeak-ng"], &start(Some(("rejoin", true))), state.path());
+    assert!(samples(&out.stdout).iter().all(|&s| s == 0), "a rejoin was greeted again");
+
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let mut input = start(None);
+    input.extend(event_bytes(tgvoice::Event::new("speech-start").with_turn(now_ms + 60_000)));
+    let out = run_with_input(&["--engine", "espeak-ng"], &input, state.path());
+    let cut = samples(&out.stdout).len() as f64 / RATE;
+    assert!(cut < reference / 2.0, "speech-start did not cut the greeting: {cut:.3} of {reference:.3} s played");
+}

@@ -85,7 +85,13 @@ pub fn fail(code: i32, message: impl Into<String>) -> anyhow::Error {
 pub fn run(program: &'static str, log: &LogArgs, body: impl FnOnce() -> anyhow::Result<()>) -> ! {
     crate::log::init(program, log.verbosity());
     install_signal_handlers();
-    match body() {
+    exit_with(body())
+}
+
+/// Exit with the code `result` calls for, printing an error as one line (with its causes).
+/// For programs that handle signals themselves (e.g. to hang up calls first) instead of [`run`].
+pub fn exit_with(result: anyhow::Result<()>) -> ! {
+    match result {
         Ok(()) => std::process::exit(exit::OK),
         Err(e) => {
             let code = e.downcast_ref::<ExitError>().map(|x| x.code).unwrap_or(exit::FAILURE);

@@ -5,6 +5,7 @@
 //! * [`fifo`] — byte endpoints with the FIFO rules (reopen, drop-and-reconnect, taps)
 //! * [`sink`] / [`source`] — framed output (queued, non-blocking) and input (resyncing)
 //! * [`rundir`] — the private run directory and its FIFOs
+//! * [`raw_link`] — the bridge side of an instance (raw links, JSON-lines taps); [`mulaw`] — G.711 μ-law
 //! * [`cli`] — shared flags, exit codes and the common `main` wrapper; [`log`] — log lines
 
 pub mod cli;
@@ -13,6 +14,8 @@ pub mod event;
 pub mod fifo;
 pub mod frame;
 pub mod log;
+pub mod mulaw;
+pub mod raw_link;
 pub mod resample;
 pub mod rundir;
 pub mod sink;

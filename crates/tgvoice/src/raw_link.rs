@@ -1,13 +1,16 @@
-//! The bridge's side of the raw links, with the bridge's rules (fifo-layout.md §3): the call's
-//! media path never waits on a FIFO. [`RawInputWriter`] writes `tg_input.raw` non-blocking
-//! (no reader or full pipe: drop and count); [`RawOutputReader`] polls `tg_output.raw`
-//! non-blocking (nothing there: the caller hears silence).
+//! The bridge's side of a pipeline instance, with the bridge's rules (fifo-layout.md §3): the
+//! call's media path never waits on a FIFO. [`RawInputWriter`] writes `tg_input.raw`
+//! non-blocking (no reader or full pipe: drop and count); [`RawOutputReader`] polls
+//! `tg_output.raw` non-blocking (nothing there: the caller hears silence); [`TapLines`] follows
+//! a JSON-lines tap (`text.tap`, `reply.tap`) non-blocking. Used by callsim and phone-bridge.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
+use serde_json::Value;
 
 pub struct RawInputWriter {
     path: PathBuf,
@@ -90,5 +93,40 @@ impl RawOutputReader {
                 Err(_) => return, // EAGAIN: nothing yet
             }
         }
+    }
+}
+
+/// Non-blocking reader of a JSON-lines tap (text.tap, reply.tap).
+pub struct TapLines {
+    file: Option<File>,
+    partial: Vec<u8>,
+}
+
+impl TapLines {
+    pub fn open(path: &Path) -> Self {
+        let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).ok();
+        TapLines { file, partial: vec![] }
+    }
+
+    /// Every complete event line that arrived since the last call (possibly none). Never blocks.
+    pub fn poll(&mut self) -> Vec<Value> {
+        let mut out = vec![];
+        let Some(f) = self.file.as_mut() else { return out };
+        let mut buf = [0u8; 8192];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.partial.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            if let Ok(v) = serde_json::from_slice::<Value>(&line) {
+                out.push(v);
+            }
+        }
+        out
     }
 }

@@ -1,0 +1,244 @@
+//! The pipeline side of one call, on its own thread with a 10 ms clock (the FIFO rules of
+//! fifo-layout.md §3, exactly as tg-bridge follows them): the caller's μ-law audio becomes s16le
+//! 48 kHz written to `tg_input.raw` without blocking; whatever `tg_output.raw` holds is read
+//! without blocking, resampled to 8 kHz μ-law and handed to the WebSocket in 20 ms payloads;
+//! `call-start`/`call-end` go to `control.frames`; the instance's `text.tap` and `reply.tap`
+//! tell it when the caller barged in (speech-start, cancel, a cancelled reply-end), so Twilio's
+//! buffer can be cleared at once.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+use tgvoice::event::kind;
+use tgvoice::fifo::{Endpoint, FifoWriter, WriteOutcome};
+use tgvoice::frame::encode;
+use tgvoice::mulaw;
+use tgvoice::raw_link::{RawInputWriter, RawOutputReader, TapLines};
+use tgvoice::resample::StreamResampler;
+use tgvoice::{Event, Frame};
+use tokio::sync::mpsc::UnboundedSender;
+
+const TICK: Duration = Duration::from_millis(10);
+/// Twilio's media frame: 20 ms of 8 kHz μ-law.
+pub const TWILIO_FRAME: usize = 160;
+/// Output quiet this long ends a burst of assistant audio (tts-writer writes every 10 ms while
+/// it speaks, at most 60 ms ahead).
+const BURST_GAP: Duration = Duration::from_millis(80);
+/// After a barge-in, output is discarded until it pauses this long (the cancelled reply's tail
+/// that was already in the FIFO or written before tts-writer heard the cancel), at most
+/// MUTE_MAX.
+const MUTE_GAP: Duration = Duration::from_millis(40);
+const MUTE_MAX: Duration = Duration::from_millis(1500);
+/// After reply-end, a reply counts as over once the output has been quiet this long.
+const REPLY_TAIL: Duration = Duration::from_millis(1000);
+/// Control events held while tgcat is not reading control.frames (tg-bridge holds 32).
+const CONTROL_QUEUE: usize = 32;
+
+/// From the WebSocket to the pipeline.
+pub enum ToPipeline {
+    /// 8 kHz μ-law from the caller.
+    Audio(Vec<u8>),
+    /// call-start / call-end.
+    Event(Event),
+}
+
+/// From the pipeline to the WebSocket.
+#[derive(Debug)]
+pub enum ToTwilio {
+    /// 20 ms of 8 kHz μ-law for the caller.
+    Audio(Vec<u8>),
+    /// A burst of assistant audio ended here (Twilio echoes the mark when it has played it).
+    EndOfBurst,
+    /// The caller started talking or the reply was cancelled: flush Twilio's buffer now.
+    /// `replying`: a reply was in progress (its chunks seen on reply.tap, no reply-end yet).
+    /// `onset_ms`: how long ago the caller's speech began (speech-start's trace), if known.
+    BargeIn { why: &'static str, replying: bool, onset_ms: Option<f64> },
+    /// What the pipeline heard or said (for the log).
+    Heard(String),
+    Said(String),
+}
+
+pub struct CallLinks {
+    input: RawInputWriter,
+    output: RawOutputReader,
+    text_tap: TapLines,
+    reply_tap: TapLines,
+    control: FifoWriter,
+}
+
+impl CallLinks {
+    /// Open an instance's links. Done when the instance becomes warm, so the writers of
+    /// tg_output.raw and the taps are attached before the call starts.
+    pub fn open(run_dir: &Path) -> anyhow::Result<CallLinks> {
+        Ok(CallLinks {
+            input: RawInputWriter::new(run_dir.join("tg_input.raw")),
+            output: RawOutputReader::open(run_dir.join("tg_output.raw"))?,
+            text_tap: TapLines::open(&run_dir.join("text.tap")),
+            reply_tap: TapLines::open(&run_dir.join("reply.tap")),
+            control: FifoWriter::open(Endpoint::Path(run_dir.join("control.frames")))?,
+        })
+    }
+
+    /// Discard whatever arrived before the call (nothing normally).
+    pub fn drain(&mut self) {
+        let mut junk = vec![];
+        self.output.read_available(&mut junk);
+        self.text_tap.poll();
+        self.reply_tap.poll();
+    }
+}
+
+/// Counters for the call's summary line.
+#[derive(Debug, Default, Clone)]
+pub struct MediaStats {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub input_dropped: u64,
+    pub barge_ins: u64,
+}
+
+/// Run the pipeline side until `from_ws` closes; the last events are delivered (≤ 300 ms).
+pub fn run(mut links: CallLinks, from_ws: Receiver<ToPipeline>, to_ws: UnboundedSender<ToTwilio>) -> MediaStats {
+    let mut up = StreamResampler::new(8_000, 48_000, TWILIO_FRAME).expect("8 → 48 kHz");
+    let mut down = StreamResampler::new(48_000, 8_000, 960).expect("48 → 8 kHz");
+    let mut control: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut stats = MediaStats::default();
+    let mut out_bytes: Vec<u8> = vec![];
+    let mut ulaw: Vec<u8> = vec![];
+    let mut last_output: Option<Instant> = None;
+    let mut in_burst = false;
+    let mut muted_since: Option<Instant> = None;
+    // A reply is in progress from its first chunk until llm-relay's reply-end *and* the
+    // output has gone quiet (tts-writer may still be speaking the queued sentences).
+    let mut replying = false;
+    let mut reply_end_at: Option<Instant> = None;
+    let start = Instant::now();
+    let mut tick = 0u32;
+    let mut closing: Option<Instant> = None;
+    loop {
+        let due = start + TICK * tick;
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        tick += 1;
+        let now = Instant::now();
+
+        // The caller → tg_input.raw (never blocks; a full pipe or no reader drops and counts).
+        loop {
+            match from_ws.try_recv() {
+                Ok(ToPipeline::Audio(bytes)) => {
+                    stats.frames_in += 1;
+                    let pcm = up.process(&mulaw::decode_all(&bytes));
+                    let before = links.input.dropped_chunks;
+                    links.input.write(&pcm.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>());
+                    stats.input_dropped += links.input.dropped_chunks - before;
+                }
+                Ok(ToPipeline::Event(e)) => {
+                    if control.len() >= CONTROL_QUEUE {
+                        control.pop_front();
+                        log::warn!("control.frames: nobody has read it for a while; dropped the oldest event");
+                    }
+                    control.push_back(encode(&Frame::Event(e)));
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closing.get_or_insert(now);
+                    break;
+                }
+            }
+        }
+        while let Some(bytes) = control.front() {
+            match links.control.write_chunk(bytes) {
+                WriteOutcome::Delivered => {
+                    control.pop_front();
+                }
+                _ => break, // no reader yet: held, retried next tick
+            }
+        }
+        if let Some(t) = closing {
+            if control.is_empty() || t.elapsed() > Duration::from_millis(300) {
+                if !control.is_empty() {
+                    log::warn!("control.frames: {} event(s) not delivered (tgcat not reading)", control.len());
+                }
+                return stats;
+            }
+            continue;
+        }
+
+        // Barge-in and what was said, from the taps.
+        for v in links.text_tap.poll().into_iter().chain(links.reply_tap.poll()) {
+            let why = match v["type"].as_str() {
+                Some(kind::SPEECH_START) => Some("speech-start"),
+                Some(kind::CANCEL) => Some("cancel"),
+                Some(kind::REPLY_END) => {
+                    reply_end_at = Some(now);
+                    (v["cancelled"] == true && replying).then_some("reply cancelled")
+                }
+                Some(kind::TRANSCRIPT) if v["final"] != false => {
+                    let _ = to_ws.send(ToTwilio::Heard(v["text"].as_str().unwrap_or("").to_string()));
+                    None
+                }
+                Some(kind::REPLY_CHUNK) => {
+                    replying = true;
+                    reply_end_at = None;
+                    let _ = to_ws.send(ToTwilio::Said(v["text"].as_str().unwrap_or("").to_string()));
+                    None
+                }
+                _ => None,
+            };
+            if let Some(why) = why {
+                stats.barge_ins += 1;
+                let onset_ms = v["trace"]["speech_start"]
+                    .as_u64()
+                    .map(|t| (tgvoice::clock::now_us().saturating_sub(t)) as f64 / 1e3);
+                let _ = to_ws.send(ToTwilio::BargeIn { why, replying, onset_ms });
+                replying = false;
+                muted_since = Some(now);
+                ulaw.clear();
+                in_burst = false;
+            }
+        }
+
+        if replying && reply_end_at.is_some_and(|t| now - t > REPLY_TAIL) && last_output.map_or(true, |t| now - t > REPLY_TAIL) {
+            replying = false;
+        }
+
+        // tg_output.raw → the caller, in 20 ms μ-law frames.
+        links.output.read_available(&mut out_bytes);
+        let whole = out_bytes.len() / 2 * 2;
+        if whole > 0 {
+            last_output = Some(now);
+        }
+        let pcm: Vec<i16> = out_bytes.drain(..whole).collect::<Vec<u8>>().chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+        if let Some(since) = muted_since {
+            let paused = last_output.map_or(true, |t| now - t >= MUTE_GAP);
+            if (paused && now - since >= MUTE_GAP) || now - since > MUTE_MAX {
+                muted_since = None;
+            } else {
+                continue; // the cancelled reply's tail: dropped
+            }
+        }
+        if !pcm.is_empty() {
+            ulaw.extend(mulaw::encode_all(&down.process(&pcm)));
+            in_burst = true;
+        } else if in_burst && last_output.is_some_and(|t| now - t >= BURST_GAP) {
+            // The burst is over: push the resampler's last block out and pad the last frame.
+            ulaw.extend(mulaw::encode_all(&down.process(&[0; 960])));
+            let pad = (TWILIO_FRAME - ulaw.len() % TWILIO_FRAME) % TWILIO_FRAME;
+            ulaw.extend(std::iter::repeat(mulaw::encode(0)).take(pad));
+            for frame in ulaw.chunks(TWILIO_FRAME) {
+                let _ = to_ws.send(ToTwilio::Audio(frame.to_vec()));
+                stats.frames_out += 1;
+            }
+            ulaw.clear();
+            in_burst = false;
+            let _ = to_ws.send(ToTwilio::EndOfBurst);
+        }
+        while ulaw.len() >= TWILIO_FRAME {
+            let frame: Vec<u8> = ulaw.drain(..TWILIO_FRAME).collect();
+            let _ = to_ws.send(ToTwilio::Audio(frame));
+            stats.frames_out += 1;
+        }
+    }
+}

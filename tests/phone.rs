@@ -1,0 +1,196 @@
+//! Phone calls through phone-bridge, with a stand-in Twilio speaking the real protocol over
+//! loopback (standin_twilio.rs) and the real pipeline on the offline defaults (Silero, whisper
+//! tiny.en, the local llama.cpp server shared by every call, Piper). One phone front
+//! (`scripts/voicecall` with TGVOICE_PHONE=1, three warm instances, at most three calls) goes
+//! through everything issue 15 asks to see: bad signatures refused; the greeting, then an
+//! answer; malformed and unknown messages survived; barge-in (the reply stops and Twilio gets
+//! `clear`); a caller hanging up mid-reply (the instance is deleted); three calls at once
+//! with no crosstalk and voice-to-voice per call; the fourth turned away politely; nothing
+//! left after stop. A binary of its own: cargo runs test binaries one after another, so it
+//! never shares the two cores with tests/pipeline.rs.
+
+mod standin_twilio;
+
+use standin_twilio::*;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The transcripts phone-bridge logged for one call.
+fn heard(log: &str, call_sid: &str) -> String {
+    log.lines()
+        .filter(|l| l.contains(&format!("call {call_sid}: heard")))
+        .map(|l| l.split(": heard ").nth(1).unwrap_or("").to_lowercase())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// The pipeline instance phone-bridge gave a call ("call SID from …: on instance NAME").
+fn instance_of(log: &str, call_sid: &str) -> String {
+    log.lines()
+        .find(|l| l.contains(&format!("call {call_sid} from")) && l.contains(": on instance "))
+        .and_then(|l| l.split(": on instance ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no instance logged for call {call_sid}"))
+        .to_string()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Ask `question` and wait for the answer; returns voice-to-voice in ms (caller's last voiced
+/// frame sent → first voiced reply frame played), or None if nothing came.
+async fn ask(call: &PhoneCall, question: &[i16], timeout: Duration) -> Option<f64> {
+    let (_, last) = call.say_all(question).await;
+    let reply = call.voice_after(last, timeout).await?;
+    Some(ms(reply - last))
+}
+
+#[test]
+fn phone_calls_through_a_stand_in_twilio() {
+    // The stand-in plays Twilio and the phone network, which are not on this machine's CPU:
+    // like callsim, its threads run ahead of the pipeline's bulk compute when permitted (the
+    // pipeline itself, started from the main thread, keeps normal priority).
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(|| unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, -10);
+        })
+        .build()
+        .unwrap()
+        .block_on(phone_calls());
+}
+
+async fn phone_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let q_france = espeak_8k(dir.path(), "france", "What is the capital of France?");
+    let q_spider = espeak_8k(dir.path(), "spider", "How many legs does a spider have?");
+    let q_sky = espeak_8k(dir.path(), "sky", "What color is the sky on a clear day?");
+    let q_story = espeak_8k(dir.path(), "story", "Please tell me a long story about a dragon and a knight.");
+    let q_interrupt = espeak_8k(dir.path(), "interrupt", "No, no, wait. What is two plus two?");
+
+    let front = PhoneFront::start("phone", 3, 3);
+    let base = front.base_url();
+    front.wait_warm(3, Duration::from_secs(240)).await;
+
+    // --- Signatures: the webhook and the WebSocket upgrade refuse anything not signed right.
+    let sid = call_sid();
+    assert_eq!(webhook(&base, &sid, "+15550001000", None).await.status, 403, "unsigned webhook accepted");
+    assert_eq!(webhook(&base, &sid, "+15550001000", Some("wrong-token")).await.status, 403, "webhook signed with another token accepted");
+    let stream_url = format!("ws://127.0.0.1:{}/stream", front.port);
+    assert_eq!(open_stream(&stream_url, "wrong-token").await.err(), Some(403), "WebSocket signed with another token accepted");
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(stream_url.as_str()).unwrap();
+    req.headers_mut().insert("X-Twilio-Signature", sign(TOKEN, "ws://127.0.0.1:1/other", &[]).parse().unwrap());
+    assert!(
+        matches!(tokio_tungstenite::connect_async(req).await, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 403),
+        "WebSocket signed for another URL accepted"
+    );
+    assert!(!front.log().contains(TOKEN), "the auth token was logged");
+
+    // --- One call: the greeting, malformed input survived, then an answer.
+    let call = PhoneCall::dial(&base, "+15550001001").await;
+    let greeting = call.voice_after(call.started, Duration::from_secs(10)).await.expect("no greeting");
+    let greeting_ms = ms(greeting - call.started);
+    println!("greeting: first voiced frame {greeting_ms:.0} ms after `start`");
+    call.quiet_after(greeting, Duration::from_millis(600), Duration::from_secs(10)).await;
+    call.send_raw(Message::Text("this is not JSON".into()));
+    call.send_raw(Message::Text(r#"{"event":"no-such-event","streamSid":"x"}"#.into()));
+    call.send_raw(Message::Text(r#"{"event":"media","media":{"track":"inbound","payload":"%%% not base64 %%%"}}"#.into()));
+    call.send_raw(Message::Text(r#"{"event":"media"}"#.into()));
+    call.send_raw(Message::Text("[1,2,3]".into()));
+    call.send_raw(Message::Binary(vec![0u8, 1, 2, 3].into()));
+    let v2v = ask(&call, &q_france, Duration::from_secs(30)).await.expect("the question after the malformed messages was not answered");
+    println!("single call: voice-to-voice {v2v:.0} ms");
+    let log = front.log();
+    for what in ["not a JSON object", "no-such-event", "without a base64", "binary WebSocket message"] {
+        assert!(log.contains(what), "malformed input not logged ({what}):\n{log}");
+    }
+    // Telephone audio (8 kHz μ-law) is harder for whisper tiny.en ("the capital of friend"):
+    // each question is recognised by any of its words.
+    let h = heard(&log, &call.call_sid);
+    assert!(h.contains("capital") || h.contains("france"), "call heard {h:?}");
+    call.quiet_after(Instant::now(), Duration::from_millis(1500), Duration::from_secs(60)).await;
+
+    // --- Barge-in: talk over a long reply; Twilio gets `clear` and the reply stops.
+    let (_, asked) = call.say_all(&q_story).await;
+    let reply = call.voice_after(asked, Duration::from_secs(30)).await.expect("no reply to talk over");
+    tokio::time::sleep_until((reply + Duration::from_millis(700)).into()).await;
+    let (onset, interrupted) = call.say_all(&q_interrupt).await;
+    let clears = call.clears_after(onset);
+    assert!(!clears.is_empty(), "no clear after the caller barged in");
+    let clear_ms = ms(clears[0] - onset);
+    let stop_ms = call.last_voice_between(onset, onset + Duration::from_millis(2000)).map_or(0.0, |t| ms(t - onset) + 20.0);
+    let guard = tgvoice::testkit::vad_min_speech_ms();
+    println!("barge-in: clear {clear_ms:.0} ms, caller hears silence {stop_ms:.0} ms after the speech onset (guard {guard} ms)");
+    assert!(stop_ms <= 150.0 + guard, "the reply went on {stop_ms} ms after the caller's onset (limit 150 + {guard})");
+    let after = call.voice_after(interrupted, Duration::from_secs(30)).await;
+    assert!(after.is_some(), "the interruption was not answered");
+    let h = heard(&front.log(), &call.call_sid);
+    assert!(["wait", "two", "plus"].iter().any(|w| h.contains(w)), "interruption heard as {h:?}");
+
+    // --- The caller hangs up in the middle of a reply.
+    call.quiet_after(Instant::now(), Duration::from_millis(1500), Duration::from_secs(60)).await;
+    let (_, asked) = call.say_all(&q_story).await;
+    let reply = call.voice_after(asked, Duration::from_secs(30)).await.expect("no reply to hang up on");
+    tokio::time::sleep_until((reply + Duration::from_millis(500)).into()).await;
+    let sid1 = call.call_sid.clone();
+    call.hang_up().await;
+    let t0 = Instant::now();
+    while !front.log().contains(&format!("call {sid1} ended (hung-up)")) && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(front.log().contains(&format!("call {sid1} ended (hung-up)")), "hang-up not seen:\n{}", front.log());
+    let line1 = instance_of(&front.log(), &sid1);
+    let t0 = Instant::now();
+    while front.line_instances().contains(&line1) && t0.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!front.line_instances().contains(&line1), "the hung-up call's instance was not deleted");
+
+    // --- Three calls at once, then a fourth turned away.
+    front.wait_warm(3, Duration::from_secs(240)).await;
+    let froms = ["+15550002001", "+15550002002", "+15550002003"];
+    let calls = [PhoneCall::dial(&base, froms[0]).await, PhoneCall::dial(&base, froms[1]).await, PhoneCall::dial(&base, froms[2]).await];
+    let busy = webhook(&base, &call_sid(), "+15550002004", Some(TOKEN)).await;
+    assert_eq!(busy.status, 200);
+    assert!(busy.body.contains("<Say>") && busy.body.contains("busy") && busy.body.contains("<Hangup/>"), "call 4 was not turned away politely: {}", busy.body);
+    assert!(busy.stream().is_none(), "call 4 got a stream: {}", busy.body);
+    for c in &calls {
+        let g = c.voice_after(c.started, Duration::from_secs(10)).await.expect("no greeting");
+        println!("concurrent call {}: greeting {:.0} ms after `start`", c.call_sid, ms(g - c.started));
+        c.quiet_after(g, Duration::from_millis(600), Duration::from_secs(10)).await;
+    }
+    let questions: [(&Vec<i16>, &[&str]); 3] =
+        [(&q_france, &["capital", "france"]), (&q_spider, &["spider", "legs"]), (&q_sky, &["sky", "color", "clear"])];
+    let results = futures_util::future::join_all(calls.iter().zip(questions.iter()).map(|(c, (q, _))| ask(c, q, Duration::from_secs(60)))).await;
+    let log = front.log();
+    for (i, (c, v2v)) in calls.iter().zip(&results).enumerate() {
+        let h = heard(&log, &c.call_sid);
+        println!("concurrent call {}: heard {h:?}, voice-to-voice {}", c.call_sid, v2v.map_or("none".into(), |v| format!("{v:.0} ms")));
+        assert!(v2v.is_some(), "call {} was not answered", c.call_sid);
+        let words = questions[i].1;
+        assert!(words.iter().any(|w| h.contains(w)), "call {} heard {h:?}, expected one of {words:?}", c.call_sid);
+        for (j, (_, others)) in questions.iter().enumerate().filter(|(j, _)| *j != i) {
+            assert!(!others.iter().any(|w| h.contains(w)), "crosstalk: call {} heard {h:?} (words of call {j})", c.call_sid);
+        }
+    }
+    for c in calls {
+        c.hang_up().await;
+    }
+
+    // --- Stop: every instance is gone, no process is left.
+    front.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(front.line_instances().is_empty(), "instances left after stop: {:?}", front.line_instances());
+    let mut left = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&format!("{}-line", front.instance)) || cmd.contains(&format!("--instance-prefix {}", front.instance)) {
+                left.push(cmd);
+            }
+        }
+    }
+    assert!(left.is_empty(), "processes left after stop: {left:?}");
+}
