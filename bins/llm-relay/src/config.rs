@@ -109,8 +109,9 @@ pub struct Args {
     /// Retries before the first token (connection errors, timeouts, 429, 5xx, overloaded).
     #[arg(long, default_value_t = 2)]
     pub retries: u32,
-    /// Seconds from sending a request to its first token before giving up on that attempt.
-    #[arg(long, default_value_t = 20.0)]
+    /// Seconds from sending the request to the first token, retries included; then the
+    /// apology is spoken (a hung server costs the caller this long, not retries × this).
+    #[arg(long, env = "TGVOICE_LLM_FIRST_TOKEN_TIMEOUT", default_value_t = 8.0)]
     pub first_token_timeout: f64,
     /// Seconds of silence mid-stream before giving up.
     #[arg(long, default_value_t = 20.0)]

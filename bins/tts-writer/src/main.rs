@@ -94,7 +94,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args: Args = tgvoice::cli::parse_args();
     cli::run("tts-writer", &args.log.clone(), move || speak(args))
 }
 
