@@ -10,7 +10,6 @@ mod relay;
 mod speakable;
 mod stream;
 
-use clap::Parser;
 use tgvoice::cli;
 use tgvoice::source::Input;
 use tgvoice::{FrameSink, FrameSource, TapFormat};
