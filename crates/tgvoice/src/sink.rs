@@ -65,6 +65,11 @@ pub struct SinkStats {
     /// Frames that could not be encoded (an event that grew over the 1 MiB cap).
     pub dropped_too_large: u64,
     pub queued: usize,
+    /// Longest time the writer thread spent on one frame in `Tap::mirror` (µs): the tap must
+    /// never hold the link, so this stays tiny whatever the tap reader does.
+    pub max_tap_us: u64,
+    /// Longest time spent in `FifoWriter::write_chunk` for one frame (µs): a slow reader.
+    pub max_write_us: u64,
 }
 
 struct Shared {
@@ -266,6 +271,7 @@ fn writer_loop(shared: Arc<Shared>, mut writer: FifoWriter, mut tap: Option<Tap>
             continue;
         }
         shared.queue.lock().unwrap().in_flight = 1;
+        let tap_start = std::time::Instant::now();
         if let Some(tap) = tap.as_mut() {
             match (&frame, tap_format) {
                 (Frame::Audio(a), TapFormat::Pcm) => tap.mirror(&a.pcm_bytes()),
@@ -277,9 +283,12 @@ fn writer_loop(shared: Arc<Shared>, mut writer: FifoWriter, mut tap: Option<Tap>
                 _ => {}
             }
         }
+        let write_start = std::time::Instant::now();
         let outcome = writer.write_chunk(&buf);
         {
             let mut s = shared.stats.lock().unwrap();
+            s.max_tap_us = s.max_tap_us.max((write_start - tap_start).as_micros() as u64);
+            s.max_write_us = s.max_write_us.max(write_start.elapsed().as_micros() as u64);
             match outcome {
                 WriteOutcome::Delivered => s.delivered += 1,
                 WriteOutcome::Dropped | WriteOutcome::Closed => s.dropped_no_reader += 1,
