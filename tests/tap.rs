@@ -53,6 +53,21 @@ fn steal_ticks() -> u64 {
     stat.lines().next().and_then(|l| l.split_whitespace().nth(8)).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
+/// Pressure-stall totals (µs) from /proc/pressure: time some task waited for a CPU, and time
+/// every task was stalled on memory reclaim or on I/O. A host-wide freeze shows up here.
+fn pressure_us() -> [u64; 3] {
+    let total = |file: &str, line: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/pressure/{file}"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit("total=").next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    [total("cpu", "some"), total("memory", "full"), total("io", "full")]
+}
+
 fn mkfifo(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);
     ensure_fifo(&p).unwrap();
@@ -111,6 +126,7 @@ fn stalled_tap_does_not_slow_the_main_link() {
 
     let probe = HostProbe::start();
     let steal0 = steal_ticks();
+    let psi0 = pressure_us();
     let baseline = run(0, 100);
 
     let tap_path = tap.clone();
@@ -128,21 +144,26 @@ fn stalled_tap_does_not_slow_the_main_link() {
 
     let stalls = probe.finish();
     let steal = steal_ticks() - steal0;
+    let psi: Vec<u64> = pressure_us().iter().zip(psi0).map(|(a, b)| a.saturating_sub(b)).collect();
     let (m0, m1) = (median(&baseline), median(&with_tap));
     let (worst_at, max1) = *with_tap.iter().max_by_key(|x| x.1).unwrap();
     let stats = sink.stats();
     let host_stall = stalls.iter().filter(|(t, late)| *t <= worst_at + max1 && t + late >= worst_at).map(|x| x.1).max();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("main link latency: baseline median {m0} µs; with a stalled tap median {m1} µs, max {max1} µs");
-    println!(
-        "writer thread: longest Tap::mirror {} µs, longest write_chunk {} µs; host: {} wake-ups of a 1 ms sleeper over 20 ms late (longest {} µs), {} during the worst frame; CPU steal {steal} ticks; loadavg {}",
+    let diagnosis = format!(
+        "writer thread: longest Tap::mirror {} µs, longest write_chunk {} µs; host: {} wake-ups of a 1 ms sleeper over 20 ms late (longest {} µs), {} during the worst frame; CPU steal {steal} ticks; pressure stalls: cpu some {} µs, memory full {} µs, io full {} µs; loadavg {}",
         stats.max_tap_us,
         stats.max_write_us,
         stalls.len(),
         stalls.iter().map(|x| x.1).max().unwrap_or(0),
         host_stall.map(|l| format!("one of {l} µs")).unwrap_or_else(|| "none".into()),
+        psi[0],
+        psi[1],
+        psi[2],
         load.trim()
     );
-    assert!(m1 <= m0 + 1_000, "median hop latency rose from {m0} to {m1} µs with a stalled tap");
-    assert!(max1 < 100_000, "a frame was held {max1} µs while the tap was stalled");
+    println!("{diagnosis}");
+    assert!(m1 <= m0 + 1_000, "median hop latency rose from {m0} to {m1} µs with a stalled tap; {diagnosis}");
+    assert!(max1 < 100_000, "a frame was held {max1} µs while the tap was stalled; {diagnosis}");
 }
