@@ -639,10 +639,16 @@ fn case5_supervisor_killed_with_sigkill_is_found_and_stopped() {
 fn case5_stop_is_prompt_and_complete() {
     let _s = serial();
     let vc = Voicecall { dir: tempfile::tempdir().unwrap() };
+    // A stage that keeps dying (exit 1, not a missing model): start succeeds, status says so.
+    let (ok, out) = vc.run(&["replace", "sttd", "--", "sh", "-c", "echo 'stand-in: cannot transcribe today' >&2; exit 1"], &[]);
+    assert!(ok, "{out}");
     let (ok, out) = vc.run(&["start"], &[]);
     assert!(ok, "{out}");
     let pgid: i32 = vc.supervise("pgid").parse().unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, status) = vc.run(&["status"], &[]);
+    let sttd = status.lines().find(|l| l.starts_with("sttd")).unwrap_or_default().to_string();
+    assert!(sttd.contains("FAILING") && sttd.contains("cannot transcribe today"), "{status}");
     let t0 = Instant::now();
     let (ok, out) = vc.run(&["stop"], &[]);
     let took = t0.elapsed();
@@ -650,4 +656,9 @@ fn case5_stop_is_prompt_and_complete() {
     assert!(ok && !out.contains("still running"), "{out}");
     assert!(took < Duration::from_secs(4), "stop took {took:?}");
     assert_eq!(group_members(pgid), Vec::<i32>::new());
+    // One SIGTERM per stage, each handled (a second one would cut a graceful shutdown short).
+    for stage in ["tgcat", "vadseg", "llm-relay", "tts-writer"] {
+        let log = std::fs::read_to_string(vc.dir.path().join(format!("state/default/logs/{stage}.log"))).unwrap();
+        assert_eq!(lines_matching(&log, "stopping on SIGTERM"), 1, "{stage}: {log}");
+    }
 }
