@@ -102,6 +102,8 @@ pub struct SttStage<O: Output> {
     dropped: HashSet<u64>,
     next_job: u64,
     unknown_turns_logged: HashSet<u64>,
+    /// A flood of cancels costs a few lines, not one per turn.
+    drop_log: tgvoice::log::LogLimit,
     pub stats: StageStats,
 }
 
@@ -128,6 +130,7 @@ impl<O: Output> SttStage<O> {
             dropped: HashSet::new(),
             next_job: 1,
             unknown_turns_logged: HashSet::new(),
+            drop_log: Default::default(),
             stats: StageStats::default(),
         }
     }
@@ -327,7 +330,7 @@ impl<O: Output> SttStage<O> {
         }
         if had {
             self.stats.dropped += 1;
-            log::info!("turn {turn}: dropped ({why})");
+            self.drop_log.log(log::Level::Info, "turn dropped", format_args!("turn {turn}: dropped ({why})"));
         }
         self.dropped.insert(turn);
         if self.dropped.len() > 1024 {
