@@ -26,3 +26,23 @@ step() {
     "$@" || die "[$name] failed (see the messages above)"
     say "[$name] ok ($(( $(date +%s) - t0 )) s)"
 }
+
+# progress WHAT ESTIMATE CMD...: run a long step with a sign of life every 20 s ("still WHAT:
+# 40 s so far; ESTIMATE"), its output kept in a log that is shown if it fails.
+progress() {
+    local what=$1 estimate=$2; shift 2
+    local log; log=$(mktemp)
+    local t0; t0=$(date +%s)
+    say "$what ($estimate)"
+    "$@" > "$log" 2>&1 &
+    local pid=$! next=20 now rc=0
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        now=$(( $(date +%s) - t0 ))
+        if [ "$now" -ge "$next" ]; then say "still $what: ${now} s so far ($estimate)"; next=$(( next + 20 )); fi
+    done
+    wait "$pid" || rc=$?
+    if [ "$rc" != 0 ]; then tail -n 60 "$log" >&2; rm -f "$log"; return "$rc"; fi
+    grep -E '^(warning|error)' "$log" >&2 || true
+    rm -f "$log"
+}

@@ -436,3 +436,80 @@ fn two_calls_side_by_side_do_not_cross() {
     assert!(heard_b.contains("spider") && !heard_b.contains("france"), "call B heard {heard_b:?}");
     assert!(answered(&ra.0[0]) && answered(&rb.0[0]), "{ra:?} {rb:?}");
 }
+
+/// Busy loops at normal priority, one per core, until dropped: a deliberately loaded machine.
+struct CpuHog {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuHog {
+    fn start() -> CpuHog {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                    }
+                })
+            })
+            .collect();
+        CpuHog { stop, threads }
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A caller pauses long enough to end the turn, then goes on while the first part is still
+/// being transcribed or answered, on a machine a CPU hog keeps busy. Both parts must reach the
+/// LLM as one user message (no reply to half a sentence, no word lost), and the reply is heard.
+#[test]
+fn a_caller_who_pauses_and_goes_on_under_load_is_one_message_answered() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let first = espeak(dir.path(), "first", "I would like to book a table for four people");
+    let second = espeak(dir.path(), "second", "tomorrow at seven in the evening please");
+    // One WAV: part one, a 1.2 s pause (vadseg ends a turn after 600 ms), part two.
+    let read = |p: &Path| tgvoice::resample::read_wav_mono(std::io::BufReader::new(std::fs::File::open(p).unwrap())).unwrap();
+    let (rate, mut audio) = read(&first);
+    audio.extend(std::iter::repeat(0i16).take(rate as usize * 12 / 10));
+    audio.extend(read(&second).1);
+    let both = dir.path().join("both.wav");
+    tgvoice::resample::write_wav_mono(&both, rate, &audio).unwrap();
+
+    let p = Pipeline::start("pause");
+    let hog = CpuHog::start();
+    let (turns, _) = p.call(&[both.display().to_string()], &["--reply-timeout", "60", "--reply-silence", "2.5"]);
+    drop(hog);
+    assert!(answered(&turns[0]), "the reply was not heard: {turns:?}");
+
+    let vad = p.log("vadseg");
+    let ended = vad.matches("s of speech").count();
+    assert!(ended >= 2, "the pause did not end a turn, so this test proved nothing:\n{vad}");
+    let history: Vec<Value> = walk(&p.state.path().join(&p.instance))
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "jsonl") && f.parent().is_some_and(|d| d.ends_with("conversations")))
+        .flat_map(|f| std::fs::read_to_string(f).unwrap_or_default().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect::<Vec<_>>())
+        .collect();
+    let users: Vec<String> = history.iter().filter(|e| e["role"] == "user").map(|e| e["text"].as_str().unwrap().to_lowercase()).collect();
+    println!("history: {history:?}");
+    assert_eq!(users.len(), 1, "the caller's one sentence became {} user messages: {users:?}", users.len());
+    // (espeak's voice: tiny.en sometimes mishears a word; each part has two chances.)
+    let has = |words: &[&str]| words.iter().any(|w| users[0].contains(w));
+    assert!(has(&["table", "four"]) && has(&["tomorrow", "evening"]), "a part of the sentence is missing: {:?}", users[0]);
+    let roles: Vec<&str> = history.iter().map(|e| e["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, vec!["user", "assistant"], "history: {history:?}");
+    let sttd = p.log("sttd");
+    assert!(!sttd.contains("dropped ("), "sttd dropped a turn:\n{sttd}");
+}

@@ -9,5 +9,6 @@ reqs=$(cat "$TGVOICE_ROOT"/scripts/provision/*.pip | sed 's/#.*//' | sed '/^\s*$
 stamp="$TGVOICE_VENV/.tgvoice-reqs"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$reqs" ]; then say "venv up to date"; exit 0; fi
 printf '%s\n' "$reqs" > "$TGVOICE_CACHE/requirements.txt"
-"$TGVOICE_VENV/bin/pip" install -q --disable-pip-version-check -r "$TGVOICE_CACHE/requirements.txt"
+progress "installing the Python packages into $TGVOICE_VENV" "about 1 min the first time" \
+    "$TGVOICE_VENV/bin/pip" install -q --disable-pip-version-check -r "$TGVOICE_CACHE/requirements.txt"
 printf '%s' "$reqs" > "$stamp"

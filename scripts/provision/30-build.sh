@@ -4,4 +4,5 @@ set -euo pipefail
 . "$(dirname "$0")/../env.sh"
 command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) and re-run"
 cd "$TGVOICE_ROOT"
-cargo build --release --workspace --quiet
+progress "building every program into target/release" "a fresh build takes about 4 min on 2 cores" \
+    cargo build --release --workspace

@@ -21,9 +21,9 @@ mkdir -p "$wheels"
 find_wheel() { ls "$wheels"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl 2>/dev/null | head -n1; }
 wheel=$(find_wheel || true)
 if [ -z "$wheel" ]; then
-    say "building llama-cpp-python $LLAMA_CPP_PYTHON from source (about 10 min on 2 cores; cached in $wheels)"
-    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$py" -m pip wheel --disable-pip-version-check --no-deps \
-        -w "$wheels" "llama-cpp-python==$LLAMA_CPP_PYTHON"
+    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) progress "building llama-cpp-python $LLAMA_CPP_PYTHON from source" \
+        "about 10 min on 2 cores, once: the wheel is cached in $wheels" \
+        "$py" -m pip wheel --disable-pip-version-check --no-deps -w "$wheels" "llama-cpp-python==$LLAMA_CPP_PYTHON"
     wheel=$(find_wheel || true)
     [ -n "$wheel" ] || die "pip did not produce a llama-cpp-python wheel in $wheels"
 fi

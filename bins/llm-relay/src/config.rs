@@ -25,6 +25,16 @@ Your words are spoken aloud, so answer in one to three short, natural sentences.
 Use plain spoken language only: no lists, no markdown, no code, no links, no emoji. \
 If you did not understand, ask a short question.";
 
+/// The local model (SmolLM2-135M) answers in broken French to any system prompt but the one it
+/// was trained with; this is that prompt plus one instruction, chosen with scripts/llm-check
+/// (20 spoken questions in one conversation: 16 right, 20 in English, 20 short — the general
+/// prompt above at the server's default temperature gave 4, 6 and 20).
+pub const DEFAULT_LOCAL_SYSTEM_PROMPT: &str =
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Answer in English in one short sentence.";
+/// Greedy decoding for the local model: the same question gets the same answer (the demo's
+/// too), and sampling only made a model this small wander (scripts/llm-check).
+pub const DEFAULT_LOCAL_TEMPERATURE: f32 = 0.0;
+
 pub const DEFAULT_APOLOGY: &str = "Sorry, I can't answer right now. Please try again in a moment.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -54,7 +64,9 @@ else the local llama.cpp server at http://127.0.0.1:$TGVOICE_LLM_PORT/v1 (defaul
 start it with scripts/llm-server). Keys come from the environment only and are never logged.\n\n\
 Input events: transcript (final=true starts a reply; final=false is ignored), speech-start and\n\
 cancel (forwarded at once, then the reply in progress is cancelled), call-start (new\n\
-conversation), call-end; anything else is forwarded unchanged. Output: reply-chunk {turn, seq,\n\
+conversation), call-end; anything else is forwarded unchanged. A caller who pauses and goes on\n\
+before the reply reached TTS said one message: the parts are merged and answered together\n\
+(never two user messages in a row; see --merge-wait). Output: reply-chunk {turn, seq,\n\
 text, trace} per sentence (the first one may end at a clause boundary), then reply-end {turn,\n\
 cancelled, trace} (error=true when the LLM failed and the apology was spoken).\n\n\
 The conversation is kept as JSONL under --state-dir (conversations/<id>.jsonl, the current id\n\
@@ -83,10 +95,11 @@ pub struct Args {
     /// Longest reply, in tokens.
     #[arg(long, env = "TGVOICE_LLM_MAX_TOKENS", default_value_t = 200)]
     pub max_tokens: u32,
-    /// Sampling temperature [default: the provider's].
+    /// Sampling temperature [default: the provider's; 0 for the local model].
     #[arg(long, env = "TGVOICE_LLM_TEMPERATURE")]
     pub temperature: Option<f32>,
-    /// System prompt [default: short, plain spoken answers for a phone call].
+    /// System prompt [default: short, plain spoken answers for a phone call; for the local
+    /// model, the prompt it was trained with plus "Answer in English in one short sentence."].
     #[arg(long, env = "TGVOICE_LLM_SYSTEM_PROMPT")]
     pub system_prompt: Option<String>,
     /// Spoken when the LLM fails before saying anything ("" = stay silent).
@@ -125,6 +138,12 @@ pub struct Args {
     /// (0 = only at sentence ends).
     #[arg(long, default_value_t = 4)]
     pub first_clause_words: usize,
+    /// A message held back because the caller went on speaking is answered on its own if the
+    /// next turn's transcript has not come this many seconds after that turn ended (or after
+    /// the last transcript). sttd always sends one (empty for a turn without words); this
+    /// guards against a replacement stage that does not.
+    #[arg(long, default_value_t = 20.0, env = "TGVOICE_LLM_MERGE_WAIT", value_name = "SECS")]
+    pub merge_wait: f64,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -195,14 +214,19 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
             format!("the LLM base URL must start with http:// or https://, not {base_url:?}"),
         ));
     }
+    // The local defaults suit SmolLM2-135M only; another model on an OpenAI-compatible server
+    // (Ollama, LM Studio…) gets the general ones.
+    let small_local_model = choice == ProviderChoice::Local && model == DEFAULT_LOCAL_MODEL;
     let provider = Provider {
         kind,
         base_url,
         api_key,
         model,
         max_tokens: args.max_tokens,
-        temperature: args.temperature,
-        system_prompt: args.system_prompt.clone().unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
+        temperature: args.temperature.or(small_local_model.then_some(DEFAULT_LOCAL_TEMPERATURE)),
+        system_prompt: args.system_prompt.clone().unwrap_or_else(|| {
+            if small_local_model { DEFAULT_LOCAL_SYSTEM_PROMPT } else { DEFAULT_SYSTEM_PROMPT }.into()
+        }),
     };
     log::info!("LLM: {}", provider.describe());
     let stream = StreamOptions {
@@ -234,6 +258,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
             budget: Budget { max_messages: args.history_messages.max(1), max_tokens: history_tokens.max(1) },
             apology: args.apology.clone(),
             first_clause_min_words: if args.first_clause_words == 0 { usize::MAX } else { args.first_clause_words },
+            merge_wait: std::time::Duration::from_secs_f64(args.merge_wait.clamp(0.0, 3600.0)),
         },
         state_dir,
     })

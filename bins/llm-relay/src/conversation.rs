@@ -117,6 +117,41 @@ impl Conversation {
         Ok(())
     }
 
+    /// Replace the last message, a user message whose reply was never heard, with `text` (the
+    /// caller went on speaking: both parts are one message). The file is rewritten atomically
+    /// (temporary file + rename), so a crash leaves the old or the new version, never half.
+    /// Falls back to appending when the last message is not the user's.
+    pub fn replace_last_user(&mut self, text: &str, turn: Option<u64>) -> Result<()> {
+        if self.entries.last().map(|e| e.role) != Some(Role::User) {
+            return self.append(Role::User, text, turn, false);
+        }
+        let last = self.entries.last_mut().unwrap();
+        last.text = text.to_string();
+        last.turn = turn.or(last.turn);
+        // Best effort, as in `append`: the call goes on from memory if the disk is full.
+        if let Err(e) = self.rewrite() {
+            self.save_errors.log(log::Level::Warn, "cannot save", format_args!(
+                "{e:#}; the conversation goes on from memory"
+            ));
+        }
+        Ok(())
+    }
+
+    fn rewrite(&mut self) -> Result<()> {
+        let path = self.path();
+        let tmp = path.with_extension("jsonl.tmp");
+        let mut body = String::new();
+        for e in &self.entries {
+            body.push_str(&serde_json::to_string(e)?);
+            body.push('\n');
+        }
+        fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;
+        let file = OpenOptions::new().append(true).open(&path).with_context(|| format!("cannot reopen {}", path.display()))?;
+        self.file = Some(file);
+        Ok(())
+    }
+
     /// The messages to send, newest last, trimmed to `budget` in jumps (see the module doc).
     pub fn messages(&self, budget: Budget) -> Vec<ChatMessage> {
         let texts: Vec<(Role, String)> = self
@@ -285,6 +320,29 @@ mod tests {
         // change it 8 times over these 12 turns.
         let changes = firsts.windows(2).filter(|w| w[0] != w[1]).count();
         assert!(changes <= 3, "the window start moved {changes} times: {firsts:?}");
+    }
+
+    #[test]
+    fn replacing_the_last_user_message_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Conversation::open(dir.path()).unwrap();
+        c.append(Role::User, "hi", Some(1), false).unwrap();
+        c.append(Role::Assistant, "Hello.", Some(1), false).unwrap();
+        c.append(Role::User, "I'd like a table for", Some(2), false).unwrap();
+        c.replace_last_user("I'd like a table for four people", Some(3)).unwrap();
+        c.append(Role::Assistant, "Sure.", Some(3), false).unwrap();
+        drop(c);
+        let c = Conversation::open(dir.path()).unwrap();
+        let texts: Vec<(Role, &str, Option<u64>)> = c.entries().iter().map(|e| (e.role, e.text.as_str(), e.turn)).collect();
+        assert_eq!(
+            texts,
+            vec![
+                (Role::User, "hi", Some(1)),
+                (Role::Assistant, "Hello.", Some(1)),
+                (Role::User, "I'd like a table for four people", Some(3)),
+                (Role::Assistant, "Sure.", Some(3)),
+            ]
+        );
     }
 
     #[test]

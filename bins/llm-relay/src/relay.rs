@@ -1,13 +1,19 @@
 //! The relay loop: events in, reply chunks out.
 //!
-//! * `transcript` (final) → append to the conversation, stream a reply in a task of its own;
-//!   its text goes through [`CodeFenceFilter`] → [`SentenceSplitter`] → [`clean_for_speech`]
-//!   and each chunk is written at once as `reply-chunk`; then `reply-end`.
+//! * `transcript` (final) → the caller's message: appended to the conversation, and a reply is
+//!   streamed in a task of its own; its text goes through [`CodeFenceFilter`] →
+//!   [`SentenceSplitter`] → [`clean_for_speech`] and each chunk is written at once as
+//!   `reply-chunk`; then `reply-end`.
 //! * `speech-start` / `cancel` → forwarded first (urgent), then the reply in progress is
 //!   cancelled: a flag under the emitter's lock stops further chunks immediately, the task is
 //!   aborted (dropping the HTTP connection), queued-but-unwritten chunks are withdrawn from the
 //!   sink, `reply-end` with `cancelled: true` is written, and the history keeps only the chunks
 //!   that were handed on, marked interrupted.
+//! * Never two user messages in a row (see [`Waiting`]): a caller who pauses long enough to end
+//!   a turn and goes on before any of the reply was handed to TTS said *one* message. The
+//!   first part's reply is dropped without a trace, the parts are merged into one user
+//!   message, and the reply answers the whole. A part whose transcript comes while a later
+//!   turn of the caller is still being transcribed waits for it instead of being answered.
 //! * `call-start` → new conversation; `call-end` → cancel; everything else is forwarded.
 //! * On failure: one log line, an `error` event {stage, message}, and (if nothing was said
 //!   yet) a short spoken apology.
@@ -16,7 +22,9 @@ use crate::conversation::{Budget, Conversation};
 use crate::provider::{Provider, Role};
 use crate::speakable::{clean_for_speech, CodeFenceFilter, SentenceSplitter};
 use crate::stream::{stream_reply, ReplyError, StreamOptions};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tgvoice::event::{kind, trace_key};
 use tgvoice::sink::SinkHandle;
 use tgvoice::{Event, Frame, TurnTrace};
@@ -30,6 +38,8 @@ pub struct RelayConfig {
     /// Spoken when a reply fails before anything was said; empty = say nothing.
     pub apology: String,
     pub first_clause_min_words: usize,
+    /// See `--merge-wait` ([`Waiting`]).
+    pub merge_wait: Duration,
 }
 
 /// Turns one reply's text deltas into reply-chunk frames; shared by the streaming task and the
@@ -86,6 +96,8 @@ impl TurnEmitter {
 
 struct ActiveReply {
     turn: u64,
+    /// The user message this reply answers (for merging when it is dropped unheard).
+    user_text: String,
     emitter: Arc<Mutex<TurnEmitter>>,
     task: JoinHandle<Result<u32, ReplyError>>,
 }
@@ -96,33 +108,107 @@ pub struct Relay {
     sink: SinkHandle,
     conversation: Conversation,
     active: Option<ActiveReply>,
+    waiting: Waiting,
+}
+
+/// How long a held-back message waits for a turn whose speech-end never came (vadseg cuts
+/// turns at 25 s by default). With a speech-end, `--merge-wait` applies, counted from that
+/// speech-end or the last transcript, whichever is later (sttd transcribes in order; on a
+/// loaded machine one turn took 12–15 s).
+const MERGE_WAIT_NO_END: Duration = Duration::from_secs(60);
+
+/// What the caller said that has no reply heard yet, and the caller's turns whose transcript
+/// has not arrived (speech-start seen, final transcript not yet).
+#[derive(Default)]
+struct Waiting {
+    /// The newest user message (already in the conversation) whose reply was not started, or
+    /// was dropped before any of it was handed to TTS: the next message merges with it.
+    unanswered: Option<(u64, String)>,
+    /// `unanswered` still needs a reply (false after an explicit cancel or a failed reply).
+    due: bool,
+    /// turn → (speech-start seen at, speech-end seen at).
+    turns: BTreeMap<u64, (Instant, Option<Instant>)>,
+    /// When the last final transcript arrived (sttd's progress).
+    last_transcript: Option<Instant>,
+}
+
+impl Waiting {
+    fn turn_started(&mut self, turn: u64) {
+        self.turns.entry(turn).or_insert((Instant::now(), None));
+    }
+
+    fn turn_ended(&mut self, turn: u64) {
+        if let Some(t) = self.turns.get_mut(&turn) {
+            t.1.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// A final transcript for `turn` arrived: it and every older turn are done.
+    fn transcribed(&mut self, turn: u64) {
+        self.turns.retain(|t, _| *t > turn);
+        self.last_transcript = Some(Instant::now());
+    }
+
+    /// Turns still being transcribed, after giving up on those that waited too long.
+    fn caller_has_more(&mut self, merge_wait: Duration) -> bool {
+        let progress = self.last_transcript;
+        self.turns.retain(|turn, (started, ended)| {
+            let alive = match ended {
+                Some(e) => progress.map_or(*e, |p| p.max(*e)).elapsed() < merge_wait,
+                None => started.elapsed() < MERGE_WAIT_NO_END,
+            };
+            if !alive {
+                log::warn!("turn {turn}: no transcript came for it; answering without it");
+            }
+            alive
+        });
+        !self.turns.is_empty()
+    }
+
+    fn clear(&mut self) {
+        *self = Waiting::default();
+    }
 }
 
 enum Step {
     Input(Option<Frame>),
     ReplyDone(Result<Result<u32, ReplyError>, tokio::task::JoinError>),
+    Tick,
 }
 
 impl Relay {
     pub fn new(cfg: RelayConfig, sink: SinkHandle, conversation: Conversation) -> anyhow::Result<Self> {
         let client = crate::stream::client(&cfg.stream)?;
-        Ok(Relay { cfg: Arc::new(cfg), client, sink, conversation, active: None })
+        Ok(Relay { cfg: Arc::new(cfg), client, sink, conversation, active: None, waiting: Waiting::default() })
     }
 
     /// Run until the input ends (then let the reply in progress finish).
     pub async fn run(mut self, mut inputs: UnboundedReceiver<Frame>) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
                 biased;
                 f = inputs.recv() => Step::Input(f),
                 r = wait_for(&mut self.active) => Step::ReplyDone(r),
+                _ = tick.tick(), if self.waiting.due => Step::Tick,
             };
+            if self.sink.is_closed() {
+                // A reader that leaves ends the writer quietly, like any pipeline tool.
+                log::info!("output closed; stopping");
+                self.cancel_reply("the output closed", false).await?;
+                return Ok(());
+            }
             match step {
                 Step::Input(Some(frame)) => self.handle(frame).await?,
                 Step::Input(None) => break,
                 Step::ReplyDone(r) => self.reply_done(r)?,
+                Step::Tick => self.answer_if_caller_done(None)?,
             }
         }
+        // End of input: nothing more will come to merge with.
+        self.waiting.turns.clear();
+        self.answer_if_caller_done(None)?;
         if self.active.is_some() {
             let r = wait_for(&mut self.active).await;
             self.reply_done(r)?;
@@ -141,34 +227,51 @@ impl Relay {
         match event.kind.as_str() {
             kind::TRANSCRIPT => {
                 let text = event.text.as_deref().unwrap_or("").trim().to_string();
+                let turn = event.turn.unwrap_or(0);
                 if event.get_bool("final") == Some(false) {
                     log::debug!("ignoring a partial transcript: {text:?}");
                 } else if text.is_empty() {
-                    log::debug!("ignoring an empty transcript");
+                    // The turn had no words (sttd sends an empty final transcript): nothing to
+                    // answer in it, but a message held back for it can be answered now.
+                    log::debug!("turn {turn}: no words");
+                    self.waiting.transcribed(turn);
+                    self.answer_if_caller_done(Some((turn, event.trace)))?;
                 } else {
+                    self.waiting.transcribed(turn);
                     self.cancel("a new transcript").await?;
-                    self.start_reply(event.turn.unwrap_or(0), text, event.trace)?;
+                    self.user_said(turn, text, event.trace)?;
                 }
             }
             kind::SPEECH_START => {
+                if let Some(turn) = event.turn {
+                    self.waiting.turn_started(turn);
+                }
                 self.sink.send(Frame::Event(event));
                 self.cancel("the caller started speaking").await?;
+            }
+            kind::SPEECH_END => {
+                if let Some(turn) = event.turn {
+                    self.waiting.turn_ended(turn);
+                }
+                self.sink.send(Frame::Event(event));
             }
             kind::CANCEL => {
                 let wanted = event.turn;
                 self.sink.send(Frame::Event(event));
                 if wanted.is_none() || wanted == self.active.as_ref().map(|a| a.turn) {
-                    self.cancel("a cancel event").await?;
+                    self.cancel_reply("a cancel event", false).await?;
                 }
             }
             kind::CALL_START => {
-                self.cancel("a new call").await?;
+                self.cancel_reply("a new call", false).await?;
+                self.waiting.clear();
                 self.conversation.start_new(event.get_str("call"))?;
                 log::info!("call-start: new conversation {}", self.conversation.path().display());
                 self.sink.send(Frame::Event(event));
             }
             kind::CALL_END => {
-                self.cancel("the call ended").await?;
+                self.cancel_reply("the call ended", false).await?;
+                self.waiting.clear();
                 log::info!("call-end: conversation {} closed", self.conversation.id());
                 self.sink.send(Frame::Event(event));
             }
@@ -177,8 +280,47 @@ impl Relay {
         Ok(())
     }
 
+    /// A final transcript with words: one user message, merged with the previous one if that
+    /// has no reply heard yet; answered now unless the caller is already saying more.
+    fn user_said(&mut self, turn: u64, text: String, trace: TurnTrace) -> anyhow::Result<()> {
+        let text = match self.waiting.unanswered.take() {
+            Some((first, earlier)) => {
+                let merged = format!("{earlier} {text}");
+                log::info!("turn {turn}: continues turn {first} before its reply was heard; one message: {merged:?}");
+                self.conversation.replace_last_user(&merged, Some(turn))?;
+                merged
+            }
+            None => {
+                self.conversation.append(Role::User, &text, Some(turn), false)?;
+                text
+            }
+        };
+        self.waiting.unanswered = Some((turn, text));
+        self.waiting.due = true;
+        if self.waiting.caller_has_more(self.cfg.merge_wait) {
+            log::info!("turn {turn}: the caller went on speaking; waiting for the rest before answering");
+        }
+        self.answer_if_caller_done(Some((turn, trace)))
+    }
+
+    /// Answer the unanswered message unless a reply is running or the caller is still saying
+    /// more (a later turn's transcript is on its way; it will be merged). `latest` is the turn
+    /// that just finished: the reply carries the newest turn id, so tts-writer, which stops
+    /// replies of turns older than the caller's latest speech-start, plays it.
+    fn answer_if_caller_done(&mut self, latest: Option<(u64, TurnTrace)>) -> anyhow::Result<()> {
+        if self.active.is_some() || !self.waiting.due || self.waiting.caller_has_more(self.cfg.merge_wait) {
+            return Ok(());
+        }
+        let Some((turn, text)) = self.waiting.unanswered.clone() else { return Ok(()) };
+        self.waiting.due = false;
+        let (turn, trace) = match latest {
+            Some((t, trace)) if t >= turn => (t, trace),
+            _ => (turn, TurnTrace::default()),
+        };
+        self.start_reply(turn, text, trace)
+    }
+
     fn start_reply(&mut self, turn: u64, text: String, mut trace: TurnTrace) -> anyhow::Result<()> {
-        self.conversation.append(Role::User, &text, Some(turn), false)?;
         let messages = self.conversation.messages(self.cfg.budget);
         log::info!("turn {turn}: {} message(s) of history → {}", messages.len(), self.cfg.provider.url());
         trace.mark_now(trace_key::LLM_REQUEST);
@@ -196,7 +338,7 @@ impl Relay {
         let task = tokio::spawn(async move {
             stream_reply(&client, &cfg.provider, &messages, &cfg.stream, |t| em.lock().unwrap().on_text(t)).await
         });
-        self.active = Some(ActiveReply { turn, emitter, task });
+        self.active = Some(ActiveReply { turn, user_text: text, emitter, task });
         Ok(())
     }
 
@@ -236,7 +378,11 @@ impl Relay {
         // History first, so a relay killed right after reply-end still remembers the reply.
         if !spoken.is_empty() {
             self.conversation.append(Role::Assistant, &spoken.join(" "), Some(em.turn), false)?;
+            self.waiting.unanswered = None;
         }
+        // After a failure (apology spoken) the message stays unanswered but is not retried:
+        // the caller's next words merge with it.
+        self.waiting.due = false;
         self.sink.send(Frame::Event(end));
         if failure.is_none() {
             let ms =
@@ -252,8 +398,13 @@ impl Relay {
         Ok(())
     }
 
-    /// Stop the reply in progress, if any.
+    /// Stop the reply in progress, if any. `answer_later`: if none of it reached TTS, the
+    /// caller's message still wants a reply (the caller only went on speaking).
     async fn cancel(&mut self, why: &str) -> anyhow::Result<()> {
+        self.cancel_reply(why, true).await
+    }
+
+    async fn cancel_reply(&mut self, why: &str, answer_later: bool) -> anyhow::Result<()> {
         let Some(mut active) = self.active.take() else { return Ok(()) };
         // 1. No chunk of this reply is handed to the sink after this point.
         active.emitter.lock().unwrap().cancelled = true;
@@ -274,7 +425,15 @@ impl Relay {
             em.spoken.iter().filter(|(seq, _)| !withdrawn.contains(&Some(*seq))).map(|(_, t)| t.clone()).collect();
         let end = Event::new(kind::REPLY_END).with_turn(em.turn).with_trace(em.trace.clone()).with("cancelled", true);
         self.sink.send(Frame::Event(end));
-        self.conversation.append(Role::Assistant, &spoken.join(" "), Some(em.turn), true)?;
+        if spoken.is_empty() {
+            // Nothing of it reached TTS: the reply leaves no trace, and the caller's message
+            // stays unanswered (the next part merges with it).
+            self.waiting.unanswered = Some((active.turn, active.user_text.clone()));
+            self.waiting.due = answer_later;
+        } else {
+            self.conversation.append(Role::Assistant, &spoken.join(" "), Some(em.turn), true)?;
+            self.waiting.unanswered = None;
+        }
         log::info!(
             "turn {}: reply cancelled ({why}) after {} chunk(s) handed to TTS{}",
             em.turn,

@@ -425,3 +425,139 @@ fn named_fifos_and_the_json_lines_tap() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+// ---- never two user messages in a row (a caller who pauses and goes on said one message) ----
+
+fn turn_event(kind: &str, turn: u64) -> Event {
+    Event::new(kind).with_turn(turn)
+}
+
+fn conversation_lines(state: &std::path::Path) -> Vec<(String, String)> {
+    let dir = state.join("conversations");
+    let file = std::fs::read_dir(&dir).unwrap().next().expect("a conversation file").unwrap().path();
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["role"].as_str().unwrap().to_string(), v["text"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// Request 0 never says anything before the test moves on (held open); later ones answer.
+fn silent_then(answer: &'static str) -> StandIn {
+    StandIn::start(move |i, _| {
+        if i == 0 {
+            let mut r = Response::sse(vec![piece(anthropic_sse_head()), slow_piece(3000, anthropic_delta("Too late."))], true);
+            r.hold_open = true;
+            r
+        } else {
+            Response::sse(split_at(anthropic_sse(&[answer]).as_bytes(), &[]), true)
+        }
+    })
+}
+
+fn wait_requests(server: &StandIn, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.count() < n {
+        assert!(Instant::now() < deadline, "expected {n} request(s), saw {}", server.count());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn going_on_before_the_reply_is_heard_merges_both_parts_into_one_message() {
+    let server = silent_then("A table for four, got it.");
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(turn_event("speech-start", 1));
+    relay.send(turn_event("speech-end", 1));
+    relay.send(transcript(1, "I'd like a table for"));
+    wait_requests(&server, 1); // the first part is being answered…
+    relay.send(turn_event("speech-start", 2)); // …when the caller goes on
+    let (_, end) = relay.wait_for(Duration::from_secs(5), |e| e.is("reply-end"));
+    assert_eq!((end.turn, end.get_bool("cancelled")), (Some(1), Some(true)));
+    relay.send(turn_event("speech-end", 2));
+    relay.send(transcript(2, "four people."));
+    let end = relay.wait_reply_end(2);
+    assert_eq!(end.get_bool("cancelled"), Some(false));
+    let (events, _) = relay.finish();
+    assert!(chunks_of(&events, 1).is_empty(), "the dropped reply spoke: {:?}", chunks_of(&events, 1));
+    assert_eq!(chunks_of(&events, 2).join(" "), "A table for four, got it.");
+    assert_eq!(server.count(), 2);
+    assert_eq!(messages(&server.request(1).body), vec![("user".into(), "I'd like a table for four people.".into())]);
+    // The history holds one user message and its reply: nothing of the dropped first answer.
+    assert_eq!(
+        conversation_lines(state.path()),
+        vec![
+            ("user".into(), "I'd like a table for four people.".into()),
+            ("assistant".into(), "A table for four, got it.".into())
+        ]
+    );
+}
+
+#[test]
+fn a_part_transcribed_while_the_caller_speaks_on_waits_for_the_rest() {
+    let server = StandIn::start(|_, _| Response::sse(split_at(anthropic_sse(&["Thanks, noted."]).as_bytes(), &[]), true));
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    // sttd was slow: the caller's next turn started before the first part's transcript came.
+    relay.send(turn_event("speech-start", 10));
+    relay.send(turn_event("speech-end", 10));
+    relay.send(turn_event("speech-start", 11));
+    relay.send(transcript(10, "My number is five five five"));
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(server.count(), 0, "answered half a sentence while the caller was still speaking");
+    relay.send(turn_event("speech-end", 11));
+    relay.send(transcript(11, "one two three."));
+    relay.wait_reply_end(11);
+    let (events, _) = relay.finish();
+    assert_eq!(server.count(), 1);
+    assert_eq!(messages(&server.request(0).body), vec![("user".into(), "My number is five five five one two three.".into())]);
+    assert_eq!(chunks_of(&events, 11), vec!["Thanks, noted."]);
+    assert_eq!(conversation_lines(state.path()).len(), 2);
+}
+
+#[test]
+fn a_later_turn_without_words_releases_the_held_message() {
+    let server = StandIn::start(|_, _| Response::sse(split_at(anthropic_sse(&["It is noon."]).as_bytes(), &[]), true));
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(turn_event("speech-start", 20));
+    relay.send(turn_event("speech-end", 20));
+    relay.send(turn_event("speech-start", 21)); // a cough
+    relay.send(transcript(20, "What time is it?"));
+    relay.send(turn_event("speech-end", 21));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.count(), 0);
+    // sttd: turn 21 had no words (an empty final transcript).
+    relay.send(transcript(21, "").with("no_speech", "too quiet"));
+    // The reply carries the newest turn id: tts-writer mutes replies older than the caller's
+    // latest speech-start.
+    relay.wait_reply_end(21);
+    let (events, _) = relay.finish();
+    assert_eq!(messages(&server.request(0).body), vec![("user".into(), "What time is it?".into())]);
+    assert_eq!(chunks_of(&events, 21), vec!["It is noon."]);
+}
+
+#[test]
+fn a_later_turn_whose_transcript_never_comes_is_given_up_on() {
+    let server = StandIn::start(|_, _| Response::sse(split_at(anthropic_sse(&["Hello."]).as_bytes(), &[]), true));
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = anthropic_relay(&server, state.path());
+    cmd.args(["--merge-wait", "2"]);
+    let mut relay = Relay::spawn(cmd);
+    relay.send(turn_event("speech-start", 30));
+    relay.send(turn_event("speech-end", 30));
+    relay.send(turn_event("speech-start", 31));
+    relay.send(transcript(30, "Hello there."));
+    relay.send(turn_event("speech-end", 31)); // …and sttd (replaced by something else) says nothing more
+    let t0 = Instant::now();
+    let (_, end) = relay.wait_for(Duration::from_secs(9), |e| e.is("reply-end"));
+    assert!(t0.elapsed() >= Duration::from_millis(1900), "answered before --merge-wait ran out");
+    assert_eq!(end.get_bool("cancelled"), Some(false));
+    let (_, log) = relay.finish();
+    assert!(log.contains("turn 31: no transcript came for it"), "{log}");
+    assert_eq!(messages(&server.request(0).body), vec![("user".into(), "Hello there.".into())]);
+}

@@ -124,7 +124,7 @@ fn main() {
         let sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::JsonLines)?;
         let worker = worker::TranscriptionWorker::spawn(engine)?;
         let mut stage = stage::SttStage::new(sink, worker, guard, early);
-        stage.run(source.spawn());
+        stage.run(source.spawn(), cli::graceful_stop());
         let stats = stage.stats.clone();
         let sink_stats = stage.into_output().finish();
         log::info!(

@@ -2,15 +2,20 @@
 //! events at once, collects each turn's 16 kHz audio, schedules Whisper jobs on the
 //! [`TranscriptionWorker`], and writes one final `transcript` per turn.
 //!
-//! Turn rules:
-//! * `speech-start` (urgent) is forwarded immediately and supersedes every other turn still
-//!   being collected or transcribed (their results are dropped), except the turn it
-//!   `continues` (vadseg cut a long monologue in two: both pieces are transcribed).
-//! * `cancel` is forwarded immediately; with a `turn` it drops that turn, without one it drops
-//!   every finished turn whose transcript is still being computed.
-//! * `speech-end` (forwarded) closes the turn and asks for its transcript. If an early job
-//!   (started at the first pause, see `--speculate-after`, or for a partial transcript) already
-//!   covers every loud sample of the turn, its result is reused instead of running Whisper again.
+//! Turn rules (fifo-layout.md §2 "Ordering"): the caller's finished words are never dropped.
+//! * `speech-start` (urgent) is forwarded immediately and opens its turn. It ends or drops no
+//!   other turn: urgent events overtake queued audio and `speech-end`s, so a new speech-start
+//!   says nothing about the turns before it (their frames carry their own turn ids).
+//! * `speech-end` (forwarded) closes the turn and asks for its transcript; finished turns are
+//!   transcribed in the order their speech-ends arrived. If an early job (started at the first
+//!   pause, see `--speculate-after`, or for a partial transcript) already covers every loud
+//!   sample of the turn, its result is reused instead of running Whisper again.
+//! * `cancel` with a `turn` drops that turn; without one it only stops replies (forwarded).
+//! * `call-start`/`call-end` drop every unfinished turn: that call's conversation is over.
+//! * A turn with no words (silence, noise, a hallucination) still gets a final `transcript`,
+//!   with empty `text` and `no_speech` saying why, so the next stage knows the turn is done.
+//! * End of input, or the upstream writer going away mid-turn (vadseg restarted), ends the
+//!   open turns as they are: what the caller said so far is transcribed, not lost.
 //! * audio of a turn we never saw start (sttd restarted mid-turn) is ignored: that turn is lost.
 
 use crate::engine::SAMPLE_RATE;
@@ -39,11 +44,18 @@ pub struct EarlySettings {
 /// Sink for what the stage emits (a FrameSink in the program, a Vec in unit tests).
 pub trait Output {
     fn send(&mut self, frame: Frame);
+    /// The reader has gone for good (stdout closed, e.g. `sttd | head`): stop.
+    fn is_closed(&self) -> bool {
+        false
+    }
 }
 
 impl Output for tgvoice::FrameSink {
     fn send(&mut self, frame: Frame) {
         tgvoice::FrameSink::send(self, frame)
+    }
+    fn is_closed(&self) -> bool {
+        tgvoice::FrameSink::is_closed(self)
     }
 }
 
@@ -104,7 +116,17 @@ pub struct SttStage<O: Output> {
     unknown_turns_logged: HashSet<u64>,
     /// A flood of cancels costs a few lines, not one per turn.
     drop_log: tgvoice::log::LogLimit,
+    wrong_rate_logged: HashSet<u64>,
     pub stats: StageStats,
+}
+
+/// Insert `turn` into a set of turns already logged about; true if it is new. The set is kept
+/// small (a long call must not grow it forever): it forgets everything past 1024 entries.
+fn remember_once(set: &mut HashSet<u64>, turn: u64) -> bool {
+    if set.len() >= 1024 {
+        set.clear();
+    }
+    set.insert(turn)
 }
 
 fn to_f32(a: &AudioFrame) -> Vec<f32> {
@@ -131,6 +153,7 @@ impl<O: Output> SttStage<O> {
             next_job: 1,
             unknown_turns_logged: HashSet::new(),
             drop_log: Default::default(),
+            wrong_rate_logged: HashSet::new(),
             stats: StageStats::default(),
         }
     }
@@ -139,13 +162,19 @@ impl<O: Output> SttStage<O> {
         self.out
     }
 
-    /// Run until the input ends, then finish the transcripts already asked for.
-    pub fn run(&mut self, input: Receiver<Input>) {
+    /// Run until the input ends or `stop` fires (SIGTERM), then finish the transcripts already
+    /// asked for, open turns included.
+    pub fn run(&mut self, input: Receiver<Input>, stop: Receiver<&'static str>) {
         let done = self.worker.done.clone();
         let tick = Duration::from_millis(10);
         let mut input_open = true;
         loop {
             if !input_open && self.in_flight.is_none() && self.queue.is_empty() {
+                break;
+            }
+            if self.out.is_closed() {
+                // A reader that leaves ends the writer quietly, like any pipeline tool.
+                log::info!("output closed; stopping");
                 break;
             }
             let timers = self.early.speculate_after.is_some() || self.early.partial_every.is_some();
@@ -156,13 +185,20 @@ impl<O: Output> SttStage<O> {
                     Ok(Input::WriterGone) => self.on_writer_gone(),
                     Err(_) => {
                         input_open = false;
-                        // End of input: open turns will never end; drop them and any early work.
-                        for turn in self.open.keys().copied().collect::<Vec<_>>() {
-                            self.drop_turn(turn, "input ended before its speech-end");
-                        }
+                        self.end_open_turns("the input ended before its speech-end");
                     }
                 },
                 recv(done) -> msg => if let Ok(d) = msg { self.on_done(d) },
+                recv(if input_open { stop.clone() } else { crossbeam_channel::never() }) -> _ => {
+                    // What was already read belongs to the turn; a live input never runs dry.
+                    for item in input.try_iter().take(input.len()) {
+                        if let Input::Frame(f) = item {
+                            self.on_frame(f);
+                        }
+                    }
+                    input_open = false;
+                    self.end_open_turns("stopping");
+                }
                 default(timeout) => {}
             }
             self.schedule();
@@ -180,25 +216,12 @@ impl<O: Output> SttStage<O> {
         let turn = e.turn;
         match e.kind.as_str() {
             kind::SPEECH_START => {
-                let continues = e.get_u64("continues");
                 let trace = e.trace.clone();
                 self.out.send(Frame::Event(e));
                 let Some(turn) = turn else {
                     log::warn!("speech-start without a turn id; ignoring it");
                     return;
                 };
-                let others: Vec<u64> = self
-                    .open
-                    .keys()
-                    .chain(self.ended.keys())
-                    .copied()
-                    .filter(|t| *t != turn && Some(*t) != continues)
-                    .collect::<HashSet<_>>()
-                    .into_iter()
-                    .collect();
-                for t in others {
-                    self.drop_turn(t, "superseded by a new speech-start");
-                }
                 self.stats.turns += 1;
                 self.dropped.remove(&turn);
                 self.open.insert(
@@ -217,13 +240,8 @@ impl<O: Output> SttStage<O> {
             }
             kind::CANCEL => {
                 self.out.send(Frame::Event(e));
-                match turn {
-                    Some(t) => self.drop_turn(t, "cancelled"),
-                    None => {
-                        for t in self.ended.keys().copied().collect::<Vec<_>>() {
-                            self.drop_turn(t, "cancelled");
-                        }
-                    }
+                if let Some(t) = turn {
+                    self.drop_turn(t, "cancelled");
                 }
             }
             kind::SPEECH_END => {
@@ -232,6 +250,14 @@ impl<O: Output> SttStage<O> {
                 match turn {
                     Some(t) => self.end_turn(t, trace),
                     None => log::warn!("speech-end without a turn id; ignoring it"),
+                }
+            }
+            kind::CALL_START | kind::CALL_END => {
+                let why = if e.is(kind::CALL_START) { "a new call started" } else { "the call ended" };
+                self.out.send(Frame::Event(e));
+                let turns: HashSet<u64> = self.open.keys().chain(self.ended.keys()).copied().collect();
+                for t in turns {
+                    self.drop_turn(t, why);
                 }
             }
             _ => self.out.send(Frame::Event(e)),
@@ -243,7 +269,7 @@ impl<O: Output> SttStage<O> {
             return;
         }
         if a.sample_rate != SAMPLE_RATE {
-            if self.unknown_turns_logged.insert(u64::MAX - a.turn) {
+            if remember_once(&mut self.wrong_rate_logged, a.turn) {
                 log::error!(
                     "turn {}: audio at {} Hz, expected 16000 Hz speech segments (put vadseg before sttd); ignoring it",
                     a.turn,
@@ -253,14 +279,14 @@ impl<O: Output> SttStage<O> {
             return;
         }
         let Some(t) = self.open.get_mut(&a.turn) else {
-            if !self.ended.contains_key(&a.turn) && self.unknown_turns_logged.insert(a.turn) {
+            if !self.ended.contains_key(&a.turn) && remember_once(&mut self.unknown_turns_logged, a.turn) {
                 log::warn!("turn {}: audio without its speech-start (sttd started mid-turn?); this turn is skipped", a.turn);
             }
             return;
         };
         let samples = to_f32(&a);
-        let frame_ms: f64 = samples.iter().map(|s| (*s as f64).powi(2)).sum();
-        t.energy_sum += frame_ms;
+        let frame_energy: f64 = samples.iter().map(|s| (*s as f64).powi(2)).sum();
+        t.energy_sum += frame_energy;
         if t.early.is_some() && !t.loud_after_early {
             let turn_level = 10.0 * (t.energy_sum / (t.samples.len() + samples.len()).max(1) as f64).log10();
             let frame_level = rms_dbfs(&samples) as f64;
@@ -291,7 +317,7 @@ impl<O: Output> SttStage<O> {
         let samples = Arc::new(std::mem::take(&mut t.samples));
         if let Err(why) = self.guard.check_audio(&samples) {
             log::info!("turn {turn}: no transcript ({why})");
-            self.stats.rejected += 1;
+            self.no_words(turn, t.trace, &why);
             return;
         }
         self.ended.insert(turn, t.trace.clone());
@@ -340,9 +366,26 @@ impl<O: Output> SttStage<O> {
     }
 
     fn on_writer_gone(&mut self) {
-        for turn in self.open.keys().copied().collect::<Vec<_>>() {
-            self.drop_turn(turn, "the upstream writer went away mid-turn");
+        self.end_open_turns("the upstream writer went away mid-turn");
+    }
+
+    /// End every open turn as it is (no speech-end will come for it), oldest first, so what
+    /// the caller said so far is transcribed.
+    fn end_open_turns(&mut self, why: &str) {
+        let mut turns: Vec<u64> = self.open.keys().copied().collect();
+        turns.sort_unstable();
+        for turn in turns {
+            log::info!("turn {turn}: {why}; transcribing what was heard");
+            self.end_turn(turn, TurnTrace::default());
         }
+    }
+
+    /// Tell the next stage that `turn` is over without words (fifo-layout.md: an empty final
+    /// transcript), so nothing downstream waits for it.
+    fn no_words(&mut self, turn: u64, trace: TurnTrace, why: &dyn std::fmt::Display) {
+        self.stats.rejected += 1;
+        let e = Event::new(kind::TRANSCRIPT).with_turn(turn).with_text("").with("final", true).with("no_speech", why.to_string()).with_trace(trace);
+        self.out.send(Frame::Event(e));
     }
 
     fn on_done(&mut self, d: JobDone) {
@@ -384,6 +427,7 @@ impl<O: Output> SttStage<O> {
             Ok(t) => t,
             Err(e) => {
                 log::error!("turn {turn}: transcription failed: {e}");
+                self.no_words(turn, trace, &format!("transcription failed: {e}"));
                 return;
             }
         };
@@ -404,8 +448,8 @@ impl<O: Output> SttStage<O> {
                 self.stats.transcripts += 1;
             }
             Err(why) => {
-                self.stats.rejected += 1;
                 log::info!("turn {turn}: no transcript for {:?} ({why})", t.text);
+                self.no_words(turn, trace, &why);
             }
         }
     }

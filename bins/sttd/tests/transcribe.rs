@@ -1,6 +1,6 @@
 //! sttd end to end with the real tiny.en model, fed segments framed as vadseg frames them
 //! (speech-start, 16 kHz audio, speech-end) from espeak-ng speech: accuracy, silence and noise,
-//! urgent events during a transcription, superseded turns, and a missing model.
+//! urgent events during a transcription, which turns are kept or dropped, and a missing model.
 //!
 //! Build first: `cargo build --release -p sttd -p whisper-convert` (model: scripts/setup).
 
@@ -67,11 +67,13 @@ fn silence_and_noise_yield_no_transcript() {
         let events = sttd.finish();
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
         println!("{name}: {kinds:?}");
-        assert!(
-            !events.iter().any(|e| e.kind == kind::TRANSCRIPT),
-            "{name} produced a transcript: {events:?}"
-        );
-        assert_eq!(kinds, vec![kind::SPEECH_START, kind::SPEECH_END], "{name}: events are forwarded");
+        // The turn is over without words: one final transcript with empty text says why.
+        let transcripts: Vec<_> = events.iter().filter(|e| e.kind == kind::TRANSCRIPT).collect();
+        assert_eq!(transcripts.len(), 1, "{name}: {events:?}");
+        assert_eq!(transcripts[0].text.as_deref(), Some(""), "{name} produced words: {events:?}");
+        assert_eq!(transcripts[0].get_bool("final"), Some(true));
+        assert!(transcripts[0].get_str("no_speech").is_some_and(|w| !w.is_empty()), "{name}: no reason given");
+        assert_eq!(kinds, vec![kind::SPEECH_START, kind::SPEECH_END, kind::TRANSCRIPT], "{name}: events are forwarded");
     }
     // The same guard lets real speech through.
     let mut sttd = Sttd::spawn(&[]);
@@ -84,9 +86,11 @@ fn silence_and_noise_yield_no_transcript() {
 }
 
 /// While Whisper is busy with a long segment, speech-start and cancel come out within a few
-/// ms; the superseded turn's result is dropped and the new turn is transcribed.
+/// ms. Neither drops the caller's finished words: a `cancel` without a turn and a new
+/// `speech-start` stop replies only, so turn 1 and turn 2 are both transcribed, in order. An
+/// explicit `cancel` naming a turn drops that turn.
 #[test]
-fn urgent_events_pass_while_transcribing_and_superseded_turn_is_dropped() {
+fn urgent_events_pass_while_transcribing_and_only_an_explicit_cancel_drops_a_turn() {
     let mut sttd = Sttd::spawn(&["--audio-ctx", "full"]);
     let long: Vec<i16> = UTTERANCES[..4].iter().flat_map(|t| speak(t, WPM)).collect();
     sttd.send(&segment(1, &long));
@@ -106,11 +110,15 @@ fn urgent_events_pass_while_transcribing_and_superseded_turn_is_dropped() {
     let text = "Please call me back when you get home tonight";
     sttd.send(&audio_frames(2, &speak(text, WPM), 0));
     sttd.send(&[speech_end(2)]);
+    // Turn 3 ends while the worker is still busy, and is cancelled by name.
+    sttd.send(&segment(3, &speak("This turn is withdrawn", WPM)));
+    sttd.send(&[Frame::Event(tgvoice::Event::new(kind::CANCEL).with_turn(3))]);
     let events = sttd.finish();
     let transcripts: Vec<_> = events.iter().filter(|e| e.kind == kind::TRANSCRIPT).collect();
-    assert_eq!(transcripts.len(), 1, "only turn 2 is transcribed: {transcripts:?}");
-    assert_eq!(transcripts[0].turn, Some(2));
-    assert!(word_errors(text, transcripts[0].text.as_deref().unwrap()).0 <= 2);
+    let turns: Vec<Option<u64>> = transcripts.iter().map(|e| e.turn).collect();
+    assert_eq!(turns, vec![Some(1), Some(2)], "turns 1 and 2 in order, turn 3 dropped: {transcripts:?}");
+    assert!(word_errors(&UTTERANCES[..4].join(" "), transcripts[0].text.as_deref().unwrap()).0 <= 6, "{transcripts:?}");
+    assert!(word_errors(text, transcripts[1].text.as_deref().unwrap()).0 <= 2);
 }
 
 /// Unknown events are forwarded unchanged.

@@ -71,9 +71,26 @@ fn main() {
         let sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::Pcm)?;
         let source = FrameSource::open(args.link.input())?;
         let mut stage = stage::VadStage::new(vad, SpeechSegmenter::new(cfg));
+        // SIGTERM closes the open turn (a speech-end goes out) before vadseg exits, so the
+        // caller's last words still reach sttd.
+        let stop = cli::graceful_stop();
         // The reader runs on its own thread, so reading never waits on inference.
-        for input in source.spawn() {
-            stage.handle(input, &sink)?;
+        let inputs = source.spawn();
+        loop {
+            crossbeam_channel::select! {
+                recv(inputs) -> input => match input {
+                    Ok(input) => stage.handle(input, &sink)?,
+                    Err(_) => break,
+                },
+                recv(stop) -> _ => {
+                    // What the reader already has is part of the turn: take it first (only
+                    // that: a live input never runs dry).
+                    for input in inputs.try_iter().take(inputs.len()) {
+                        stage.handle(input, &sink)?;
+                    }
+                    break;
+                }
+            }
             if sink.is_closed() {
                 log::info!("output closed; stopping");
                 break;

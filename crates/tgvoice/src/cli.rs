@@ -143,7 +143,24 @@ pub fn parse_args<T: clap::Parser>() -> T {
     }
 }
 
-/// Ignore SIGPIPE (writers see EPIPE instead); exit 0 on SIGTERM, SIGINT, SIGHUP.
+/// How long a stage that asked for [`graceful_stop`] may take to finish after a stop signal
+/// before it is ended anyway (a supervisor's patience is 5 s).
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+static GRACEFUL: std::sync::OnceLock<crossbeam_channel::Sender<&'static str>> = std::sync::OnceLock::new();
+
+/// Ask to finish work on SIGTERM/SIGINT/SIGHUP instead of exiting at once: the returned channel
+/// receives the signal's name, and the stage has [`STOP_GRACE`] to flush (e.g. vadseg closes
+/// the open turn, sttd transcribes it) and return from its body; after that it exits 0 anyway.
+/// A second signal exits at once.
+pub fn graceful_stop() -> crossbeam_channel::Receiver<&'static str> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let _ = GRACEFUL.set(tx);
+    rx
+}
+
+/// Ignore SIGPIPE (writers see EPIPE instead); exit 0 on SIGTERM, SIGINT, SIGHUP (after a
+/// grace period for stages that asked for [`graceful_stop`]).
 pub fn install_signal_handlers() {
     unsafe {
         let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn);
@@ -153,15 +170,27 @@ pub fn install_signal_handlers() {
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                if let Some(sig) = signals.forever().next() {
-                    let name = match sig {
-                        SIGTERM => "SIGTERM",
-                        SIGINT => "SIGINT",
-                        _ => "SIGHUP",
-                    };
-                    log::info!("stopping on {name}");
-                    std::process::exit(exit::OK);
+                let name = |sig| match sig {
+                    SIGTERM => "SIGTERM",
+                    SIGINT => "SIGINT",
+                    _ => "SIGHUP",
+                };
+                let Some(sig) = signals.forever().next() else { return };
+                if let Some(tx) = GRACEFUL.get() {
+                    log::info!("stopping on {}: finishing the work in hand", name(sig));
+                    let _ = tx.try_send(name(sig));
+                    let deadline = std::time::Instant::now() + STOP_GRACE;
+                    while std::time::Instant::now() < deadline {
+                        if signals.pending().next().is_some() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    log::warn!("stopping now (work not finished within {} s or a second signal)", STOP_GRACE.as_secs());
+                } else {
+                    log::info!("stopping on {}", name(sig));
                 }
+                std::process::exit(exit::OK);
             })
             .ok();
     }

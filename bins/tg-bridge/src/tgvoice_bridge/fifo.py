@@ -1,4 +1,4 @@
-"""Non-blocking FIFO ends for the bridge (fifo-layout.md §3, architecture.md §4).
+"""Non-blocking FIFO ends for the bridge (fifo-layout.md §3).
 
 The asyncio loop that carries the call never waits on a FIFO: every open, read and write here
 uses O_NONBLOCK and returns at once. A writer with no reader (ENXIO/EPIPE) or a full pipe
