@@ -194,59 +194,92 @@ fn case7_bogus_megabyte_header_costs_one_frame() {
     assert!(tgcat.stop().success());
 }
 
-/// Case 2 and the soak: many thousands of turns' worth of events (speech-start, cancel,
-/// speech-end, transcript, reply-end) through tgcat's control link at full speed. Every event
-/// arrives, no "queue full", memory flat, logs bounded. The sink's event counter used to leak
-/// one per urgent event, so after 4096 speech-starts every later event was "over the bound".
+/// Pushes `turns` turns' worth of events (made by `turn_events`) through a stage at full
+/// speed, one batch in flight at a time, reading its output as it goes. Returns (events out,
+/// RSS after 1000 turns, RSS at the end, seconds).
+fn soak(stage: &Stage, turns: u64, mut write: impl FnMut(&[u8]), turn_events: impl Fn(u64) -> Vec<Event>) -> (u64, u64, u64, f64) {
+    const BATCH: u64 = 250;
+    let per_turn = turn_events(0).len() as u64;
+    let t0 = now_ms();
+    let (mut received, mut rss_start) = (0u64, 0);
+    let started = Instant::now();
+    for batch in 0..turns / BATCH {
+        let bytes: Vec<u8> = (0..BATCH).flat_map(|k| turn_events(t0 + batch * BATCH + k)).flat_map(ev).collect();
+        write(&bytes);
+        // At most one batch in flight: the sink's queue never has to hold more than that.
+        while received < (batch + 1) * BATCH * per_turn {
+            match stage.frames.recv_timeout(Duration::from_secs(5)) {
+                Ok(Frame::Event(_)) => received += 1,
+                Ok(_) => {}
+                Err(_) => panic!("only {received} of {} events came through; {}", (batch + 1) * BATCH * per_turn, stage.stderr()),
+            }
+        }
+        if batch == 3 {
+            rss_start = stage.rss_kb();
+        }
+    }
+    (received, rss_start, stage.rss_kb(), started.elapsed().as_secs_f64())
+}
+
+/// Checks after a soak: everything delivered, no "queue full", memory flat, a few log lines.
+fn check_soak(name: &str, stage: &Stage, turns: u64, per_turn: u64, (received, rss_start, rss_end, secs): (u64, u64, u64, f64)) {
+    let log = stage.stderr();
+    println!(
+        "soak {name}: {turns} turns, {received} events in {secs:.1} s ({:.0} events/s); RSS {rss_start} kB after 1000 turns, {rss_end} kB at the end; {} log lines",
+        received as f64 / secs,
+        log.lines().count()
+    );
+    assert_eq!(received, turns * per_turn);
+    assert!(!log.contains("is full"), "{log}");
+    assert!(rss_end <= rss_start + 2048, "memory grew from {rss_start} to {rss_end} kB");
+    // Five lines per kind per five seconds, not one per event.
+    assert!(log.lines().count() <= 10 * (secs as usize / 5 + 1), "{log}");
+}
+
+/// Case 2 and the soak: 100 000 turns' worth of events (speech-start, cancel, speech-end,
+/// transcript, reply-end) through tgcat's control link at full speed. Every event arrives, no
+/// "queue full", memory flat, logs bounded. The sink's event counter used to leak one per
+/// urgent event, so after 4096 speech-starts every later event was "over the bound".
 #[test]
 fn case2_soak_thousands_of_turns_of_events_memory_flat_no_queue_full() {
     let _s = serial();
     let dir = tempfile::tempdir().unwrap();
     let (tgcat, mut control) = tgcat_with_control(dir.path());
     const TURNS: u64 = 100_000;
-    const BATCH: u64 = 250;
-    const PER_TURN: u64 = 5;
-    let t0 = now_ms();
-    let mut received = 0u64;
-    let mut rss_start = 0;
-    let started = Instant::now();
-    for batch in 0..TURNS / BATCH {
-        let mut bytes = vec![];
-        for k in 0..BATCH {
-            let turn = t0 + batch * BATCH + k;
-            bytes.extend(ev(Event::new("speech-start").with_turn(turn)));
-            bytes.extend(ev(Event::new("cancel").with_turn(turn)));
-            bytes.extend(ev(Event::new("speech-end").with_turn(turn)));
-            bytes.extend(ev(Event::new("transcript").with_turn(turn).with_text("how is the weather today").with("final", true)));
-            bytes.extend(ev(Event::new("reply-end").with_turn(turn).with("cancelled", true)));
-        }
-        control.write_all(&bytes).unwrap();
-        // Keep at most one batch in flight: the sink's queue never holds more than that.
-        while received < (batch + 1) * BATCH * PER_TURN {
-            match tgcat.frames.recv_timeout(Duration::from_secs(5)) {
-                Ok(Frame::Event(_)) => received += 1,
-                Ok(_) => {}
-                Err(_) => panic!("only {received} of {} events came through; {}", (batch + 1) * BATCH * PER_TURN, tgcat.stderr()),
-            }
-        }
-        if batch == 3 {
-            rss_start = tgcat.rss_kb();
-        }
-    }
-    let rss_end = tgcat.rss_kb();
-    let secs = started.elapsed().as_secs_f64();
-    let log = tgcat.stderr();
-    println!(
-        "soak: {TURNS} turns, {received} events in {secs:.1} s ({:.0} events/s); tgcat RSS {rss_start} kB after 1000 turns, {rss_end} kB at the end; {} log lines",
-        received as f64 / secs,
-        log.lines().count()
-    );
-    assert_eq!(received, TURNS * PER_TURN);
-    assert!(!log.contains("queue") || !log.contains("full"), "{log}");
-    assert!(rss_end <= rss_start + 2048, "memory grew from {rss_start} to {rss_end} kB");
-    // Five lines per kind per five seconds, not one per event.
-    assert!(log.lines().count() <= 10 * (secs as usize / 5 + 1), "{log}");
+    let events = |turn: u64| {
+        vec![
+            Event::new("speech-start").with_turn(turn),
+            Event::new("cancel").with_turn(turn),
+            Event::new("speech-end").with_turn(turn),
+            Event::new("transcript").with_turn(turn).with_text("how is the weather today").with("final", true),
+            Event::new("reply-end").with_turn(turn).with("cancelled", true),
+        ]
+    };
+    let result = soak(&tgcat, TURNS, |b| control.write_all(b).unwrap(), events);
+    check_soak("tgcat", &tgcat, TURNS, 5, result);
     assert!(tgcat.stop().success());
+}
+
+/// Case 2 where it was seen: after 30 000 cancels llm-relay logged "event queue … is full" on
+/// every turn and dropped the replies. 30 000 turns of barge-in events through llm-relay, then
+/// a question: answered.
+#[test]
+fn case2_soak_llm_relay_then_the_next_turn_is_answered() {
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = stand_in_llm(Some("Still here."));
+    let mut relay = Stage::spawn(&mut llm_relay(port, dir.path()));
+    const TURNS: u64 = 30_000;
+    let events = |turn: u64| vec![Event::new("speech-start").with_turn(turn), Event::new("cancel").with_turn(turn)];
+    let mut stdin = relay.child.stdin.take().unwrap();
+    let result = soak(&relay, TURNS, |b| stdin.write_all(b).unwrap(), events);
+    check_soak("llm-relay", &relay, TURNS, 2, result);
+    relay.child.stdin = Some(stdin);
+    // The next turn comes after every soak turn (their ids ran ahead of the clock by one per turn).
+    relay.send(&transcript(now_ms() + TURNS, "are you still there"));
+    let chunk = relay.wait_event("reply-chunk", Duration::from_secs(10));
+    assert_eq!(chunk.and_then(|c| c.text), Some("Still here.".into()), "{}", relay.stderr());
+    assert!(relay.stop().success());
 }
 
 /// Case 3: a 600-byte audio frame declaring 1 Hz drove vadseg from 46 MB to 19 GB (it is five
