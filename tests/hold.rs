@@ -598,6 +598,17 @@ impl Voicecall {
     }
 }
 
+/// A failed assertion must not leave the instance running: stop it, and end its process group
+/// whatever state the supervisor is in.
+impl Drop for Voicecall {
+    fn drop(&mut self) {
+        let _ = self.run(&["stop"], &[]);
+        if let Ok(pgid) = self.supervise("pgid").parse::<i32>() {
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+}
+
 const SECRET: &str = "sk-ant-hold-test-not-a-real-key";
 
 /// Live (non-zombie) members of a process group, read from /proc.
