@@ -305,6 +305,93 @@ fn every_stage_killed_mid_turn_and_garbage_on_every_link_the_call_goes_on() {
     assert!(left.is_empty(), "orphans after stop: {left:?}");
 }
 
+/// Write `bytes` into a link as a second writer, in pieces of at most PIPE_BUF (4096) bytes so
+/// that each lands whole between the real writer's frames.
+fn write_atomic_pieces(link: &Path, pieces: &[Vec<u8>]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open(link).unwrap();
+    for p in pieces {
+        assert!(p.len() <= 4096);
+        f.write_all(p).unwrap();
+    }
+}
+
+fn frame(e: tgvoice::Event) -> Vec<u8> {
+    tgvoice::frame::encode(&tgvoice::Frame::Event(e))
+}
+
+/// Issue 18 on a live call: every single event that used to break a link silently, injected
+/// into the links the way a hostile or buggy writer would, then the caller asks a question.
+/// The turn is answered and heard, no stage was restarted (so no thread died and nothing had to
+/// be), vadseg stays small and the logs stay short.
+#[test]
+fn hostile_frames_on_every_link_then_the_next_turn_is_answered() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let question = espeak(dir.path(), "q", "How many legs does a spider have?");
+    let p = Pipeline::start("hostile");
+    let stages = ["tgcat", "vadseg", "sttd", "llm-relay", "tts-writer"];
+    let restarts: Vec<u32> = stages.iter().map(|s| p.restarts(s)).collect();
+    let log_lines = |s: &str| p.log(s).lines().count();
+    let lines_before: Vec<usize> = stages.iter().map(|s| log_lines(s)).collect();
+    let now_ms = tgvoice::clock::now_us() / 1000;
+
+    // control.frames (tgcat): an event that grows over 1 MiB when re-encoded (case 1), a
+    // header claiming 1 MiB in front of real frames (case 7), 6000 speech-starts and cancels
+    // (case 2: urgent events used to leak the sink's counter at 4096).
+    {
+        use std::io::Write;
+        let big = format!("{{\"type\":\"x-big\",\"v\":[{}9e9]}}", "9e9,".repeat(110_000));
+        let mut bytes = b"TGVF\x01\x02\x00\x00".to_vec();
+        bytes.extend_from_slice(&(big.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(big.as_bytes());
+        bytes.extend_from_slice(b"TGVF\x01\x02\x00\x00");
+        bytes.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        for k in 0..3000 {
+            bytes.extend(frame(tgvoice::Event::new("speech-start").with_turn(now_ms - 10_000 + k)));
+            bytes.extend(frame(tgvoice::Event::new("cancel").with_turn(now_ms - 10_000 + k)));
+        }
+        let mut f = std::fs::OpenOptions::new().write(true).open(p.run_dir.join("control.frames")).unwrap();
+        f.write_all(&bytes).unwrap();
+    }
+    // audio.frames (vadseg): 600-byte audio frames declaring 1 Hz (case 3).
+    let one_hz = tgvoice::frame::encode(&tgvoice::Frame::Audio(tgvoice::AudioFrame {
+        sample_rate: 1,
+        channels: 1,
+        turn: 0,
+        capture_us: 0,
+        sample_index: 0,
+        samples: vec![0; 284],
+    }));
+    write_atomic_pieces(&p.run_dir.join("audio.frames"), &vec![one_hz; 20]);
+    // text.frames (llm-relay): a header claiming 1 MiB; sttd's real frames follow it (case 7).
+    let mut bogus = b"TGVF\x01\x02\x00\x00".to_vec();
+    bogus.extend_from_slice(&(1u32 << 20).to_le_bytes());
+    write_atomic_pieces(&p.run_dir.join("text.frames"), &[bogus]);
+    // reply.frames (tts-writer): a cancel for a far-future turn and a flood of turnless
+    // cancels (case 4).
+    let mut pieces = vec![frame(tgvoice::Event::new("cancel").with_turn(u64::MAX / 2))];
+    for _ in 0..10 {
+        pieces.push((0..100).flat_map(|_| frame(tgvoice::Event::new("cancel"))).collect());
+    }
+    write_atomic_pieces(&p.run_dir.join("reply.frames"), &pieces);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (turns, _) = p.call(&[question.display().to_string()], &["--no-call-events"]);
+    assert!(answered(&turns[0]), "the turn after the hostile frames was not answered: {turns:?}");
+    let heard = turns[0]["heard"].as_str().unwrap_or_default().to_string();
+    println!("after hostile frames on every link: heard {heard:?}, voice-to-voice {} ms", turns[0]["voice_to_voice_ms"]);
+    for (i, stage) in stages.iter().enumerate() {
+        assert_eq!(p.restarts(stage), restarts[i], "{stage} had to be restarted: {}", p.log(stage));
+        let added = log_lines(stage) - lines_before[i];
+        assert!(added < 60, "{stage} logged {added} lines for the hostile frames:\n{}", p.log(stage));
+    }
+    let vad_rss = std::fs::read_to_string(format!("/proc/{}/status", p.stage_pid("vadseg").unwrap())).unwrap();
+    let rss_kb: u64 = vad_rss.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
+    println!("vadseg RSS after 1 Hz frames: {rss_kb} kB");
+    assert!(rss_kb < 400_000, "vadseg grew to {rss_kb} kB");
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![];
     if let Ok(rd) = std::fs::read_dir(dir) {

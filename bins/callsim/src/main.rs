@@ -52,7 +52,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args: Args = tgvoice::cli::parse_args();
     cli::run("callsim", &args.log.clone(), move || {
         // The media path of a call gets priority over bulk compute, as tg-bridge's should.
         if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -10) } != 0 {

@@ -32,7 +32,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args: Args = tgvoice::cli::parse_args();
     cli::run("framecat", &args.log.clone(), move || inspect(&args))
 }
 

@@ -122,9 +122,12 @@ pub struct Args {
     /// Retries before the first token (connection errors, timeouts, 429, 5xx, overloaded).
     #[arg(long, default_value_t = 2)]
     pub retries: u32,
-    /// Seconds from sending a request to its first token before giving up on that attempt.
-    #[arg(long, default_value_t = 20.0)]
-    pub first_token_timeout: f64,
+    /// Seconds from sending the request to the first token, retries included; then the
+    /// apology is spoken (a hung server costs the caller this long, not retries × this)
+    /// [default: 8; 20 for the local server, whose CPU-bound first token took 13 s on a
+    /// 2-core machine at load average 8].
+    #[arg(long, env = "TGVOICE_LLM_FIRST_TOKEN_TIMEOUT")]
+    pub first_token_timeout: Option<f64>,
     /// Seconds of silence mid-stream before giving up.
     #[arg(long, default_value_t = 20.0)]
     pub idle_timeout: f64,
@@ -230,7 +233,10 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         retries: args.retries,
         backoff: Duration::from_millis(300),
         connect_timeout: secs("connect-timeout", args.connect_timeout)?,
-        first_token_timeout: secs("first-token-timeout", args.first_token_timeout)?,
+        first_token_timeout: secs(
+            "first-token-timeout",
+            args.first_token_timeout.unwrap_or(if choice == ProviderChoice::Local { 20.0 } else { 8.0 }),
+        )?,
         idle_timeout: secs("idle-timeout", args.idle_timeout)?,
     };
     let state_dir = match &args.state_dir {

@@ -52,7 +52,10 @@ pub struct Conversation {
     dir: PathBuf,
     id: String,
     entries: Vec<Entry>,
-    file: File,
+    /// `None` when the state directory could not take a new conversation (disk full): the
+    /// call goes on from memory.
+    file: Option<File>,
+    save_errors: tgvoice::log::LogLimit,
     /// First entry of the window sent to the model (only moves forward; see the module doc).
     window_start: std::cell::Cell<usize>,
 }
@@ -71,7 +74,15 @@ impl Conversation {
 
     /// Start a new conversation (a new call), named after the call id if given.
     pub fn start_new(&mut self, call: Option<&str>) -> Result<()> {
-        *self = Self::create(&self.dir, call)?;
+        match Self::create(&self.dir, call) {
+            Ok(c) => *self = c,
+            Err(e) => {
+                log::warn!("cannot start a new conversation file ({e:#}); this call is kept in memory only");
+                self.entries.clear();
+                self.window_start.set(0);
+                self.file = None;
+            }
+        }
         Ok(())
     }
 
@@ -87,12 +98,22 @@ impl Conversation {
         &self.entries
     }
 
+    /// Record a message. Saving it is best effort: a full disk or an unwritable state
+    /// directory is logged (a few lines, not one per turn) and the call goes on from memory,
+    /// since the caller is better served by an answer than by a stage that exits.
     pub fn append(&mut self, role: Role, text: &str, turn: Option<u64>, interrupted: bool) -> Result<()> {
         let entry = Entry { role, text: text.to_string(), turn, t: tgvoice::clock::now_us(), interrupted };
         let mut line = serde_json::to_string(&entry)?;
         line.push('\n');
-        self.file.write_all(line.as_bytes()).with_context(|| format!("cannot append to {}", self.path().display()))?;
         self.entries.push(entry);
+        if let Some(file) = self.file.as_mut() {
+            if let Err(e) = file.write_all(line.as_bytes()) {
+                let path = Self::path_of(&self.dir, &self.id);
+                self.save_errors.log(log::Level::Warn, "cannot save", format_args!(
+                    "cannot append to {} ({e}); the conversation goes on from memory", path.display()
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -107,6 +128,16 @@ impl Conversation {
         let last = self.entries.last_mut().unwrap();
         last.text = text.to_string();
         last.turn = turn.or(last.turn);
+        // Best effort, as in `append`: the call goes on from memory if the disk is full.
+        if let Err(e) = self.rewrite() {
+            self.save_errors.log(log::Level::Warn, "cannot save", format_args!(
+                "{e:#}; the conversation goes on from memory"
+            ));
+        }
+        Ok(())
+    }
+
+    fn rewrite(&mut self) -> Result<()> {
         let path = self.path();
         let tmp = path.with_extension("jsonl.tmp");
         let mut body = String::new();
@@ -116,7 +147,8 @@ impl Conversation {
         }
         fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
         fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;
-        self.file = OpenOptions::new().append(true).open(&path).with_context(|| format!("cannot reopen {}", path.display()))?;
+        let file = OpenOptions::new().append(true).open(&path).with_context(|| format!("cannot reopen {}", path.display()))?;
+        self.file = Some(file);
         Ok(())
     }
 
@@ -192,7 +224,14 @@ impl Conversation {
         let tmp = dir.join("current.tmp");
         fs::write(&tmp, format!("{id}\n")).with_context(|| format!("cannot write {}", tmp.display()))?;
         fs::rename(&tmp, dir.join("current-conversation"))?;
-        Ok(Conversation { dir: dir.to_path_buf(), id, entries: vec![], file, window_start: Default::default() })
+        Ok(Conversation {
+            dir: dir.to_path_buf(),
+            id,
+            entries: vec![],
+            file: Some(file),
+            save_errors: Default::default(),
+            window_start: Default::default(),
+        })
     }
 
     fn load(dir: &Path, id: String) -> Result<Self> {
@@ -210,7 +249,14 @@ impl Conversation {
             }
         }
         let file = OpenOptions::new().append(true).open(&path)?;
-        Ok(Conversation { dir: dir.to_path_buf(), id, entries, file, window_start: Default::default() })
+        Ok(Conversation {
+            dir: dir.to_path_buf(),
+            id,
+            entries,
+            file: Some(file),
+            save_errors: Default::default(),
+            window_start: Default::default(),
+        })
     }
 }
 

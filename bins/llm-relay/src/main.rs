@@ -10,13 +10,12 @@ mod relay;
 mod speakable;
 mod stream;
 
-use clap::Parser;
 use tgvoice::cli;
 use tgvoice::source::Input;
 use tgvoice::{FrameSink, FrameSource, TapFormat};
 
 fn main() {
-    let args = config::Args::parse();
+    let args: config::Args = tgvoice::cli::parse_args();
     cli::run("llm-relay", &args.log.clone(), move || {
         let cfg = config::resolve(&args)?;
         let conversation = conversation::Conversation::open(&cfg.state_dir)?;

@@ -117,6 +117,9 @@ pub struct Relay {
 /// loaded machine one turn took 12–15 s).
 const MERGE_WAIT_NO_END: Duration = Duration::from_secs(60);
 
+/// Most caller turns awaiting their transcript at once (a real caller has one or two).
+const MAX_PENDING_TURNS: usize = 32;
+
 /// What the caller said that has no reply heard yet, and the caller's turns whose transcript
 /// has not arrived (speech-start seen, final transcript not yet).
 #[derive(Default)]
@@ -135,6 +138,11 @@ struct Waiting {
 impl Waiting {
     fn turn_started(&mut self, turn: u64) {
         self.turns.entry(turn).or_insert((Instant::now(), None));
+        // Bounded by count as well as by time: a flood of speech-starts with no transcripts
+        // (bad input) must not grow it for a minute. The oldest is the one given up first.
+        while self.turns.len() > MAX_PENDING_TURNS {
+            self.turns.pop_first();
+        }
     }
 
     fn turn_ended(&mut self, turn: u64) {

@@ -17,7 +17,8 @@ pub struct StreamOptions {
     /// First backoff; doubled per retry (a `retry-after` header, capped at 10 s, wins).
     pub backoff: Duration,
     pub connect_timeout: Duration,
-    /// From sending the request to the first text token.
+    /// From sending the first request to the first text token, across all retries: a hung
+    /// server costs the caller this long, then the apology.
     pub first_token_timeout: Duration,
     /// Longest silence between two events once text is flowing.
     pub idle_timeout: Duration,
@@ -29,7 +30,7 @@ impl Default for StreamOptions {
             retries: 2,
             backoff: Duration::from_millis(300),
             connect_timeout: Duration::from_secs(5),
-            first_token_timeout: Duration::from_secs(30),
+            first_token_timeout: Duration::from_secs(8),
             idle_timeout: Duration::from_secs(30),
         }
     }
@@ -69,10 +70,11 @@ pub async fn stream_reply(
     mut on_text: impl FnMut(&str) + Send,
 ) -> Result<u32, ReplyError> {
     let mut attempt = 0;
+    let first_deadline = tokio::time::Instant::now() + opts.first_token_timeout;
     loop {
         attempt += 1;
         let mut delivered = false;
-        let result = one_attempt(client, provider, messages, opts, &mut |t: &str| {
+        let result = one_attempt(client, provider, messages, opts, first_deadline, &mut |t: &str| {
             delivered = true;
             on_text(t)
         })
@@ -82,7 +84,12 @@ pub async fn stream_reply(
             Err(e) if delivered => {
                 return Err(ReplyError { message: e.message, attempts: attempt, partial: true });
             }
-            Err(e) if e.retryable && attempt <= opts.retries => {
+            Err(e)
+                if e.retryable
+                    && attempt <= opts.retries
+                    && tokio::time::Instant::now() + e.retry_after.unwrap_or(opts.backoff * 2u32.pow(attempt - 1))
+                        < first_deadline =>
+            {
                 let backoff = e.retry_after.unwrap_or(opts.backoff * 2u32.pow(attempt - 1));
                 log::warn!(
                     "{} (attempt {attempt} of {}); retrying in {} ms",
@@ -102,10 +109,10 @@ async fn one_attempt(
     provider: &Provider,
     messages: &[ChatMessage],
     opts: &StreamOptions,
+    first_deadline: tokio::time::Instant,
     on_text: &mut (dyn FnMut(&str) + Send),
 ) -> Result<(), AttemptError> {
     let url = provider.url();
-    let first_deadline = tokio::time::Instant::now() + opts.first_token_timeout;
     let send = provider.request(client, messages).send();
     let response = match tokio::time::timeout_at(first_deadline, send).await {
         Err(_) => return Err(retry(format!("no response from {url} within {:?}", opts.first_token_timeout))),

@@ -87,7 +87,7 @@ fn parse_audio_ctx(s: &str, margin: u32) -> anyhow::Result<engine::AudioCtx> {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args: Args = tgvoice::cli::parse_args();
     cli::run("sttd", &args.log.clone(), move || {
         let model = args.model.clone().unwrap_or_else(default_model);
         let settings = engine::DecodeSettings {

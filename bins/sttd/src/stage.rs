@@ -114,6 +114,8 @@ pub struct SttStage<O: Output> {
     dropped: HashSet<u64>,
     next_job: u64,
     unknown_turns_logged: HashSet<u64>,
+    /// A flood of cancels costs a few lines, not one per turn.
+    drop_log: tgvoice::log::LogLimit,
     wrong_rate_logged: HashSet<u64>,
     pub stats: StageStats,
 }
@@ -150,6 +152,7 @@ impl<O: Output> SttStage<O> {
             dropped: HashSet::new(),
             next_job: 1,
             unknown_turns_logged: HashSet::new(),
+            drop_log: Default::default(),
             wrong_rate_logged: HashSet::new(),
             stats: StageStats::default(),
         }
@@ -353,7 +356,7 @@ impl<O: Output> SttStage<O> {
         }
         if had {
             self.stats.dropped += 1;
-            log::info!("turn {turn}: dropped ({why})");
+            self.drop_log.log(log::Level::Info, "turn dropped", format_args!("turn {turn}: dropped ({why})"));
         }
         self.dropped.insert(turn);
         if self.dropped.len() > 1024 {

@@ -41,7 +41,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args: Args = tgvoice::cli::parse_args();
     cli::run("tgcat", &args.log.clone(), move || {
         let sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::Pcm)?;
         if let Some(control) = &args.control {
@@ -73,13 +73,21 @@ fn main() {
 fn spawn_control_merge(path: PathBuf, sink: SinkHandle) -> anyhow::Result<()> {
     let source = FrameSource::open(Endpoint::Path(path.clone()))?;
     std::thread::Builder::new().name("control".into()).spawn(move || {
+        // A flood of control events costs a few log lines per kind, not one per event.
+        let mut limit = tgvoice::log::LogLimit::new();
         for frame in source {
             match frame {
                 Frame::Event(e) => {
-                    log::info!("control: {}", e.to_json_line());
+                    let line = e.to_json_line();
+                    let shown = &line[..line.floor_char_boundary(300)];
+                    limit.log(log::Level::Info, "control event", format_args!("control: {shown}"));
                     sink.send(Frame::Event(e));
                 }
-                Frame::Audio(_) => log::warn!("ignoring an audio frame on control link {}", path.display()),
+                Frame::Audio(_) => limit.log(
+                    log::Level::Warn,
+                    "control audio",
+                    format_args!("ignoring an audio frame on control link {}", path.display()),
+                ),
             }
         }
     })?;

@@ -27,7 +27,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args: Args = tgvoice::cli::parse_args();
     cli::run("tgvoice-rundir", &args.log.clone(), move || {
         if args.instance.is_empty() || args.instance.contains('/') || args.instance.starts_with('.') {
             return Err(fail(exit::USAGE, format!("bad instance name {:?}: use letters, digits, - and _", args.instance)));

@@ -109,7 +109,7 @@ enum OutputFormat {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args: Args = tgvoice::cli::parse_args();
     cli::run("tts-writer", &args.log.clone(), move || speak(args))
 }
 

@@ -3,9 +3,12 @@
 //! progress is abandoned and the player fades out within one frame.
 //!
 //! * `speech-start {turn: N}` — the caller started talking: replies of turns < N stop.
-//! * `cancel {turn: T}` — stop reply T (and older); `cancel {}` — stop whatever is in progress.
+//! * `cancel {turn: T}` — stop reply T (and older); `cancel {}` — stop whatever is in progress
+//!   (the barrier rises to just above the newest turn seen, never further: a flood of them
+//!   cannot mute the next reply).
 //! * `call-start {greeting}` — speak the greeting (not on a `rejoin`).
 //! * `call-end` — stop everything.
+//! * A turn id far ahead of the clock (`Event::plausible_turn`) is bad input: ignored, logged.
 //! * plain text lines — each line is a reply of its own (turns 1, 2, …).
 
 use crate::input::Incoming;
@@ -15,6 +18,7 @@ use crossbeam_channel::Sender;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tgvoice::event::kind;
+use tgvoice::log::LogLimit;
 use tgvoice::{Event, TurnTrace};
 
 pub struct TurnController {
@@ -23,11 +27,12 @@ pub struct TurnController {
     barrier: Arc<AtomicU64>,
     latest_turn: u64,
     text_turn: u64,
+    log: LogLimit,
 }
 
 impl TurnController {
     pub fn new(jobs: Sender<SynthJob>, player: Sender<PlayerMsg>, barrier: Arc<AtomicU64>) -> Self {
-        TurnController { jobs: Some(jobs), player: Some(player), barrier, latest_turn: 0, text_turn: 0 }
+        TurnController { jobs: Some(jobs), player: Some(player), barrier, latest_turn: 0, text_turn: 0, log: LogLimit::new() }
     }
 
     /// Handle one input item (on the input thread). At the end of input the job and player
@@ -54,7 +59,17 @@ impl TurnController {
         self.barrier.load(Ordering::SeqCst)
     }
 
-    fn event(&mut self, e: Event) {
+    fn event(&mut self, mut e: Event) {
+        if let Err(t) = e.plausible_turn() {
+            let kind = e.kind.clone();
+            self.log.log(log::Level::Warn, "implausible turn", format_args!(
+                "ignoring {kind} for turn {t}, which is far ahead of the clock (turn ids are onset times in ms)"
+            ));
+            if kind != kind::REPLY_CHUNK && kind != kind::REPLY_END {
+                return;
+            }
+            e.turn = None; // text to speak stays speakable; its turn is the current one
+        }
         match e.kind.as_str() {
             kind::REPLY_CHUNK => {
                 let turn = e.turn.unwrap_or_else(|| self.latest_turn.max(self.barrier()));
@@ -83,16 +98,10 @@ impl TurnController {
                 self.cancel_below(turn, "speech-start");
             }
             kind::CANCEL => {
-                let barrier = match e.turn {
-                    Some(t) => t + 1,
-                    None => self.latest_turn.max(self.barrier()) + 1,
-                };
+                let barrier = e.turn.unwrap_or(self.latest_turn) + 1;
                 self.cancel_below(barrier, "cancel");
             }
-            kind::CALL_END => {
-                let b = self.latest_turn.max(self.barrier()) + 1;
-                self.cancel_below(b, "call-end");
-            }
+            kind::CALL_END => self.cancel_below(self.latest_turn + 1, "call-end"),
             kind::CALL_START => {
                 log::info!("call {} started", e.get_str("call").unwrap_or("?"));
                 if let Some(greeting) = e.get_str("greeting").filter(|g| !g.trim().is_empty()) {
@@ -131,7 +140,7 @@ impl TurnController {
     fn cancel_below(&mut self, barrier: u64, why: &str) {
         let old = self.barrier.fetch_max(barrier, Ordering::SeqCst);
         if barrier > old {
-            log::info!("{why}: stopping replies of turns < {barrier}");
+            self.log.log(log::Level::Info, "cancel", format_args!("{why}: stopping replies of turns < {barrier}"));
             if let Some(p) = &self.player {
                 let _ = p.send(PlayerMsg::Cancel);
             }

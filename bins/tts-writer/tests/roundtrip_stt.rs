@@ -7,7 +7,6 @@
 
 mod common;
 use common::*;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tgvoice::frame::{encode, FrameDecoder};

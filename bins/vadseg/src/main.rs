@@ -53,7 +53,7 @@ fn parse_probability(s: &str) -> Result<f32, String> {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args: Args = tgvoice::cli::parse_args();
     cli::run("vadseg", &args.log.clone(), move || {
         if !(1.0..=600.0).contains(&args.max_segment) || args.eot_silence == 0 {
             return Err(cli::fail(cli::exit::USAGE, "--max-segment must be 1–600 s and --eot-silence above 0"));

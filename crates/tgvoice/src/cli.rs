@@ -71,6 +71,8 @@ pub mod exit {
     pub const DATA: i32 = 65;
     /// A required engine, library or model is missing.
     pub const UNAVAILABLE: i32 = 69;
+    /// An internal error (a panic): the stage exits so its supervisor restarts it.
+    pub const SOFTWARE: i32 = 70;
     /// Unsafe or invalid configuration.
     pub const CONFIG: i32 = 78;
 }
@@ -84,6 +86,7 @@ pub fn fail(code: i32, message: impl Into<String>) -> anyhow::Error {
 /// line), then `body`; an error is printed as one line (with its causes) and sets the exit code.
 pub fn run(program: &'static str, log: &LogArgs, body: impl FnOnce() -> anyhow::Result<()>) -> ! {
     crate::log::init(program, log.verbosity());
+    exit_on_panic();
     install_signal_handlers();
     exit_with(body())
 }
@@ -99,6 +102,50 @@ pub fn exit_with(result: anyhow::Result<()>) -> ! {
             log::error!("{msg}");
             std::process::exit(code)
         }
+    }
+}
+
+/// A panic on any thread ends the whole process (one log line, exit 70): a live process with a
+/// dead writer or reader thread would look healthy to the supervisor and never be restarted.
+fn exit_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current().name().unwrap_or("main").to_string();
+        log::error!("internal error on thread \"{thread}\": {info}; exiting so the supervisor restarts this stage");
+        // _exit: no atexit handlers or stdout flush, which could wait on the thread that died.
+        unsafe { libc::_exit(exit::SOFTWARE) }
+    }));
+}
+
+/// `T::parse()`, except that a bad value taken from an environment variable exits 78 (a
+/// configuration error, fifo-layout.md §4) naming the variable; bad flags still exit 2.
+pub fn parse_args<T: clap::Parser>() -> T {
+    let err = match T::try_parse() {
+        Ok(args) => return args,
+        Err(e) => e,
+    };
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let value_error = matches!(err.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation);
+    let invalid_arg = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let cmd = T::command();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let from_env = cmd.get_arguments().find_map(|a| {
+        let var = a.get_env()?.to_str()?.to_string();
+        let long = a.get_long()?;
+        let on_command_line = argv.iter().any(|x| x == &format!("--{long}") || x.starts_with(&format!("--{long}=")));
+        (invalid_arg.starts_with(&format!("--{long}")) && !on_command_line && std::env::var_os(&var).is_some())
+            .then_some(var)
+    });
+    match from_env {
+        Some(var) if value_error => {
+            let msg = err.to_string();
+            let first = msg.lines().next().unwrap_or("invalid value").trim_start_matches("error: ");
+            eprintln!("{}: error: {first} (from the environment variable {var}; fix or unset it)", cmd.get_name());
+            std::process::exit(exit::CONFIG)
+        }
+        _ => err.exit(),
     }
 }
 

@@ -33,6 +33,9 @@ pub mod trace_key {
     pub const FIRST_AUDIO: &str = "first_audio";
 }
 
+/// How far ahead of the wall clock (in ms) a turn id may be; see [`Event::plausible_turn`].
+pub const TURN_AHEAD_MS: u64 = 60_000;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     #[serde(rename = "type")]
@@ -92,6 +95,17 @@ impl Event {
 
     pub fn get_str(&self, key: &str) -> Option<&str> {
         self.extra.get(key).and_then(Value::as_str)
+    }
+
+    /// The event's turn, unless it is implausible: turn ids are the wall-clock millisecond of
+    /// the speech onset (vadseg) or small counters, so one more than [`TURN_AHEAD_MS`] ahead of
+    /// the clock can only be bad input (fifo-layout.md §2). Acting on it would mute every
+    /// real turn below it.
+    pub fn plausible_turn(&self) -> Result<Option<u64>, u64> {
+        match self.turn {
+            Some(t) if t > crate::clock::now_us() / 1000 + TURN_AHEAD_MS => Err(t),
+            t => Ok(t),
+        }
     }
 
     /// One JSON line (for text taps and logs).

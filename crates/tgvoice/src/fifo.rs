@@ -52,15 +52,35 @@ pub fn is_fifo(path: &Path) -> bool {
     std::fs::symlink_metadata(path).map(|m| m.file_type().is_fifo()).unwrap_or(false)
 }
 
-/// Refuse paths an attacker could have planted: symlinks and things owned by another user.
+/// Refuse paths an attacker could have planted: symlinks and things owned by another user; and
+/// a path named like a run-dir link (`audio.frames`, `tg_output.raw`, `text.tap`, …) that is not
+/// a FIFO, so a stray regular file never silently takes a link's traffic. Errors exit 78.
 pub fn check_link_path(path: &Path) -> Result<()> {
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    use crate::cli::{exit, fail};
+    let link_name = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        crate::rundir::LINKS.iter().any(|l| *l == n || Tap::path_for(Path::new(l)).as_os_str() == n)
+    });
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        if link_name {
+            return Err(fail(exit::CONFIG, format!(
+                "{} does not exist; it is a link name, which must be a FIFO (create the run directory with tgvoice-rundir)",
+                path.display()
+            )));
+        }
+        return Ok(());
+    };
     if meta.file_type().is_symlink() {
-        bail!("{} is a symlink; refusing to use it as a link (remove it and let the supervisor create the FIFO)", path.display());
+        return Err(fail(exit::CONFIG, format!("{} is a symlink; refusing to use it as a link (remove it and let the supervisor create the FIFO)", path.display())));
     }
     let uid = nix::unistd::geteuid().as_raw();
     if meta.uid() != uid {
-        bail!("{} is owned by uid {}, not by you (uid {uid}); refusing to use it", path.display(), meta.uid());
+        return Err(fail(exit::CONFIG, format!("{} is owned by uid {}, not by you (uid {uid}); refusing to use it", path.display(), meta.uid())));
+    }
+    if link_name && !meta.file_type().is_fifo() {
+        return Err(fail(exit::CONFIG, format!(
+            "{} is a link name but not a FIFO; move it away and create the run directory with tgvoice-rundir",
+            path.display()
+        )));
     }
     Ok(())
 }

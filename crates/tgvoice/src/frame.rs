@@ -13,6 +13,11 @@ pub const HEADER_LEN: usize = 12;
 pub const AUDIO_HEADER_LEN: usize = 32;
 /// Largest payload a reader accepts (1 MiB).
 pub const MAX_PAYLOAD: usize = 1 << 20;
+/// Audio sample rates a reader accepts, in Hz. Below 8 kHz a frame would stand for minutes of
+/// audio (a 600-byte frame declaring 1 Hz is 5 minutes once resampled to 16 kHz).
+pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 8_000..=192_000;
+/// Most channels an audio frame may declare.
+pub const MAX_CHANNELS: u8 = 8;
 
 pub const KIND_AUDIO: u8 = 1;
 pub const KIND_EVENT: u8 = 2;
@@ -75,15 +80,32 @@ impl Frame {
     }
 }
 
-/// Serialise a frame. Panics only if a caller builds a frame over [`MAX_PAYLOAD`], which is a
-/// programming error (split audio into smaller frames).
+/// Serialise a frame this program built itself. Panics if it is over [`MAX_PAYLOAD`]; anything
+/// that carries input onwards (events can grow when re-encoded) uses [`encode_into`].
 pub fn encode(frame: &Frame) -> Vec<u8> {
     let mut out = Vec::new();
-    encode_into(frame, &mut out);
+    if let Err(e) = encode_into(frame, &mut out) {
+        panic!("{e}");
+    }
     out
 }
 
-pub fn encode_into(frame: &Frame, out: &mut Vec<u8>) {
+/// A frame whose payload would be over [`MAX_PAYLOAD`]: no reader would accept it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooLarge {
+    pub payload: usize,
+}
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "frame payload of {} bytes is over the {MAX_PAYLOAD}-byte cap", self.payload)
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// Append a frame to `out`, or leave `out` unchanged if its payload would be over the cap.
+pub fn encode_into(frame: &Frame, out: &mut Vec<u8>) -> Result<(), TooLarge> {
     let start = out.len();
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
@@ -113,7 +135,11 @@ pub fn encode_into(frame: &Frame, out: &mut Vec<u8>) {
         }
     }
     let payload = out.len() - start - HEADER_LEN;
-    assert!(payload <= MAX_PAYLOAD, "frame payload {payload} exceeds the 1 MiB cap");
+    if payload > MAX_PAYLOAD {
+        out.truncate(start);
+        return Err(TooLarge { payload });
+    }
+    Ok(())
 }
 
 /// Why some input bytes were not a frame. Each says what was seen and what was expected.
@@ -253,17 +279,10 @@ fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, DecodeError> {
     if p.len() < AUDIO_HEADER_LEN {
         return Err(bad(format!("audio payload of {} bytes is shorter than its 32-byte header", p.len())));
     }
-    let u32_at = |i: usize| u32::from_le_bytes(p[i..i + 4].try_into().unwrap());
+    check_payload_start(kind, p)?;
     let u64_at = |i: usize| u64::from_le_bytes(p[i..i + 8].try_into().unwrap());
-    let sample_rate = u32_at(0);
+    let sample_rate = u32::from_le_bytes(p[0..4].try_into().unwrap());
     let channels = p[4];
-    let format = p[5];
-    if format != FORMAT_S16LE {
-        return Err(bad(format!("sample format {format} (only 1 = s16le is defined)")));
-    }
-    if channels == 0 || sample_rate == 0 || sample_rate > 384_000 {
-        return Err(bad(format!("implausible audio: {sample_rate} Hz, {channels} channels")));
-    }
     let data = &p[AUDIO_HEADER_LEN..];
     if data.len() % (2 * channels as usize) != 0 {
         return Err(bad(format!("{} sample bytes is not a whole number of {channels}-channel s16 samples", data.len())));
@@ -279,6 +298,41 @@ fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, DecodeError> {
     }))
 }
 
+/// Check what the first bytes of a payload claim, before the rest has arrived, so a header
+/// with a bogus length is caught at once instead of swallowing the frames that follow it.
+/// Events: JSON never holds raw control bytes (the next frame's header has them) and starts
+/// with `{`. Audio: a plausible rate, channel count and format.
+fn check_payload_start(kind: u8, p: &[u8]) -> Result<(), DecodeError> {
+    let bad = |reason: String| DecodeError::BadPayload { kind, reason };
+    if kind == KIND_EVENT {
+        if let Some(i) = p.iter().position(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) {
+            return Err(bad(format!("control byte 0x{:02x} at offset {i} of an event payload (JSON has none)", p[i])));
+        }
+        if let Some(&b) = p.iter().find(|b| !b.is_ascii_whitespace()) {
+            if b != b'{' {
+                return Err(bad("event payload does not start with a JSON object".into()));
+            }
+        }
+        return Ok(());
+    }
+    if p.len() < AUDIO_HEADER_LEN {
+        return Ok(());
+    }
+    let sample_rate = u32::from_le_bytes(p[0..4].try_into().unwrap());
+    let (channels, format) = (p[4], p[5]);
+    if format != FORMAT_S16LE {
+        return Err(bad(format!("sample format {format} (only 1 = s16le is defined)")));
+    }
+    if !SAMPLE_RATES.contains(&sample_rate) || channels == 0 || channels > MAX_CHANNELS {
+        return Err(bad(format!(
+            "implausible audio: {sample_rate} Hz, {channels} channels (expected {}–{} Hz, 1–{MAX_CHANNELS} channels)",
+            SAMPLE_RATES.start(),
+            SAMPLE_RATES.end()
+        )));
+    }
+    Ok(())
+}
+
 /// Streaming decoder: [`push`](Self::push) bytes, then drain [`next`](Self::next) until `None`.
 #[derive(Default)]
 pub struct FrameDecoder {
@@ -290,6 +344,8 @@ pub struct FrameDecoder {
     /// Bytes skipped in the current run of garbage, and a sample of them for the guess.
     garbage: usize,
     garbage_sample: Vec<u8>,
+    /// Bytes still to come of a frame already reported as bad: skipped without a second report.
+    quiet: usize,
 }
 
 /// A run of garbage is reported when it ends, or every this many bytes (so a live stream of
@@ -329,14 +385,16 @@ impl FrameDecoder {
         if !avail.starts_with(&MAGIC[..avail.len().min(4)]) {
             let found = find_magic(avail);
             let skip = found.unwrap_or_else(|| keep_partial_magic(avail));
+            let quiet = skip.min(self.quiet);
+            self.quiet -= quiet;
             let room = GARBAGE_REPORT_BYTES.saturating_sub(self.garbage_sample.len());
-            self.garbage_sample.extend_from_slice(&avail[..skip.min(room)]);
-            self.garbage += skip;
+            self.garbage_sample.extend_from_slice(&avail[quiet..skip.max(quiet).min(quiet + room)]);
+            self.garbage += skip - quiet;
             self.pos += skip;
-            if found.is_some() || self.garbage >= GARBAGE_REPORT_BYTES {
+            if self.garbage > 0 && (found.is_some() || self.garbage >= GARBAGE_REPORT_BYTES) {
                 return Some(Err(self.take_garbage()));
             }
-            return None;
+            return if found.is_some() { self.next() } else { None };
         }
         if self.garbage > 0 && avail.len() >= MAGIC.len() {
             return Some(Err(self.take_garbage())); // the run ended at this magic
@@ -346,26 +404,43 @@ impl FrameDecoder {
         }
         match parse_header(&avail[..HEADER_LEN]) {
             Err(e) => {
-                // Skip this false/invalid magic and resynchronise.
-                self.pos += 1;
-                let rest = &self.buf[self.pos..];
-                let skip = find_magic(rest).unwrap_or_else(|| keep_partial_magic(rest));
-                self.pos += skip;
+                self.resync_after_bad_header(0);
                 Some(Err(e))
             }
             Ok((kind, len)) => {
                 if avail.len() < HEADER_LEN + len {
+                    if let Err(e) = check_payload_start(kind, &avail[HEADER_LEN..]) {
+                        self.resync_after_bad_header(HEADER_LEN + len);
+                        return Some(Err(e));
+                    }
                     return None;
                 }
                 let payload = &avail[HEADER_LEN..HEADER_LEN + len];
                 let result = parse_payload(kind, payload);
-                self.pos += HEADER_LEN + len;
                 if result.is_ok() {
+                    self.pos += HEADER_LEN + len;
                     self.seen_frame = true;
+                    self.quiet = 0;
+                } else {
+                    // The header may have been a bogus one in front of real frames.
+                    self.resync_after_bad_header(HEADER_LEN + len);
                 }
                 Some(result)
             }
         }
+    }
+
+    /// Skip the header at `pos` and resynchronise on the next magic after it, inside the bytes
+    /// already buffered: one bad header costs one frame, not the length it claimed. The rest
+    /// of the `claimed` bytes (header + payload, already reported) is skipped without a
+    /// second report, unless a valid frame turns up inside it.
+    fn resync_after_bad_header(&mut self, claimed: usize) {
+        let end = self.pos + claimed;
+        self.pos += 1;
+        let rest = &self.buf[self.pos..];
+        let skip = find_magic(rest).unwrap_or_else(|| keep_partial_magic(rest));
+        self.pos += skip;
+        self.quiet = end.saturating_sub(self.pos);
     }
 
     fn take_garbage(&mut self) -> DecodeError {
@@ -377,6 +452,7 @@ impl FrameDecoder {
 
     /// The input ended (EOF or writer restart): drop any partial frame, reporting it.
     pub fn finish(&mut self) -> Option<DecodeError> {
+        self.quiet = 0;
         let have = self.pending();
         if have > 0 && !self.buf[self.pos..].starts_with(&MAGIC[..have.min(4)]) || self.garbage > 0 && have == 0 {
             let rest = self.buf[self.pos..].to_vec();
@@ -510,6 +586,67 @@ mod tests {
             assert!(matches!(got[0], Err(DecodeError::BadPayload { kind: 2, .. })), "{payload:?}: {got:?}");
             assert_eq!(got[1], Ok(audio(1)));
         }
+    }
+
+    /// Case 7 of issue 18: a valid header claiming 1 MiB in front of real frames.
+    #[test]
+    fn bogus_length_header_costs_one_frame_not_the_next_megabyte() {
+        let next = Frame::Event(Event::new("transcript").with_turn(2).with_text("still here"));
+        for kind in [KIND_EVENT, KIND_AUDIO] {
+            let mut bytes = b"TGVF\x01".to_vec();
+            bytes.push(kind);
+            bytes.extend_from_slice(&[0, 0]);
+            bytes.extend_from_slice(&(MAX_PAYLOAD as u32).to_le_bytes());
+            bytes.extend(encode(&next));
+            bytes.extend(encode(&audio(3)));
+            // No finish(): on a live link the megabyte never comes.
+            let mut d = FrameDecoder::new();
+            d.push(&bytes);
+            let got: Vec<_> = std::iter::from_fn(|| d.next()).collect();
+            assert!(matches!(got[0], Err(DecodeError::BadPayload { .. })), "kind {kind}: {got:?}");
+            assert_eq!(got[1..], [Ok(next.clone()), Ok(audio(3))], "kind {kind}");
+        }
+    }
+
+    /// A complete frame whose payload is invalid: resync inside it, not after it.
+    #[test]
+    fn invalid_payload_resyncs_inside_the_bytes_it_covered() {
+        let inner = encode(&audio(2));
+        let mut bytes = b"TGVF\x01\x01\x00\x00".to_vec();
+        bytes.extend_from_slice(&(inner.len() as u32 + 40).to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 40]); // audio header with rate 0
+        bytes.extend_from_slice(&inner);
+        let got = decode_all(&bytes, 1 << 20);
+        assert!(matches!(got[0], Err(DecodeError::BadPayload { kind: 1, .. })), "{got:?}");
+        assert_eq!(got.last().unwrap(), &Ok(audio(2)));
+    }
+
+    /// Case 3 of issue 18: 600 bytes declaring 1 Hz would be minutes of audio downstream.
+    #[test]
+    fn implausible_sample_rates_and_channels_are_rejected() {
+        for (rate, channels) in [(1, 1), (7_999, 1), (192_001, 1), (48_000, 0), (48_000, 9)] {
+            let mut f = audio(300);
+            if let Frame::Audio(a) = &mut f {
+                a.sample_rate = rate;
+                a.channels = channels;
+            }
+            let got = decode_all(&encode(&f), 64);
+            assert!(matches!(got[..], [Err(DecodeError::BadPayload { kind: 1, .. })]), "{rate} Hz {channels} ch: {got:?}");
+        }
+        assert_eq!(decode_all(&encode(&audio(300)), 64), vec![Ok(audio(300))]);
+    }
+
+    /// Case 1 of issue 18: `9e9` re-encodes as `9000000000.0`, so a valid event can grow over
+    /// the cap on its way through a stage.
+    #[test]
+    fn event_that_grows_over_the_cap_is_refused_not_panicked() {
+        let json = format!("{{\"type\":\"x\",\"v\":[{}9e9]}}", "9e9,".repeat(110_000));
+        assert!(json.len() < MAX_PAYLOAD);
+        let event: Event = serde_json::from_str(&json).unwrap();
+        let mut out = b"kept".to_vec();
+        let err = encode_into(&Frame::Event(event), &mut out).unwrap_err();
+        assert!(err.payload > MAX_PAYLOAD, "{err}");
+        assert_eq!(out, b"kept");
     }
 
     #[test]

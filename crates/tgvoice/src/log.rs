@@ -61,3 +61,67 @@ pub fn init(program: &'static str, verbosity: i8) {
         log::set_max_level(level);
     }
 }
+
+/// Rate limit for log lines, per kind of line: at most [`LogLimit::PER_WINDOW`] lines of one
+/// kind per [`LogLimit::WINDOW`], so a flood of bad input or events costs a few lines, not one
+/// per event. The first line of a kind after a window with suppressed lines says how many.
+pub struct LogLimit {
+    kinds: std::collections::HashMap<&'static str, Window>,
+}
+
+struct Window {
+    start: std::time::Instant,
+    shown: u32,
+    suppressed: u64,
+}
+
+impl Default for LogLimit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LogLimit {
+    pub const PER_WINDOW: u32 = 5;
+    pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+    pub fn new() -> Self {
+        LogLimit { kinds: Default::default() }
+    }
+
+    /// Log `args` at `level` unless this `kind` already used up its lines in this window.
+    pub fn log(&mut self, level: Level, kind: &'static str, args: std::fmt::Arguments) {
+        let now = std::time::Instant::now();
+        let w = self.kinds.entry(kind).or_insert(Window { start: now, shown: 0, suppressed: 0 });
+        if now.duration_since(w.start) > Self::WINDOW {
+            if w.suppressed > 0 {
+                log::log!(level, "{} more \"{kind}\" lines were not shown (at most {} per {} s)", w.suppressed, Self::PER_WINDOW, Self::WINDOW.as_secs());
+            }
+            *w = Window { start: now, shown: 0, suppressed: 0 };
+        }
+        if w.shown < Self::PER_WINDOW {
+            w.shown += 1;
+            log::log!(level, "{args}");
+        } else {
+            w.suppressed += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_each_kind_separately() {
+        log::set_max_level(LevelFilter::Info);
+        let mut limit = LogLimit::new();
+        for i in 0..1000 {
+            limit.log(Level::Info, "a", format_args!("a {i}"));
+            limit.log(Level::Info, "b", format_args!("b {i}"));
+        }
+        assert_eq!(limit.kinds["a"].shown, LogLimit::PER_WINDOW);
+        assert_eq!(limit.kinds["a"].suppressed, 1000 - LogLimit::PER_WINDOW as u64);
+        assert_eq!(limit.kinds["b"].shown, LogLimit::PER_WINDOW);
+    }
+}

@@ -31,16 +31,37 @@ pub fn default_run_dir(instance: &str) -> PathBuf {
     base.join(instance)
 }
 
-/// Create (mode 0700) or validate a private directory: refuse symlinks, non-directories and
-/// directories owned by someone else; tighten a looser mode on our own directory.
+/// Whether a directory owned by `owner` with `mode` may hold a run directory of user `me`:
+/// nobody but us (or root) can have planted or be able to swap what is inside it. Someone
+/// else's directory is refused, and so is one that others may write to without the sticky bit.
+pub fn parent_is_safe(owner: u32, mode: u32, me: u32) -> bool {
+    let others_can_swap = mode & 0o022 != 0 && mode & 0o1000 == 0;
+    (owner == me || owner == 0) && !others_can_swap
+}
+
+/// Create (mode 0700) or validate a private directory: refuse symlinks, non-directories,
+/// directories owned by someone else, and a parent directory someone else controls; tighten a
+/// looser mode on our own directory.
 pub fn prepare_private_dir(dir: &Path) -> Result<()> {
-    if let Some(parent) = dir.parent() {
-        if !parent.as_os_str().is_empty() && !parent.exists() {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let meta = std::fs::metadata(parent).with_context(|| format!("cannot inspect {}", parent.display()))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if !parent_is_safe(meta.uid(), meta.mode(), me) {
+            bail!(
+                "the parent of run directory {} is {} (owner uid {}, mode {:o}), which another user \
+                 controls; refusing it (choose a --run-dir under a directory of your own)",
+                dir.display(),
+                parent.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            );
         }
     }
     match std::fs::symlink_metadata(dir) {
@@ -118,6 +139,19 @@ mod tests {
         std::fs::write(run.join("audio.frames"), b"x").unwrap();
         let err = create_run_dir(&run).unwrap_err().to_string();
         assert!(err.contains("not a FIFO"), "{err}");
+    }
+
+    /// Case 8 of issue 18: another user's 0777 directory could swap the run dir under us.
+    #[test]
+    fn parent_controlled_by_someone_else_is_refused() {
+        let me = 1000;
+        assert!(parent_is_safe(me, 0o40700, me));
+        assert!(parent_is_safe(0, 0o41777, me), "/tmp: root's, sticky");
+        assert!(parent_is_safe(0, 0o40755, me));
+        assert!(!parent_is_safe(1001, 0o40777, me), "another user's 0777 directory");
+        assert!(!parent_is_safe(1001, 0o40755, me), "another user's directory");
+        assert!(!parent_is_safe(me, 0o40777, me), "ours, but anyone may rename inside it");
+        assert!(!parent_is_safe(0, 0o40777, me), "root's world-writable without the sticky bit");
     }
 
     #[test]

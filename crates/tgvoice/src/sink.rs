@@ -8,6 +8,7 @@
 
 use crate::fifo::{Endpoint, FifoWriter, Tap, WriteOutcome};
 use crate::frame::{encode_into, Frame};
+use crate::log::LogLimit;
 use anyhow::Result;
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -42,6 +43,18 @@ struct Queue {
     in_flight: usize,
     /// stdout closed (downstream pipeline ended).
     closed: bool,
+    log: LogLimit,
+}
+
+impl Queue {
+    /// Account for a frame leaving either queue (written, dropped or filtered out), so the
+    /// counters stay exact however long the stage runs.
+    fn forget(&mut self, f: &Frame) {
+        match f {
+            Frame::Audio(a) => self.audio_bytes -= a.samples.len() * 2,
+            Frame::Event(_) => self.events -= 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,7 +62,14 @@ pub struct SinkStats {
     pub delivered: u64,
     pub dropped_no_reader: u64,
     pub dropped_overflow: u64,
+    /// Frames that could not be encoded (an event that grew over the 1 MiB cap).
+    pub dropped_too_large: u64,
     pub queued: usize,
+    /// Longest time the writer thread spent on one frame in `Tap::mirror` (µs): the tap must
+    /// never hold the link, so this stays tiny whatever the tap reader does.
+    pub max_tap_us: u64,
+    /// Longest time spent in `FifoWriter::write_chunk` for one frame (µs): a slow reader.
+    pub max_write_us: u64,
 }
 
 struct Shared {
@@ -158,26 +178,32 @@ impl SinkHandle {
                 q.audio_bytes += a.samples.len() * 2;
                 while q.audio_bytes > self.max_audio_bytes {
                     let Some(i) = q.ordered.iter().position(|f| matches!(f, Frame::Audio(_))) else { break };
-                    if let Some(Frame::Audio(old)) = q.ordered.remove(i) {
-                        q.audio_bytes -= old.samples.len() * 2;
-                    }
+                    let old = q.ordered.remove(i).expect("found above");
+                    q.forget(&old);
                     q.dropped_audio += 1;
-                    if q.dropped_audio.is_power_of_two() {
-                        log::warn!(
-                            "output queue for {} is full (reader too slow); dropped {} oldest audio frames so far",
-                            self.label, q.dropped_audio
-                        );
-                    }
+                    let n = q.dropped_audio;
+                    q.log.log(log::Level::Warn, "audio queue full", format_args!(
+                        "output queue for {} is full (reader too slow); dropped {n} oldest audio frames so far",
+                        self.label
+                    ));
                 }
             }
             Frame::Event(_) => {
                 q.events += 1;
                 if q.events > EVENT_QUEUE_LEN {
-                    if let Some(i) = q.ordered.iter().position(|f| matches!(f, Frame::Event(_))) {
-                        q.ordered.remove(i);
-                        q.events -= 1;
+                    let ordered = q.ordered.iter().position(|f| matches!(f, Frame::Event(_)));
+                    let old = match ordered {
+                        Some(i) => q.ordered.remove(i),
+                        None => q.urgent.pop_front(),
+                    };
+                    if let Some(old) = old {
+                        q.forget(&old);
                         q.dropped_events += 1;
-                        log::warn!("event queue for {} is full; dropped {} events so far", self.label, q.dropped_events);
+                        let n = q.dropped_events;
+                        q.log.log(log::Level::Warn, "event queue full", format_args!(
+                            "event queue for {} is full; dropped {n} oldest events so far",
+                            self.label
+                        ));
                     }
                 }
             }
@@ -211,29 +237,21 @@ impl SinkHandle {
             if keep(&f) {
                 q.ordered.push_back(f);
             } else {
-                match f {
-                    Frame::Audio(a) => q.audio_bytes -= a.samples.len() * 2,
-                    Frame::Event(_) => q.events -= 1,
-                }
+                q.forget(&f);
             }
         }
     }
 }
 
 fn writer_loop(shared: Arc<Shared>, mut writer: FifoWriter, mut tap: Option<Tap>, tap_format: TapFormat) {
+    let label = writer.label().to_string();
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
         let frame = {
             let mut q = shared.queue.lock().unwrap();
             loop {
-                if let Some(f) = q.urgent.pop_front() {
-                    break Some(f);
-                }
-                if let Some(f) = q.ordered.pop_front() {
-                    match &f {
-                        Frame::Audio(a) => q.audio_bytes -= a.samples.len() * 2,
-                        Frame::Event(_) => q.events -= 1,
-                    }
+                if let Some(f) = q.urgent.pop_front().or_else(|| q.ordered.pop_front()) {
+                    q.forget(&f);
                     break Some(f);
                 }
                 if q.closing {
@@ -243,7 +261,17 @@ fn writer_loop(shared: Arc<Shared>, mut writer: FifoWriter, mut tap: Option<Tap>
             }
         };
         let Some(frame) = frame else { return };
+        buf.clear();
+        if let Err(e) = encode_into(&frame, &mut buf) {
+            // Input can grow on re-encoding (`9e9` → `9000000000.0`): drop it, keep the link.
+            shared.stats.lock().unwrap().dropped_too_large += 1;
+            let what = if matches!(frame, Frame::Audio(_)) { "audio frame" } else { "event" };
+            let mut q = shared.queue.lock().unwrap();
+            q.log.log(log::Level::Warn, "frame too large", format_args!("dropped an {what} for {label}: {e}"));
+            continue;
+        }
         shared.queue.lock().unwrap().in_flight = 1;
+        let tap_start = std::time::Instant::now();
         if let Some(tap) = tap.as_mut() {
             match (&frame, tap_format) {
                 (Frame::Audio(a), TapFormat::Pcm) => tap.mirror(&a.pcm_bytes()),
@@ -255,11 +283,12 @@ fn writer_loop(shared: Arc<Shared>, mut writer: FifoWriter, mut tap: Option<Tap>
                 _ => {}
             }
         }
-        buf.clear();
-        encode_into(&frame, &mut buf);
+        let write_start = std::time::Instant::now();
         let outcome = writer.write_chunk(&buf);
         {
             let mut s = shared.stats.lock().unwrap();
+            s.max_tap_us = s.max_tap_us.max((write_start - tap_start).as_micros() as u64);
+            s.max_write_us = s.max_write_us.max(write_start.elapsed().as_micros() as u64);
             match outcome {
                 WriteOutcome::Delivered => s.delivered += 1,
                 WriteOutcome::Dropped | WriteOutcome::Closed => s.dropped_no_reader += 1,
@@ -270,5 +299,47 @@ fn writer_loop(shared: Arc<Shared>, mut writer: FifoWriter, mut tap: Option<Tap>
         if outcome == WriteOutcome::Closed {
             q.closed = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{kind, Event};
+
+    /// Case 2 of issue 18: urgent events must leave the event count when written, or after
+    /// 4096 of them every later event is "over the bound" and dropped.
+    #[test]
+    fn event_count_returns_to_zero_after_urgent_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("text.frames");
+        crate::fifo::ensure_fifo(&link).unwrap();
+        let sink = FrameSink::open(Endpoint::Path(link), None, TapFormat::JsonLines).unwrap();
+        for turn in 0..3 * EVENT_QUEUE_LEN as u64 {
+            sink.send(Frame::Event(Event::new(kind::SPEECH_START).with_turn(turn)));
+            sink.send(Frame::Event(Event::new(kind::CANCEL)));
+            while sink.stats().queued > 0 {
+                std::thread::yield_now();
+            }
+        }
+        let stats = sink.stats();
+        assert_eq!(stats.dropped_overflow, 0, "{stats:?}");
+        assert_eq!(sink.handle.shared.queue.lock().unwrap().events, 0);
+    }
+
+    /// Case 1 of issue 18: an event over the cap is dropped and the link carries on.
+    #[test]
+    fn oversize_event_is_dropped_and_the_next_one_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.frames"); // a regular file: everything is delivered
+        let sink = FrameSink::open(Endpoint::Path(out.clone()), None, TapFormat::JsonLines).unwrap();
+        let json = format!("{{\"type\":\"x\",\"v\":[{}9e9]}}", "9e9,".repeat(110_000));
+        sink.send(Frame::Event(serde_json::from_str(&json).unwrap()));
+        sink.send(Frame::Event(Event::new(kind::TRANSCRIPT).with_text("next")));
+        let stats = sink.finish();
+        assert_eq!((stats.dropped_too_large, stats.delivered), (1, 1), "{stats:?}");
+        let mut d = crate::frame::FrameDecoder::new();
+        d.push(&std::fs::read(&out).unwrap());
+        assert!(matches!(d.next(), Some(Ok(Frame::Event(e))) if e.text.as_deref() == Some("next")));
     }
 }

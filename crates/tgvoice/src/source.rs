@@ -9,7 +9,7 @@ use crate::fifo::{ByteInput, Endpoint, ReadOutcome};
 use crate::frame::{DecodeError, Frame, FrameDecoder};
 use anyhow::Result;
 use crossbeam_channel::{unbounded, Receiver};
-use std::time::{Duration, Instant};
+use crate::log::LogLimit;
 
 /// What the source delivers besides frames.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,39 +125,28 @@ impl Iterator for FrameSource {
     }
 }
 
-/// Logs bad input one clear line at a time, at most a few per second, with suppressed counts.
+/// Logs bad input one clear line at a time, a few per kind of error per window
+/// ([`LogLimit`]), with suppressed counts.
 pub struct BadInputLog {
     label: String,
     pub total: u64,
-    window_start: Instant,
-    in_window: u32,
-    suppressed: u64,
+    limit: LogLimit,
 }
 
 impl BadInputLog {
-    const PER_WINDOW: u32 = 5;
-    const WINDOW: Duration = Duration::from_secs(5);
-
     pub fn new(label: String) -> Self {
-        BadInputLog { label, total: 0, window_start: Instant::now(), in_window: 0, suppressed: 0 }
+        BadInputLog { label, total: 0, limit: LogLimit::new() }
     }
 
     pub fn report(&mut self, e: &DecodeError) {
         self.total += 1;
-        let now = Instant::now();
-        if now.duration_since(self.window_start) > Self::WINDOW {
-            if self.suppressed > 0 {
-                log::warn!("bad input on {}: {} more errors not shown", self.label, self.suppressed);
-            }
-            self.window_start = now;
-            self.in_window = 0;
-            self.suppressed = 0;
-        }
-        if self.in_window < Self::PER_WINDOW {
-            self.in_window += 1;
-            log::warn!("bad input on {}: {e}", self.label);
-        } else {
-            self.suppressed += 1;
-        }
+        let kind = match e {
+            DecodeError::Garbage { .. } => "bad input: garbage",
+            DecodeError::Oversize { .. } => "bad input: oversize",
+            DecodeError::BadHeader { .. } => "bad input: header",
+            DecodeError::BadPayload { .. } => "bad input: payload",
+            DecodeError::Truncated { .. } => "bad input: truncated",
+        };
+        self.limit.log(log::Level::Warn, kind, format_args!("bad input on {}: {e}", self.label));
     }
 }

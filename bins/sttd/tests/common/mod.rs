@@ -184,7 +184,7 @@ impl Sttd {
     pub fn send(&mut self, frames: &[Frame]) {
         let mut buf = vec![];
         for f in frames {
-            tgvoice::frame::encode_into(f, &mut buf);
+            tgvoice::frame::encode_into(f, &mut buf).expect("test frames are under the cap");
         }
         self.stdin.as_mut().expect("stdin open").write_all(&buf).expect("write to sttd");
     }
