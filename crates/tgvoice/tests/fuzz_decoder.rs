@@ -8,7 +8,9 @@ use tgvoice::{AudioFrame, Event, Frame};
 
 fn arb_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (prop::collection::vec(any::<i16>(), 0..600), any::<u64>(), any::<u64>(), 1u32..200_000).prop_map(
+        // Valid frames claim a plausible rate (fifo-layout.md §2); implausible ones are
+        // rejected, which `frame::tests::implausible_sample_rates_and_channels_are_rejected` covers.
+        (prop::collection::vec(any::<i16>(), 0..600), any::<u64>(), any::<u64>(), tgvoice::frame::SAMPLE_RATES).prop_map(
             |(samples, turn, ts, rate)| Frame::Audio(AudioFrame {
                 sample_rate: rate,
                 channels: 1,
