@@ -77,6 +77,8 @@ struct InFlight {
     id: u64,
     turn: u64,
     kind: JobKind,
+    /// A speculative decode that became the final one (logged as such).
+    speculative: bool,
     abort: Arc<AtomicBool>,
     started: Instant,
 }
@@ -302,7 +304,9 @@ impl<O: Output> SttStage<O> {
             }
             Some(EarlyState::Running(id)) if self.in_flight.as_ref().is_some_and(|f| f.id == id) => {
                 // Its result becomes the final one.
-                self.in_flight.as_mut().unwrap().kind = JobKind::Final;
+                let f = self.in_flight.as_mut().unwrap();
+                f.kind = JobKind::Final;
+                f.speculative = true;
                 self.stats.early_reused += 1;
                 log::debug!("turn {turn}: speculative decode already running; it becomes the final one");
             }
@@ -377,7 +381,7 @@ impl<O: Output> SttStage<O> {
         match f.kind {
             JobKind::Final => {
                 if self.ended.contains_key(&d.turn) {
-                    self.finish_turn(d.turn, result, &d.samples, false);
+                    self.finish_turn(d.turn, result, &d.samples, f.speculative);
                 }
             }
             JobKind::Early => {
@@ -484,7 +488,7 @@ impl<O: Output> SttStage<O> {
         let id = self.next_job;
         self.next_job += 1;
         let abort = Arc::new(AtomicBool::new(false));
-        self.in_flight = Some(InFlight { id, turn, kind, abort: abort.clone(), started: Instant::now() });
+        self.in_flight = Some(InFlight { id, turn, kind, speculative: false, abort: abort.clone(), started: Instant::now() });
         self.worker.submit(Job { id, turn, samples, abort });
         id
     }
