@@ -11,6 +11,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tgvoice::testkit::bin_path;
 
+/// sttd's test speech: the short-question set, its voices and the normalised scoring.
+#[path = "../bins/sttd/tests/common/mod.rs"]
+#[allow(dead_code)]
+mod sttd_common;
+
 /// These tests each run a whole pipeline; on 2 cores they must not overlap.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -527,4 +532,53 @@ fn a_caller_who_pauses_and_goes_on_under_load_is_one_message_answered() {
     assert_eq!(roles, vec!["user", "assistant"], "history: {history:?}");
     let sttd = p.log("sttd");
     assert!(!sttd.contains("dropped ("), "sttd dropped a turn:\n{sttd}");
+}
+
+/// The short-question set (bins/sttd/tests/data) said by callsim into the supervised
+/// pipeline: every third question, the voices taking turns (Piper, espeak-ng en-us 165 wpm,
+/// en-gb 140 wpm); `TGVOICE_HEAR_ALL=1` says every question in every voice and prints the
+/// table. No repetition loop may reach the LLM, and most questions must be heard exactly:
+/// issue 17 asks for 90 %, which tiny.en does not reach on espeak-ng's voices with any
+/// decoding setting measured (74-79 % on the whole set: bins/sttd/README.md "Short
+/// questions"), so 70 % is the regression bound, under the measured rate, not the target.
+#[test]
+fn short_questions_through_the_supervised_pipeline_are_heard_exactly() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let all = std::env::var_os("TGVOICE_HEAR_ALL").is_some();
+    let questions = sttd_common::short_questions();
+    let mut said = vec![]; // (voice, question, wav)
+    for (i, q) in questions.iter().enumerate() {
+        for (v, (voice_name, voice)) in sttd_common::VOICES.iter().enumerate() {
+            if all || (i % 3 == 0 && (i / 3) % 3 == v) {
+                let wav = dir.path().join(format!("q{i}-{voice_name}.wav"));
+                tgvoice::resample::write_wav_mono(&wav, sttd_common::RATE, &voice.speak(q)).unwrap();
+                said.push((*voice_name, *q, wav.display().to_string()));
+            }
+        }
+    }
+    let p = Pipeline::start("hear");
+    let wavs: Vec<String> = said.iter().map(|s| s.2.clone()).collect();
+    let (turns, _) = p.call(&wavs, &["--reply-timeout", "30"]);
+    let (mut exact, mut errors, mut words) = (0, 0, 0);
+    for ((voice, q, _), turn) in said.iter().zip(&turns) {
+        let heard = turn["heard"].as_str().unwrap_or("");
+        let ok = sttd_common::exact_match(q, heard);
+        exact += ok as usize;
+        let (e, n) = sttd_common::word_errors(q, heard);
+        errors += e;
+        words += n;
+        println!("{} {voice}: {q:?} → {heard:?}", if ok { "ok  " } else { "MISS" });
+        assert!(sttd::guard::cut_loop(heard).is_none(), "a repetition loop reached the LLM: {heard:?}");
+    }
+    let sttd_log = p.log("sttd");
+    let speculative = sttd_log.lines().filter(|l| l.contains(", speculative")).count();
+    let rate = exact as f64 / said.len() as f64;
+    println!(
+        "supervised pipeline: heard exactly {exact}/{} ({:.0} %), WER {:.1} %, {speculative} speculative",
+        said.len(),
+        rate * 100.0,
+        errors as f64 / words.max(1) as f64 * 100.0
+    );
+    assert!(rate >= 0.7, "only {exact}/{} short questions heard exactly:\n{sttd_log}", said.len());
 }

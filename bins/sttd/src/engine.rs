@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tgvoice::cli::{fail, exit};
+use crate::guard::{cut_loop, quality_problem, Problem, QualityLimits};
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
 
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -47,14 +48,42 @@ impl AudioCtx {
     }
 }
 
+/// One whisper.cpp decode: the search and the encoder window. Every pass decodes at
+/// temperature 0 (deterministic), unless `temperature_fallback` is set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pass {
+    /// 1 = greedy; more = beam search with that many beams.
+    pub beam_size: u32,
+    pub audio_ctx: AudioCtx,
+    /// whisper.cpp's temperature fallback: re-decode at T = 0.2, 0.4, … (sampling, best of 5)
+    /// while the mean token log-probability is under −1 or the text is repetitive (its
+    /// entropy check, which only looks at results over 32 tokens).
+    pub temperature_fallback: bool,
+}
+
+impl Pass {
+    pub fn describe(&self) -> String {
+        let search = if self.beam_size > 1 { format!("beam {}", self.beam_size) } else { "greedy".into() };
+        let ctx = match self.audio_ctx {
+            AudioCtx::Full => "full window".to_string(),
+            AudioCtx::Fit { margin, min } => format!("audio_ctx fit +{margin} (min {min})"),
+            AudioCtx::Fixed(n) => format!("audio_ctx {n}"),
+        };
+        format!("{search}, {ctx}{}", if self.temperature_fallback { ", temperature fallback" } else { "" })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DecodeSettings {
     pub threads: u32,
     pub language: String,
-    /// 1 = greedy.
-    pub beam_size: u32,
     pub initial_prompt: Option<String>,
-    pub audio_ctx: AudioCtx,
+    /// The first decode of every turn.
+    pub first: Pass,
+    /// The re-decode of a result that fails the quality check (a repetition loop, a high
+    /// compression ratio, a low mean log-probability); None = keep the first result.
+    pub redecode: Option<Pass>,
+    pub quality: QualityLimits,
 }
 
 /// What one whisper call produced.
@@ -70,6 +99,12 @@ pub struct Transcription {
     pub elapsed_ms: f64,
     /// True if the call was aborted (superseded) before finishing.
     pub aborted: bool,
+    /// Why the first pass was re-decoded (None = it passed the quality check).
+    pub redecoded: Option<Problem>,
+    /// A repetition loop was still there after the re-decode and was cut to one copy.
+    pub loop_cut: bool,
+    /// Samples Whisper was given (the turn's speech, trailing silence trimmed, plus padding).
+    pub input_len: usize,
 }
 
 pub struct WhisperEngine {
@@ -114,6 +149,62 @@ unsafe extern "C" fn abort_requested(user_data: *mut std::ffi::c_void) -> bool {
     unsafe { (*(user_data as *const AtomicBool)).load(Ordering::Relaxed) }
 }
 
+/// Samples per frame of the trailing-silence test (vadseg's 32 ms frames).
+const SILENCE_FRAME: usize = 512;
+/// A trailing frame this far below the turn's loudest frame is silence (dB). Low enough that
+/// a soft word ending (a fricative, a trailing "-er", ~20-30 dB under the vowels) is speech.
+const SILENCE_BELOW_PEAK_DB: f64 = 40.0;
+/// Silence appended after the speech, as vadseg's post-roll would be (ms).
+pub const POST_PAD_MS: usize = 200;
+
+fn frame_db(frame: &[f32]) -> f64 {
+    let ms = frame.iter().map(|s| (*s as f64) * (*s as f64)).sum::<f64>() / frame.len().max(1) as f64;
+    10.0 * (ms + 1e-12).log10()
+}
+
+/// How far a turn's speech goes: see [`speech_extent`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpeechExtent {
+    /// Samples up to the end of the last frame that is not silence.
+    pub len: usize,
+    /// Level of the loudest frame (dBFS).
+    pub peak_db: f64,
+}
+
+impl SpeechExtent {
+    /// Would `more` audio after these samples move the end of speech (is it not silence)?
+    pub fn extended_by(&self, more: &[f32]) -> bool {
+        more.chunks(SILENCE_FRAME).any(|f| frame_db(f) > self.peak_db - SILENCE_BELOW_PEAK_DB)
+    }
+}
+
+/// Where the turn's speech ends: the end of its last 32 ms frame (counted from the turn's
+/// first sample) within 40 dB of its loudest frame. What follows is silence (vadseg's
+/// post-roll, or nothing yet) and never reaches Whisper, so a turn decoded at a pause and the
+/// same turn decoded at speech-end get the same input exactly when nothing but silence came
+/// in between: the speculative result is then the final one, not an approximation.
+pub fn speech_extent(samples: &[f32]) -> SpeechExtent {
+    let frames: Vec<f64> = samples.chunks(SILENCE_FRAME).map(frame_db).collect();
+    let peak_db = frames.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let len = match frames.iter().rposition(|db| *db > peak_db - SILENCE_BELOW_PEAK_DB) {
+        Some(i) => ((i + 1) * SILENCE_FRAME).min(samples.len()),
+        None => 0,
+    };
+    SpeechExtent { len, peak_db }
+}
+
+/// What Whisper is given for a turn: its speech (see [`speech_extent`]) followed by
+/// [`POST_PAD_MS`] of digital silence, at least 1.1 s in all.
+pub fn decode_input(samples: &[f32]) -> Vec<f32> {
+    let speech = &samples[..speech_extent(samples).len];
+    let pad = POST_PAD_MS * SAMPLE_RATE as usize / 1000;
+    let min_len = SAMPLE_RATE as usize + SAMPLE_RATE as usize / 10;
+    let mut v = Vec::with_capacity((speech.len() + pad).max(min_len));
+    v.extend_from_slice(speech);
+    v.resize((speech.len() + pad).max(min_len), 0.0);
+    v
+}
+
 impl WhisperEngine {
     pub fn load(path: &Path, settings: DecodeSettings) -> Result<Self> {
         check_model_file(path)?;
@@ -131,26 +222,68 @@ impl WhisperEngine {
         Ok(WhisperEngine { _ctx: ctx, state, settings, model_ctx, multilingual })
     }
 
+    pub fn settings(&self) -> &DecodeSettings {
+        &self.settings
+    }
+
     pub fn describe(&self) -> String {
+        let s = &self.settings;
         format!(
-            "{} model, {} threads, {}, language {}, audio_ctx {:?}",
+            "{} model, {} threads, language {}, {}{}{}",
             if self.multilingual { "multilingual" } else { "English-only" },
-            self.settings.threads,
-            if self.settings.beam_size > 1 { format!("beam {}", self.settings.beam_size) } else { "greedy".into() },
-            self.settings.language,
-            self.settings.audio_ctx
+            s.threads,
+            s.language,
+            s.first.describe(),
+            s.redecode.map(|r| format!("; re-decode: {}", r.describe())).unwrap_or_default(),
+            s.initial_prompt.as_ref().map(|p| format!("; prompt {p:?}")).unwrap_or_default(),
         )
     }
 
-    /// Transcribe `samples` (16 kHz mono f32). `abort` set by another thread stops the call early
-    /// (the result is then marked `aborted`).
+    /// Transcribe a turn's `samples` (16 kHz mono f32): the first pass on [`decode_input`],
+    /// a re-decode if its result fails the quality check, and a repetition loop that survives
+    /// both cut to its first copy (a loop never leaves sttd). `abort` set by another thread
+    /// stops the call early (the result is then marked `aborted`).
     pub fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> Result<Transcription> {
         let t0 = Instant::now();
+        let audio = decode_input(samples);
+        let limits = self.settings.quality.clone();
+        let first = self.settings.first;
+        let mut out = self.run_pass(&audio, first, abort.as_ref())?;
+        if !out.aborted {
+            if let Some(problem) = quality_problem(&out, &limits) {
+                if let Some(redecode) = self.settings.redecode.filter(|r| *r != first) {
+                    let again = self.run_pass(&audio, redecode, abort.as_ref())?;
+                    // Keep the re-decode unless it is worse: still broken while the first
+                    // was only unsure.
+                    let again_problem = quality_problem(&again, &limits);
+                    let keep_first = !again.aborted && again_problem.as_ref().is_some_and(|p| p.is_loop()) && !problem.is_loop();
+                    if !keep_first {
+                        out = again;
+                    }
+                }
+                out.redecoded = Some(problem);
+            }
+        }
+        if !out.aborted {
+            if let Some(cut) = cut_loop(&out.text) {
+                out.text = cut;
+                out.loop_cut = true;
+            }
+        }
+        out.input_len = audio.len();
+        out.elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(out)
+    }
+
+    /// One whisper.cpp call with the settings of `pass`.
+    fn run_pass(&mut self, audio: &[f32], pass: Pass, abort: Option<&Arc<AtomicBool>>) -> Result<Transcription> {
+        let t0 = Instant::now();
         let s = &self.settings;
-        let strategy = if s.beam_size > 1 {
-            SamplingStrategy::BeamSearch { beam_size: s.beam_size as i32, patience: -1.0 }
+        let strategy = if pass.beam_size > 1 {
+            SamplingStrategy::BeamSearch { beam_size: pass.beam_size as i32, patience: -1.0 }
         } else {
-            SamplingStrategy::Greedy { best_of: 1 }
+            // best_of only matters when the fallback samples (T > 0): whisper's 5 candidates.
+            SamplingStrategy::Greedy { best_of: if pass.temperature_fallback { 5 } else { 1 } }
         };
         let mut p = FullParams::new(strategy);
         p.set_n_threads(s.threads as i32);
@@ -166,33 +299,18 @@ impl WhisperEngine {
         p.set_print_timestamps(false);
         p.set_suppress_blank(true);
         p.set_suppress_nst(true);
-        // One decode at temperature 0: fallbacks re-run the decoder up to 5 times on "bad"
-        // output, which costs latency and mostly produces confident nonsense on noise.
         p.set_temperature(0.0);
-        p.set_temperature_inc(0.0);
+        p.set_temperature_inc(if pass.temperature_fallback { 0.2 } else { 0.0 });
         if let Some(prompt) = &s.initial_prompt {
             p.set_initial_prompt(prompt);
         }
-        // whisper.cpp needs at least 1 s of input (it pads shorter input with zeros itself in
-        // newer versions, but a little explicit padding keeps short clips well-formed).
-        let min_len = SAMPLE_RATE as usize + SAMPLE_RATE as usize / 10;
-        let padded;
-        let audio = if samples.len() < min_len {
-            let mut v = samples.to_vec();
-            v.resize(min_len, 0.0);
-            padded = v;
-            &padded[..]
-        } else {
-            samples
-        };
         // A shrunken encoder window can make the decoder loop ("X. X. X. ..."); speech has
         // at most ~5 tokens per second, so cap the output at 8/s + 16.
-        let secs = samples.len() as f64 / SAMPLE_RATE as f64;
+        let secs = audio.len() as f64 / SAMPLE_RATE as f64;
         p.set_max_tokens((secs * 8.0) as i32 + 16);
-        let audio_ctx = s.audio_ctx.for_samples(audio.len(), self.model_ctx);
+        let audio_ctx = pass.audio_ctx.for_samples(audio.len(), self.model_ctx);
         p.set_audio_ctx(audio_ctx as i32);
-        let aborted_flag = abort.clone();
-        if let Some(flag) = &abort {
+        if let Some(flag) = abort {
             // whisper-rs 0.16's set_abort_callback_safe passes its boxed closure to a trampoline
             // that reads it as the wrong type (random aborts, whisper error -6), so use the raw
             // callback: user data = the AtomicBool, alive in `abort` for the whole call.
@@ -202,9 +320,7 @@ impl WhisperEngine {
             }
         }
         let result = self.state.full(p, audio);
-        drop(abort);
-        let aborted = aborted_flag.map(|f| f.load(Ordering::Relaxed)).unwrap_or(false);
-        if aborted {
+        if abort.is_some_and(|f| f.load(Ordering::Relaxed)) {
             return Ok(Transcription { aborted: true, audio_ctx, elapsed_ms: t0.elapsed().as_secs_f64() * 1e3, ..Default::default() });
         }
         result.context("whisper.cpp transcription failed")?;
@@ -284,5 +400,35 @@ mod tests {
         assert_eq!(fit.for_samples(29 * 16_000, 1500), 0);
         assert_eq!(AudioCtx::Full.for_samples(48_000, 1500), 0);
         assert_eq!(AudioCtx::Fixed(768).for_samples(48_000, 1500), 768);
+    }
+
+    fn tone(n: usize, amp: f32) -> Vec<f32> {
+        (0..n).map(|i| amp * (i as f32 * 0.07).sin()).collect()
+    }
+
+    #[test]
+    fn the_decode_input_ignores_trailing_silence_so_an_early_decode_is_the_final_one() {
+        // 300 ms pre-roll of faint noise, 1 s of "speech", then what came after the pause.
+        // (vadseg's frames are 512 samples, so a turn grows in whole frames.)
+        let mut speech: Vec<f32> = (0..4608).map(|i| 1e-4 * ((i * 7919 % 200) as f32 - 100.0) / 100.0).collect();
+        speech.extend(tone(16_384, 0.3));
+        let at_pause = speech.clone();
+        let mut with_post_roll = speech.clone();
+        with_post_roll.extend(vec![0.0; 3200]);
+        let mut with_room_noise = speech.clone();
+        with_room_noise.extend((0..6400).map(|i| 2e-4 * ((i % 17) as f32 - 8.0) / 8.0));
+        let input = decode_input(&at_pause);
+        assert!(input == decode_input(&with_post_roll), "vadseg's silent post-roll changes nothing");
+        assert!(input == decode_input(&with_room_noise), "nor does room noise 60 dB down");
+        assert_eq!(input.len(), speech_extent(&at_pause).len + POST_PAD_MS * 16);
+        // A soft word ending (25 dB down) is speech: it moves the end and is decoded.
+        let mut soft_end = speech.clone();
+        soft_end.extend(tone(1600, 0.3 * 10f32.powf(-25.0 / 20.0)));
+        assert!(speech_extent(&at_pause).extended_by(&soft_end[speech.len()..]));
+        assert!(decode_input(&soft_end) != input);
+        assert!(!speech_extent(&at_pause).extended_by(&with_post_roll[speech.len()..]));
+        // Short clips are padded to 1.1 s; silence alone leaves only padding.
+        assert_eq!(decode_input(&tone(1000, 0.3)).len(), 17_600);
+        assert_eq!(decode_input(&[]).len(), 17_600);
     }
 }

@@ -186,6 +186,135 @@ impl HallucinationGuard {
     }
 }
 
+/// When a Whisper result is suspect and is decoded again (engine::DecodeSettings::redecode).
+#[derive(Debug, Clone)]
+pub struct QualityLimits {
+    /// Text bytes / zlib-compressed bytes above this is repetitive (OpenAI Whisper's 2.4).
+    pub max_compression_ratio: f32,
+    /// Mean token log-probability under this means the model was guessing.
+    pub min_avg_logprob: f32,
+}
+
+impl Default for QualityLimits {
+    fn default() -> Self {
+        QualityLimits { max_compression_ratio: 2.4, min_avg_logprob: -1.0 }
+    }
+}
+
+/// Why a result was decoded again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Problem {
+    /// A phrase repeated back to back (`times` copies): the decoder looped.
+    Loop { phrase: String, times: usize },
+    /// The text compresses too well: repetitive even without an exact back-to-back copy.
+    Compressible { ratio: f32 },
+    /// The model was unsure of the words.
+    Unsure { avg_logprob: f32 },
+}
+
+impl Problem {
+    pub fn is_loop(&self) -> bool {
+        matches!(self, Problem::Loop { .. } | Problem::Compressible { .. })
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Loop { phrase, times } => write!(f, "repetition loop ({phrase:?} {times}×)"),
+            Problem::Compressible { ratio } => write!(f, "repetitive text (compression ratio {ratio:.1})"),
+            Problem::Unsure { avg_logprob } => write!(f, "unsure (avg logprob {avg_logprob:.2})"),
+        }
+    }
+}
+
+/// OpenAI Whisper's repetitiveness measure: UTF-8 length over zlib-compressed length.
+pub fn compression_ratio(text: &str) -> f32 {
+    use std::io::Write;
+    if text.is_empty() {
+        return 0.0;
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(text.as_bytes()).expect("writing to a Vec");
+    let packed = z.finish().expect("writing to a Vec");
+    text.len() as f32 / packed.len() as f32
+}
+
+/// A phrase repeated back to back: where it starts (word index), its length in words and how
+/// many copies follow each other. Counts as a loop: one word 4×, two or three words 3×, four
+/// or more words 2× — people repeat a word ("no, no, no") but not a whole clause, and
+/// Whisper's loops are whole clauses.
+fn repeated_run(words: &[String]) -> Option<(usize, usize, usize)> {
+    for start in 0..words.len() {
+        for n in 1..=(words.len() - start) / 2 {
+            let phrase = &words[start..start + n];
+            let mut times = 1;
+            while words.get(start + times * n..start + (times + 1) * n) == Some(phrase) {
+                times += 1;
+            }
+            let needed = match n {
+                1 => 4,
+                2 | 3 => 3,
+                _ => 2,
+            };
+            if times >= needed {
+                return Some((start, n, times));
+            }
+        }
+    }
+    None
+}
+
+fn word_key(token: &str) -> String {
+    token.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect::<String>().to_lowercase()
+}
+
+/// What is wrong with a result, if anything (checked before the guard's accept).
+pub fn quality_problem(t: &Transcription, limits: &QualityLimits) -> Option<Problem> {
+    let tokens: Vec<String> = t.text.split_whitespace().map(word_key).filter(|w| !w.is_empty()).collect();
+    if let Some((start, n, times)) = repeated_run(&tokens) {
+        return Some(Problem::Loop { phrase: tokens[start..start + n].join(" "), times });
+    }
+    let ratio = compression_ratio(&t.text);
+    if ratio > limits.max_compression_ratio {
+        return Some(Problem::Compressible { ratio });
+    }
+    if t.n_tokens > 0 && t.avg_logprob < limits.min_avg_logprob {
+        return Some(Problem::Unsure { avg_logprob: t.avg_logprob });
+    }
+    None
+}
+
+/// `text` with every repetition loop cut to its first copy (a trailing partial copy too), or
+/// None when it has none.
+pub fn cut_loop(text: &str) -> Option<String> {
+    let mut tokens: Vec<&str> = text.split_whitespace().collect();
+    let mut cut = false;
+    loop {
+        let keys: Vec<String> = tokens.iter().map(|t| word_key(t)).collect();
+        let Some((start, n, times)) = repeated_run(&keys) else { break };
+        let mut end = start + n * times;
+        // A cut-off copy after the loop ("what colors what colors what").
+        let mut i = 0;
+        while end + i < keys.len() && i < n && keys[end + i] == keys[start + i] {
+            i += 1;
+        }
+        if end + i == keys.len() {
+            end += i;
+        }
+        tokens.drain(start + n..end);
+        cut = true;
+    }
+    cut.then(|| {
+        let mut s = tokens.join(" ");
+        // The copy kept may end in the separator that led into the next one ("…sun,").
+        while s.ends_with(',') || s.ends_with(';') {
+            s.pop();
+        }
+        s
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +378,33 @@ mod tests {
         assert!(g.accept(&result("Thank you.", 0.01, -0.1), &a).is_ok(), "a clear, confident thank-you is kept");
         let quiet: Vec<f32> = a.iter().map(|s| s * 0.003).collect();
         assert!(g.accept(&result("Thank you.", 0.01, -0.1), &quiet).is_err());
+    }
+
+    #[test]
+    fn loops_are_found_and_cut_to_one_copy() {
+        let loop_text = "What colors the sky? What colors what colors what colors what colors what colors";
+        let t = result(loop_text, 0.0, -0.2);
+        assert!(matches!(quality_problem(&t, &QualityLimits::default()), Some(Problem::Loop { times: 5, .. })));
+        assert_eq!(cut_loop(loop_text).unwrap(), "What colors the sky? What colors");
+        let sentence = "which planet is closest to the sun, which planet is closest to the sun, which planet is closest to the sun, which planet is";
+        assert_eq!(cut_loop(sentence).unwrap(), "which planet is closest to the sun");
+        assert_eq!(cut_loop("the the the the the"), Some("the".into()));
+        // What people say stays as it is.
+        for ok in ["No, no, no. Stop.", "Knock knock.", "Wait a minute, wait a minute.", "How many strings does a violin have?"] {
+            assert_eq!(cut_loop(ok), None, "{ok}");
+            assert_eq!(quality_problem(&result(ok, 0.0, -0.2), &QualityLimits::default()), None, "{ok}");
+        }
+    }
+
+    #[test]
+    fn compression_ratio_flags_repetitive_text() {
+        let normal = "Please call me back when you get home tonight, and bring the blue folder from the office.";
+        assert!(compression_ratio(normal) < 1.5, "{}", compression_ratio(normal));
+        // Repetitive without a back-to-back copy (which the loop check finds).
+        let rep = "I am going to the shop, you are going to the shop, we are going to the shop, they are going to the shop, she is going to the shop, he is going to the shop.";
+        assert!(compression_ratio(rep) > 2.4, "{}", compression_ratio(rep));
+        assert!(matches!(quality_problem(&result(rep, 0.0, -0.2), &QualityLimits::default()), Some(Problem::Compressible { .. })));
+        let unsure = result("Maim a famous painter.", 0.0, -1.2);
+        assert_eq!(quality_problem(&unsure, &QualityLimits::default()), Some(Problem::Unsure { avg_logprob: -1.2 }));
     }
 }

@@ -8,8 +8,9 @@
 //!   says nothing about the turns before it (their frames carry their own turn ids).
 //! * `speech-end` (forwarded) closes the turn and asks for its transcript; finished turns are
 //!   transcribed in the order their speech-ends arrived. If an early job (started at the first
-//!   pause, see `--speculate-after`, or for a partial transcript) already covers every loud
-//!   sample of the turn, its result is reused instead of running Whisper again.
+//!   pause, see `--speculate-after`, or for a partial transcript) decoded exactly the input the
+//!   final decode would get (the same speech; only silence came after it, see
+//!   engine::speech_extent), its result is reused instead of running Whisper again.
 //! * `cancel` with a `turn` drops that turn; without one it only stops replies (forwarded).
 //! * `call-start`/`call-end` drop every unfinished turn: that call's conversation is over.
 //! * A turn with no words (silence, noise, a hallucination) still gets a final `transcript`,
@@ -18,8 +19,8 @@
 //!   open turns as they are: what the caller said so far is transcribed, not lost.
 //! * audio of a turn we never saw start (sttd restarted mid-turn) is ignored: that turn is lost.
 
-use crate::engine::SAMPLE_RATE;
-use crate::guard::{rms_dbfs, HallucinationGuard};
+use crate::engine::{speech_extent, SpeechExtent, SAMPLE_RATE};
+use crate::guard::HallucinationGuard;
 use crate::worker::{Job, JobDone, JobKind, TranscriptionWorker};
 use crossbeam_channel::{select, Receiver};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -36,9 +37,6 @@ pub struct EarlySettings {
     pub speculate_after: Option<Duration>,
     /// Emit `final: false` transcripts of an open turn at most this often (None = off).
     pub partial_every: Option<Duration>,
-    /// Audio added after an early job that is this much quieter than the turn (dB) does not
-    /// invalidate its result (vadseg's post-roll is near-silence).
-    pub quiet_db_below_turn: f32,
 }
 
 /// Sink for what the stage emits (a FrameSink in the program, a Vec in unit tests).
@@ -63,25 +61,31 @@ struct OpenTurn {
     samples: Vec<f32>,
     trace: TurnTrace,
     last_audio: Instant,
-    /// Mean-square level of the turn so far (for the "quiet tail" test).
-    energy_sum: f64,
-    /// Samples covered by the newest early job, and whether louder audio arrived after them.
+    /// Samples covered by the newest early job.
     early_covers: usize,
-    loud_after_early: bool,
-    /// An early job whose result can still serve as the final transcript.
-    early: Option<EarlyResult>,
+    /// An early job whose result can still serve as the final transcript: only silence came
+    /// after the speech it decoded.
+    early: Option<Early>,
     last_partial: Option<Instant>,
 }
 
-enum EarlyResult {
+/// An early (speculative or partial) decode of an open turn and the speech it covered.
+struct Early {
+    speech: SpeechExtent,
+    state: EarlyState,
+}
+
+enum EarlyState {
     Running(u64),
-    Done(crate::engine::Transcription, Arc<Vec<f32>>),
+    Done(crate::engine::Transcription),
 }
 
 struct InFlight {
     id: u64,
     turn: u64,
     kind: JobKind,
+    /// A speculative decode that became the final one (logged as such).
+    speculative: bool,
     abort: Arc<AtomicBool>,
     started: Instant,
 }
@@ -230,9 +234,7 @@ impl<O: Output> SttStage<O> {
                         samples: Vec::with_capacity(SAMPLE_RATE as usize * 5),
                         trace,
                         last_audio: Instant::now(),
-                        energy_sum: 0.0,
                         early_covers: 0,
-                        loud_after_early: false,
                         early: None,
                         last_partial: None,
                     },
@@ -285,19 +287,13 @@ impl<O: Output> SttStage<O> {
             return;
         };
         let samples = to_f32(&a);
-        let frame_energy: f64 = samples.iter().map(|s| (*s as f64).powi(2)).sum();
-        t.energy_sum += frame_energy;
-        if t.early.is_some() && !t.loud_after_early {
-            let turn_level = 10.0 * (t.energy_sum / (t.samples.len() + samples.len()).max(1) as f64).log10();
-            let frame_level = rms_dbfs(&samples) as f64;
-            if frame_level > turn_level - self.early.quiet_db_below_turn as f64 {
-                t.loud_after_early = true;
-                if let Some(EarlyResult::Running(id)) = t.early {
-                    if let Some(f) = self.in_flight.as_ref().filter(|f| f.id == id) {
-                        f.abort.store(true, Ordering::Relaxed);
-                    }
+        // Speech went on after the early decode: its result can no longer be the final one
+        // (and a running one is stopped to free the worker).
+        if t.early.as_ref().is_some_and(|e| e.speech.extended_by(&samples)) {
+            if let Some(Early { state: EarlyState::Running(id), .. }) = t.early.take() {
+                if let Some(f) = self.in_flight.as_ref().filter(|f| f.id == id) {
+                    f.abort.store(true, Ordering::Relaxed);
                 }
-                t.early = None;
             }
         }
         t.samples.extend_from_slice(&samples);
@@ -321,19 +317,22 @@ impl<O: Output> SttStage<O> {
             return;
         }
         self.ended.insert(turn, t.trace.clone());
-        let early_valid = !t.loud_after_early;
-        match t.early.take() {
-            Some(EarlyResult::Done(result, covered)) if early_valid => {
+        // The early decode had the same input as the final one would (same speech, silence
+        // after it): its result is the final result.
+        let speech = speech_extent(&samples);
+        let early = t.early.take().filter(|e| e.speech.len == speech.len);
+        match early.map(|e| e.state) {
+            Some(EarlyState::Done(result)) => {
                 self.stats.early_reused += 1;
-                self.finish_turn(turn, Ok(result), &covered, true);
+                self.finish_turn(turn, Ok(result), &samples, true);
             }
-            Some(EarlyResult::Running(id)) if early_valid => {
-                if let Some(f) = self.in_flight.as_mut().filter(|f| f.id == id) {
-                    // Its result becomes the final one.
-                    f.kind = JobKind::Final;
-                    self.stats.early_reused += 1;
-                    log::debug!("turn {turn}: speculative decode already running; it becomes the final one");
-                }
+            Some(EarlyState::Running(id)) if self.in_flight.as_ref().is_some_and(|f| f.id == id) => {
+                // Its result becomes the final one.
+                let f = self.in_flight.as_mut().unwrap();
+                f.kind = JobKind::Final;
+                f.speculative = true;
+                self.stats.early_reused += 1;
+                log::debug!("turn {turn}: speculative decode already running; it becomes the final one");
             }
             _ => {
                 if let Some(f) = self.in_flight.as_ref().filter(|f| f.turn == turn) {
@@ -393,19 +392,28 @@ impl<O: Output> SttStage<O> {
         let elapsed = f.started.elapsed();
         log::debug!("job {} (turn {}, {:?}) done in {:.0} ms", d.id, d.turn, f.kind, elapsed.as_secs_f64() * 1e3);
         let result = match d.result {
-            Ok(None) => return, // aborted
-            Ok(Some(t)) => Ok(t),
-            Err(e) => Err(e),
+            Ok(None) => None, // aborted
+            Ok(Some(t)) => Some(Ok(t)),
+            Err(e) => Some(Err(e)),
+        };
+        let Some(result) = result else {
+            if let Some(t) = self.open.get_mut(&d.turn) {
+                t.early = t.early.take().filter(|e| !matches!(e.state, EarlyState::Running(id) if id == d.id));
+            }
+            return;
         };
         match f.kind {
             JobKind::Final => {
                 if self.ended.contains_key(&d.turn) {
-                    self.finish_turn(d.turn, result, &d.samples, false);
+                    self.finish_turn(d.turn, result, &d.samples, f.speculative);
                 }
             }
             JobKind::Early => {
                 let Some(t) = self.open.get_mut(&d.turn) else { return };
-                let Ok(result) = result else { return };
+                let Ok(result) = result else {
+                    t.early = None; // the final decode will try again
+                    return;
+                };
                 if self.early.partial_every.is_some() {
                     if let Ok(text) = self.guard.accept(&result, &d.samples) {
                         let mut e = Event::new(kind::TRANSCRIPT).with_turn(d.turn).with_text(text).with("final", false);
@@ -413,8 +421,8 @@ impl<O: Output> SttStage<O> {
                         self.out.send(Frame::Event(e));
                     }
                 }
-                if !t.loud_after_early {
-                    t.early = Some(EarlyResult::Done(result, d.samples));
+                if let Some(e) = t.early.as_mut().filter(|e| matches!(e.state, EarlyState::Running(id) if id == d.id)) {
+                    e.state = EarlyState::Done(result);
                 }
             }
         }
@@ -436,11 +444,13 @@ impl<O: Output> SttStage<O> {
                 trace.mark_now(trace_key::TRANSCRIPT);
                 let since_eot = trace.span_ms(trace_key::EOT, trace_key::TRANSCRIPT).map(|ms| format!(", {ms:.0} ms after speech-end")).unwrap_or_default();
                 log::info!(
-                    "turn {turn}: {text:?} ({secs:.2} s of audio; whisper {:.0} ms, audio_ctx {}, no-speech {:.2}, logprob {:.2}{}{since_eot})",
+                    "turn {turn}: {text:?} ({secs:.2} s of audio; whisper {:.0} ms, audio_ctx {}, no-speech {:.2}, logprob {:.2}{}{}{}{since_eot})",
                     t.elapsed_ms,
                     t.audio_ctx,
                     t.no_speech_prob,
                     t.avg_logprob,
+                    t.redecoded.as_ref().map(|p| format!(", re-decoded: {p}")).unwrap_or_default(),
+                    if t.loop_cut { ", loop cut" } else { "" },
                     if reused { ", speculative" } else { "" }
                 );
                 let e = Event::new(kind::TRANSCRIPT).with_turn(turn).with_text(text).with("final", true).with_trace(trace);
@@ -486,11 +496,15 @@ impl<O: Output> SttStage<O> {
                 return;
             }
             let samples = Arc::new(t.samples.clone());
+            let speech = speech_extent(&samples);
             t.early_covers = samples.len();
-            t.loud_after_early = false;
             t.last_partial = Some(now);
+            // Only silence since the last early decode: its result stands.
+            if t.early.as_ref().is_some_and(|e| e.speech.len == speech.len) && self.early.partial_every.is_none() {
+                return;
+            }
             let id = self.start_job(turn, JobKind::Early, samples);
-            self.open.get_mut(&turn).unwrap().early = Some(EarlyResult::Running(id));
+            self.open.get_mut(&turn).unwrap().early = Some(Early { speech, state: EarlyState::Running(id) });
         }
     }
 
@@ -498,7 +512,7 @@ impl<O: Output> SttStage<O> {
         let id = self.next_job;
         self.next_job += 1;
         let abort = Arc::new(AtomicBool::new(false));
-        self.in_flight = Some(InFlight { id, turn, kind, abort: abort.clone(), started: Instant::now() });
+        self.in_flight = Some(InFlight { id, turn, kind, speculative: false, abort: abort.clone(), started: Instant::now() });
         self.worker.submit(Job { id, turn, samples, abort });
         id
     }

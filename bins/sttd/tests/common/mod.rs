@@ -42,10 +42,15 @@ pub fn model_path() -> PathBuf {
 
 /// `text` spoken by espeak-ng, as 16 kHz mono s16.
 pub fn speak(text: &str, words_per_minute: u32) -> Vec<i16> {
+    speak_espeak("en-us", words_per_minute, text)
+}
+
+/// `text` spoken by espeak-ng `voice` (en-us, en-gb, …), as 16 kHz mono s16.
+pub fn speak_espeak(voice: &str, words_per_minute: u32, text: &str) -> Vec<i16> {
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("speech.wav");
     let out = Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", &words_per_minute.to_string(), "-w"])
+        .args(["-v", voice, "-s", &words_per_minute.to_string(), "-w"])
         .arg(&wav)
         .arg(text)
         .output()
@@ -245,7 +250,9 @@ pub fn decode_thread(mut r: impl Read + Send + 'static) -> crossbeam_channel::Re
     rx
 }
 
-fn words(s: &str) -> Vec<String> {
+/// Lower-case words without punctuation, British/American spelling of the two words in the
+/// sets folded, and numbers Whisper writes as digits ("10 minutes") spelled out as spoken.
+pub fn words(s: &str) -> Vec<String> {
     s.to_lowercase()
         .replace("favorite", "favourite")
         .replace("color", "colour")
@@ -253,8 +260,21 @@ fn words(s: &str) -> Vec<String> {
         .map(|c| if c.is_alphanumeric() || c == '\'' { c } else { ' ' })
         .collect::<String>()
         .split_whitespace()
-        .map(String::from)
+        .map(|w| w.parse::<u32>().ok().and_then(number_word).map_or_else(|| w.to_string(), String::from))
         .collect()
+}
+
+fn number_word(n: u32) -> Option<&'static str> {
+    const SMALL: [&str; 21] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen",
+        "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
+    ];
+    SMALL.get(n as usize).copied()
+}
+
+/// Normalised exact match: the same words, ignoring case, punctuation and digit/word spelling.
+pub fn exact_match(reference: &str, hypothesis: &str) -> bool {
+    words(reference) == words(hypothesis)
 }
 
 /// Word-level edit distance and reference length (case and punctuation ignored;
@@ -280,4 +300,71 @@ fn word_error_rate_counts_edits() {
     assert_eq!(word_errors("the cat sat", "the bat sat down"), (2, 3));
     assert_eq!(word_errors("my favourite colour", "My favorite color"), (0, 3));
     assert_eq!(word_errors("a b c", ""), (3, 3));
+    assert!(exact_match("Set a timer for ten minutes.", "set a timer for 10 minutes"));
+    assert!(!exact_match("What color is the sky?", "What colors the sky?"));
+}
+
+/// The short-question set (issue 17): one question or command per line, which is both what
+/// is spoken and the expected transcript.
+pub const SHORT_QUESTIONS: &str = include_str!("../data/short_questions.txt");
+
+pub fn short_questions() -> Vec<&'static str> {
+    SHORT_QUESTIONS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
+}
+
+/// A test voice: the Piper neural voice through tts-writer, or espeak-ng with a voice and speed.
+#[derive(Debug, Clone, Copy)]
+pub enum Voice {
+    Piper,
+    Espeak { voice: &'static str, wpm: u32 },
+}
+
+/// The short-question set's voices: Piper en_US-joe-medium, espeak-ng US English a little
+/// faster than its default, British English slower.
+pub const VOICES: [(&str, Voice); 3] = [
+    ("piper-joe", Voice::Piper),
+    ("espeak-us-165", Voice::Espeak { voice: "en-us", wpm: 165 }),
+    ("espeak-gb-140", Voice::Espeak { voice: "en-gb", wpm: 140 }),
+];
+
+impl Voice {
+    /// `text` in this voice, 16 kHz mono.
+    pub fn speak(self, text: &str) -> Vec<i16> {
+        match self {
+            Voice::Piper => speak_piper(text),
+            Voice::Espeak { voice, wpm } => speak_espeak(voice, wpm, text),
+        }
+    }
+}
+
+/// `tgcat WAV | vadseg` at full speed: the 16 kHz segments vadseg cuts from `audio` (16 kHz),
+/// one per turn, in the order spoken.
+pub fn vad_segments(audio: &[i16]) -> Vec<Vec<i16>> {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("speech.wav");
+    tgvoice::resample::write_wav_mono(&wav, RATE, audio).unwrap();
+    let mut tgcat = Command::new(tgvoice::testkit::bin_path("tgcat"))
+        .args(["-q", "--trailing-silence", "1.5"])
+        .arg(&wav)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tgcat not built: cargo build --release -p tgcat -p vadseg");
+    let vadseg = Command::new(tgvoice::testkit::bin_path("vadseg"))
+        .arg("-q")
+        .stdin(tgcat.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .output()
+        .expect("vadseg not built (and ORT_DYLIB_PATH set: scripts/env.sh)");
+    assert!(tgcat.wait().unwrap().success() && vadseg.status.success(), "tgcat | vadseg failed");
+    let mut dec = FrameDecoder::new();
+    dec.push(&vadseg.stdout);
+    let mut turns: std::collections::BTreeMap<u64, Vec<i16>> = Default::default();
+    while let Some(f) = dec.next() {
+        if let Ok(Frame::Audio(a)) = f {
+            if a.turn != 0 {
+                turns.entry(a.turn).or_default().extend_from_slice(&a.samples);
+            }
+        }
+    }
+    turns.into_values().collect()
 }

