@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 use crate::call::CallLinks;
 
-/// A log line per stage that says it has loaded its engine and can take a call.
-const READY_MARKS: &[(&str, &str)] = &[
-    ("vadseg", "Silero VAD ready"),
-    ("sttd", "loaded "),
-    ("llm-relay", "LLM: "),
-    ("tts-writer", "speaking with "),
+/// Each framed stage and its input link: a stage logs `reading <run dir>/<link>` once
+/// everything slow (model loading, warm-up) is done and it reads its input. Until then its
+/// upstream writer drops what it writes (sttd's warm-up took 7 s with three lines starting).
+const READY_LINKS: &[(&str, &str)] = &[
+    ("vadseg", "audio.frames"),
+    ("sttd", "speech.frames"),
+    ("llm-relay", "text.frames"),
+    ("tts-writer", "reply.frames"),
 ];
 
 #[derive(Debug, Clone)]
@@ -252,11 +254,12 @@ impl Pool {
         let mut inst = Instance { name: name.to_string(), run_dir, state_dir, started, links: None };
         let deadline = started + self.cfg.ready_timeout;
         loop {
-            let missing: Vec<&str> = READY_MARKS
+            let missing: Vec<&str> = READY_LINKS
                 .iter()
-                .filter(|(stage, mark)| {
+                .filter(|(stage, link)| {
+                    let mark = format!("reading {}", inst.run_dir.join(link).display());
                     !std::fs::read_to_string(inst.state_dir.join("logs").join(format!("{stage}.log")))
-                        .is_ok_and(|log| log.contains(mark))
+                        .is_ok_and(|log| log.lines().any(|l| l.ends_with(&mark)))
                 })
                 .map(|(stage, _)| *stage)
                 .collect();

@@ -118,10 +118,21 @@ def probe(ogg):
     return info["format"], info["streams"][0]
 
 
+# llm-relay's DEFAULT_SYSTEM_PROMPT (bins/llm-relay/src/config.rs).
+GENERAL_PROMPT = ("You are a friendly voice assistant talking to someone on a phone call. "
+                  "Your words are spoken aloud, so answer in one to three short, natural sentences. "
+                  "Use plain spoken language only: no lists, no markdown, no code, no links, no emoji. "
+                  "If you did not understand, ask a short question.")
+
+
 def make_pipeline(state, llm_port):
     need("vadseg", "sttd", "llm-relay", "tts-writer")
+    # The same words, the same reply: temperature 0 and a pinned system prompt (llm-relay's
+    # general one, which these questions were calibrated with; SmolLM2-135M's answers to "What
+    # is my dog called?" depend on the prompt, and the local default may be tuned again).
     return MessagePipeline(state, stage_commands(BIN), env={"TGVOICE_LLM_PORT": str(llm_port), "TGVOICE_LLM_PROVIDER": "local",
-                                                                "TGVOICE_LLM_TEMPERATURE": "0"})   # the same words, the same reply
+                                                                "TGVOICE_LLM_TEMPERATURE": "0",
+                                                                "TGVOICE_LLM_SYSTEM_PROMPT": GENERAL_PROMPT})
 
 
 def run_bridge(backend, run_dir, pipeline, messages, expect_replies, allow=(str(USER),), ring=None, **voice):
