@@ -29,6 +29,9 @@ If you did not understand, ask a short question.";
 /// was trained with; this is that prompt plus one instruction, chosen with scripts/llm-check
 /// (20 spoken questions in one conversation: 16 right, 20 in English, 20 short — the general
 /// prompt above at the server's default temperature gave 4, 6 and 20).
+/// SmolLM2-135M ignores "one short sentence" (asked for a cat's name it spoke 11 s of three
+/// sentences); two sentences keep the answer and drop the rambling.
+pub const DEFAULT_LOCAL_MAX_SENTENCES: usize = 2;
 pub const DEFAULT_LOCAL_SYSTEM_PROMPT: &str =
     "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Answer in English in one short sentence.";
 /// Greedy decoding for the local model: the same question gets the same answer (the demo's
@@ -144,6 +147,11 @@ pub struct Args {
     /// guards against a replacement stage that does not.
     #[arg(long, default_value_t = 20.0, env = "TGVOICE_LLM_MERGE_WAIT", value_name = "SECS")]
     pub merge_wait: f64,
+    /// End a reply after this many sentences: the stream is dropped, so the LLM stops and
+    /// nothing more is synthesised; the history keeps what was said (0 = no limit)
+    /// [default: 0; 2 for the local model, which tends to ramble on a spoken question].
+    #[arg(long, env = "TGVOICE_LLM_MAX_SENTENCES", value_name = "N")]
+    pub max_sentences: Option<usize>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -259,6 +267,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
             apology: args.apology.clone(),
             first_clause_min_words: if args.first_clause_words == 0 { usize::MAX } else { args.first_clause_words },
             merge_wait: std::time::Duration::from_secs_f64(args.merge_wait.clamp(0.0, 3600.0)),
+            max_sentences: args.max_sentences.unwrap_or(if small_local_model { DEFAULT_LOCAL_MAX_SENTENCES } else { 0 }),
         },
         state_dir,
     })

@@ -23,6 +23,7 @@ use crate::provider::{Provider, Role};
 use crate::speakable::{clean_for_speech, CodeFenceFilter, SentenceSplitter};
 use crate::stream::{stream_reply, ReplyError, StreamOptions};
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tgvoice::event::{kind, trace_key};
@@ -40,6 +41,8 @@ pub struct RelayConfig {
     pub first_clause_min_words: usize,
     /// See `--merge-wait` ([`Waiting`]).
     pub merge_wait: Duration,
+    /// A reply ends after this many sentences (`--max-sentences`; 0 = no limit).
+    pub max_sentences: usize,
 }
 
 /// Turns one reply's text deltas into reply-chunk frames; shared by the streaming task and the
@@ -54,22 +57,34 @@ struct TurnEmitter {
     spoken: Vec<(u64, String)>,
     filter: CodeFenceFilter,
     splitter: SentenceSplitter,
+    /// 0 = no limit; else the reply ends after this many sentences.
+    max_sentences: usize,
+    sentences: usize,
 }
 
 impl TurnEmitter {
-    fn on_text(&mut self, text: &str) {
-        if self.cancelled {
-            return;
+    fn on_text(&mut self, text: &str) -> ControlFlow<()> {
+        if self.cancelled || self.said_enough() {
+            return ControlFlow::Break(());
         }
         self.trace.mark_now(trace_key::LLM_FIRST_TOKEN);
         let plain = self.filter.push(text);
         for chunk in self.splitter.push(&plain) {
             self.emit(&chunk);
+            if self.said_enough() {
+                log::info!("turn {}: reply ends after {} sentence(s) (--max-sentences)", self.turn, self.sentences);
+                return ControlFlow::Break(());
+            }
         }
+        ControlFlow::Continue(())
+    }
+
+    fn said_enough(&self) -> bool {
+        self.max_sentences > 0 && self.sentences >= self.max_sentences
     }
 
     fn finish(&mut self) {
-        if self.cancelled {
+        if self.cancelled || self.said_enough() {
             return;
         }
         let rest = self.filter.finish();
@@ -89,6 +104,10 @@ impl TurnEmitter {
             .with_trace(self.trace.clone())
             .with("seq", self.seq);
         self.sink.send(Frame::Event(event));
+        // A first chunk cut at a clause is not a sentence.
+        if text.ends_with(['.', '!', '?', '…']) {
+            self.sentences += 1;
+        }
         self.spoken.push((self.seq, text));
         self.seq += 1;
     }
@@ -341,6 +360,8 @@ impl Relay {
             spoken: vec![],
             filter: CodeFenceFilter::new(),
             splitter: SentenceSplitter::new(self.cfg.first_clause_min_words),
+            max_sentences: self.cfg.max_sentences,
+            sentences: 0,
         }));
         let (cfg, client, em) = (self.cfg.clone(), self.client.clone(), emitter.clone());
         let task = tokio::spawn(async move {

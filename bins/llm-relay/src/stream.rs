@@ -8,6 +8,7 @@
 use crate::provider::{ChatMessage, Provider, StreamItem};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -60,14 +61,15 @@ pub fn client(opts: &StreamOptions) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// Stream a reply to `messages`; `on_text` receives each text delta in order. Returns the
-/// number of attempts on success.
+/// Stream a reply to `messages`; `on_text` receives each text delta in order and may end the
+/// reply early (`ControlFlow::Break`: enough has been said; the stream is dropped, which stops
+/// the server generating). Returns the number of attempts on success.
 pub async fn stream_reply(
     client: &reqwest::Client,
     provider: &Provider,
     messages: &[ChatMessage],
     opts: &StreamOptions,
-    mut on_text: impl FnMut(&str) + Send,
+    mut on_text: impl FnMut(&str) -> ControlFlow<()> + Send,
 ) -> Result<u32, ReplyError> {
     let mut attempt = 0;
     let first_deadline = tokio::time::Instant::now() + opts.first_token_timeout;
@@ -110,7 +112,7 @@ async fn one_attempt(
     messages: &[ChatMessage],
     opts: &StreamOptions,
     first_deadline: tokio::time::Instant,
-    on_text: &mut (dyn FnMut(&str) + Send),
+    on_text: &mut (dyn FnMut(&str) -> ControlFlow<()> + Send),
 ) -> Result<(), AttemptError> {
     let url = provider.url();
     let send = provider.request(client, messages).send();
@@ -172,7 +174,9 @@ async fn one_attempt(
         match provider.parse_event(&event.event, &event.data) {
             Ok(StreamItem::Text(t)) => {
                 got_text = true;
-                on_text(&t);
+                if on_text(&t).is_break() {
+                    return Ok(());
+                }
             }
             Ok(StreamItem::Done) => return Ok(()),
             Ok(StreamItem::Ignore) => {}

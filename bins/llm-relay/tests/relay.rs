@@ -561,3 +561,44 @@ fn a_later_turn_whose_transcript_never_comes_is_given_up_on() {
     assert!(log.contains("turn 31: no transcript came for it"), "{log}");
     assert_eq!(messages(&server.request(0).body), vec![("user".into(), "Hello there.".into())]);
 }
+
+#[test]
+fn max_sentences_ends_the_reply_and_the_history_keeps_what_was_said() {
+    // Two sentences at once, then a third that must never be spoken; the connection is held
+    // open, so only llm-relay dropping the stream can end this reply.
+    let server = StandIn::start(|_, _| {
+        let mut pieces = vec![
+            piece(anthropic_sse_head()),
+            piece(anthropic_delta("Call it Shadow, ")),
+            piece(anthropic_delta("a fine name. Or Pepper! ")),
+            slow_piece(300, anthropic_delta("It rambles on and on about cats.")),
+        ];
+        for _ in 0..50 {
+            pieces.push(slow_piece(100, anthropic_delta(" Still talking.")));
+        }
+        let mut r = Response::sse(pieces, true);
+        r.hold_open = true;
+        r
+    });
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = anthropic_relay(&server, state.path());
+    cmd.env("TGVOICE_LLM_MAX_SENTENCES", "2");
+    let mut relay = Relay::spawn(cmd);
+    let t0 = Instant::now();
+    relay.send(transcript(3, "A name for a black cat?"));
+    relay.wait_reply_end(3);
+    assert!(t0.elapsed() < Duration::from_secs(4), "the reply ended only when the stream did");
+    let (events, stderr) = relay.finish();
+    // The first chunk may end at the clause; the limit counts sentences, not chunks.
+    assert_eq!(chunks_of(&events, 3).join(" "), "Call it Shadow, a fine name. Or Pepper!");
+    let end = events.iter().find(|e| e.is("reply-end")).unwrap();
+    assert_eq!(end.get_bool("cancelled"), Some(false), "a reply cut at its limit is complete, not cancelled");
+    assert!(stderr.contains("reply ends after 2 sentence(s)"), "{stderr}");
+    assert_eq!(
+        conversation_lines(state.path()),
+        vec![
+            ("user".to_string(), "A name for a black cat?".to_string()),
+            ("assistant".to_string(), "Call it Shadow, a fine name. Or Pepper!".to_string())
+        ]
+    );
+}

@@ -275,6 +275,16 @@ impl WhisperEngine {
         Ok(out)
     }
 
+    /// One first-pass decode of a second of silence, to make whisper.cpp allocate its compute
+    /// buffers before the first turn. Never the re-decode: silence always looks "unsure", and a
+    /// beam-5 full-window re-decode of it took 22 s with one thread on a loaded machine.
+    pub fn warm_up(&mut self) -> Result<f64> {
+        let t0 = Instant::now();
+        let audio = decode_input(&vec![0.0; 16_000]);
+        self.run_pass(&audio, self.settings.first, None)?;
+        Ok(t0.elapsed().as_secs_f64() * 1e3)
+    }
+
     /// One whisper.cpp call with the settings of `pass`.
     fn run_pass(&mut self, audio: &[f32], pass: Pass, abort: Option<&Arc<AtomicBool>>) -> Result<Transcription> {
         let t0 = Instant::now();

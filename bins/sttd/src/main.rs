@@ -22,8 +22,7 @@ fn main() {
         }
         // Warm up: whisper.cpp's first call allocates its compute buffers and is several times
         // slower than the next ones; pay that now rather than on the caller's first turn.
-        let warm = engine.transcribe(&vec![0.0; 16_000], None)?;
-        log::debug!("warm-up call: {:.0} ms", warm.elapsed_ms);
+        log::debug!("warm-up call: {:.0} ms", engine.warm_up()?);
         let guard = guard::HallucinationGuard::new(args.guard_settings());
         let source = FrameSource::open(args.link.input())?;
         let sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::JsonLines)?;

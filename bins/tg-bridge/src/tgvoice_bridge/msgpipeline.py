@@ -112,7 +112,10 @@ class _Front:
         p = pipeline
         self.vad = p._spawn("vadseg", ["--eot-silence", str(MESSAGE_EOT_SILENCE_MS)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.stt = p._spawn("sttd", ["--threads", str(MESSAGE_STT_THREADS)], stdin=self.vad.stdout, stdout=subprocess.PIPE)
+        # No speculative decodes: the whole message arrives at once, so a "pause" in its arrival
+        # is only the scheduler, and each such decode (one thread) held up the real one.
+        self.stt = p._spawn("sttd", ["--threads", str(MESSAGE_STT_THREADS), "--speculate-after", "0"],
+                            stdin=self.vad.stdout, stdout=subprocess.PIPE)
         self.vad.stdout.close()              # sttd holds it now
         self.started = time.monotonic()
 
