@@ -3,20 +3,32 @@
 # agents (macOS, ~/Library/LaunchAgents) or systemd user units (Linux, ~/.config/systemd/user).
 # Each stage is kept alive by the service manager instead of scripts/voicecall's supervisor.
 # Secrets (ANTHROPIC_API_KEY=…) go in ~/.config/tgvoice/env (mode 0600), read at each start.
+# The stages are those of pipeline.table (tg-bridge only when a Telegram session exists; not
+# the phone front); each plist is made from launchd/stage.plist.in.
+#   --print-plist STAGE   print the plist that would be installed for STAGE, and exit
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-INSTANCE=default UNINSTALL=0
+. "$ROOT/scripts/env.sh"
+INSTANCE=default UNINSTALL=0 PRINT=
 while [ $# -gt 0 ]; do
     case "$1" in
         --uninstall) UNINSTALL=1; shift ;;
         --instance) INSTANCE=$2; shift 2 ;;
-        -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --print-plist) PRINT=$2; shift 2 ;;
+        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-STAGES="llm-server tgcat vadseg sttd llm-relay tts-writer"
-[ -f "${XDG_STATE_HOME:-$HOME/.local/state}/tgvoice/telegram.session" ] && STAGES="$STAGES tg-bridge"
-LOGS="${XDG_STATE_HOME:-$HOME/.local/state}/tgvoice/$INSTANCE/logs"
+# Every stage of the table except the phone front; tg-bridge only with a Telegram session.
+has_session() { [ -f "${TGVOICE_TG_SESSION:-$(tgvoice_state_base)/telegram.session}" ]; }
+STAGES=$(awk '!/^[[:space:]]*(#|$)/ && $4 != "phone-front" { print $1, $4 }' "$ROOT/pipeline.table" |
+    while read -r s starts; do if [ "$starts" != telegram ] || has_session; then printf '%s ' "$s"; fi; done)
+LOGS="$(tgvoice_state_base)/$INSTANCE/logs"
+plist() { # STAGE: the launchd agent of one stage
+    sed -e "s|@STAGE@|$1|g" -e "s|@ROOT@|$ROOT|g" -e "s|@INSTANCE@|$INSTANCE|g" -e "s|@LOGS@|$LOGS|g" -e "s|@HOME@|$HOME|g" \
+        "$ROOT/launchd/stage.plist.in"
+}
+if [ -n "$PRINT" ]; then plist "$PRINT"; exit 0; fi
 mkdir -p "$LOGS" "$HOME/.config/tgvoice"
 [ -f "$HOME/.config/tgvoice/env" ] || { install -m 600 /dev/null "$HOME/.config/tgvoice/env"; }
 
@@ -26,8 +38,7 @@ if [ "$(uname -s)" = Darwin ]; then
         plist="$dest/com.tgvoice.$INSTANCE.$s.plist"
         launchctl bootout "gui/$(id -u)" "$plist" 2>/dev/null || true
         if [ $UNINSTALL = 1 ]; then rm -f "$plist"; echo "removed $plist"; continue; fi
-        sed -e "s|@ROOT@|$ROOT|g" -e "s|@INSTANCE@|$INSTANCE|g" -e "s|@LOGS@|$LOGS|g" -e "s|@HOME@|$HOME|g" \
-            "$ROOT/launchd/com.tgvoice.$s.plist" > "$plist"
+        plist "$s" > "$plist"
         plutil -lint "$plist" >/dev/null
         launchctl bootstrap "gui/$(id -u)" "$plist"
         echo "loaded $plist"

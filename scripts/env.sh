@@ -1,4 +1,5 @@
 # Sourced by every script: where the project keeps caches, the venv and models.
+# The directory rules are those of crates/tgvoice/src/paths.rs (README.md "Where things live").
 # Everything slow (models, wheels, the venv) lives outside the repository, so a fresh clone
 # reuses it and `git clean` never throws it away.
 TGVOICE_ROOT=${TGVOICE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)}
@@ -14,6 +15,9 @@ if [ -z "${ORT_DYLIB_PATH:-}" ] && [ -f "$TGVOICE_CACHE/onnxruntime/libonnxrunti
 fi
 case ":$PATH:" in *":$TGVOICE_BIN:"*) ;; *) PATH="$TGVOICE_BIN:$PATH" ;; esac
 export PATH
+
+# Where a supervisor keeps one state directory per instance (paths::state_base).
+tgvoice_state_base() { printf '%s' "${TGVOICE_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/tgvoice}"; }
 
 say() { printf '%s\n' "tgvoice: $*" >&2; }
 die() { printf '%s\n' "tgvoice: error: $*" >&2; exit 1; }

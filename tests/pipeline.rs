@@ -61,7 +61,7 @@ impl Pipeline {
     fn start_with(instance: &str, env: Vec<(String, String)>, llm_port: Option<u16>) -> Pipeline {
         let state = tempfile::tempdir().unwrap();
         let instance = format!("{instance}-{}", std::process::id());
-        let llm_port = llm_port.unwrap_or_else(|| local_llm_port(&instance));
+        let llm_port = llm_port.unwrap_or_else(|| local_llm_port(&instance, state.path()));
         let mut p = Pipeline { instance, state, run_dir: PathBuf::new(), env, llm_port };
         let out = p.voicecall(&["start"]);
         assert!(out.status.success(), "voicecall start: {}", String::from_utf8_lossy(&out.stderr));
@@ -156,11 +156,11 @@ impl Pipeline {
     }
 }
 
-/// The port scripts/voicecall gives an instance's local LLM server: 20000 + cksum(name) % 20000.
-fn local_llm_port(instance: &str) -> u16 {
-    let out = Command::new("sh").arg("-c").arg(format!("printf '%s' '{instance}' | cksum | cut -d' ' -f1")).output().unwrap();
-    let sum: u64 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
-    (20000 + sum % 20000) as u16
+/// The port scripts/voicecall gives an instance's local LLM server (its own rule, asked).
+fn local_llm_port(instance: &str, state: &Path) -> u16 {
+    let out = tgvoice::testkit::voicecall(&root(), instance, state).arg("llm-port").env_remove("TGVOICE_LLM_PORT").output().unwrap();
+    let port = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    port.parse().unwrap_or_else(|_| panic!("voicecall llm-port printed {port:?}: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 impl Drop for Pipeline {
@@ -386,6 +386,10 @@ fn hostile_frames_on_every_link_then_the_next_turn_is_answered() {
     assert!(answered(&turns[0]), "the turn after the hostile frames was not answered: {turns:?}");
     let heard = turns[0]["heard"].as_str().unwrap_or_default().to_string();
     println!("after hostile frames on every link: heard {heard:?}, voice-to-voice {} ms", turns[0]["voice_to_voice_ms"]);
+    // `voicecall status` shows that turn's latency line, read from tts-writer's metrics.jsonl.
+    let status = String::from_utf8_lossy(&p.voicecall(&["status"]).stdout).to_string();
+    let last = status.lines().find(|l| l.starts_with("last turn: ")).unwrap_or_default();
+    assert!(last.starts_with("last turn: turn ") && last.contains(" = voice-to-voice "), "{status}");
     for (i, stage) in stages.iter().enumerate() {
         assert_eq!(p.restarts(stage), restarts[i], "{stage} had to be restarted: {}", p.log(stage));
         let added = log_lines(stage) - lines_before[i];

@@ -10,17 +10,17 @@ mod timeline;
 use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
-use tgvoice::cli::{self, LogArgs};
+use tgvoice::cli::{self, exit, LogArgs};
 use timeline::{CallScript, Caller};
 
 #[derive(Parser, Debug)]
 #[command(
     version,
     about = "Simulated caller: speak WAVs into a running pipeline and measure the replies",
-    after_help = "TURN is a WAV file to say after the previous reply has finished, or\n\
+    after_help = exit::after_help("TURN is a WAV file to say after the previous reply has finished, or\n\
 barge:MS:FILE to start saying FILE MS milliseconds after the previous reply began\n\
 (talking over it). Prints one JSON line per turn and a summary line on stdout.\n\n\
-Example:\n  callsim --run-dir $RUN --record call.wav q1.wav barge:800:q2.wav"
+Example:\n  callsim --run-dir $RUN --record call.wav q1.wav barge:800:q2.wav", &[(exit::FAILURE, ""), (exit::CONFIG, "an unsafe link in the run directory")])
 )]
 struct Args {
     /// The pipeline's run directory (holds tg_input.raw, tg_output.raw, control.frames).
@@ -70,7 +70,7 @@ fn main() {
             caller.write_stereo(path)?;
         }
         if let Some(path) = &args.record_reply {
-            tgvoice::resample::write_wav_mono(path, 48_000, caller.assistant_track())?;
+            tgvoice::resample::write_wav_mono(path, tgvoice::audio::RATE, caller.assistant_track())?;
         }
         Ok(())
     })

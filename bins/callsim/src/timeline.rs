@@ -11,7 +11,7 @@ use tgvoice::fifo::{Endpoint, FifoWriter};
 use tgvoice::frame::encode;
 use tgvoice::{Event, Frame};
 
-const RATE: usize = 48_000;
+const RATE: usize = tgvoice::audio::RATE as usize;
 const TICK: usize = 480; // 10 ms, what the bridge sends per tick
 /// A 10 ms chunk with RMS above this counts as voice (caller or assistant).
 const VOICE_RMS: f64 = 300.0;
@@ -53,12 +53,7 @@ impl CallScript {
     }
 }
 
-fn rms(chunk: &[i16]) -> f64 {
-    if chunk.is_empty() {
-        return 0.0;
-    }
-    (chunk.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / chunk.len() as f64).sqrt()
-}
+use tgvoice::audio::rms_i16 as rms;
 
 #[derive(Default, Clone)]
 struct TurnLog {
@@ -94,6 +89,13 @@ pub struct Caller {
 impl Caller {
     pub fn new(run_dir: &Path, script: CallScript, reply_silence: f64, reply_timeout: f64) -> Result<Self> {
         let out_path = run_dir.join("tg_output.raw");
+        // A planted symlink or a stranger's file where a link should be exits 78 (fifo-layout.md §1).
+        for link in ["tg_input.raw", "tg_output.raw"] {
+            let path = run_dir.join(link);
+            if path.symlink_metadata().is_ok() {
+                tgvoice::fifo::check_link_path(&path)?;
+            }
+        }
         if !tgvoice::fifo::is_fifo(&out_path) {
             bail!("{} is not a FIFO: is the pipeline running (scripts/voicecall start)?", out_path.display());
         }

@@ -15,7 +15,7 @@ use tgvoice::Frame;
 #[command(
     version,
     about = "Print a tgvoice frame stream as JSON lines, or its audio as raw PCM",
-    after_help = "Examples:\n  tgcat question.wav | framecat | head\n  tgcat question.wav | vadseg | framecat --pcm | ffplay -f s16le -ar 16000 -ac 1 -\n  framecat --events-only < $RUN/text.frames\n\nAudio lines look like {\"type\":\"audio\",\"rate\":48000,\"channels\":1,\"samples\":960,...};\nevent lines are the event's own JSON. Exit codes: 0 end of input, 65 the input is not a\nframe stream (message says what it looks like), 1 other errors."
+    after_help = exit::after_help("Examples:\n  tgcat question.wav | framecat | head\n  tgcat question.wav | vadseg | framecat --pcm | ffplay -f s16le -ar 16000 -ac 1 -\n  framecat --events-only < $RUN/text.frames\n\nAudio lines look like {\"type\":\"audio\",\"rate\":48000,\"channels\":1,\"samples\":960,...};\nevent lines are the event's own JSON.", &[(exit::FAILURE, ""), (exit::DATA, "the input is not a frame stream (the message says what it looks like)"), (exit::CONFIG, "an unsafe link path")])
 )]
 struct Args {
     /// Frame stream to read: a file, a named FIFO, or "-" for stdin.

@@ -56,7 +56,7 @@ pub enum ProviderChoice {
 #[command(
     version,
     about = "Stream LLM replies to final transcripts as speakable sentence chunks (tgvoice stage)",
-    after_help = "Examples:\n  \
+    after_help = exit::after_help("Examples:\n  \
   sttd < speech.frames | llm-relay | tts-writer\n  \
   llm-relay -i $RUN/text.frames -o $RUN/reply.frames\n  \
   ANTHROPIC_API_KEY=... llm-relay --model claude-haiku-4-5 < text.frames | framecat\n  \
@@ -73,9 +73,7 @@ before the reply reached TTS said one message: the parts are merged and answered
 text, trace} per sentence (the first one may end at a clause boundary), then reply-end {turn,\n\
 cancelled, trace} (error=true when the LLM failed and the apology was spoken).\n\n\
 The conversation is kept as JSONL under --state-dir (conversations/<id>.jsonl, the current id\n\
-in current-conversation) and continues after a restart; call-start begins a new one.\n\n\
-Exit codes: 0 end of input or SIGTERM, 2 bad flags, 78 bad configuration (e.g. --provider\n\
-anthropic without ANTHROPIC_API_KEY), 1 other errors."
+in current-conversation) and continues after a restart; call-start begins a new one.", &[(exit::FAILURE, ""), (exit::CONFIG, "bad configuration (e.g. --provider anthropic without ANTHROPIC_API_KEY, a bad TGVOICE_LLM_* value) or an unsafe link path")])
 )]
 pub struct Args {
     #[command(flatten)]
@@ -247,18 +245,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         )?,
         idle_timeout: secs("idle-timeout", args.idle_timeout)?,
     };
-    let state_dir = match &args.state_dir {
-        Some(d) => d.clone(),
-        None => match env_nonempty("TGVOICE_STATE_DIR") {
-            Some(d) => PathBuf::from(d),
-            None => {
-                let base = env_nonempty("XDG_STATE_HOME").map(PathBuf::from).unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/state")
-                });
-                base.join("tgvoice").join(&args.instance)
-            }
-        },
-    };
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| tgvoice::paths::instance_state_dir(&args.instance));
     Ok(Config {
         relay: RelayConfig {
             provider,

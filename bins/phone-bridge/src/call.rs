@@ -100,8 +100,8 @@ pub struct MediaStats {
 
 /// Run the pipeline side until `from_ws` closes; the last events are delivered (≤ 300 ms).
 pub fn run(mut links: CallLinks, from_ws: Receiver<ToPipeline>, to_ws: UnboundedSender<ToTwilio>) -> MediaStats {
-    let mut up = StreamResampler::new(8_000, 48_000, TWILIO_FRAME).expect("8 → 48 kHz");
-    let mut down = StreamResampler::new(48_000, 8_000, 960).expect("48 → 8 kHz");
+    let mut up = StreamResampler::new(8_000, tgvoice::audio::RATE, TWILIO_FRAME).expect("8 → 48 kHz");
+    let mut down = StreamResampler::new(tgvoice::audio::RATE, 8_000, 960).expect("48 → 8 kHz");
     let mut control: VecDeque<Vec<u8>> = VecDeque::new();
     let mut stats = MediaStats::default();
     let mut out_bytes: Vec<u8> = vec![];

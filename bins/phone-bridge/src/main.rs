@@ -27,12 +27,12 @@ use tgvoice::cli::{self, exit, fail, LogArgs};
 #[command(
     version,
     about = "Phone calls into tgvoice: a Twilio Media Streams bridge, one pipeline instance per call",
-    after_help = "Endpoints: POST /voice (Twilio's voice webhook), GET /stream (the Media Streams\n\
+    after_help = exit::after_help("Endpoints: POST /voice (Twilio's voice webhook), GET /stream (the Media Streams\n\
 WebSocket), GET /healthz (line counts as JSON).\n\n\
 The auth token comes from TWILIO_AUTH_TOKEN or --auth-token-file (mode 0600); it is never\n\
 logged and is not passed on to the pipeline instances.\n\n\
 Example (behind a TLS reverse proxy or tunnel that forwards https://voice.example.com):\n  \
-TWILIO_AUTH_TOKEN=… phone-bridge --public-url https://voice.example.com --pool 2 --max-calls 3"
+TWILIO_AUTH_TOKEN=… phone-bridge --public-url https://voice.example.com --pool 2 --max-calls 3", &[(exit::FAILURE, ""), (exit::OK, "SIGTERM/SIGINT (calls get call-end shutdown, instances are stopped)"), (exit::CONFIG, "no auth token, a token file readable by others, an address that cannot be listened on, or a bad TGVOICE_PHONE_LISTEN")])
 )]
 struct Args {
     /// Address to listen on (plain HTTP; put TLS in front, Twilio requires https/wss).
@@ -107,8 +107,9 @@ fn auth_token(args: &Args) -> anyhow::Result<signature::AuthToken> {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args: Args = tgvoice::cli::parse_args();
     tgvoice::log::init("phone-bridge", args.log.verbosity());
+    cli::exit_on_panic();
     unsafe {
         let _ = nix_ignore_sigpipe();
     }

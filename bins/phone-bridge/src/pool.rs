@@ -78,16 +78,10 @@ pub struct Status {
     pub max_calls: usize,
 }
 
-/// `$TGVOICE_STATE_DIR`, else `$XDG_STATE_HOME/tgvoice`, else `~/.local/state/tgvoice` — the
-/// same rule as scripts/voicecall (STATE_BASE).
+/// Where the instances' state directories are ([`tgvoice::paths::state_base`], the same rule
+/// as scripts/voicecall's STATE_BASE).
 pub fn state_base() -> PathBuf {
-    if let Some(d) = std::env::var_os("TGVOICE_STATE_DIR") {
-        return PathBuf::from(d);
-    }
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/state"));
-    base.join("tgvoice")
+    tgvoice::paths::state_base()
 }
 
 impl Pool {

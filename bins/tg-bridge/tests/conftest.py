@@ -9,6 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# The one frame helper (python/tgvoice_frames.py): the bridge imports it as a top-level module.
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "python"))
 
 from tgvoice_bridge import rundir  # noqa: E402
 from tgvoice_bridge.backend import CallBackend  # noqa: E402

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+ROOT = Path(__file__).resolve().parents[3]
 HASH = "0123456789abcdef0123456789abcdef"
 
 
 def tg_bridge(*args, env=None, home=None):
     e = {k: v for k, v in os.environ.items() if not k.startswith(("TG_", "TGVOICE_TG", "TGVOICE_ALLOW"))}
-    e["PYTHONPATH"] = SRC
+    e["PYTHONPATH"] = os.pathsep.join([SRC, str(ROOT / "python")])
     if home:
         e["HOME"] = str(home)
         e.pop("XDG_STATE_HOME", None)
@@ -88,3 +89,17 @@ def test_installed_console_script_if_present():
         pytest.skip(f"{exe} not installed: run scripts/setup bridge")
     r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("tg-bridge ")
+
+
+def test_exit_codes_are_the_projects():
+    """tg-bridge's codes are rows of the one table (fifo-layout.md §4, tgvoice::cli::exit)."""
+    import re
+    from tgvoice_bridge import cli
+    layout = (ROOT / "fifo-layout.md").read_text()
+    table = {int(code): name for code, name in re.findall(r"^\| (\d+) \| (\w+) \|", layout, re.M)}
+    names = {"EXIT_OK": "ok", "EXIT_FAILURE": "failure", "EXIT_USAGE": "usage", "EXIT_UNAVAILABLE": "unavailable",
+             "EXIT_CONFIG": "config"}
+    for const, name in names.items():
+        assert table[getattr(cli, const)] == name, const
+    listed = [int(c) for c in re.findall(r"^  (\d+) ", cli.EXIT_CODES, re.M)]
+    assert listed and all(c in table for c in listed), listed

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FifoDrain
-from tgvoice_bridge import rundir, tgvoice_frames
+import tgvoice_frames
+from tgvoice_bridge import rundir
 
 HERE = Path(__file__).resolve().parent
 NETNS_SETUP = ("ip link set lo up && ip link add tgb0 type veth peer name tgb1 && "

@@ -7,7 +7,7 @@ mod pcm_input;
 
 use clap::Parser;
 use std::path::PathBuf;
-use tgvoice::cli::{self, LinkArgs, LogArgs};
+use tgvoice::cli::{self, exit, LinkArgs, LogArgs};
 use tgvoice::sink::SinkHandle;
 use tgvoice::{Endpoint, Frame, FrameSink, FrameSource, TapFormat};
 
@@ -15,7 +15,7 @@ use tgvoice::{Endpoint, Frame, FrameSink, FrameSource, TapFormat};
 #[command(
     version,
     about = "Frame raw 48 kHz PCM or a WAV file into tgvoice audio frames",
-    after_help = "Examples:\n  tgcat question.wav | framecat\n  tgcat --realtime question.wav | vadseg | sttd\n  sox -d -t raw -r 48000 -e signed -b 16 -c 1 - | tgcat - | vadseg | sttd\n  tgcat --control $RUN/control.frames -o $RUN/audio.frames $RUN/tg_input.raw\n\nRaw input must be s16le, 48 kHz, mono. WAV input may have any rate and channel count;\nit is mixed to mono and resampled to 48 kHz. Exit codes: 0 end of input, 65 input is\nalready frames, 1 other errors."
+    after_help = exit::after_help("Examples:\n  tgcat question.wav | framecat\n  tgcat --realtime question.wav | vadseg | sttd\n  sox -d -t raw -r 48000 -e signed -b 16 -c 1 - | tgcat - | vadseg | sttd\n  tgcat --control $RUN/control.frames -o $RUN/audio.frames $RUN/tg_input.raw\n\nRaw input must be s16le, 48 kHz, mono. WAV input may have any rate and channel count;\nit is mixed to mono and resampled to 48 kHz.", &[(exit::FAILURE, ""), (exit::DATA, "the input is already frames"), (exit::CONFIG, "an unsafe link path")])
 )]
 struct Args {
     /// Raw PCM or WAV: a file, a named FIFO, or "-" for stdin.
@@ -49,7 +49,7 @@ fn main() {
         }
         let opts = pcm_input::Options {
             realtime: args.realtime,
-            frame_samples: (48_000 * args.frame_ms / 1000) as usize,
+            frame_samples: (pcm_input::RATE * args.frame_ms / 1000) as usize,
             trailing_silence_s: args.trailing_silence,
         };
         let input = Endpoint::from_arg(Some(&args.input));
@@ -61,7 +61,7 @@ fn main() {
         log::info!(
             "end of input: {} frames ({:.2} s of audio); {} delivered, {} dropped",
             stats.frames,
-            stats.samples as f64 / 48_000.0,
+            stats.samples as f64 / pcm_input::RATE as f64,
             sink_stats.delivered,
             sink_stats.dropped_no_reader + sink_stats.dropped_overflow
         );

@@ -11,7 +11,7 @@ use tgvoice::frame::{InputGuess, MAGIC};
 use tgvoice::resample::{read_wav_mono, StreamResampler};
 use tgvoice::AudioFrame;
 
-pub const RATE: u32 = 48_000;
+pub const RATE: u32 = tgvoice::audio::RATE;
 
 pub struct Options {
     pub realtime: bool,

@@ -10,10 +10,10 @@ use tgvoice::rundir::{create_run_dir, default_run_dir};
 #[command(
     version,
     about = "Create a private tgvoice run directory (mode 0700) with all its FIFOs; print its path",
-    after_help = "The directory is $TGVOICE_RUN_DIR, or --dir, or the per-instance default\n\
+    after_help = exit::after_help("The directory is $TGVOICE_RUN_DIR, or --dir, or the per-instance default\n\
 ($XDG_RUNTIME_DIR/tgvoice/INSTANCE on Linux, $TMPDIR/tgvoice/INSTANCE on macOS).\n\
 Refuses (exit 78) a path that is a symlink, not a directory, or owned by someone else,\n\
-and link paths that exist but are not FIFOs."
+and link paths that exist but are not FIFOs.", &[(exit::USAGE, "also a bad --instance name"), (exit::CONFIG, "an unsafe run directory")])
 )]
 struct Args {
     /// Instance name (one pipeline per call).

@@ -19,7 +19,7 @@ use tts_writer::turns::TurnController;
 #[command(
     version,
     about = "Speak reply chunks (frames or text lines) as raw s16le 48 kHz mono, paced in real time",
-    after_help = "\
+    after_help = exit::after_help("\
 Engines:
   piper      the Piper voice en_US-joe-medium run through ONNX Runtime (scripts/setup installs it)
   espeak-ng  espeak-ng through libespeak-ng, or the espeak-ng program (zero setup)
@@ -37,10 +37,7 @@ Examples:
 
 Each reply logs one latency line at its first audio (end of speech → transcript → first LLM
 token → first chunk → first audio) and appends it, and what was played of each reply, as JSON
-lines to <state dir>/metrics.jsonl.
-
-Exit codes: 0 end of input (or SIGTERM/SIGINT), 2 bad flags, 69 the engine is missing (the
-message says how to install it), 78 unsafe FIFO path, 1 other failures."
+lines to <state dir>/metrics.jsonl.", &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "the engine is missing"), (exit::CONFIG, "an unsafe link path or a bad TGVOICE_TTS_ENGINE value")])
 )]
 struct Args {
     #[command(flatten)]
@@ -113,13 +110,6 @@ fn main() {
     cli::run("tts-writer", &args.log.clone(), move || speak(args))
 }
 
-fn default_state_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
-    Some(base.join("tgvoice/default"))
-}
-
 fn speak(args: Args) -> anyhow::Result<()> {
     if args.engine != EngineKind::Command && (args.command.is_some() || args.command_raw_rate.is_some()) {
         return Err(fail(exit::USAGE, "--command/--command-raw-rate need --engine command"));
@@ -144,12 +134,12 @@ fn speak(args: Args) -> anyhow::Result<()> {
         let tap = Tap::path_for(p);
         is_fifo(&tap).then_some(tap)
     });
-    let state_dir = args.state_dir.clone().or_else(default_state_dir);
-    let reporter = Reporter::new(state_dir.as_deref(), engine.name());
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| tgvoice::paths::instance_state_dir("default"));
+    let reporter = Reporter::new(Some(state_dir.as_path()), engine.name());
     let barrier = Arc::new(AtomicU64::new(0));
     let player = Player::new(
         PlayerConfig {
-            frame: (48 * args.frame_ms) as usize,
+            frame: (tts_writer::player::RATE as u64 * args.frame_ms / 1000) as usize,
             lead: Duration::from_millis(args.lead_ms),
             fade: Duration::from_millis(args.fade_ms),
             fill_silence: args.fill_silence,

@@ -21,7 +21,7 @@ use tgvoice::fifo::{FifoWriter, Tap, WriteOutcome};
 use tgvoice::frame::encode;
 use tgvoice::{AudioFrame, Event, Frame, TurnTrace};
 
-pub const RATE: u32 = 48_000;
+pub const RATE: u32 = tgvoice::audio::RATE;
 /// The most a late writer catches up (see [`Player::write_samples`]).
 const MAX_DEBT: Duration = Duration::from_millis(100);
 

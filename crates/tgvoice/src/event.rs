@@ -31,6 +31,18 @@ pub mod trace_key {
     pub const LLM_FIRST_TOKEN: &str = "llm_first_token";
     pub const FIRST_CHUNK: &str = "first_chunk";
     pub const FIRST_AUDIO: &str = "first_audio";
+
+    /// The steps of a turn's latency, in order: (name, from, to). They add up to
+    /// [`VOICE_TO_VOICE`]. Read by the latency line and tts-writer's metrics.jsonl.
+    pub const SPANS: [(&str, &str, &str); 5] = [
+        ("eot", SPEECH_END, EOT),
+        ("stt", EOT, TRANSCRIPT),
+        ("llm", TRANSCRIPT, LLM_FIRST_TOKEN),
+        ("chunk", LLM_FIRST_TOKEN, FIRST_CHUNK),
+        ("audio", FIRST_CHUNK, FIRST_AUDIO),
+    ];
+    /// The whole: the caller's last voiced sample to the first reply audio.
+    pub const VOICE_TO_VOICE: (&str, &str, &str) = ("voice_to_voice", SPEECH_END, FIRST_AUDIO);
 }
 
 /// How far ahead of the wall clock (in ms) a turn id may be; see [`Event::plausible_turn`].
@@ -147,22 +159,16 @@ impl TurnTrace {
     /// per-turn latency line, from the caller's last voiced sample to the first reply audio.
     pub fn latency_line(&self) -> String {
         use trace_key::*;
-        let steps = [
-            ("eot", SPEECH_END, EOT),
-            ("stt", EOT, TRANSCRIPT),
-            ("llm", TRANSCRIPT, LLM_FIRST_TOKEN),
-            ("chunk", LLM_FIRST_TOKEN, FIRST_CHUNK),
-            ("audio", FIRST_CHUNK, FIRST_AUDIO),
-        ];
         let mut parts = vec![];
-        for (name, from, to) in steps {
+        for (name, from, to) in SPANS {
             match self.span_ms(from, to) {
                 Some(ms) => parts.push(format!("{name} {ms:.0} ms")),
                 None => parts.push(format!("{name} ?")),
             }
         }
+        let (_, from, to) = VOICE_TO_VOICE;
         let total = self
-            .span_ms(SPEECH_END, FIRST_AUDIO)
+            .span_ms(from, to)
             .map(|ms| format!("{ms:.0} ms"))
             .unwrap_or_else(|| "?".into());
         format!("{} = voice-to-voice {total}", parts.join(" → "))

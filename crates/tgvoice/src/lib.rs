@@ -6,8 +6,11 @@
 //! * [`sink`] / [`source`] — framed output (queued, non-blocking) and input (resyncing)
 //! * [`rundir`] — the private run directory and its FIFOs
 //! * [`raw_link`] — the bridge side of an instance (raw links, JSON-lines taps); [`mulaw`] — G.711 μ-law
+//! * [`audio`] — the link sample rate, RMS and dBFS
+//! * [`paths`] — default cache, model, state and run directories
 //! * [`cli`] — shared flags, exit codes and the common `main` wrapper; [`log`] — log lines
 
+pub mod audio;
 pub mod cli;
 pub mod clock;
 pub mod event;
@@ -15,6 +18,7 @@ pub mod fifo;
 pub mod frame;
 pub mod log;
 pub mod mulaw;
+pub mod paths;
 pub mod raw_link;
 pub mod resample;
 pub mod rundir;
@@ -25,5 +29,5 @@ pub mod testkit;
 pub use event::{Event, TurnTrace};
 pub use fifo::Endpoint;
 pub use frame::{AudioFrame, Frame};
-pub use sink::{FrameSink, TapFormat};
+pub use sink::{FrameSink, Output, TapFormat};
 pub use source::{FrameSource, Input};

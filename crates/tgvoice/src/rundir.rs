@@ -16,19 +16,9 @@ pub const LINKS: &[&str] = &[
     "tg_output.raw",
 ];
 
-/// `$TGVOICE_RUN_DIR`, else `$XDG_RUNTIME_DIR/tgvoice/<instance>` (Linux) or
-/// `$TMPDIR/tgvoice/<instance>` (macOS), else `/tmp/tgvoice-$UID/<instance>`.
+/// The default run directory of `instance` ([`crate::paths::run_dir`]).
 pub fn default_run_dir(instance: &str) -> PathBuf {
-    if let Some(dir) = std::env::var_os("TGVOICE_RUN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let base = if cfg!(target_os = "macos") {
-        std::env::var_os("TMPDIR").map(|t| PathBuf::from(t).join("tgvoice"))
-    } else {
-        std::env::var_os("XDG_RUNTIME_DIR").map(|t| PathBuf::from(t).join("tgvoice"))
-    };
-    let base = base.unwrap_or_else(|| PathBuf::from(format!("/tmp/tgvoice-{}", nix::unistd::geteuid())));
-    base.join(instance)
+    crate::paths::run_dir(instance)
 }
 
 /// Whether a directory owned by `owner` with `mode` may hold a run directory of user `me`:
@@ -122,6 +112,23 @@ mod tests {
         }
         assert!(std::fs::metadata(run.join("speech.tap")).unwrap().file_type().is_fifo());
         create_run_dir(&run).unwrap(); // idempotent
+    }
+
+    /// The links are those of the pipeline table (pipeline.table, read by scripts/voicecall).
+    #[test]
+    fn links_are_the_pipeline_tables() {
+        let table = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipeline.table")).unwrap();
+        let mut in_table: Vec<&str> = table
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split_whitespace().skip(2).take(1)) // the outputs: each link has one writer
+            .flat_map(|f| f.split(','))
+            .filter(|l| *l != "-")
+            .collect();
+        in_table.sort();
+        let mut links = LINKS.to_vec();
+        links.sort();
+        assert_eq!(in_table, links);
     }
 
     #[test]

@@ -163,6 +163,31 @@ impl FrameSink {
     }
 }
 
+/// Where a stage's frames go: a [`FrameSink`] in the program, a `Vec<Frame>` in unit tests
+/// (which then read what the stage emitted, in order).
+pub trait Output {
+    fn send(&mut self, frame: Frame);
+    /// The reader has gone for good (stdout closed, e.g. `STAGE | head`): stop.
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+impl Output for FrameSink {
+    fn send(&mut self, frame: Frame) {
+        FrameSink::send(self, frame)
+    }
+    fn is_closed(&self) -> bool {
+        FrameSink::is_closed(self)
+    }
+}
+
+impl Output for Vec<Frame> {
+    fn send(&mut self, frame: Frame) {
+        self.push(frame)
+    }
+}
+
 impl Drop for FrameSink {
     fn drop(&mut self) {
         self.close();

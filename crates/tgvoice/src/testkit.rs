@@ -20,17 +20,9 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
-/// The project's cache directory (`$TGVOICE_CACHE`, default `~/.cache/tgvoice`), where
-/// scripts/setup puts models, ONNX Runtime and the venv.
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("TGVOICE_CACHE") {
-        return PathBuf::from(d);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
-    base.join("tgvoice")
-}
+/// Where scripts/setup put models, ONNX Runtime and the venv (the programs' own default,
+/// [`crate::paths::cache_dir`]; tests read it from here).
+pub use crate::paths::cache_dir;
 
 /// vadseg's minimum speech duration in ms (the barge-in guard), from its `--help` default.
 pub fn vad_min_speech_ms() -> f64 {

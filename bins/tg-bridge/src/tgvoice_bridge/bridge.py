@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import tgvoice_frames
+import tgvoice_frames  # python/tgvoice_frames.py, installed beside the bridge (80-bridge.sh)
 from .fifo import NonBlockingFrameReader, NonBlockingWriter
 from .media import FRAME_BYTES, IncomingAudio, SendPump
 

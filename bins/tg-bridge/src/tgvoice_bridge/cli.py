@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from . import __version__
+from . import __version__, paths
 from .telegram import ConfigError, SessionMissing
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 69, 78
@@ -185,8 +185,7 @@ def _voice_options(args):
     from .msgpipeline import MessagePipeline, stage_commands
     if args.voice_max_seconds <= 0:
         raise ConfigError("--voice-max-seconds must be positive")
-    state = args.voice_state_dir or os.path.join(
-        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "tgvoice", "messages")
+    state = args.voice_state_dir or str(paths.xdg_state_base() / "messages")
     try:
         commands = stage_commands(overrides=args.voice_stage)
     except ValueError as e:

