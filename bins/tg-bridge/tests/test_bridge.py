@@ -13,7 +13,7 @@ import pytest
 from pytgcalls.types import Device, Direction, Frame, StreamFrames
 
 from conftest import FakeCallBackend, FifoDrain
-from tgvoice_bridge import tgvoice_frames
+import tgvoice_frames
 from tgvoice_bridge.bridge import Bridge
 from tgvoice_bridge.media import mix
 

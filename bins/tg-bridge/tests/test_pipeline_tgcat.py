@@ -12,7 +12,7 @@ import pytest
 from pytgcalls.types import Frame
 
 from conftest import FakeCallBackend
-from tgvoice_bridge import tgvoice_frames
+import tgvoice_frames
 from tgvoice_bridge.bridge import Bridge
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FakeCallBackend
-from tgvoice_bridge import tgvoice_frames, voicecodec
+import tgvoice_frames
+from tgvoice_bridge import voicecodec
 from tgvoice_bridge.bridge import Bridge
 from tgvoice_bridge.msgpipeline import MessagePipeline, stage_commands
 from tgvoice_bridge.voicemsg import IncomingMessage, polite
