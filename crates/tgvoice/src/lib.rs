@@ -6,6 +6,7 @@
 //! * [`sink`] / [`source`] — framed output (queued, non-blocking) and input (resyncing)
 //! * [`rundir`] — the private run directory and its FIFOs
 //! * [`raw_link`] — the bridge side of an instance (raw links, JSON-lines taps); [`mulaw`] — G.711 μ-law
+//! * [`logmel`] — Whisper-style log-mel features (for the turn model)
 //! * [`cli`] — shared flags, exit codes and the common `main` wrapper; [`log`] — log lines
 
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod event;
 pub mod fifo;
 pub mod frame;
 pub mod log;
+pub mod logmel;
 pub mod mulaw;
 pub mod raw_link;
 pub mod resample;
