@@ -100,7 +100,9 @@ fn main() {
         log::debug!("{cfg:?}");
         let sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::Pcm)?;
         let source = FrameSource::open(args.link.input())?;
-        let mut stage = stage::VadStage::new(vad, SpeechSegmenter::new(cfg), turn_model.map(turn_model::TurnWorker::spawn));
+        let answer_timeout = std::time::Duration::from_millis((args.eot_incomplete - args.eot_complete).max(100) as u64);
+        let worker = turn_model.map(turn_model::TurnWorker::spawn);
+        let mut stage = stage::VadStage::new(vad, SpeechSegmenter::new(cfg), worker, answer_timeout);
         // SIGTERM closes the open turn (a speech-end goes out) before vadseg exits, so the
         // caller's last words still reach sttd.
         let stop = cli::graceful_stop();

@@ -25,9 +25,6 @@ pub const EOT_REASON_FIELD: &str = "eot_reason";
 pub const P_COMPLETE_FIELD: &str = "p_complete";
 /// Chunks quieter than this (−70 dBFS) are silence whatever the model says.
 pub const DIGITAL_SILENCE_RMS: f64 = 10.4;
-/// The longest the stage waits for the turn model's answer once it is needed; then the pause
-/// ends on silence alone (measured inference is ~tens of ms; see README).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn rms(s: &[i16]) -> f64 {
     (s.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>() / s.len().max(1) as f64).sqrt()
@@ -55,11 +52,14 @@ pub struct VadStage {
     recent_audio: VecDeque<i16>,
     /// Stream index just past `recent_audio`.
     recent_end: u64,
+    /// The longest the stage waits for the turn model's answer once it is needed (then the
+    /// pause goes on to end on silence): no longer than the silence path would take.
+    answer_timeout: Duration,
     pub stats: StageStats,
 }
 
 impl VadStage {
-    pub fn new(vad: SileroVad, segmenter: SpeechSegmenter, turn_model: Option<TurnWorker>) -> Self {
+    pub fn new(vad: SileroVad, segmenter: SpeechSegmenter, turn_model: Option<TurnWorker>, answer_timeout: Duration) -> Self {
         VadStage {
             vad,
             chunker: Chunker::new(),
@@ -69,6 +69,7 @@ impl VadStage {
             turn_model,
             recent_audio: VecDeque::with_capacity(WINDOW_SAMPLES + CHUNK),
             recent_end: 0,
+            answer_timeout,
             stats: StageStats::default(),
         }
     }
@@ -153,11 +154,11 @@ impl VadStage {
         let mut answers: Vec<Answer> = worker.answers.try_iter().collect();
         if let Some(pause) = wait_for {
             while !answers.iter().any(|a| a.pause == pause) {
-                match worker.answers.recv_timeout(ANSWER_TIMEOUT) {
+                match worker.answers.recv_timeout(self.answer_timeout) {
                     Ok(a) => answers.push(a),
                     Err(_) => {
-                        log::warn!("the turn model did not answer within {ANSWER_TIMEOUT:?}; ending this pause on silence");
-                        answers.push(Answer { pause, turn: 0, p_complete: None, took: ANSWER_TIMEOUT });
+                        log::warn!("the turn model did not answer within {:?} (CPU starved?); ending this pause on silence", self.answer_timeout);
+                        answers.push(Answer { pause, turn: 0, p_complete: None, took: self.answer_timeout });
                     }
                 }
             }
