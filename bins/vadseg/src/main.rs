@@ -3,12 +3,16 @@
 //! turn id, and `speech-end` (end of turn). Every input event is forwarded unchanged.
 
 mod chunker;
+mod endpoint;
 mod segmenter;
 mod silero;
 mod stage;
+mod turn_model;
 
 use clap::Parser;
+use endpoint::TurnModelConfig;
 use segmenter::{SegmenterConfig, SpeechSegmenter};
+use std::path::PathBuf;
 use tgvoice::cli::{self, exit, LinkArgs, LogArgs};
 use tgvoice::{FrameSink, FrameSource, TapFormat};
 
@@ -16,7 +20,7 @@ use tgvoice::{FrameSink, FrameSource, TapFormat};
 #[command(
     version,
     about = "Cut speech out of an audio frame stream with Silero VAD: speech-start / 16 kHz segment / speech-end",
-    after_help = exit::after_help("Examples:\n  tgcat question.wav | vadseg | framecat\n  tgcat --realtime call.wav | vadseg | sttd\n  vadseg -i $RUN/audio.frames -o $RUN/speech.frames\n  ffplay -f s16le -ar 16000 -ac 1 -nodisp $RUN/speech.tap     # listen to the segments\n\nNeeds ONNX Runtime 1.22.1: ORT_DYLIB_PATH=…/libonnxruntime.so.1.22.1 (scripts/env.sh sets it;\nscripts/setup installs it). Turn ids are the speech onset capture time in ms since the epoch.", &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "ONNX Runtime or the Silero model is missing"), (exit::CONFIG, "an unsafe link path or a bad VADSEG_* value")])
+    after_help = exit::after_help("Examples:\n  tgcat question.wav | vadseg | framecat\n  tgcat --realtime call.wav | vadseg | sttd\n  vadseg -i $RUN/audio.frames -o $RUN/speech.frames\n  ffplay -f s16le -ar 16000 -ac 1 -nodisp $RUN/speech.tap     # listen to the segments\n\nNeeds ONNX Runtime 1.22.1: ORT_DYLIB_PATH=…/libonnxruntime.so.1.22.1 (scripts/env.sh sets it;\nscripts/setup installs it). Turn ids are the speech onset capture time in ms since the epoch.", &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "ONNX Runtime or the Silero model is missing"), (exit::CONFIG, "an unsafe link path, a bad VADSEG_* value or a named --turn-model missing")])
 )]
 struct Args {
     #[command(flatten)]
@@ -27,9 +31,25 @@ struct Args {
     /// Speech must last this long (ms) before speech-start is sent (guards against coughs, clicks).
     #[arg(long, default_value_t = 250, env = "VADSEG_MIN_SPEECH_MS", value_name = "MS")]
     min_speech: u32,
-    /// Silence (ms) after the last speech that ends the turn.
+    /// Silence (ms) after the last speech that ends the turn when there is no turn model (or it failed).
     #[arg(long, default_value_t = 600, env = "VADSEG_EOT_SILENCE_MS", value_name = "MS")]
     eot_silence: u32,
+    /// End of turn by meaning: a Smart Turn v3.2 ONNX file, "auto" ($TGVOICE_MODELS/smart-turn-v3.2-cpu.onnx
+    /// if scripts/setup installed it, else silence alone), or "off" (silence alone, --eot-silence).
+    #[arg(long, default_value = "off", env = "VADSEG_TURN_MODEL", value_name = "PATH|auto|off")]
+    turn_model: String,
+    /// Pause (ms) at which the turn model is asked.
+    #[arg(long, default_value_t = 160, env = "VADSEG_TURN_CHECK_MS", value_name = "MS")]
+    turn_check: u32,
+    /// The turn model's probability of "complete" at or above which the turn ends early (0–1).
+    #[arg(long, default_value_t = 0.5, env = "VADSEG_TURN_THRESHOLD", value_parser = parse_probability)]
+    turn_threshold: f32,
+    /// Silence (ms) that ends a turn the model judged complete.
+    #[arg(long, default_value_t = 250, env = "VADSEG_EOT_COMPLETE_MS", value_name = "MS")]
+    eot_complete: u32,
+    /// Silence (ms) that ends a turn the model judged incomplete (a hesitation may last this long).
+    #[arg(long, default_value_t = 1200, env = "VADSEG_EOT_INCOMPLETE_MS", value_name = "MS")]
+    eot_incomplete: u32,
     /// Audio (ms) kept before the first speech chunk, so the first syllable is not clipped.
     #[arg(long, default_value_t = 300, env = "VADSEG_PRE_ROLL_MS", value_name = "MS")]
     pre_roll: u32,
@@ -58,6 +78,11 @@ fn main() {
         if !(1.0..=600.0).contains(&args.max_segment) || args.eot_silence == 0 {
             return Err(cli::fail(cli::exit::USAGE, "--max-segment must be 1–600 s and --eot-silence above 0"));
         }
+        if !(args.turn_check <= args.eot_complete && args.eot_complete <= args.eot_incomplete) || args.turn_check == 0 {
+            return Err(cli::fail(cli::exit::USAGE, "need 0 < --turn-check ≤ --eot-complete ≤ --eot-incomplete"));
+        }
+        let vad = silero::SileroVad::load()?;
+        let turn_model = load_turn_model(&args)?;
         let cfg = SegmenterConfig {
             threshold: args.threshold,
             min_speech_ms: args.min_speech,
@@ -65,12 +90,19 @@ fn main() {
             pre_roll_ms: args.pre_roll,
             post_roll_ms: args.post_roll,
             max_segment_ms: (args.max_segment * 1000.0) as u32,
+            turn_model: turn_model.as_ref().map(|_| TurnModelConfig {
+                check_ms: args.turn_check,
+                threshold: args.turn_threshold,
+                complete_ms: args.eot_complete,
+                incomplete_ms: args.eot_incomplete,
+            }),
         };
         log::debug!("{cfg:?}");
-        let vad = silero::SileroVad::load()?;
         let sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::Pcm)?;
         let source = FrameSource::open(args.link.input())?;
-        let mut stage = stage::VadStage::new(vad, SpeechSegmenter::new(cfg));
+        let answer_timeout = std::time::Duration::from_millis((args.eot_incomplete - args.eot_complete).max(100) as u64);
+        let worker = turn_model.map(turn_model::TurnWorker::spawn);
+        let mut stage = stage::VadStage::new(vad, SpeechSegmenter::new(cfg), worker, answer_timeout);
         // SIGTERM closes the open turn (a speech-end goes out) before vadseg exits, so the
         // caller's last words still reach sttd.
         let stop = cli::graceful_stop();
@@ -106,6 +138,49 @@ fn main() {
             s.delivered,
             s.dropped_no_reader + s.dropped_overflow
         );
+        if stage.stats.turn_checks > 0 {
+            log::info!(
+                "turn model: {} answers, inference {:.0} ms mean, {:.0} ms max",
+                stage.stats.turn_checks,
+                stage.stats.turn_check_total.as_secs_f64() * 1e3 / stage.stats.turn_checks as f64,
+                stage.stats.turn_check_max.as_secs_f64() * 1e3
+            );
+        }
         Ok(())
     })
+}
+
+/// The turn model named by --turn-model, or None for silence alone: "off", or "auto" with the
+/// provisioned file absent (one log line says so). A named file that is missing or fails to
+/// load is an error.
+fn load_turn_model(args: &Args) -> anyhow::Result<Option<turn_model::SmartTurn>> {
+    let silence_only = format!("ending turns on silence alone (--eot-silence {} ms)", args.eot_silence);
+    let path = match args.turn_model.as_str() {
+        "off" | "" => {
+            log::debug!("turn model off; {silence_only}");
+            return Ok(None);
+        }
+        "auto" => {
+            let p = turn_model::default_model_path();
+            if !p.exists() {
+                log::info!("turn model {} not found (scripts/setup installs it); {silence_only}", p.display());
+                return Ok(None);
+            }
+            p
+        }
+        p => PathBuf::from(p),
+    };
+    if !path.is_file() {
+        return Err(cli::fail(cli::exit::CONFIG, format!("turn model {} not found; run scripts/setup, or --turn-model off", path.display())));
+    }
+    let model = turn_model::SmartTurn::load(&path)?;
+    log::info!(
+        "turn model {}: asked at a {} ms pause; ends the turn after {} ms if p(complete) ≥ {}, else after {} ms",
+        path.display(),
+        args.turn_check,
+        args.eot_complete,
+        args.turn_threshold,
+        args.eot_incomplete
+    );
+    Ok(Some(model))
 }

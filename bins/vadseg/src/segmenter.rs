@@ -9,6 +9,8 @@
 
 use std::collections::VecDeque;
 
+use crate::endpoint::{EotReason, Endpointer, PauseStep, TurnModelConfig};
+
 pub const RATE: u32 = 16_000;
 /// Silero's chunk at 16 kHz.
 pub const CHUNK: usize = 512;
@@ -34,6 +36,8 @@ pub struct SegmenterConfig {
     pub post_roll_ms: u32,
     /// Longest segment; longer speech is cut into several turns (no audio lost).
     pub max_segment_ms: u32,
+    /// End of turn by meaning (endpoint.rs); None: silence alone.
+    pub turn_model: Option<TurnModelConfig>,
 }
 
 impl Default for SegmenterConfig {
@@ -45,6 +49,7 @@ impl Default for SegmenterConfig {
             pre_roll_ms: 300,
             post_roll_ms: 200,
             max_segment_ms: 25_000,
+            turn_model: None,
         }
     }
 }
@@ -85,8 +90,12 @@ pub enum Decision {
     /// Audio of the current turn, in order.
     Audio { turn: u64, chunk: Chunk },
     /// The turn ended: end-of-turn silence passed, or the segment was `cut` at max length
-    /// (then a `Start` with `continues` follows at once).
-    End { turn: u64, speech_start_us: u64, speech_end_us: u64, cut: bool, decided_us: u64 },
+    /// (then a `Start` with `continues` follows at once). `p_complete`: the turn model's answer.
+    End { turn: u64, speech_start_us: u64, speech_end_us: u64, cut: bool, decided_us: u64, reason: EotReason, p_complete: Option<f32> },
+    /// Ask the turn model whether the turn is complete, given the segment's 16 kHz audio from
+    /// stream index `from_index` up to `to_index` (exclusive; the pause so far included).
+    /// Answer with [`SpeechSegmenter::turn_verdict`].
+    AskTurnModel { turn: u64, pause: u64, from_index: u64, to_index: u64 },
 }
 
 #[derive(Debug)]
@@ -124,11 +133,13 @@ pub struct SpeechSegmenter {
     /// Capture time of the last sample seen.
     decided_us: u64,
     chunk_ms: u32,
+    endpoint: Endpointer,
 }
 
 impl SpeechSegmenter {
     pub fn new(cfg: SegmenterConfig) -> Self {
         SpeechSegmenter {
+            endpoint: Endpointer::new(cfg.eot_silence_ms, cfg.turn_model.clone()),
             cfg,
             state: State::Idle,
             recent: VecDeque::new(),
@@ -186,6 +197,7 @@ impl SpeechSegmenter {
                     }
                     t.last_voiced_us = chunk.last_sample_us();
                     t.silence_ms = 0;
+                    self.endpoint.speech();
                     for c in std::mem::take(&mut t.held) {
                         self.emit_audio(&mut t, c, out);
                     }
@@ -194,10 +206,14 @@ impl SpeechSegmenter {
                 } else if silence || t.silence_ms > 0 {
                     // A pause: hold its audio until we know whether the turn goes on.
                     t.silence_ms += chunk_ms;
+                    let to_index = chunk.end_index();
                     t.held.push(chunk);
-                    if t.silence_ms >= self.cfg.eot_silence_ms {
-                        self.end_turn(t, out);
-                        return;
+                    match self.endpoint.step(t.silence_ms) {
+                        PauseStep::End(reason) => return self.end_turn(t, reason, out),
+                        PauseStep::Ask { pause } => {
+                            out.push(Decision::AskTurnModel { turn: t.turn, pause, from_index: t.first_index, to_index })
+                        }
+                        PauseStep::Wait => {}
                     }
                 } else {
                     // Between the two thresholds, not in a pause: still part of the speech.
@@ -212,7 +228,7 @@ impl SpeechSegmenter {
     /// End of input (or of the call): close an open turn; a pending one is dropped.
     pub fn finish(&mut self, out: &mut Vec<Decision>) {
         if let State::Speaking(t) = std::mem::replace(&mut self.state, State::Idle) {
-            self.end_turn(t, out);
+            self.end_turn(t, EotReason::InputEnd, out);
         }
         self.recent.clear();
     }
@@ -243,6 +259,7 @@ impl SpeechSegmenter {
             silence_ms: 0,
             held: vec![],
         };
+        self.endpoint.speech();
         for c in chunks {
             self.emit_audio(&mut t, c, out);
         }
@@ -284,7 +301,15 @@ impl SpeechSegmenter {
     /// exactly one segment.
     fn cut(&mut self, t: &mut Turn, out: &mut Vec<Decision>) {
         let decided_us = self.decided_us;
-        out.push(Decision::End { turn: t.turn, speech_start_us: t.speech_start_us, speech_end_us: t.last_voiced_us, cut: true, decided_us });
+        out.push(Decision::End {
+            turn: t.turn,
+            speech_start_us: t.speech_start_us,
+            speech_end_us: t.last_voiced_us,
+            cut: true,
+            decided_us,
+            reason: EotReason::MaxLength,
+            p_complete: None,
+        });
         let next_us = self.emitted_end_us;
         let turn = self.new_turn_id(next_us);
         out.push(Decision::Start { turn, speech_start_us: next_us, continues: Some(t.turn), decided_us });
@@ -293,7 +318,29 @@ impl SpeechSegmenter {
         t.first_index = self.emitted_until;
     }
 
-    fn end_turn(&mut self, mut t: Turn, out: &mut Vec<Decision>) {
+    /// The turn model's answer about pause `pause` (None: it failed); may end the turn now.
+    pub fn turn_verdict(&mut self, pause: u64, p_complete: Option<f32>, out: &mut Vec<Decision>) {
+        if !self.endpoint.set_verdict(pause, p_complete) {
+            return; // that pause is over
+        }
+        if let State::Speaking(t) = &self.state {
+            if let PauseStep::End(reason) = self.endpoint.step(t.silence_ms) {
+                let State::Speaking(t) = std::mem::replace(&mut self.state, State::Idle) else { unreachable!() };
+                self.end_turn(t, reason, out);
+            }
+        }
+    }
+
+    /// The pause whose turn-model answer is needed before the segmenter can go on (the stage
+    /// waits for it, so the decision does not depend on how fast the input arrives).
+    pub fn awaiting_verdict(&self) -> Option<u64> {
+        match &self.state {
+            State::Speaking(t) if t.silence_ms > 0 => self.endpoint.awaiting(t.silence_ms),
+            _ => None,
+        }
+    }
+
+    fn end_turn(&mut self, mut t: Turn, reason: EotReason, out: &mut Vec<Decision>) {
         let post_roll_chunks = self.cfg.post_roll_ms.div_ceil(self.chunk_ms) as usize;
         let held = std::mem::take(&mut t.held);
         let mut rest = vec![];
@@ -305,7 +352,16 @@ impl SpeechSegmenter {
             }
         }
         let decided_us = self.decided_us;
-        out.push(Decision::End { turn: t.turn, speech_start_us: t.speech_start_us, speech_end_us: t.last_voiced_us, cut: false, decided_us });
+        let p_complete = self.endpoint.p_complete();
+        out.push(Decision::End {
+            turn: t.turn,
+            speech_start_us: t.speech_start_us,
+            speech_end_us: t.last_voiced_us,
+            cut: false,
+            decided_us,
+            reason,
+            p_complete,
+        });
         for c in rest {
             self.remember(c);
         }
@@ -345,7 +401,7 @@ mod tests {
                     assert_eq!(last.0, *turn);
                     last.1.push(chunk.samples[0] as usize);
                 }
-                Decision::End { .. } => {}
+                Decision::End { .. } | Decision::AskTurnModel { .. } => {}
             }
         }
         v
@@ -422,6 +478,73 @@ mod tests {
         let conts = d.iter().filter(|x| matches!(x, Decision::Start { continues: Some(_), .. })).count();
         assert_eq!(cuts, t.len() - 1);
         assert_eq!(conts, t.len() - 1);
+    }
+
+    /// Like `run` with a turn model (asked at 160 ms, complete → 256 ms, incomplete → 1.2 s)
+    /// that answers the n-th question with `answers[n]` at once.
+    fn run_with_model(probs: &[f32], answers: &[f32]) -> Vec<Decision> {
+        let model = TurnModelConfig { check_ms: 160, threshold: 0.5, complete_ms: 250, incomplete_ms: 1200 };
+        let mut s = SpeechSegmenter::new(SegmenterConfig { turn_model: Some(model), ..Default::default() });
+        let (mut out, mut asked) = (vec![], 0);
+        for (i, &p) in probs.iter().enumerate() {
+            let index = (i * CHUNK) as u64;
+            let chunk = Chunk { index, capture_us: T0 + index * 1_000_000 / RATE as u64, samples: vec![i as i16; CHUNK] };
+            let before = out.len();
+            s.push(chunk, p, &mut out);
+            let questions: Vec<u64> =
+                out[before..].iter().filter_map(|d| if let Decision::AskTurnModel { pause, .. } = d { Some(*pause) } else { None }).collect();
+            for pause in questions {
+                s.turn_verdict(pause, Some(answers[asked]), &mut out);
+                asked += 1;
+            }
+            assert_eq!(s.awaiting_verdict(), None, "every question was answered");
+        }
+        s.finish(&mut out);
+        out
+    }
+
+    fn ends(d: &[Decision]) -> Vec<(EotReason, usize)> {
+        d.iter()
+            .filter_map(|x| match x {
+                Decision::End { reason, decided_us, .. } => Some((*reason, ((decided_us - T0) * RATE as u64 / 1_000_000) as usize / CHUNK)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn turn_model_complete_ends_early_incomplete_lets_a_hesitation_pass() {
+        // Speech, a 800 ms hesitation (25 chunks), speech, silence.
+        let probs = pattern(&[(0.0, 10), (0.9, 20), (0.0, 25), (0.9, 20), (0.0, 60)]);
+        // "Incomplete" at the hesitation, "complete" at the end: one turn, ended 8 chunks
+        // (256 ms) into the final pause, by the model.
+        let d = run_with_model(&probs, &[0.1, 0.9]);
+        assert_eq!(turns(&d).len(), 1);
+        assert_eq!(ends(&d), vec![(EotReason::TurnModel, 75 + 7)]);
+        let Some(Decision::End { p_complete, .. }) = d.last() else { panic!() };
+        assert_eq!(*p_complete, Some(0.9));
+        // "Complete" at the hesitation: the turn ends there (the model's call).
+        let d = run_with_model(&probs, &[0.9, 0.9]);
+        assert_eq!(ends(&d), vec![(EotReason::TurnModel, 30 + 7), (EotReason::TurnModel, 75 + 7)]);
+        // "Incomplete" at the end too: the long wait (1.2 s = 38 chunks) ends it, on silence.
+        let d = run_with_model(&probs, &[0.1, 0.1]);
+        assert_eq!(ends(&d), vec![(EotReason::Silence, 75 + 37)]);
+        // The question covers the turn's audio up to the pause so far.
+        let d = run_with_model(&probs, &[0.1, 0.9]);
+        let asks: Vec<(u64, u64)> =
+            d.iter().filter_map(|x| if let Decision::AskTurnModel { from_index, to_index, .. } = x { Some((*from_index, *to_index)) } else { None }).collect();
+        assert_eq!(asks, vec![(0, (35 * CHUNK) as u64), (0, (80 * CHUNK) as u64)]);
+    }
+
+    #[test]
+    fn input_end_and_max_length_are_the_reasons_given() {
+        let d = run(SegmenterConfig { max_segment_ms: 4_000, ..Default::default() }, &pattern(&[(0.0, 10), (0.9, 200)]));
+        let reasons: Vec<EotReason> = ends(&d).into_iter().map(|e| e.0).collect();
+        assert!(reasons.len() >= 2);
+        assert!(reasons[..reasons.len() - 1].iter().all(|&r| r == EotReason::MaxLength), "{reasons:?}");
+        assert_eq!(reasons.last(), Some(&EotReason::InputEnd));
+        let d = run(SegmenterConfig::default(), &pattern(&[(0.9, 20), (0.0, 30)]));
+        assert_eq!(ends(&d), vec![(EotReason::Silence, 20 + 18)]);
     }
 
     #[test]

@@ -1,20 +1,28 @@
 //! The stage loop: input frames → [`Chunker`] → [`SileroVad`] → [`SpeechSegmenter`] → output
 //! frames. Events from the input are forwarded unchanged and in order; decisions become
 //! `speech-start` (urgent: the sink sends it ahead of queued audio), 16 kHz audio frames
-//! tagged with the turn id, and `speech-end` with the turn's trace.
+//! tagged with the turn id, and `speech-end` with the turn's trace and why it ended. With a
+//! turn model, its questions go to the [`TurnWorker`] thread and its answers come back here.
 
 use anyhow::Result;
+use std::collections::VecDeque;
+use std::time::Duration;
 use tgvoice::clock::now_us;
 use tgvoice::event::{kind, trace_key};
 use tgvoice::{AudioFrame, Event, Frame, FrameSink, Input, TurnTrace};
 
 use crate::chunker::Chunker;
-use crate::segmenter::{Chunk, Decision, SpeechSegmenter, RATE};
+use crate::segmenter::{Chunk, Decision, SpeechSegmenter, CHUNK, RATE};
 use crate::silero::SileroVad;
+use crate::turn_model::{Answer, Job, TurnWorker, WINDOW_SAMPLES};
 
 /// Extra field on speech-start/speech-end: capture time (µs) of the last input sample the
 /// decision was based on, so `now − vad_audio_until` is vadseg's own decision latency.
 pub const DECIDED_FIELD: &str = "vad_audio_until";
+/// Field on speech-end: why the turn ended (`turn-model`, `silence`, `max-length`, `input-end`).
+pub const EOT_REASON_FIELD: &str = "eot_reason";
+/// Field on speech-end: the turn model's probability that the turn was complete, when asked.
+pub const P_COMPLETE_FIELD: &str = "p_complete";
 /// Chunks quieter than this (−70 dBFS) are silence whatever the model says.
 pub const DIGITAL_SILENCE_RMS: f64 = 10.4;
 
@@ -25,6 +33,10 @@ pub struct StageStats {
     pub chunks: u64,
     pub turns: u64,
     pub segment_samples: u64,
+    /// Turn-model answers, and their total and longest inference time.
+    pub turn_checks: u64,
+    pub turn_check_total: Duration,
+    pub turn_check_max: Duration,
 }
 
 pub struct VadStage {
@@ -33,12 +45,31 @@ pub struct VadStage {
     segmenter: SpeechSegmenter,
     chunks: Vec<Chunk>,
     decisions: Vec<Decision>,
+    turn_model: Option<TurnWorker>,
+    /// The last 8 s of the 16 kHz stream (what the turn model may be asked about).
+    recent_audio: VecDeque<i16>,
+    /// Stream index just past `recent_audio`.
+    recent_end: u64,
+    /// The longest the stage waits for the turn model's answer once it is needed (then the
+    /// pause goes on to end on silence): no longer than the silence path would take.
+    answer_timeout: Duration,
     pub stats: StageStats,
 }
 
 impl VadStage {
-    pub fn new(vad: SileroVad, segmenter: SpeechSegmenter) -> Self {
-        VadStage { vad, chunker: Chunker::new(), segmenter, chunks: vec![], decisions: vec![], stats: StageStats::default() }
+    pub fn new(vad: SileroVad, segmenter: SpeechSegmenter, turn_model: Option<TurnWorker>, answer_timeout: Duration) -> Self {
+        VadStage {
+            vad,
+            chunker: Chunker::new(),
+            segmenter,
+            chunks: vec![],
+            decisions: vec![],
+            turn_model,
+            recent_audio: VecDeque::with_capacity(WINDOW_SAMPLES + CHUNK),
+            recent_end: 0,
+            answer_timeout,
+            stats: StageStats::default(),
+        }
     }
 
     /// Handle one input item, sending whatever it produces.
@@ -86,14 +117,68 @@ impl VadStage {
                 p = 0.0;
             }
             self.stats.chunks += 1;
+            self.keep_recent(&chunk);
+            self.take_answers(None);
             self.segmenter.push(chunk, p, &mut self.decisions);
             self.send_decisions(sink);
+            if let Some(pause) = self.segmenter.awaiting_verdict() {
+                // The decision point: wait for the answer here rather than decide on whatever
+                // has arrived, so the result does not depend on input speed. Live, the answer
+                // is usually in already (asked ~100 ms of audio earlier).
+                self.take_answers(Some(pause));
+                self.send_decisions(sink);
+            }
         }
         Ok(())
     }
 
+    fn keep_recent(&mut self, chunk: &Chunk) {
+        if self.turn_model.is_none() {
+            return;
+        }
+        if chunk.index != self.recent_end {
+            self.recent_audio.clear(); // the stream restarted
+        }
+        self.recent_audio.extend(&chunk.samples);
+        self.recent_end = chunk.end_index();
+        let excess = self.recent_audio.len().saturating_sub(WINDOW_SAMPLES);
+        self.recent_audio.drain(..excess);
+    }
+
+    /// Hand the turn model's answers to the segmenter; with `wait_for`, block until the answer
+    /// about that pause is in (or the timeout: the pause then ends on silence).
+    fn take_answers(&mut self, wait_for: Option<u64>) {
+        let Some(worker) = &self.turn_model else { return };
+        let mut answers: Vec<Answer> = worker.answers.try_iter().collect();
+        if let Some(pause) = wait_for {
+            while !answers.iter().any(|a| a.pause == pause) {
+                match worker.answers.recv_timeout(self.answer_timeout) {
+                    Ok(a) => answers.push(a),
+                    Err(_) => {
+                        log::warn!("the turn model did not answer within {:?} (CPU starved?); ending this pause on silence", self.answer_timeout);
+                        answers.push(Answer { pause, turn: 0, p_complete: None, took: self.answer_timeout });
+                    }
+                }
+            }
+        }
+        for a in answers {
+            self.stats.turn_checks += 1;
+            self.stats.turn_check_total += a.took;
+            self.stats.turn_check_max = self.stats.turn_check_max.max(a.took);
+            log::debug!("turn {}: pause {}: p(complete) = {:?} ({:.0} ms)", a.turn, a.pause, a.p_complete, a.took.as_secs_f64() * 1e3);
+            self.segmenter.turn_verdict(a.pause, a.p_complete, &mut self.decisions);
+        }
+    }
+
+    /// The 16 kHz audio from stream index `from` to `to` that is still kept (the last 8 s).
+    fn recent_span(&self, from: u64, to: u64) -> Vec<i16> {
+        let start = self.recent_end - self.recent_audio.len() as u64;
+        let (from, to) = (from.max(start), to.min(self.recent_end));
+        self.recent_audio.range((from - start) as usize..(to.max(from) - start) as usize).copied().collect()
+    }
+
     fn send_decisions(&mut self, sink: &FrameSink) {
-        for d in self.decisions.drain(..) {
+        for d in std::mem::take(&mut self.decisions) {
             match d {
                 Decision::Start { turn, speech_start_us, continues, decided_us } => {
                     let mut trace = TurnTrace::default();
@@ -117,13 +202,26 @@ impl VadStage {
                         samples: chunk.samples,
                     }));
                 }
-                Decision::End { turn, speech_start_us, speech_end_us, cut, decided_us } => {
+                Decision::AskTurnModel { turn, pause, from_index, to_index } => {
+                    let audio = self.recent_span(from_index, to_index);
+                    if let Some(worker) = &self.turn_model {
+                        worker.ask(Job { pause, turn, audio });
+                    }
+                }
+                Decision::End { turn, speech_start_us, speech_end_us, cut, decided_us, reason, p_complete } => {
                     let mut trace = TurnTrace::default();
                     trace.mark(trace_key::SPEECH_START, speech_start_us);
                     trace.mark(trace_key::SPEECH_END, speech_end_us);
                     let eot = now_us();
                     trace.mark(trace_key::EOT, eot);
-                    let mut e = Event::new(kind::SPEECH_END).with_turn(turn).with_trace(trace).with(DECIDED_FIELD, decided_us);
+                    let mut e = Event::new(kind::SPEECH_END)
+                        .with_turn(turn)
+                        .with_trace(trace)
+                        .with(DECIDED_FIELD, decided_us)
+                        .with(EOT_REASON_FIELD, reason.as_str());
+                    if let Some(p) = p_complete {
+                        e = e.with(P_COMPLETE_FIELD, (p as f64 * 1000.0).round() / 1000.0);
+                    }
                     if cut {
                         e = e.with("cut", true);
                     }
@@ -132,10 +230,11 @@ impl VadStage {
                     } else {
                         String::new() // input arrives faster than real time
                     };
+                    let model = p_complete.map(|p| format!(", turn model p(complete) {p:.2}")).unwrap_or_default();
                     log::info!(
-                        "turn {turn}: {:.2} s of speech{}{decided}",
+                        "turn {turn}: {:.2} s of speech, ended by {}{model}{decided}",
                         speech_end_us.saturating_sub(speech_start_us) as f64 / 1e6,
-                        if cut { " (cut at the maximum segment length)" } else { "" },
+                        reason.as_str(),
                     );
                     sink.send(Frame::Event(e));
                 }

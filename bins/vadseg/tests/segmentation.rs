@@ -132,13 +132,7 @@ fn events_are_forwarded_unchanged_and_garbage_is_survived() {
         input.extend(encode(&Frame::Audio(f)));
     }
     input.extend(encode(&Frame::Event(Event::new("call-end").with("call", "c1"))));
-    let mut child = Command::new(bin_path("vadseg"))
-        .env("ORT_DYLIB_PATH", ort_dylib())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = vadseg_command(&[]).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
     let out = child.wait_with_output().unwrap();

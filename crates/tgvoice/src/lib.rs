@@ -8,6 +8,7 @@
 //! * [`raw_link`] — the bridge side of an instance (raw links, JSON-lines taps); [`mulaw`] — G.711 μ-law
 //! * [`audio`] — the link sample rate, RMS and dBFS
 //! * [`paths`] — default cache, model, state and run directories
+//! * [`logmel`] — Whisper-style log-mel features (for the turn model)
 //! * [`cli`] — shared flags, exit codes and the common `main` wrapper; [`log`] — log lines
 
 pub mod audio;
@@ -17,6 +18,7 @@ pub mod event;
 pub mod fifo;
 pub mod frame;
 pub mod log;
+pub mod logmel;
 pub mod mulaw;
 pub mod paths;
 pub mod raw_link;

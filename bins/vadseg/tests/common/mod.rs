@@ -5,6 +5,8 @@
 //! output with the tgvoice crate.
 #![allow(dead_code)]
 
+pub mod turns;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -356,6 +358,13 @@ pub fn decode_output(bytes: &[u8]) -> Output {
         }
     }
     out
+}
+
+/// `vadseg ARGS` with ONNX Runtime found and stdin, stdout and stderr piped.
+pub fn vadseg_command(args: &[&str]) -> Command {
+    let mut c = Command::new(bin_path("vadseg"));
+    c.args(args).env("ORT_DYLIB_PATH", ort_dylib()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
 }
 
 /// `tgcat WAV | vadseg ARGS`: returns vadseg's decoded output.
