@@ -3,6 +3,7 @@
 //! turn id, and `speech-end` (end of turn). Every input event is forwarded unchanged.
 
 mod chunker;
+mod echo_gate;
 mod segmenter;
 mod silero;
 mod stage;
@@ -39,6 +40,16 @@ struct Args {
     /// Longest segment (s); longer speech is cut into consecutive turns without losing audio.
     #[arg(long, default_value_t = 25.0, env = "VADSEG_MAX_SEGMENT_S", value_name = "S")]
     max_segment: f64,
+    /// Echo gate: the played audio (raw s16le 48 kHz FIFO, e.g. $RUN/tg_output.tap). Input well
+    /// below what was just played counts as silence, so the assistant's own voice coming back
+    /// through speakers and a microphone does not interrupt it. Off by default (phones cancel
+    /// echo; vadseg would hold the tap).
+    #[arg(long, env = "VADSEG_ECHO_REF", value_name = "FIFO")]
+    echo_ref: Option<std::path::PathBuf>,
+    /// How far below the played level (dB) input must be to count as echo. Lower catches louder
+    /// echo but also ignores a caller quieter than the loudspeaker.
+    #[arg(long, default_value_t = 6.0, env = "VADSEG_ECHO_MARGIN_DB", value_name = "DB")]
+    echo_margin: f64,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -71,6 +82,11 @@ fn main() {
         let sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::Pcm)?;
         let source = FrameSource::open(args.link.input())?;
         let mut stage = stage::VadStage::new(vad, SpeechSegmenter::new(cfg));
+        if let Some(reference) = &args.echo_ref {
+            let gate = echo_gate::EchoGate::start(reference.clone(), args.echo_margin)
+                .map_err(|e| cli::fail(cli::exit::CONFIG, format!("{e:#}")))?;
+            stage = stage.with_echo_gate(gate);
+        }
         // SIGTERM closes the open turn (a speech-end goes out) before vadseg exits, so the
         // caller's last words still reach sttd.
         let stop = cli::graceful_stop();

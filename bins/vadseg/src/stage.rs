@@ -1,7 +1,8 @@
 //! The stage loop: input frames → [`Chunker`] → [`SileroVad`] → [`SpeechSegmenter`] → output
 //! frames. Events from the input are forwarded unchanged and in order; decisions become
-//! `speech-start` (urgent: the sink sends it ahead of queued audio), 16 kHz audio frames
-//! tagged with the turn id, and `speech-end` with the turn's trace.
+//! `speech-onset` at the first voiced chunk and then either `speech-start` or `speech-void`
+//! (all urgent: the sink sends them ahead of queued audio), 16 kHz audio frames tagged with
+//! the turn id, and `speech-end` with the turn's trace.
 
 use anyhow::Result;
 use tgvoice::clock::now_us;
@@ -9,6 +10,7 @@ use tgvoice::event::{kind, trace_key};
 use tgvoice::{AudioFrame, Event, Frame, FrameSink, Input, TurnTrace};
 
 use crate::chunker::Chunker;
+use crate::echo_gate::EchoGate;
 use crate::segmenter::{Chunk, Decision, SpeechSegmenter, RATE};
 use crate::silero::SileroVad;
 
@@ -35,12 +37,27 @@ pub struct VadStage {
     segmenter: SpeechSegmenter,
     chunks: Vec<Chunk>,
     decisions: Vec<Decision>,
+    echo_gate: Option<EchoGate>,
     pub stats: StageStats,
 }
 
 impl VadStage {
     pub fn new(vad: SileroVad, segmenter: SpeechSegmenter) -> Self {
-        VadStage { vad, chunker: Chunker::new(), segmenter, chunks: vec![], decisions: vec![], stats: StageStats::default() }
+        VadStage {
+            vad,
+            chunker: Chunker::new(),
+            segmenter,
+            chunks: vec![],
+            decisions: vec![],
+            echo_gate: None,
+            stats: StageStats::default(),
+        }
+    }
+
+    /// Ignore input that is only the played audio coming back (see [`EchoGate`]).
+    pub fn with_echo_gate(mut self, gate: EchoGate) -> Self {
+        self.echo_gate = Some(gate);
+        self
     }
 
     /// Handle one input item, sending whatever it produces.
@@ -82,9 +99,13 @@ impl VadStage {
         for chunk in std::mem::take(&mut self.chunks) {
             let mut p = self.vad.probability(&chunk.samples)?;
             log::trace!("chunk {} p={p:.3}", chunk.index);
-            if rms(&chunk.samples) < DIGITAL_SILENCE_RMS {
+            let level = rms(&chunk.samples);
+            if level < DIGITAL_SILENCE_RMS {
                 // Silero decays slowly on digital silence (~400 ms from 0.99 to 0.35, measured);
                 // a muted or ended stream is silence now. The model still ran, to keep its state.
+                p = 0.0;
+            } else if self.echo_gate.as_ref().is_some_and(|g| g.is_echo(chunk.capture_us, level)) {
+                log::trace!("chunk {} is echo of the played audio", chunk.index);
                 p = 0.0;
             }
             self.stats.chunks += 1;
@@ -97,6 +118,18 @@ impl VadStage {
     fn send_decisions(&mut self, sink: &FrameSink) {
         for d in self.decisions.drain(..) {
             match d {
+                Decision::Onset { turn, onset_us, decided_us } => {
+                    let mut trace = TurnTrace::default();
+                    trace.mark(trace_key::SPEECH_START, onset_us);
+                    log::debug!("turn {turn}: speech-onset");
+                    sink.send(Frame::Event(
+                        Event::new(kind::SPEECH_ONSET).with_turn(turn).with_trace(trace).with(DECIDED_FIELD, decided_us),
+                    ));
+                }
+                Decision::Void { turn, decided_us } => {
+                    log::debug!("turn {turn}: speech-void (too short for a turn)");
+                    sink.send(Frame::Event(Event::new(kind::SPEECH_VOID).with_turn(turn).with(DECIDED_FIELD, decided_us)));
+                }
                 Decision::Start { turn, speech_start_us, continues, decided_us } => {
                     let mut trace = TurnTrace::default();
                     trace.mark(trace_key::SPEECH_START, speech_start_us);
