@@ -652,7 +652,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// One call per sound: a question with a long reply, and `sound` said 700 ms into the reply.
 /// Returns (the long reply's reply-played record, callsim's turn reports).
 fn talk_over_reply(p: &Pipeline, question: &Path, sound: &Path, metrics_from: &mut usize) -> (Value, Vec<Value>) {
-    let (turns, _) = p.call(&[question.display().to_string(), format!("barge:700:{}", sound.display())], &[]);
+    // On a loaded machine a reply can take half a minute to start (sttd starved of CPU).
+    let (turns, _) = p.call(&[question.display().to_string(), format!("barge:700:{}", sound.display())], &["--reply-timeout", "120"]);
     assert!(answered(&turns[0]), "no reply to talk over: {turns:?}");
     let (played, next) = replies_played(p, *metrics_from);
     *metrics_from = next;
@@ -665,7 +666,8 @@ fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let question = wav16k(dir.path(), "question", &sttd_common::speak_piper("Please tell me a long story about a dragon and a knight."));
-    let p = Pipeline::start("bargein-words");
+    // 40 tokens: a reply of ~10 s, long enough to talk over, short enough to hear to its end.
+    let p = Pipeline::start_with("bargein-words", vec![("TGVOICE_LLM_MAX_TOKENS".into(), "40".into())], None);
     let mut from = 0;
     let mut stops = vec![];
     let mut cancelled = 0;
@@ -744,9 +746,13 @@ fn our_own_voice_fed_back_at_minus_10_db_interrupts_no_reply() {
     let rd = Command::new(bin_path("tgvoice-rundir")).args(["--instance", &instance, "-q"]).env_remove("TGVOICE_RUN_DIR").output().unwrap();
     let run_dir = PathBuf::from(String::from_utf8(rd.stdout).unwrap().trim());
     let echo_ref = run_dir.join("tg_output.tap").display().to_string();
-    let p = Pipeline::start_with("bargein-echo", vec![("VADSEG_ECHO_REF".into(), echo_ref)], None);
+    let p = Pipeline::start_with(
+        "bargein-echo",
+        vec![("VADSEG_ECHO_REF".into(), echo_ref), ("TGVOICE_LLM_MAX_TOKENS".into(), "40".into())],
+        None,
+    );
     assert_eq!(p.run_dir, run_dir);
-    let (turns, _) = p.call(&wavs, &["--echo-gain-db", "-10", "--echo-delay-ms", "50"]);
+    let (turns, _) = p.call(&wavs, &["--echo-gain-db", "-10", "--echo-delay-ms", "50", "--reply-timeout", "120"]);
     let (played, _) = replies_played(&p, 0);
     let answered_n = turns.iter().filter(|t| answered(t)).count();
     let whole = played.iter().filter(|r| r["cancelled"] == false && r["played_text"] == r["text"]).count();
