@@ -627,6 +627,26 @@ fn noises() -> Vec<(&'static str, Vec<i16>)> {
     ]
 }
 
+/// `text` in the Piper voice as a 48 kHz WAV, through the real tts-writer. (sttd's
+/// `speak_piper` refuses anything under half a second, and "Wait." is shorter.)
+fn piper_wav(dir: &Path, name: &str, text: &str) -> PathBuf {
+    use std::io::Write;
+    let mut child = Command::new(bin_path("tts-writer"))
+        .args(["--engine", "piper", "-q"])
+        .env("TGVOICE_STATE_DIR", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{text}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let pcm: Vec<i16> = out.stdout.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+    assert!(out.status.success() && pcm.len() > 4_800, "tts-writer --engine piper said nothing for {text:?}: run scripts/setup");
+    let path = dir.join(format!("{name}.wav"));
+    tgvoice::resample::write_wav_mono(&path, 48_000, &pcm).unwrap();
+    path
+}
+
 fn wav16k(dir: &Path, name: &str, samples: &[i16]) -> PathBuf {
     let path = dir.join(format!("{name}.wav"));
     tgvoice::resample::write_wav_mono(&path, 16_000, samples).unwrap();
@@ -665,14 +685,14 @@ fn talk_over_reply(p: &Pipeline, question: &Path, sound: &Path, metrics_from: &m
 fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let question = wav16k(dir.path(), "question", &sttd_common::speak_piper("Please tell me a long story about a dragon and a knight."));
+    let question = piper_wav(dir.path(), "question", "Please tell me a long story about a dragon and a knight.");
     // 40 tokens: a reply of ~10 s, long enough to talk over, short enough to hear to its end.
     let p = Pipeline::start_with("bargein-words", vec![("TGVOICE_LLM_MAX_TOKENS".into(), "40".into())], None);
     let mut from = 0;
     let mut stops = vec![];
     let mut cancelled = 0;
     for (i, words) in INTERRUPTIONS.iter().enumerate() {
-        let wav = wav16k(dir.path(), &format!("interrupt-{i}"), &sttd_common::speak_piper(words));
+        let wav = piper_wav(dir.path(), &format!("interrupt-{i}"), words);
         let (reply, turns) = talk_over_reply(&p, &question, &wav, &mut from);
         let stop = turns[1]["barge_in_stop_ms"].as_f64();
         println!(
@@ -687,7 +707,7 @@ fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
     let mut resumed = 0;
     let mut sounds: Vec<(String, PathBuf)> = noises().into_iter().map(|(n, s)| (n.to_string(), wav16k(dir.path(), n, &s))).collect();
     for (i, words) in BACKCHANNELS.iter().enumerate() {
-        sounds.push((words.to_string(), wav16k(dir.path(), &format!("backchannel-{i}"), &sttd_common::speak_piper(words))));
+        sounds.push((words.to_string(), piper_wav(dir.path(), &format!("backchannel-{i}"), words)));
     }
     for (name, wav) in &sounds {
         let (reply, turns) = talk_over_reply(&p, &question, wav, &mut from);
@@ -738,7 +758,7 @@ fn our_own_voice_fed_back_at_minus_10_db_interrupts_no_reply() {
     let wavs: Vec<String> = questions
         .iter()
         .enumerate()
-        .map(|(i, q)| wav16k(dir.path(), &format!("q{i}"), &sttd_common::speak_piper(q)).display().to_string())
+        .map(|(i, q)| piper_wav(dir.path(), &format!("q{i}"), q).display().to_string())
         .collect();
     // vadseg follows the played audio (tg_output.tap), as `voicecall mic` with speakers needs;
     // the run directory is known before the start.

@@ -25,8 +25,10 @@ struct Args {
     /// Speech probability at or above which a 32 ms chunk counts as speech (0–1).
     #[arg(long, default_value_t = 0.5, env = "VADSEG_THRESHOLD", value_parser = parse_probability)]
     threshold: f32,
-    /// Speech must last this long (ms) before speech-start is sent (guards against coughs, clicks).
-    #[arg(long, default_value_t = 250, env = "VADSEG_MIN_SPEECH_MS", value_name = "MS")]
+    /// Voiced time (ms) before a run becomes a turn (speech-start; sttd transcribes it). Shorter
+    /// runs end in speech-void. Lower lets one-word turns ("Stop.") through; higher turns fewer
+    /// coughs into turns for sttd. Barge-in pauses at speech-onset, whatever this is.
+    #[arg(long, default_value_t = 128, env = "VADSEG_MIN_SPEECH_MS", value_name = "MS")]
     min_speech: u32,
     /// Silence (ms) after the last speech that ends the turn.
     #[arg(long, default_value_t = 600, env = "VADSEG_EOT_SILENCE_MS", value_name = "MS")]

@@ -40,7 +40,7 @@ impl Default for SegmenterConfig {
     fn default() -> Self {
         SegmenterConfig {
             threshold: 0.5,
-            min_speech_ms: 250,
+            min_speech_ms: 128,
             eot_silence_ms: 600,
             pre_roll_ms: 300,
             post_roll_ms: 200,
