@@ -1,6 +1,7 @@
 //! Is what the caller said over a reply a *backchannel* ("uh-huh", "mm-hmm", "yeah", "right")
 //! — a listener's signal to go on — rather than an interruption? A transcript is one when all
-//! its words can be read as a sequence of the configured phrases ("yeah, yeah", "oh okay").
+//! its words can be read as a sequence of the configured phrases ("yeah, yeah", "oh okay") and
+//! hums (Whisper writes "mm-hmm" as "MMMM." or "Mhm.", see [`is_hum`]).
 //! Anything else, including one-word "stop", "wait", "no", is an interruption.
 
 /// The default list (`--backchannels`): listener sounds and one-word agreement. Not in it on
@@ -11,6 +12,14 @@ pub const DEFAULT_BACKCHANNELS: &str = "uh-huh,uh huh,mm-hmm,mhm,mm,hmm,hm,uh,um
 pub struct Backchannels {
     /// Each phrase as normalised words, longest first.
     phrases: Vec<Vec<String>>,
+}
+
+/// A hum however Whisper spells it: "mmmm", "hmm", "mhm", "mmhmm", "uhm", "umm", "uhh" — only
+/// m and h with at least one m, or u followed only by h and m. ("Huh?" is a question: not one.)
+fn is_hum(word: &str) -> bool {
+    let mh = !word.is_empty() && word.chars().all(|c| c == 'm' || c == 'h') && word.contains('m');
+    let u = word.len() >= 2 && word.starts_with('u') && word[1..].chars().all(|c| c == 'h' || c == 'm');
+    mh || u
 }
 
 /// Lower case, hyphens as spaces, punctuation dropped: "Uh-huh." → ["uh", "huh"].
@@ -46,6 +55,9 @@ impl Backchannels {
             if !covered[i] {
                 continue;
             }
+            if is_hum(&w[i]) {
+                covered[i + 1] = true;
+            }
             for p in &self.phrases {
                 if w[i..].starts_with(p) {
                     covered[i + p.len()] = true;
@@ -63,10 +75,10 @@ mod tests {
     #[test]
     fn listener_sounds_are_backchannels_and_turn_taking_words_are_not() {
         let b = Backchannels::parse(DEFAULT_BACKCHANNELS);
-        for t in ["Uh-huh.", "uh huh", "Mm-hmm.", "Mhm", "Yeah.", "Yeah, yeah.", "Right.", "Okay!", "Oh, okay.", "I see.", "Hmm?"] {
+        for t in ["Uh-huh.", "uh huh", "Mm-hmm.", "Mhm", "MMMM.", "Hmmm.", "Umm.", "Yeah.", "Yeah, yeah.", "Right.", "Okay!", "Oh, okay.", "I see.", "Hmm?"] {
             assert!(b.matches(t), "{t:?} is a backchannel");
         }
-        for t in ["Stop.", "Wait.", "No.", "Hold on.", "Sorry?", "What?", "Yeah, but stop.", "Okay, tell me about cats.", ""] {
+        for t in ["Stop.", "Wait.", "No.", "Hold on.", "Sorry?", "What?", "Huh?", "Yeah, but stop.", "Okay, tell me about cats.", ""] {
             assert!(!b.matches(t), "{t:?} is an interruption");
         }
     }
