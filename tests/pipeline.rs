@@ -586,3 +586,206 @@ fn short_questions_through_the_supervised_pipeline_are_heard_exactly() {
     );
     assert!(rate >= 0.7, "only {exact}/{} short questions heard exactly:\n{sttd_log}", said.len());
 }
+
+// ---- barge-in: pause at the onset, then cancel (real words) or resume (false alarm) ----
+
+/// What the barge-in tests say over a reply: one- and two-word interruptions (Piper voice).
+const INTERRUPTIONS: [&str; 10] =
+    ["Stop.", "Wait.", "No.", "Hold on.", "Sorry?", "Stop!", "Wait, what?", "No, stop.", "Hang on.", "Excuse me."];
+/// Backchannels (Piper voice) among the false alarms.
+const BACKCHANNELS: [&str; 4] = ["Uh-huh.", "Mm-hmm.", "Yeah.", "Right."];
+
+/// Synthesized non-speech at 16 kHz: name and samples (silence around the sound included).
+fn noises() -> Vec<(&'static str, Vec<i16>)> {
+    const R: usize = 16;
+    let silence = |ms: usize| vec![0i16; ms * R];
+    let shaped = |ms: usize, amp: f32, seed: u64, env: &dyn Fn(f32) -> f32| -> Vec<i16> {
+        let n = sttd_common::noise(ms * R, 1.0, seed);
+        n.iter().enumerate().map(|(i, &x)| (x as f32 * amp * env(i as f32 / (ms * R) as f32)) as i16).collect()
+    };
+    // A cough: a sharp noise burst decaying over ~150 ms, twice.
+    let cough = |seed: u64| {
+        let burst = shaped(180, 0.45, seed, &|t| (-t * 6.0).exp() * (t * 40.0).min(1.0));
+        [silence(100), burst.clone(), silence(120), burst, silence(100)].concat()
+    };
+    // A click: a 2 ms impulse; a double click.
+    let click = shaped(2, 0.9, 7, &|_| 1.0);
+    // A door bang: a 70 Hz thump with a noise attack, decaying over 300 ms.
+    let thump: Vec<i16> = (0..300 * R)
+        .map(|i| {
+            let t = i as f32 / 16_000.0;
+            (0.7 * 32767.0 * (2.0 * std::f32::consts::PI * 70.0 * t).sin() * (-t * 12.0).exp()) as i16
+        })
+        .zip(shaped(300, 0.4, 11, &|t| (-t * 30.0).exp()))
+        .map(|(a, b)| a.saturating_add(b))
+        .collect();
+    // A breath: soft noise swelling and fading over 700 ms.
+    let breath = shaped(700, 0.06, 13, &|t| (std::f32::consts::PI * t).sin());
+    vec![
+        ("cough", cough(3)),
+        ("cough-2", cough(5)),
+        ("click", [silence(100), click.clone(), silence(300)].concat()),
+        ("double-click", [silence(100), click.clone(), silence(80), click, silence(300)].concat()),
+        ("door-bang", [silence(100), thump, silence(200)].concat()),
+        ("breath", [silence(100), breath, silence(100)].concat()),
+    ]
+}
+
+/// `text` in the Piper voice as a 48 kHz WAV, through the real tts-writer. (sttd's
+/// `speak_piper` refuses anything under half a second, and "Wait." is shorter.)
+fn piper_wav(dir: &Path, name: &str, text: &str) -> PathBuf {
+    use std::io::Write;
+    let mut child = Command::new(bin_path("tts-writer"))
+        .args(["--engine", "piper", "-q"])
+        .env("TGVOICE_STATE_DIR", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{text}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let pcm: Vec<i16> = out.stdout.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+    assert!(out.status.success() && pcm.len() > 4_800, "tts-writer --engine piper said nothing for {text:?}: run scripts/setup");
+    let path = dir.join(format!("{name}.wav"));
+    tgvoice::resample::write_wav_mono(&path, 48_000, &pcm).unwrap();
+    path
+}
+
+fn wav16k(dir: &Path, name: &str, samples: &[i16]) -> PathBuf {
+    let path = dir.join(format!("{name}.wav"));
+    tgvoice::resample::write_wav_mono(&path, 16_000, samples).unwrap();
+    path
+}
+
+/// The `reply-played` records tts-writer appended to metrics.jsonl since `from` lines.
+fn replies_played(p: &Pipeline, from: usize) -> (Vec<Value>, usize) {
+    let text = std::fs::read_to_string(p.state.path().join(&p.instance).join("metrics.jsonl")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let played = lines[from.min(lines.len())..]
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "reply-played")
+        .collect();
+    (played, lines.len())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// One call per sound: a question with a long reply, and `sound` said 700 ms into the reply.
+/// Returns (the long reply's reply-played record, callsim's turn reports).
+fn talk_over_reply(p: &Pipeline, question: &Path, sound: &Path, metrics_from: &mut usize) -> (Value, Vec<Value>) {
+    // On a loaded machine a reply can take half a minute to start (sttd starved of CPU).
+    let (turns, _) = p.call(&[question.display().to_string(), format!("barge:700:{}", sound.display())], &["--reply-timeout", "120"]);
+    assert!(answered(&turns[0]), "no reply to talk over: {turns:?}");
+    let (played, next) = replies_played(p, *metrics_from);
+    *metrics_from = next;
+    let first = played.first().cloned().unwrap_or_else(|| panic!("no reply-played record: {turns:?}"));
+    (first, turns)
+}
+
+#[test]
+fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let question = piper_wav(dir.path(), "question", "Please tell me a long story about a dragon and a knight.");
+    // 40 tokens: a reply of ~10 s, long enough to talk over, short enough to hear to its end.
+    let p = Pipeline::start_with("bargein-words", vec![("TGVOICE_LLM_MAX_TOKENS".into(), "40".into())], None);
+    let mut from = 0;
+    let mut stops = vec![];
+    let mut cancelled = 0;
+    for (i, words) in INTERRUPTIONS.iter().enumerate() {
+        let wav = piper_wav(dir.path(), &format!("interrupt-{i}"), words);
+        let (reply, turns) = talk_over_reply(&p, &question, &wav, &mut from);
+        let stop = turns[1]["barge_in_stop_ms"].as_f64();
+        println!(
+            "interruption {words:?}: heard {:?}, reply cancelled {}, output silent {stop:?} ms after the onset; played {:?}",
+            turns[1]["heard"], reply["cancelled"], reply["played_text"]
+        );
+        stops.extend(stop);
+        if reply["cancelled"] == true {
+            cancelled += 1;
+        }
+    }
+    let mut resumed = 0;
+    let mut sounds: Vec<(String, PathBuf)> = noises().into_iter().map(|(n, s)| (n.to_string(), wav16k(dir.path(), n, &s))).collect();
+    for (i, words) in BACKCHANNELS.iter().enumerate() {
+        sounds.push((words.to_string(), piper_wav(dir.path(), &format!("backchannel-{i}"), words)));
+    }
+    for (name, wav) in &sounds {
+        let (reply, turns) = talk_over_reply(&p, &question, wav, &mut from);
+        let whole = reply["cancelled"] == false && reply["played_text"] == reply["text"];
+        println!(
+            "false alarm {name}: heard {:?}, reply cancelled {}, played whole {whole}; stop {:?} ms",
+            turns[1]["heard"], reply["cancelled"], turns[1]["barge_in_stop_ms"]
+        );
+        if BACKCHANNELS.contains(&name.as_str()) {
+            stops.extend(turns[1]["barge_in_stop_ms"].as_f64());
+        }
+        if whole {
+            resumed += 1;
+        }
+    }
+    stops.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "barge-in onset → output silence over {} spoken interruptions: median {:.0} ms, p90 {:.0} ms (load {})",
+        stops.len(),
+        percentile(&stops, 0.5),
+        percentile(&stops, 0.9),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    println!("interruptions cancelled: {cancelled}/10; false alarms resumed and played whole: {resumed}/{}", sounds.len());
+    assert!(cancelled >= 9, "only {cancelled} of 10 one-/two-word interruptions stopped the reply");
+    assert!(resumed >= 9, "only {resumed} of {} false alarms let the reply play to its end", sounds.len());
+    assert!(stops.len() >= 12, "the output did not go silent for most spoken interruptions: {stops:?}");
+    assert!(percentile(&stops, 0.5) <= 60.0 && percentile(&stops, 0.9) <= 100.0, "onset → silence {stops:?}");
+}
+
+#[test]
+fn our_own_voice_fed_back_at_minus_10_db_interrupts_no_reply() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let questions = [
+        "What is the capital of France?",
+        "Tell me about the sun.",
+        "What is two plus two?",
+        "Tell me a story about a dragon.",
+        "What color is the sky?",
+        "Who wrote Romeo and Juliet?",
+        "What is the largest ocean?",
+        "How many days are in a week?",
+        "What do bees make?",
+        "Tell me about the moon.",
+    ];
+    let wavs: Vec<String> = questions
+        .iter()
+        .enumerate()
+        .map(|(i, q)| piper_wav(dir.path(), &format!("q{i}"), q).display().to_string())
+        .collect();
+    // vadseg follows the played audio (tg_output.tap), as `voicecall mic` with speakers needs;
+    // the run directory is known before the start.
+    let instance = format!("bargein-echo-{}", std::process::id());
+    let rd = Command::new(bin_path("tgvoice-rundir")).args(["--instance", &instance, "-q"]).env_remove("TGVOICE_RUN_DIR").output().unwrap();
+    let run_dir = PathBuf::from(String::from_utf8(rd.stdout).unwrap().trim());
+    let echo_ref = run_dir.join("tg_output.tap").display().to_string();
+    let p = Pipeline::start_with(
+        "bargein-echo",
+        vec![("VADSEG_ECHO_REF".into(), echo_ref), ("TGVOICE_LLM_MAX_TOKENS".into(), "40".into())],
+        None,
+    );
+    assert_eq!(p.run_dir, run_dir);
+    let (turns, _) = p.call(&wavs, &["--echo-gain-db", "-10", "--echo-delay-ms", "50", "--reply-timeout", "120"]);
+    let (played, _) = replies_played(&p, 0);
+    let answered_n = turns.iter().filter(|t| answered(t)).count();
+    let whole = played.iter().filter(|r| r["cancelled"] == false && r["played_text"] == r["text"]).count();
+    let pauses = p.log("tts-writer").lines().filter(|l| l.contains("reply paused")).count();
+    for r in &played {
+        println!("reply {}: cancelled {}, played {:?}", r["turn"], r["cancelled"], r["played_text"]);
+    }
+    println!("echo at -10 dB: {answered_n}/10 answered, {whole} replies played whole, {pauses} pauses");
+    assert_eq!(answered_n, 10, "{turns:?}");
+    assert!(played.len() >= 10 && whole == played.len(), "a reply was interrupted by its own echo: {played:?}");
+    assert_eq!(pauses, 0, "the assistant paused for its own voice");
+}

@@ -47,8 +47,24 @@ struct Args {
     /// Do not send call-start/call-end on control.frames.
     #[arg(long)]
     no_call_events: bool,
+    /// Feed the assistant's voice back into the caller's input at this gain (dB, e.g. -10), as
+    /// a speakerphone without echo cancellation would (`voicecall mic` with speakers).
+    #[arg(long, value_name = "DB", allow_hyphen_values = true, value_parser = parse_echo_gain)]
+    echo_gain_db: Option<f64>,
+    /// Delay of that echo (ms, on top of the 10 ms tick).
+    #[arg(long, default_value_t = 50, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=2000))]
+    echo_delay_ms: u64,
     #[command(flatten)]
     log: LogArgs,
+}
+
+fn parse_echo_gain(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (-60.0..=0.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("must be between -60 and 0 dB".into())
+    }
 }
 
 fn main() {
@@ -61,6 +77,9 @@ fn main() {
         let script = CallScript::parse(&args.turns)?;
         let mut caller = Caller::new(&args.run_dir, script, args.reply_silence, args.reply_timeout)
             .with_context(|| format!("cannot attach to the pipeline in {}", args.run_dir.display()))?;
+        if let Some(db) = args.echo_gain_db {
+            caller = caller.with_echo(db, args.echo_delay_ms);
+        }
         let report = caller.run(args.lead_in, !args.no_call_events)?;
         for turn in &report.turns {
             println!("{}", serde_json::to_string(turn)?);

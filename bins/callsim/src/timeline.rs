@@ -4,6 +4,7 @@
 use tgvoice::raw_link::{RawInputWriter, RawOutputReader, TapLines};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -84,6 +85,36 @@ pub struct Caller {
     assistant_voiced: Vec<bool>,
     reply_silence_ticks: usize,
     reply_timeout_ticks: usize,
+    echo: Option<Echo>,
+}
+
+/// The assistant's voice coming back into the caller's microphone: a gain and a delay line.
+struct Echo {
+    gain: f32,
+    delay: usize,
+    line: VecDeque<i16>,
+}
+
+impl Echo {
+    /// Mix the echo due now into the caller's chunk, then feed this tick's output in.
+    fn mix(&mut self, chunk: &mut [i16]) {
+        for s in chunk.iter_mut() {
+            let e = self.line.pop_front().unwrap_or(0);
+            *s = (*s as f32 + e as f32 * self.gain).clamp(i16::MIN as f32, i16::MAX as f32) as i16;
+        }
+    }
+
+    fn feed(&mut self, output: &[i16]) {
+        self.line.extend(output);
+        // A tick without output is a tick of silence in the room.
+        if output.len() < TICK {
+            self.line.extend(std::iter::repeat_n(0, TICK - output.len()));
+        }
+        // Output arrives in uneven bursts; the silence padding must not grow the delay.
+        while self.line.len() > self.delay + 3 * TICK {
+            self.line.pop_front();
+        }
+    }
 }
 
 impl Caller {
@@ -111,7 +142,15 @@ impl Caller {
             assistant_voiced: vec![],
             reply_silence_ticks: (reply_silence * 100.0) as usize,
             reply_timeout_ticks: (reply_timeout * 100.0) as usize,
+            echo: None,
         })
+    }
+
+    /// Mix the assistant's output back into the input at `gain_db`, `delay_ms` late.
+    pub fn with_echo(mut self, gain_db: f64, delay_ms: u64) -> Self {
+        let delay = (delay_ms as usize * RATE / 1000).max(TICK);
+        self.echo = Some(Echo { gain: 10f64.powf(gain_db / 20.0) as f32, delay, line: VecDeque::from(vec![0; delay]) });
+        self
     }
 
     fn send_event(&self, event: Event) {
@@ -161,6 +200,10 @@ impl Caller {
                 }
                 speaking = if end >= samples.len() { None } else { Some((t, end)) };
             }
+            // The caller's own voice decides the onset above; the echo only goes into the line.
+            if let Some(echo) = self.echo.as_mut() {
+                echo.mix(&mut chunk);
+            }
             self.input.write(&chunk.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>());
             self.caller_track.extend_from_slice(&chunk);
 
@@ -169,6 +212,9 @@ impl Caller {
             let whole = out_buf.len() / 2 * 2;
             let got: Vec<i16> = out_buf.drain(..whole).collect::<Vec<u8>>().chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
             let voiced = got.chunks(TICK).any(|c| rms(c) > VOICE_RMS);
+            if let Some(echo) = self.echo.as_mut() {
+                echo.feed(&got);
+            }
             self.assistant_track.extend_from_slice(&got);
             let timeline_len = (tick + 1) * TICK;
             if self.assistant_track.len() < timeline_len.saturating_sub(10 * TICK) {

@@ -52,6 +52,12 @@ pub enum ProviderChoice {
     Local,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BargeIn {
+    Pause,
+    Cancel,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     version,
@@ -65,8 +71,10 @@ Provider (--provider auto): ANTHROPIC_API_KEY set → Claude (default model clau
 else OPENAI_API_KEY set → OpenAI-compatible at --base-url (default https://api.openai.com/v1);\n\
 else the local llama.cpp server at http://127.0.0.1:$TGVOICE_LLM_PORT/v1 (default port 8088;\n\
 start it with scripts/llm-server). Keys come from the environment only and are never logged.\n\n\
-Input events: transcript (final=true starts a reply; final=false is ignored), speech-start and\n\
-cancel (forwarded at once, then the reply in progress is cancelled), call-start (new\n\
+Input events: transcript (final=true starts a reply; final=false is ignored), speech-start\n\
+(forwarded at once; over a reply that may be playing, --barge-in pause waits for the turn's\n\
+words: none or a backchannel → resume {turn}, else the reply is cancelled and cancel {turn: N-1}\n\
+is sent), cancel (the reply in progress is cancelled), call-start (new\n\
 conversation), call-end; anything else is forwarded unchanged. A caller who pauses and goes on\n\
 before the reply reached TTS said one message: the parts are merged and answered together\n\
 (never two user messages in a row; see --merge-wait). Output: reply-chunk {turn, seq,\n\
@@ -150,6 +158,22 @@ pub struct Args {
     /// [default: 0; 2 for the local model, which tends to ramble on a spoken question].
     #[arg(long, env = "TGVOICE_LLM_MAX_SENTENCES", value_name = "N")]
     pub max_sentences: Option<usize>,
+    /// Caller speech over a reply: `pause` — tts-writer has paused it at the onset; the
+    /// caller's words decide (a backchannel or no words resume it, anything else cancels it);
+    /// `cancel` — speech-start cancels the reply at once (every cough and "uh-huh" that makes a
+    /// turn kills it).
+    #[arg(long, value_enum, default_value = "pause", env = "TGVOICE_LLM_BARGE_IN", value_name = "MODE")]
+    pub barge_in: BargeIn,
+    /// Comma-separated phrases that, alone or repeated, are a listener's backchannel and not an
+    /// interruption: the paused reply resumes and nothing enters the history. Empty = every
+    /// word interrupts.
+    #[arg(long, default_value = crate::backchannel::DEFAULT_BACKCHANNELS, env = "TGVOICE_LLM_BACKCHANNELS", value_name = "LIST")]
+    pub backchannels: String,
+    /// Speech over a reply still going after this many ms is an interruption without waiting
+    /// for its words (shorter: long interruptions stop the LLM sooner; longer: a long
+    /// "mm-hmm, yeah, right" still resumes).
+    #[arg(long, default_value_t = 1500, env = "TGVOICE_LLM_INTERRUPT_AFTER_MS", value_name = "MS")]
+    pub interrupt_after: u64,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -255,6 +279,9 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
             first_clause_min_words: if args.first_clause_words == 0 { usize::MAX } else { args.first_clause_words },
             merge_wait: std::time::Duration::from_secs_f64(args.merge_wait.clamp(0.0, 3600.0)),
             max_sentences: args.max_sentences.unwrap_or(if small_local_model { DEFAULT_LOCAL_MAX_SENTENCES } else { 0 }),
+            pause_first: args.barge_in == BargeIn::Pause,
+            backchannels: crate::backchannel::Backchannels::parse(&args.backchannels),
+            interrupt_after: Duration::from_millis(args.interrupt_after.clamp(100, 60_000)),
         },
         state_dir,
     })

@@ -14,10 +14,18 @@
 //!   first part's reply is dropped without a trace, the parts are merged into one user
 //!   message, and the reply answers the whole. A part whose transcript comes while a later
 //!   turn of the caller is still being transcribed waits for it instead of being answered.
+//! * Barge-in pauses first (`--barge-in pause`, the default): a `speech-start` while a reply
+//!   may be playing (chunks handed to TTS, and their estimated audio not over yet) does not
+//!   cancel it — tts-writer has paused it at the onset. The interrupting turn decides: its
+//!   final transcript empty or a backchannel ([`Backchannels`]) → `resume {turn}`, the reply
+//!   goes on and the history is untouched; any other words, or speech still going after
+//!   `--interrupt-after`, → the reply is cancelled as above and `cancel {turn: N − 1}` tells
+//!   tts-writer to drop what it paused.
 //! * `call-start` → new conversation; `call-end` → cancel; everything else is forwarded.
 //! * On failure: one log line, an `error` event {stage, message}, and (if nothing was said
 //!   yet) a short spoken apology.
 
+use crate::backchannel::Backchannels;
 use crate::conversation::{Budget, Conversation};
 use crate::provider::{Provider, Role};
 use crate::speakable::{clean_for_speech, CodeFenceFilter, SentenceSplitter};
@@ -43,7 +51,22 @@ pub struct RelayConfig {
     pub merge_wait: Duration,
     /// A reply ends after this many sentences (`--max-sentences`; 0 = no limit).
     pub max_sentences: usize,
+    /// Barge-in pauses first and decides after (false: speech-start cancels at once).
+    pub pause_first: bool,
+    /// What counts as a backchannel (resume, no history entry).
+    pub backchannels: Backchannels,
+    /// An interruption still talking after this long is real, whatever its words.
+    pub interrupt_after: Duration,
 }
+
+/// Piper and espeak speak ~14–16 characters a second; a lower rate over-estimates how long a
+/// reply plays, which errs towards treating speech over it as an interruption to decide.
+const SPOKEN_CHARS_PER_S: f64 = 12.0;
+/// Synthesis and the output lead, added to the estimate of when the audio handed on ends.
+const PLAYBACK_SLACK: Duration = Duration::from_millis(1500);
+/// An interruption whose transcript never comes is forgotten after this (tts-writer's pause
+/// timeout has settled it long before).
+const INTERRUPTION_FORGET: Duration = Duration::from_secs(60);
 
 /// Turns one reply's text deltas into reply-chunk frames; shared by the streaming task and the
 /// loop (which cancels it).
@@ -60,6 +83,9 @@ struct TurnEmitter {
     /// 0 = no limit; else the reply ends after this many sentences.
     max_sentences: usize,
     sentences: usize,
+    /// Estimated end of the audio of the chunks handed on (llm-relay has no feedback from
+    /// tts-writer; see [`SPOKEN_CHARS_PER_S`]).
+    audible_until: Option<Instant>,
 }
 
 impl TurnEmitter {
@@ -108,6 +134,9 @@ impl TurnEmitter {
         if text.ends_with(['.', '!', '?', '…']) {
             self.sentences += 1;
         }
+        let now = Instant::now();
+        let starts = self.audible_until.map_or(now, |t| t.max(now));
+        self.audible_until = Some(starts + Duration::from_secs_f64(text.chars().count() as f64 / SPOKEN_CHARS_PER_S));
         self.spoken.push((self.seq, text));
         self.seq += 1;
     }
@@ -128,6 +157,11 @@ pub struct Relay {
     conversation: Conversation,
     active: Option<ActiveReply>,
     waiting: Waiting,
+    /// Estimated end of the last finished reply's audio.
+    audible_until: Option<Instant>,
+    /// Caller turns that started while a reply may have been playing, awaiting the decision:
+    /// turn → (speech-start seen at, speech-end seen).
+    interruptions: BTreeMap<u64, (Instant, bool)>,
 }
 
 /// How long a held-back message waits for a turn whose speech-end never came (vadseg cuts
@@ -201,24 +235,37 @@ enum Step {
     Input(Option<Frame>),
     ReplyDone(Result<Result<u32, ReplyError>, tokio::task::JoinError>),
     Tick,
+    Decide,
 }
 
 impl Relay {
     pub fn new(cfg: RelayConfig, sink: SinkHandle, conversation: Conversation) -> anyhow::Result<Self> {
         let client = crate::stream::client(&cfg.stream)?;
-        Ok(Relay { cfg: Arc::new(cfg), client, sink, conversation, active: None, waiting: Waiting::default() })
+        Ok(Relay {
+            cfg: Arc::new(cfg),
+            client,
+            sink,
+            conversation,
+            active: None,
+            waiting: Waiting::default(),
+            audible_until: None,
+            interruptions: BTreeMap::new(),
+        })
     }
 
     /// Run until the input ends (then let the reply in progress finish).
     pub async fn run(mut self, mut inputs: UnboundedReceiver<Frame>) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut decide = tokio::time::interval(Duration::from_millis(50));
+        decide.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
                 biased;
                 f = inputs.recv() => Step::Input(f),
                 r = wait_for(&mut self.active) => Step::ReplyDone(r),
                 _ = tick.tick(), if self.waiting.due => Step::Tick,
+                _ = decide.tick(), if !self.interruptions.is_empty() => Step::Decide,
             };
             if self.sink.is_closed() {
                 // A reader that leaves ends the writer quietly, like any pipeline tool.
@@ -231,6 +278,7 @@ impl Relay {
                 Step::Input(None) => break,
                 Step::ReplyDone(r) => self.reply_done(r)?,
                 Step::Tick => self.answer_if_caller_done(None)?,
+                Step::Decide => self.interruptions_still_talking().await?,
             }
         }
         // End of input: nothing more will come to merge with.
@@ -261,9 +309,20 @@ impl Relay {
                     // The turn had no words (sttd sends an empty final transcript): nothing to
                     // answer in it, but a message held back for it can be answered now.
                     log::debug!("turn {turn}: no words");
+                    if let Some((since, _)) = self.interruptions.remove(&turn) {
+                        self.false_alarm(turn, since, "no words");
+                    }
                     self.waiting.transcribed(turn);
                     self.answer_if_caller_done(Some((turn, event.trace)))?;
+                } else if self.interruptions.contains_key(&turn) && self.cfg.backchannels.matches(&text) {
+                    let (since, _) = self.interruptions.remove(&turn).expect("checked");
+                    self.false_alarm(turn, since, &format!("{text:?}, a backchannel"));
+                    self.waiting.transcribed(turn);
+                    self.answer_if_caller_done(None)?;
                 } else {
+                    if self.interruptions.remove(&turn).is_some() {
+                        self.interrupted(turn, &format!("the caller said {text:?}")).await?;
+                    }
                     self.waiting.transcribed(turn);
                     self.cancel("a new transcript").await?;
                     self.user_said(turn, text, event.trace)?;
@@ -273,12 +332,24 @@ impl Relay {
                 if let Some(turn) = event.turn {
                     self.waiting.turn_started(turn);
                 }
+                let continued = event.get_u64("continues").is_some();
+                let turn = event.turn;
                 self.sink.send(Frame::Event(event));
-                self.cancel("the caller started speaking").await?;
+                match turn {
+                    // tts-writer paused the reply; the turn's words decide.
+                    Some(turn) if self.cfg.pause_first && !continued && self.reply_may_be_playing() => {
+                        log::info!("turn {turn}: the caller speaks over the reply; paused until their words decide");
+                        self.interruptions.insert(turn, (Instant::now(), false));
+                    }
+                    _ => self.cancel("the caller started speaking").await?,
+                }
             }
             kind::SPEECH_END => {
                 if let Some(turn) = event.turn {
                     self.waiting.turn_ended(turn);
+                    if let Some(i) = self.interruptions.get_mut(&turn) {
+                        i.1 = true;
+                    }
                 }
                 self.sink.send(Frame::Event(event));
             }
@@ -292,6 +363,8 @@ impl Relay {
             kind::CALL_START => {
                 self.cancel_reply("a new call", false).await?;
                 self.waiting.clear();
+                self.interruptions.clear();
+                self.audible_until = None;
                 self.conversation.start_new(event.get_str("call"))?;
                 log::info!("call-start: new conversation {}", self.conversation.path().display());
                 self.sink.send(Frame::Event(event));
@@ -299,11 +372,69 @@ impl Relay {
             kind::CALL_END => {
                 self.cancel_reply("the call ended", false).await?;
                 self.waiting.clear();
+                self.interruptions.clear();
+                self.audible_until = None;
                 log::info!("call-end: conversation {} closed", self.conversation.id());
                 self.sink.send(Frame::Event(event));
             }
             _ => self.sink.send(Frame::Event(event)),
         }
+        Ok(())
+    }
+
+    /// Might the caller be hearing a reply now? Some of the reply in progress was handed to
+    /// TTS, or the estimated end of the last reply's audio has not passed.
+    fn reply_may_be_playing(&self) -> bool {
+        let until = match &self.active {
+            Some(a) => {
+                let em = a.emitter.lock().unwrap();
+                if !em.spoken.is_empty() {
+                    return true;
+                }
+                self.audible_until
+            }
+            None => self.audible_until,
+        };
+        until.is_some_and(|t| Instant::now() < t + PLAYBACK_SLACK)
+    }
+
+    /// The interruption of `turn` was a false alarm: the paused reply goes on.
+    fn false_alarm(&mut self, turn: u64, since: Instant, what: &str) {
+        log::info!("turn {turn}: {what} over the reply: a false alarm; resuming it");
+        // The reply was silent since the interruption began: it ends that much later.
+        let paused = since.elapsed();
+        self.audible_until = self.audible_until.map(|t| t + paused);
+        if let Some(a) = &self.active {
+            let mut em = a.emitter.lock().unwrap();
+            em.audible_until = em.audible_until.map(|t| t + paused);
+        }
+        self.sink.send(Frame::Event(Event::new(kind::RESUME).with_turn(turn)));
+    }
+
+    /// The interruption of `turn` is real: cancel the reply (if it is still streaming) and
+    /// tell tts-writer to drop what it paused (every reply of a turn before this one).
+    async fn interrupted(&mut self, turn: u64, why: &str) -> anyhow::Result<()> {
+        log::info!("turn {turn}: {why} over the reply: stopping it");
+        self.cancel_reply(why, true).await?;
+        self.audible_until = None;
+        self.sink.send(Frame::Event(Event::new(kind::CANCEL).with_turn(turn.saturating_sub(1))));
+        Ok(())
+    }
+
+    /// Interruptions still talking after `--interrupt-after` are real, whatever the words.
+    async fn interruptions_still_talking(&mut self) -> anyhow::Result<()> {
+        let after = self.cfg.interrupt_after;
+        let due: Vec<u64> = self
+            .interruptions
+            .iter()
+            .filter(|(_, (since, ended))| !*ended && since.elapsed() >= after)
+            .map(|(t, _)| *t)
+            .collect();
+        for turn in due {
+            self.interruptions.remove(&turn);
+            self.interrupted(turn, &format!("still talking after {} ms", after.as_millis())).await?;
+        }
+        self.interruptions.retain(|_, (since, _)| since.elapsed() < INTERRUPTION_FORGET);
         Ok(())
     }
 
@@ -362,6 +493,7 @@ impl Relay {
             splitter: SentenceSplitter::new(self.cfg.first_clause_min_words),
             max_sentences: self.cfg.max_sentences,
             sentences: 0,
+            audible_until: None,
         }));
         let (cfg, client, em) = (self.cfg.clone(), self.client.clone(), emitter.clone());
         let task = tokio::spawn(async move {
@@ -376,6 +508,7 @@ impl Relay {
         let Some(active) = self.active.take() else { return Ok(()) };
         let mut em = active.emitter.lock().unwrap();
         em.finish();
+        self.audible_until = em.audible_until.or(self.audible_until);
         let failure = match result {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(format!(

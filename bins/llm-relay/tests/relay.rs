@@ -159,7 +159,11 @@ fn barge_in_cancels_mid_sentence_and_history_keeps_only_what_was_spoken() {
         }
     });
     let state = tempfile::tempdir().unwrap();
-    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    // `--barge-in cancel`: speech-start itself cancels (the pause-first default waits for the
+    // turn's words; see the tests after this one).
+    let mut cmd = anthropic_relay(&server, state.path());
+    cmd.args(["--barge-in", "cancel"]);
+    let mut relay = Relay::spawn(cmd);
     relay.send(transcript(3, "Tell me two things."));
     relay.wait_for(Duration::from_secs(10), |e| e.is("reply-chunk"));
     std::thread::sleep(Duration::from_millis(150)); // "cut" has arrived; the slow part has not
@@ -601,4 +605,99 @@ fn max_sentences_ends_the_reply_and_the_history_keeps_what_was_said() {
             ("assistant".to_string(), "Call it Shadow, a fine name. Or Pepper!".to_string())
         ]
     );
+}
+
+// ---- barge-in, pause first: the interrupting turn's words decide ----
+
+/// Request 0: a first sentence at once, then more of the reply slowly (still streaming while
+/// the caller talks over it). Later requests: a short answer.
+fn long_reply_then(answer: &'static str) -> StandIn {
+    StandIn::start(move |i, _| {
+        if i == 0 {
+            let mut pieces = vec![piece(anthropic_sse_head()), piece(anthropic_delta("Once upon a time there was a dragon. "))];
+            for _ in 0..10 {
+                pieces.push(slow_piece(150, anthropic_delta("It flew on. ")));
+            }
+            pieces.push(piece(anthropic_sse_tail()));
+            Response::sse(pieces, true)
+        } else {
+            Response::sse(split_at(anthropic_sse(&[answer]).as_bytes(), &[]), true)
+        }
+    })
+}
+
+#[test]
+fn a_backchannel_or_no_words_over_a_reply_resumes_it_and_leaves_no_trace() {
+    let server = long_reply_then("Unused.");
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(transcript(5, "Tell me a story."));
+    relay.wait_for(Duration::from_secs(10), |e| e.is("reply-chunk"));
+    // "Uh-huh." over the reply: no cancel, a resume for that turn once its words are known.
+    relay.send(turn_event("speech-start", 6));
+    relay.send(turn_event("speech-end", 6));
+    relay.send(transcript(6, "Uh-huh."));
+    let (_, resume) = relay.wait_for(Duration::from_secs(5), |e| e.is("resume"));
+    assert_eq!(resume.turn, Some(6));
+    // A cough that made a turn: sttd's empty transcript.
+    relay.send(turn_event("speech-start", 7));
+    relay.send(turn_event("speech-end", 7));
+    relay.send(transcript(7, "").with("no_speech", "noise"));
+    let (_, resume) = relay.wait_for(Duration::from_secs(5), |e| e.is("resume"));
+    assert_eq!(resume.turn, Some(7));
+    let end = relay.wait_reply_end(5);
+    assert_eq!(end.get_bool("cancelled"), Some(false), "the reply ran to its end: {end:?}");
+    let (events, _) = relay.finish();
+    assert!(!events.iter().any(|e| e.is("cancel")), "nothing was cancelled: {events:?}");
+    assert_eq!(server.count(), 1, "the backchannel was not answered");
+    let lines = conversation_lines(state.path());
+    assert_eq!(lines.len(), 2, "only the question and the whole reply: {lines:?}");
+    assert_eq!(lines[0], ("user".to_string(), "Tell me a story.".to_string()));
+    assert!(lines[1].1.starts_with("Once upon a time") && lines[1].1.contains("It flew on. It flew on."), "{lines:?}");
+}
+
+#[test]
+fn a_one_word_stop_over_a_reply_cancels_it_and_is_answered() {
+    let server = long_reply_then("Okay, I stopped.");
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(transcript(8, "Tell me a story."));
+    relay.wait_for(Duration::from_secs(10), |e| e.is("reply-chunk"));
+    relay.send(turn_event("speech-start", 9));
+    // Paused, not cancelled, while the words are not known.
+    std::thread::sleep(Duration::from_millis(300));
+    relay.send(turn_event("speech-end", 9));
+    relay.send(transcript(9, "Stop."));
+    let (_, cancel) = relay.wait_for(Duration::from_secs(5), |e| e.is("cancel"));
+    assert_eq!(cancel.turn, Some(8), "cancel names the replies before the interrupting turn");
+    relay.wait_reply_end(9);
+    let (events, _) = relay.finish();
+    let order: Vec<String> = events.iter().map(|e| format!("{}:{}", e.kind, e.turn.unwrap_or(0))).collect();
+    let pos = |k: &str| order.iter().position(|o| o == k).unwrap_or_else(|| panic!("no {k} in {order:?}"));
+    let end8 = events.iter().find(|e| e.is("reply-end") && e.turn == Some(8)).unwrap();
+    assert_eq!(end8.get_bool("cancelled"), Some(true), "{order:?}");
+    assert!(pos("speech-start:9") < pos("reply-end:8") && pos("reply-end:8") < pos("reply-chunk:9"), "{order:?}");
+    assert!(!order.contains(&"resume:9".to_string()), "{order:?}");
+    let m = messages(&server.request(1).body);
+    assert_eq!(m.len(), 3, "{m:?}");
+    assert!(m[1].1.starts_with("Once upon a time") && m[1].1.ends_with("[interrupted]"), "{m:?}");
+    assert_eq!(m[2], ("user".to_string(), "Stop.".to_string()));
+}
+
+#[test]
+fn speech_over_a_reply_that_goes_on_is_an_interruption_before_its_words() {
+    let server = long_reply_then("Yes?");
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = anthropic_relay(&server, state.path());
+    cmd.args(["--interrupt-after", "400"]);
+    let mut relay = Relay::spawn(cmd);
+    relay.send(transcript(10, "Tell me a story."));
+    relay.wait_for(Duration::from_secs(10), |e| e.is("reply-chunk"));
+    let t0 = Instant::now();
+    relay.send(turn_event("speech-start", 11));
+    let (t, cancel) = relay.wait_for(Duration::from_secs(5), |e| e.is("cancel"));
+    assert_eq!(cancel.turn, Some(10));
+    let ms = t.duration_since(t0).as_millis();
+    assert!((400..1000).contains(&ms), "cancelled {ms} ms after speech-start (--interrupt-after 400)");
+    relay.kill();
 }

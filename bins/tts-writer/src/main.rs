@@ -81,6 +81,16 @@ struct Args {
     /// Fade-out length on a cut (ms).
     #[arg(long, default_value_t = 4, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=20))]
     fade_ms: u64,
+    /// Barge-in: a reply paused by speech-onset/speech-start that no `resume`, `speech-void` or
+    /// `cancel` settles within this is cancelled (ms). Longer waits out a slow decider (sttd +
+    /// llm-relay); shorter frees a stalled reply sooner. 0 = no pausing: speech-start cancels at
+    /// once and the onset events are ignored.
+    #[arg(long, default_value_t = 4000, env = "TGVOICE_TTS_PAUSE_TIMEOUT_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pause_timeout: u64,
+    /// On resume after a false alarm, play again about this much (ms) of what came before the
+    /// pause (from the quietest point up to 250 ms earlier), so the listener keeps the thread.
+    #[arg(long, default_value_t = 300, env = "TGVOICE_TTS_RESUME_REPLAY_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=2000))]
+    resume_replay: u64,
     /// Write silence when there is nothing to say (for ffplay/aplay; the bridge does not need it).
     #[arg(long)]
     fill_silence: bool,
@@ -145,6 +155,8 @@ fn speak(args: Args) -> anyhow::Result<()> {
             fill_silence: args.fill_silence,
             unpaced: args.unpaced,
             frames: args.output_format == OutputFormat::Frames,
+            pause_timeout: Duration::from_millis(args.pause_timeout),
+            replay: Duration::from_millis(args.resume_replay),
         },
         out,
         tap_path.map(Tap::new),
@@ -161,7 +173,7 @@ fn speak(args: Args) -> anyhow::Result<()> {
         .spawn(move || tts_writer::synth::run(engine, job_rx, synth_player, synth_barrier))?;
     let playing = std::thread::Builder::new().name("player".into()).spawn(move || player.run(player_rx))?;
 
-    let mut controller = TurnController::new(job_tx, player_tx, barrier);
+    let mut controller = TurnController::new(job_tx, player_tx, barrier, args.pause_timeout > 0);
     let reading = tts_writer::input::spawn(args.link.input(), move |item| controller.handle(item))?;
     // The player finishes when input ended and everything was spoken, or when stdout closed.
     let finished = playing.join().map_err(|_| anyhow::anyhow!("player thread panicked"))?;

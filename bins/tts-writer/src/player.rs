@@ -36,6 +36,12 @@ pub enum PlayerMsg {
     TurnEnd { turn: u64 },
     /// Drop everything of turns below the barrier (shared), fading out what is playing.
     Cancel,
+    /// The caller may be talking (speech-onset/speech-start of turn `below`): fall silent on
+    /// replies of turns below it, keep their place, keep taking their audio.
+    Pause { below: u64 },
+    /// It was a false alarm (speech-void/resume of turn `below`): go on from a little before
+    /// where the paused reply stopped.
+    Resume { below: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -51,7 +57,24 @@ pub struct PlayerConfig {
     /// Write frames — 48 kHz audio frames carrying the turn id, and a `reply-played` event
     /// after the last audio of each reply — instead of raw PCM.
     pub frames: bool,
+    /// A pause neither resumed nor cancelled within this becomes a cancel.
+    pub pause_timeout: Duration,
+    /// On resume, this much of what was played before the pause is played again.
+    pub replay: Duration,
 }
+
+/// A pause in force: replies of turns below `below` are silent until `until`.
+#[derive(Debug, Clone, Copy)]
+struct Pause {
+    below: u64,
+    until: Instant,
+}
+
+/// Written audio kept for re-playing after a pause (and for audio taken back from the pipe).
+const REWIND_KEEP: Duration = Duration::from_secs(3);
+/// A resume starts at the quietest 10 ms within this much before the replay point (a gap
+/// between words, when there is one) rather than mid-syllable.
+const REPLAY_SEEK: Duration = Duration::from_millis(250);
 
 enum Item {
     Audio { turn: u64, seq: u64, samples: Vec<i16>, pos: usize },
@@ -93,6 +116,9 @@ pub struct Player {
     /// Framed output: the turn of the audio being written, and the running sample index.
     out_turn: u64,
     out_index: u64,
+    paused: Option<Pause>,
+    /// The most recent written audio as (turn, seq, samples), oldest first.
+    played_tail: VecDeque<(u64, u64, Vec<i16>)>,
 }
 
 impl Player {
@@ -112,15 +138,29 @@ impl Player {
             max_unread: 0,
             out_turn: 0,
             out_index: 0,
+            paused: None,
+            played_tail: VecDeque::new(),
         }
+    }
+
+    /// Audio of this turn may not be written now (a pause is in force for it).
+    fn is_paused(&self, turn: u64) -> bool {
+        self.paused.is_some_and(|p| turn < p.below)
     }
 
     fn lead_bytes(&self) -> usize {
         (self.cfg.lead.as_secs_f64() * RATE as f64).round() as usize * 2
     }
 
+    /// Samples that may be written now (paused replies do not count).
     fn queued_samples(&self) -> usize {
-        self.queue.iter().map(|i| if let Item::Audio { samples, pos, .. } = i { samples.len() - pos } else { 0 }).sum()
+        self.queue
+            .iter()
+            .map(|i| match i {
+                Item::Audio { turn, samples, pos, .. } if !self.is_paused(*turn) => samples.len() - pos,
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Run until the message channel closes and everything queued was written (or stdout
@@ -143,6 +183,17 @@ impl Player {
             if self.closed {
                 return false;
             }
+            if let Some(p) = self.paused {
+                if Instant::now() >= p.until {
+                    // Nobody decided (a decider that only knows speech-start, or none): a
+                    // caller who talked this long meant it.
+                    if self.holds_below(p.below) {
+                        log::info!("pause for turn {} not resumed within {:?}: cancelling", p.below, self.cfg.pause_timeout);
+                    }
+                    let barrier = self.barrier.fetch_max(p.below, Ordering::SeqCst).max(p.below);
+                    self.cancel(barrier);
+                }
+            }
             self.report_finished_turns();
             let has_audio = self.queued_samples() > 0;
             if !inputs_open && !has_audio {
@@ -157,7 +208,10 @@ impl Player {
             if !has_audio && self.play_head < now {
                 self.play_head = now; // idle: the next reply starts at once
             }
-            let wait = if has_audio || self.cfg.fill_silence { self.time_until_writable(now) } else { Some(Duration::from_millis(500)) };
+            let mut wait = if has_audio || self.cfg.fill_silence { self.time_until_writable(now) } else { Some(Duration::from_millis(500)) };
+            if let (Some(p), Some(w)) = (self.paused, wait) {
+                wait = Some(w.min(p.until.saturating_duration_since(now)));
+            }
             match wait {
                 Some(w) if w > Duration::ZERO => {
                     if inputs_open {
@@ -267,47 +321,163 @@ impl Player {
                 }
             }
             PlayerMsg::Cancel => self.cancel(barrier),
+            PlayerMsg::Pause { below } => self.pause(below),
+            PlayerMsg::Resume { below } => self.resume(below),
         }
+    }
+
+    fn pause(&mut self, below: u64) {
+        let until = Instant::now() + self.cfg.pause_timeout;
+        if let Some(p) = self.paused.as_mut() {
+            // Already silent; the newest onset decides from now on.
+            p.below = p.below.max(below);
+            p.until = p.until.max(until);
+            return;
+        }
+        let faded = self.silence_below(below);
+        self.paused = Some(Pause { below, until });
+        if self.holds_below(below) {
+            log::info!("caller may be talking (turn {below}): reply paused{}", if faded > 0 { " mid-sentence" } else { "" });
+        } else {
+            log::debug!("caller may be talking (turn {below}): no reply to pause");
+        }
+    }
+
+    /// Is any reply of a turn below `below` still queued or unreported?
+    fn holds_below(&self, below: u64) -> bool {
+        self.turns.keys().any(|t| *t < below)
+            || self.queue.iter().any(|i| matches!(i, Item::Audio { turn, .. } | Item::TurnEnd { turn } if *turn < below))
+    }
+
+    fn resume(&mut self, below: u64) {
+        let Some(p) = self.paused else { return };
+        if below < p.below {
+            return; // a newer onset still holds the pause
+        }
+        self.paused = None;
+        let replay = (self.cfg.replay.as_secs_f64() * RATE as f64) as usize;
+        let seek = (REPLAY_SEEK.as_secs_f64() * RATE as f64) as usize;
+        let back = self.quiet_point_before(replay, seek);
+        let rewound = self.rewind(back, |turn| turn < p.below);
+        if let Some(Item::Audio { samples, pos, .. }) = self.queue.front_mut() {
+            // Fade in, so the replay starts without a click.
+            let n = ((self.cfg.fade.as_secs_f64() * RATE as f64) as usize).min(samples.len() - *pos);
+            for (i, s) in samples[*pos..*pos + n].iter_mut().enumerate() {
+                *s = (*s as f32 * (i + 1) as f32 / n as f32).round() as i16;
+            }
+        }
+        self.play_head = Instant::now();
+        if self.holds_below(p.below) {
+            log::info!("turn {below} was a false alarm: reply resumed, {:.0} ms replayed", rewound as f64 * 1000.0 / RATE as f64);
+        }
+    }
+
+    /// How far back (samples) to start a replay: at the quietest 10 ms frame between `replay`
+    /// and `replay + seek` before the current place, within the written audio we still have.
+    fn quiet_point_before(&self, replay: usize, seek: usize) -> usize {
+        let tail: Vec<i16> = self.played_tail.iter().flat_map(|(_, _, s)| s.iter().copied()).collect();
+        let step = (RATE / 100) as usize;
+        let mut best = (f64::MAX, replay.min(tail.len()));
+        let mut back = replay;
+        while back <= replay + seek && back <= tail.len() {
+            let start = tail.len() - back;
+            let frame = &tail[start..(start + step).min(tail.len())];
+            let energy = frame.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / frame.len().max(1) as f64;
+            if energy < best.0 {
+                best = (energy, back);
+            }
+            back += step;
+        }
+        best.1
+    }
+
+    /// Put up to `n` of the most recently written samples of turns matching `which` back at
+    /// the front of the queue (they will be written again) and un-count them as played.
+    /// Returns how many were put back.
+    fn rewind(&mut self, n: usize, which: impl Fn(u64) -> bool) -> usize {
+        let mut left = n;
+        while left > 0 {
+            let Some((turn, seq, mut samples)) = self.played_tail.pop_back() else { break };
+            if !which(turn) || !self.turns.contains_key(&turn) {
+                self.played_tail.push_back((turn, seq, samples));
+                break;
+            }
+            let piece = if samples.len() > left {
+                let tail = samples.split_off(samples.len() - left);
+                self.played_tail.push_back((turn, seq, samples));
+                tail
+            } else {
+                samples
+            };
+            left -= piece.len();
+            if let Some(c) = self.turns.get_mut(&turn).and_then(|t| t.chunks.get_mut(&seq)) {
+                c.played = c.played.saturating_sub(piece.len());
+            }
+            self.queue.push_front(Item::Audio { turn, seq, samples: piece, pos: 0 });
+        }
+        n - left
+    }
+
+    /// Silence replies of turns below `below` now: take back what the output pipe still holds
+    /// of them (it has not been heard), then write a short fade-out from where the listener
+    /// is. Returns the samples faded (0 when nothing of those turns was playing).
+    fn silence_below(&mut self, below: u64) -> usize {
+        let playing = self.played_tail.back().is_some_and(|(turn, _, _)| *turn < below)
+            && self.play_head + Duration::from_millis(20) > Instant::now();
+        if !playing {
+            return 0;
+        }
+        if !self.cfg.frames {
+            let taken = self.out.take_back(self.lead_bytes() + self.cfg.frame * 4, 2).len() / 2;
+            if taken > 0 {
+                let rewound = self.rewind(taken, |turn| turn < below);
+                self.play_head = self.play_head.checked_sub(Duration::from_secs_f64(rewound as f64 / RATE as f64)).unwrap_or(self.play_head);
+                log::debug!("took back {taken} unplayed samples from the output");
+            }
+        }
+        let fade_len = (self.cfg.fade.as_secs_f64() * RATE as f64).round() as usize;
+        let mut fade: Vec<i16> = Vec::with_capacity(fade_len);
+        let mut taken = vec![];
+        for item in self.queue.iter_mut() {
+            if fade.len() >= fade_len {
+                break;
+            }
+            if let Item::Audio { turn, seq, samples, pos } = item {
+                if *turn >= below {
+                    break;
+                }
+                let n = (samples.len() - *pos).min(fade_len - fade.len());
+                fade.extend_from_slice(&samples[*pos..*pos + n]);
+                *pos += n;
+                taken.push((*turn, *seq, n));
+            }
+        }
+        let mut at = 0;
+        for &(turn, seq, n) in &taken {
+            self.count_played(turn, seq, n);
+            // Unfaded, so a replay after a resume has them whole.
+            self.keep_for_replay(turn, seq, &fade[at..at + n].to_vec());
+            at += n;
+        }
+        let len = fade_len.max(1) as f32;
+        for (i, s) in fade.iter_mut().enumerate() {
+            *s = (*s as f32 * (1.0 - (i + 1) as f32 / len)).round() as i16;
+        }
+        if let Some(&(turn, _, _)) = taken.first() {
+            self.out_turn = turn;
+        }
+        if !fade.is_empty() {
+            self.write_samples(&fade);
+        }
+        fade.len()
     }
 
     /// Fade out what is playing (if it belongs to a cancelled turn) and drop the rest.
     fn cancel(&mut self, barrier: u64) {
-        let fade_len = (self.cfg.fade.as_secs_f64() * RATE as f64).round() as usize;
-        let mut fade: Vec<i16> = Vec::with_capacity(fade_len);
-        let mut fade_turn = None;
-        // Only if audio of a cancelled turn is mid-flight (something already written).
-        if let Some(Item::Audio { turn, pos, .. }) = self.queue.front() {
-            if *turn < barrier && *pos > 0 {
-                fade_turn = Some(*turn);
-            }
-        }
-        if let Some(ft) = fade_turn {
-            self.out_turn = ft;
-            let mut taken = vec![];
-            for item in self.queue.iter_mut() {
-                if fade.len() >= fade_len {
-                    break;
-                }
-                if let Item::Audio { turn, seq, samples, pos } = item {
-                    if *turn != ft {
-                        break;
-                    }
-                    let n = (samples.len() - *pos).min(fade_len - fade.len());
-                    fade.extend_from_slice(&samples[*pos..*pos + n]);
-                    *pos += n;
-                    taken.push((*turn, *seq, n));
-                }
-            }
-            let len = fade_len.max(1) as f32;
-            for (i, s) in fade.iter_mut().enumerate() {
-                *s = (*s as f32 * (1.0 - (i + 1) as f32 / len)).round() as i16;
-            }
-            for (turn, seq, n) in taken {
-                self.count_played(turn, seq, n);
-            }
-        }
-        if !fade.is_empty() {
-            self.write_samples(&fade);
+        // A paused reply is silent already (and faded when it paused).
+        let faded = if self.paused.is_some() { 0 } else { self.silence_below(barrier) };
+        if self.paused.is_some_and(|p| p.below <= barrier) {
+            self.paused = None;
         }
         let before = self.queue.len();
         self.queue.retain(|i| match i {
@@ -319,7 +489,8 @@ impl Player {
             let stats = self.turns.remove(&turn).expect("listed");
             self.reply_done(played_of(turn, &stats, true));
         }
-        log::debug!("cancel below turn {barrier}: dropped {} queued items, faded {} samples", before - self.queue.len(), fade.len());
+        self.played_tail.retain(|(turn, _, _)| *turn >= barrier);
+        log::debug!("cancel below turn {barrier}: dropped {} queued items, faded {faded} samples", before - self.queue.len());
     }
 
     fn count_played(&mut self, turn: u64, seq: u64, n: usize) {
@@ -339,6 +510,9 @@ impl Player {
                 break;
             }
             match item {
+                Item::Audio { turn, .. } | Item::TurnEnd { turn } if self.paused.is_some_and(|p| *turn < p.below) => {
+                    continue; // paused: newer replies (the answer to the interruption) still play
+                }
                 Item::Audio { turn, seq, samples, pos } => {
                     if *pos >= samples.len() {
                         continue;
@@ -369,8 +543,24 @@ impl Player {
         }
         self.out_turn = first_turn.unwrap_or(0);
         self.write_samples(&frame);
+        let mut at = 0;
         for (turn, seq, n) in played {
             self.count_played(turn, seq, n);
+            self.keep_for_replay(turn, seq, &frame[at..at + n]);
+            at += n;
+        }
+    }
+
+    fn keep_for_replay(&mut self, turn: u64, seq: u64, samples: &[i16]) {
+        match self.played_tail.back_mut() {
+            Some((t, s, v)) if *t == turn && *s == seq => v.extend_from_slice(samples),
+            _ => self.played_tail.push_back((turn, seq, samples.to_vec())),
+        }
+        let keep = (REWIND_KEEP.as_secs_f64() * RATE as f64) as usize;
+        let mut total: usize = self.played_tail.iter().map(|(_, _, v)| v.len()).sum();
+        while total > keep + self.played_tail.front().map_or(0, |(_, _, v)| v.len()) {
+            let (_, _, v) = self.played_tail.pop_front().expect("non-empty");
+            total -= v.len();
         }
     }
 

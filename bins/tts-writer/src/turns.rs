@@ -2,7 +2,11 @@
 //! cancel barrier — every turn below it is dead: its queued chunks are dropped, synthesis in
 //! progress is abandoned and the player fades out within one frame.
 //!
-//! * `speech-start {turn: N}` — the caller started talking: replies of turns < N stop.
+//! * `speech-onset {turn: N}`, `speech-start {turn: N}` — the caller may be talking: replies of
+//!   turns < N pause (silent at once, place kept, audio still taken). `resume {turn: N}` or
+//!   `speech-void {turn: N}` lift that pause (a false alarm); a `cancel` ends it; a pause
+//!   nobody lifts becomes a cancel after `--pause-timeout`. With `--pause-timeout 0`,
+//!   `speech-start` stops replies of turns < N at once and the onset events are ignored.
 //! * `cancel {turn: T}` — stop reply T (and older); `cancel {}` — stop whatever is in progress
 //!   (the barrier rises to just above the newest turn seen, never further: a flood of them
 //!   cannot mute the next reply).
@@ -28,11 +32,27 @@ pub struct TurnController {
     latest_turn: u64,
     text_turn: u64,
     log: LogLimit,
+    /// Barge-in pauses first (false: speech-start cancels at once, as before pausing existed).
+    pause_first: bool,
 }
 
 impl TurnController {
-    pub fn new(jobs: Sender<SynthJob>, player: Sender<PlayerMsg>, barrier: Arc<AtomicU64>) -> Self {
-        TurnController { jobs: Some(jobs), player: Some(player), barrier, latest_turn: 0, text_turn: 0, log: LogLimit::new() }
+    pub fn new(jobs: Sender<SynthJob>, player: Sender<PlayerMsg>, barrier: Arc<AtomicU64>, pause_first: bool) -> Self {
+        TurnController {
+            jobs: Some(jobs),
+            player: Some(player),
+            barrier,
+            latest_turn: 0,
+            text_turn: 0,
+            log: LogLimit::new(),
+            pause_first,
+        }
+    }
+
+    fn tell_player(&self, m: PlayerMsg) {
+        if let Some(p) = &self.player {
+            let _ = p.send(m);
+        }
     }
 
     /// Handle one input item (on the input thread). At the end of input the job and player
@@ -95,7 +115,22 @@ impl TurnController {
             kind::SPEECH_START => {
                 let turn = e.turn.unwrap_or(self.latest_turn + 1);
                 self.latest_turn = self.latest_turn.max(turn);
-                self.cancel_below(turn, "speech-start");
+                if self.pause_first {
+                    self.tell_player(PlayerMsg::Pause { below: turn });
+                } else {
+                    self.cancel_below(turn, "speech-start");
+                }
+            }
+            // The onset's turn is not "seen" yet (it may be void): a `cancel {}` must not reach it.
+            kind::SPEECH_ONSET if self.pause_first => {
+                if let Some(turn) = e.turn {
+                    self.tell_player(PlayerMsg::Pause { below: turn });
+                }
+            }
+            kind::SPEECH_VOID | kind::RESUME if self.pause_first => {
+                if let Some(turn) = e.turn {
+                    self.tell_player(PlayerMsg::Resume { below: turn });
+                }
             }
             kind::CANCEL => {
                 let barrier = e.turn.unwrap_or(self.latest_turn) + 1;

@@ -4,6 +4,7 @@
 
 mod chunker;
 mod endpoint;
+mod echo_gate;
 mod segmenter;
 mod silero;
 mod stage;
@@ -28,8 +29,10 @@ struct Args {
     /// Speech probability at or above which a 32 ms chunk counts as speech (0–1).
     #[arg(long, default_value_t = 0.5, env = "VADSEG_THRESHOLD", value_parser = parse_probability)]
     threshold: f32,
-    /// Speech must last this long (ms) before speech-start is sent (guards against coughs, clicks).
-    #[arg(long, default_value_t = 250, env = "VADSEG_MIN_SPEECH_MS", value_name = "MS")]
+    /// Voiced time (ms) before a run becomes a turn (speech-start; sttd transcribes it). Shorter
+    /// runs end in speech-void. Lower lets one-word turns ("Stop.") through; higher turns fewer
+    /// coughs into turns for sttd. Barge-in pauses at speech-onset, whatever this is.
+    #[arg(long, default_value_t = 128, env = "VADSEG_MIN_SPEECH_MS", value_name = "MS")]
     min_speech: u32,
     /// Silence (ms) after the last speech that ends the turn when there is no turn model (or it failed).
     #[arg(long, default_value_t = 600, env = "VADSEG_EOT_SILENCE_MS", value_name = "MS")]
@@ -59,6 +62,16 @@ struct Args {
     /// Longest segment (s); longer speech is cut into consecutive turns without losing audio.
     #[arg(long, default_value_t = 25.0, env = "VADSEG_MAX_SEGMENT_S", value_name = "S")]
     max_segment: f64,
+    /// Echo gate: the played audio (raw s16le 48 kHz FIFO, e.g. $RUN/tg_output.tap). Input well
+    /// below what was just played counts as silence, so the assistant's own voice coming back
+    /// through speakers and a microphone does not interrupt it. Off by default (phones cancel
+    /// echo; vadseg would hold the tap).
+    #[arg(long, env = "VADSEG_ECHO_REF", value_name = "FIFO")]
+    echo_ref: Option<std::path::PathBuf>,
+    /// How far below the played level (dB) input must be to count as echo. Lower catches louder
+    /// echo but also ignores a caller quieter than the loudspeaker.
+    #[arg(long, default_value_t = 6.0, env = "VADSEG_ECHO_MARGIN_DB", value_name = "DB")]
+    echo_margin: f64,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -103,6 +116,11 @@ fn main() {
         let answer_timeout = std::time::Duration::from_millis((args.eot_incomplete - args.eot_complete).max(100) as u64);
         let worker = turn_model.map(turn_model::TurnWorker::spawn);
         let mut stage = stage::VadStage::new(vad, SpeechSegmenter::new(cfg), worker, answer_timeout);
+        if let Some(reference) = &args.echo_ref {
+            let gate = echo_gate::EchoGate::start(reference.clone(), args.echo_margin)
+                .map_err(|e| cli::fail(cli::exit::CONFIG, format!("{e:#}")))?;
+            stage = stage.with_echo_gate(gate);
+        }
         // SIGTERM closes the open turn (a speech-end goes out) before vadseg exits, so the
         // caller's last words still reach sttd.
         let stop = cli::graceful_stop();

@@ -44,7 +44,7 @@ impl Default for SegmenterConfig {
     fn default() -> Self {
         SegmenterConfig {
             threshold: 0.5,
-            min_speech_ms: 250,
+            min_speech_ms: 128,
             eot_silence_ms: 600,
             pre_roll_ms: 300,
             post_roll_ms: 200,
@@ -84,6 +84,11 @@ impl Chunk {
 /// What the segmenter decided.
 #[derive(Debug, Clone)]
 pub enum Decision {
+    /// The first voiced chunk while no turn is open: maybe the caller, maybe a cough. The
+    /// turn id is reserved now; exactly one `Start` or `Void` with it follows.
+    Onset { turn: u64, onset_us: u64, decided_us: u64 },
+    /// The voiced run of that onset died (or the stream broke off) before it became a turn.
+    Void { turn: u64, decided_us: u64 },
     /// Speech has lasted the minimum duration: a turn starts (barge-in signal).
     /// `decided_us`: capture time of the last sample the decision saw (for latency traces).
     Start { turn: u64, speech_start_us: u64, continues: Option<u64>, decided_us: u64 },
@@ -102,7 +107,7 @@ pub enum Decision {
 enum State {
     Idle,
     /// Speech seen, not yet long enough. `chunks` holds the pre-roll and everything since.
-    Pending { onset_us: u64, voiced_ms: u32, gap_ms: u32, chunks: Vec<Chunk> },
+    Pending { turn: u64, onset_us: u64, voiced_ms: u32, gap_ms: u32, chunks: Vec<Chunk> },
     Speaking(Turn),
 }
 
@@ -164,13 +169,15 @@ impl SpeechSegmenter {
                     let mut chunks: Vec<Chunk> = self.recent.drain(..).filter(|c| c.index >= until).collect();
                     let onset_us = chunk.capture_us;
                     chunks.push(chunk);
-                    self.state = State::Pending { onset_us, voiced_ms: chunk_ms, gap_ms: 0, chunks };
+                    let turn = self.new_turn_id(onset_us);
+                    out.push(Decision::Onset { turn, onset_us, decided_us: self.decided_us });
+                    self.state = State::Pending { turn, onset_us, voiced_ms: chunk_ms, gap_ms: 0, chunks };
                     self.confirm_if_long_enough(out);
                 } else {
                     self.remember(chunk);
                 }
             }
-            State::Pending { onset_us, mut voiced_ms, mut gap_ms, mut chunks } => {
+            State::Pending { turn, onset_us, mut voiced_ms, mut gap_ms, mut chunks } => {
                 chunks.push(chunk);
                 if speech {
                     voiced_ms += chunk_ms;
@@ -180,11 +187,12 @@ impl SpeechSegmenter {
                 }
                 if gap_ms >= PENDING_GAP_MS {
                     // A click, a cough, a burst of noise: not a turn. Keep the tail as pre-roll.
+                    out.push(Decision::Void { turn, decided_us: self.decided_us });
                     for c in chunks {
                         self.remember(c);
                     }
                 } else {
-                    self.state = State::Pending { onset_us, voiced_ms, gap_ms, chunks };
+                    self.state = State::Pending { turn, onset_us, voiced_ms, gap_ms, chunks };
                     self.confirm_if_long_enough(out);
                 }
             }
@@ -227,8 +235,10 @@ impl SpeechSegmenter {
 
     /// End of input (or of the call): close an open turn; a pending one is dropped.
     pub fn finish(&mut self, out: &mut Vec<Decision>) {
-        if let State::Speaking(t) = std::mem::replace(&mut self.state, State::Idle) {
-            self.end_turn(t, EotReason::InputEnd, out);
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Speaking(t) => self.end_turn(t, EotReason::InputEnd, out),
+            State::Pending { turn, .. } => out.push(Decision::Void { turn, decided_us: self.decided_us }),
+            State::Idle => {}
         }
         self.recent.clear();
     }
@@ -242,13 +252,13 @@ impl SpeechSegmenter {
     }
 
     fn confirm_if_long_enough(&mut self, out: &mut Vec<Decision>) {
-        let State::Pending { onset_us, voiced_ms, .. } = &self.state else { return };
+        let State::Pending { voiced_ms, .. } = &self.state else { return };
         if *voiced_ms < self.cfg.min_speech_ms {
             return;
         }
-        let onset_us = *onset_us;
-        let State::Pending { chunks, .. } = std::mem::replace(&mut self.state, State::Idle) else { unreachable!() };
-        let turn = self.new_turn_id(onset_us);
+        let State::Pending { turn, onset_us, chunks, .. } = std::mem::replace(&mut self.state, State::Idle) else {
+            unreachable!()
+        };
         out.push(Decision::Start { turn, speech_start_us: onset_us, continues: None, decided_us: self.decided_us });
         let first_index = chunks.first().map(|c| c.index).unwrap_or(0);
         let mut t = Turn {
@@ -401,7 +411,7 @@ mod tests {
                     assert_eq!(last.0, *turn);
                     last.1.push(chunk.samples[0] as usize);
                 }
-                Decision::End { .. } | Decision::AskTurnModel { .. } => {}
+                Decision::End { .. } | Decision::AskTurnModel { .. } | Decision::Onset { .. } | Decision::Void { .. } => {}
             }
         }
         v
@@ -416,9 +426,12 @@ mod tests {
         assert_eq!(t.len(), 1);
         // pre-roll 300 ms = 10 chunks before chunk 20; post-roll 200 ms = 7 chunks after 49.
         assert_eq!(t[0].1, (10..57).collect::<Vec<_>>());
-        let Decision::Start { turn, speech_start_us, .. } = d[0] else { panic!() };
+        let Decision::Onset { turn: onset_turn, onset_us, .. } = d[0] else { panic!("{:?}", d[0]) };
+        let Decision::Start { turn, speech_start_us, .. } = d[1] else { panic!() };
         assert_eq!(speech_start_us, T0 + 20 * 32_000);
+        assert_eq!(onset_us, speech_start_us);
         assert_eq!(turn, speech_start_us / 1000);
+        assert_eq!(onset_turn, turn, "the onset reserves the turn id");
         let Some(Decision::End { speech_end_us, cut: false, .. }) = d.last() else { panic!() };
         assert_eq!(*speech_end_us, T0 + 50 * 32_000 - 63);
     }
@@ -443,7 +456,49 @@ mod tests {
             SegmenterConfig::default(),
             &pattern(&[(0.0, 10), (0.95, 3), (0.0, 10), (0.6, 2), (0.1, 5), (0.4, 30), (0.0, 10)]),
         );
-        assert!(d.is_empty(), "{d:?}");
+        assert!(turns(&d).is_empty(), "{d:?}");
+        // Each burst paused the reply (onset) and was then called off (void), nothing else.
+        let kinds: Vec<&str> = d
+            .iter()
+            .map(|x| match x {
+                Decision::Onset { .. } => "onset",
+                Decision::Void { .. } => "void",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["onset", "void", "onset", "void"], "{d:?}");
+    }
+
+    #[test]
+    fn onset_comes_with_the_first_voiced_chunk_and_void_when_the_run_dies() {
+        let mut s = SpeechSegmenter::new(SegmenterConfig::default());
+        let mut out = vec![];
+        let chunk = |i: usize| Chunk { index: (i * CHUNK) as u64, capture_us: T0 + (i * 32_000) as u64, samples: vec![0; CHUNK] };
+        for i in 0..5 {
+            s.push(chunk(i), 0.0, &mut out);
+        }
+        assert!(out.is_empty());
+        s.push(chunk(5), 0.9, &mut out);
+        let [Decision::Onset { turn, onset_us, decided_us }] = out[..] else { panic!("{out:?}") };
+        assert_eq!(onset_us, T0 + 5 * 32_000);
+        assert_eq!(decided_us, chunk(5).last_sample_us(), "decided on that chunk alone");
+        out.clear();
+        // One more voiced chunk (64 ms in all: a click), then silence until the run is given up.
+        s.push(chunk(6), 0.9, &mut out);
+        let gap_chunks = PENDING_GAP_MS.div_ceil(32) as usize;
+        for i in 7..7 + gap_chunks {
+            assert!(out.is_empty(), "chunk {i}: {out:?}");
+            s.push(chunk(i), 0.0, &mut out);
+        }
+        let [Decision::Void { turn: void_turn, .. }] = out[..] else { panic!("{out:?}") };
+        assert_eq!(void_turn, turn);
+        // The next onset gets a new, larger id; a pending run at the end of input is void too.
+        out.clear();
+        s.push(chunk(30), 0.9, &mut out);
+        s.finish(&mut out);
+        let [Decision::Onset { turn: t2, .. }, Decision::Void { turn: t3, .. }] = out[..] else { panic!("{out:?}") };
+        assert!(t2 > turn);
+        assert_eq!(t2, t3);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The stage loop: input frames → [`Chunker`] → [`SileroVad`] → [`SpeechSegmenter`] → output
 //! frames. Events from the input are forwarded unchanged and in order; decisions become
-//! `speech-start` (urgent: the sink sends it ahead of queued audio), 16 kHz audio frames
-//! tagged with the turn id, and `speech-end` with the turn's trace and why it ended. With a
-//! turn model, its questions go to the [`TurnWorker`] thread and its answers come back here.
+//! `speech-onset` at the first voiced chunk and then either `speech-start` or `speech-void`
+//! (all urgent: the sink sends them ahead of queued audio), 16 kHz audio frames tagged with
+//! the turn id, and `speech-end` with the turn's trace and why it ended. With a turn model,
+//! its questions go to the [`TurnWorker`] thread and its answers come back here.
 
 use anyhow::Result;
 use std::collections::VecDeque;
@@ -12,6 +13,7 @@ use tgvoice::event::{kind, trace_key};
 use tgvoice::{AudioFrame, Event, Frame, FrameSink, Input, TurnTrace};
 
 use crate::chunker::Chunker;
+use crate::echo_gate::EchoGate;
 use crate::segmenter::{Chunk, Decision, SpeechSegmenter, CHUNK, RATE};
 use crate::silero::SileroVad;
 use crate::turn_model::{Answer, Job, TurnWorker, WINDOW_SAMPLES};
@@ -53,6 +55,7 @@ pub struct VadStage {
     /// The longest the stage waits for the turn model's answer once it is needed (then the
     /// pause goes on to end on silence): no longer than the silence path would take.
     answer_timeout: Duration,
+    echo_gate: Option<EchoGate>,
     pub stats: StageStats,
 }
 
@@ -68,8 +71,15 @@ impl VadStage {
             recent_audio: VecDeque::with_capacity(WINDOW_SAMPLES + CHUNK),
             recent_end: 0,
             answer_timeout,
+            echo_gate: None,
             stats: StageStats::default(),
         }
+    }
+
+    /// Ignore input that is only the played audio coming back (see [`EchoGate`]).
+    pub fn with_echo_gate(mut self, gate: EchoGate) -> Self {
+        self.echo_gate = Some(gate);
+        self
     }
 
     /// Handle one input item, sending whatever it produces.
@@ -111,9 +121,13 @@ impl VadStage {
         for chunk in std::mem::take(&mut self.chunks) {
             let mut p = self.vad.probability(&chunk.samples)?;
             log::trace!("chunk {} p={p:.3}", chunk.index);
-            if rms(&chunk.samples) < DIGITAL_SILENCE_RMS {
+            let level = rms(&chunk.samples);
+            if level < DIGITAL_SILENCE_RMS {
                 // Silero decays slowly on digital silence (~400 ms from 0.99 to 0.35, measured);
                 // a muted or ended stream is silence now. The model still ran, to keep its state.
+                p = 0.0;
+            } else if self.echo_gate.as_ref().is_some_and(|g| g.is_echo(chunk.capture_us, level)) {
+                log::trace!("chunk {} is echo of the played audio", chunk.index);
                 p = 0.0;
             }
             self.stats.chunks += 1;
@@ -180,6 +194,18 @@ impl VadStage {
     fn send_decisions(&mut self, sink: &FrameSink) {
         for d in std::mem::take(&mut self.decisions) {
             match d {
+                Decision::Onset { turn, onset_us, decided_us } => {
+                    let mut trace = TurnTrace::default();
+                    trace.mark(trace_key::SPEECH_START, onset_us);
+                    log::debug!("turn {turn}: speech-onset");
+                    sink.send(Frame::Event(
+                        Event::new(kind::SPEECH_ONSET).with_turn(turn).with_trace(trace).with(DECIDED_FIELD, decided_us),
+                    ));
+                }
+                Decision::Void { turn, decided_us } => {
+                    log::debug!("turn {turn}: speech-void (too short for a turn)");
+                    sink.send(Frame::Event(Event::new(kind::SPEECH_VOID).with_turn(turn).with(DECIDED_FIELD, decided_us)));
+                }
                 Decision::Start { turn, speech_start_us, continues, decided_us } => {
                     let mut trace = TurnTrace::default();
                     trace.mark(trace_key::SPEECH_START, speech_start_us);

@@ -141,7 +141,8 @@ fn events_are_forwarded_unchanged_and_garbage_is_survived() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad input"), "garbage was not reported");
     let o = decode_output(&out.stdout);
     let kinds: Vec<&str> = o.events.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(kinds, ["call-start", "x-custom", "speech-start", "speech-end", "call-end"]);
+    assert_eq!(kinds, ["call-start", "x-custom", "speech-onset", "speech-start", "speech-end", "call-end"]);
+    assert_eq!(o.events[2].turn, o.events[3].turn, "the onset reserves the turn's id");
     assert_eq!(o.events[1], custom);
     assert_eq!(o.events[0].get_str("call"), Some("c1"));
     assert_eq!(o.segments.len(), 1);

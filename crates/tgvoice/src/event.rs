@@ -13,6 +13,12 @@ pub mod kind {
     pub const CALL_START: &str = "call-start";
     pub const CALL_END: &str = "call-end";
     pub const SPEECH_START: &str = "speech-start";
+    /// The first voiced chunk while no turn is open (vadseg): pause, do not cancel yet.
+    pub const SPEECH_ONSET: &str = "speech-onset";
+    /// The voiced run of a `speech-onset` died before it became a turn: a false alarm.
+    pub const SPEECH_VOID: &str = "speech-void";
+    /// An interruption was a false alarm (noise, backchannel): the paused reply goes on.
+    pub const RESUME: &str = "resume";
     pub const SPEECH_END: &str = "speech-end";
     pub const TRANSCRIPT: &str = "transcript";
     pub const REPLY_CHUNK: &str = "reply-chunk";
@@ -92,9 +98,13 @@ impl Event {
         self.kind == kind
     }
 
-    /// speech-start and cancel overtake queued work in every writer.
+    /// Barge-in events (speech-onset, speech-start, speech-void, resume, cancel) overtake
+    /// queued work in every writer.
     pub fn is_urgent(&self) -> bool {
-        self.kind == kind::SPEECH_START || self.kind == kind::CANCEL
+        matches!(
+            self.kind.as_str(),
+            kind::SPEECH_ONSET | kind::SPEECH_START | kind::SPEECH_VOID | kind::RESUME | kind::CANCEL
+        )
     }
 
     pub fn get_bool(&self, key: &str) -> Option<bool> {

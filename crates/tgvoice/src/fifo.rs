@@ -298,6 +298,40 @@ impl FifoWriter {
         }
     }
 
+    /// Take back bytes written to this named FIFO that its reader has not read yet (at most
+    /// `max` bytes, a multiple of `align`), by reading them out of the pipe ourselves through a
+    /// second, momentary read end. A paced audio writer uses it to silence the lead it keeps in
+    /// the pipe at once on barge-in instead of after it has played. Empty when not a FIFO.
+    pub fn take_back(&mut self, max: usize, align: usize) -> Vec<u8> {
+        let (Endpoint::Path(p), Some(file)) = (&self.endpoint, self.file.as_ref()) else { return vec![] };
+        if !self.fifo {
+            return vec![];
+        }
+        let mut unread: libc::c_int = 0;
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::FIONREAD, &mut unread) } < 0 || unread <= 0 {
+            return vec![];
+        }
+        let align = align.max(1);
+        let want = (unread as usize).min(max) / align * align;
+        if want == 0 {
+            return vec![];
+        }
+        let Ok(mut reader) = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(p) else { return vec![] };
+        let mut buf = vec![0u8; want];
+        let mut got = 0;
+        // The real reader may take some at the same moment; whatever we get is ours. Both
+        // sides read whole samples (writes and reads are even-sized), so alignment holds.
+        while got < want {
+            match reader.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(_) => break,
+            }
+        }
+        buf.truncate(got / align * align);
+        buf
+    }
+
     fn count_drop(&mut self, n: usize) {
         if self.dropped_chunks == 0 && !self.was_connected {
             log::info!("no reader on {} yet; dropping output until one connects", self.label);
