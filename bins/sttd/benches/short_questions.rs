@@ -6,7 +6,9 @@
 //! repetition loops left, re-decodes, and decode time per turn (median, p90), with the load.
 //!
 //! Run: `cargo build --release -p tgcat -p vadseg -p tts-writer && cargo bench -p sttd --bench short_questions`
-//! `STTD_BENCH_SETTINGS=2,5` runs only those rows (1-based); `STTD_BENCH_SHOW=1` prints every miss.
+//! `STTD_BENCH_SETTINGS=2,5` runs only those rows (1-based); `STTD_BENCH_SHOW=1` prints every miss;
+//! `STTD_BENCH_MODEL=~/.cache/tgvoice/models/ggml-base.bin` measures another model (default tiny.en);
+//! `STTD_BENCH_STEP=3` uses every third question only (the live test's subset; a quicker run).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -40,7 +42,8 @@ fn load() -> String {
 }
 
 fn main() {
-    let questions = short_questions();
+    let step = std::env::var("STTD_BENCH_STEP").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let questions: Vec<&str> = short_questions().into_iter().step_by(step).collect();
     let mut set: Vec<(String, &str, Vec<f32>)> = vec![]; // (voice, expected, segment)
     for (name, voice) in VOICES {
         let gap = vec![0i16; RATE as usize * 3 / 2];
@@ -55,9 +58,10 @@ fn main() {
             set.push((name.to_string(), q, seg.iter().map(|s| *s as f32 / 32768.0).collect()));
         }
     }
+    let model = std::env::var_os("STTD_BENCH_MODEL").map(std::path::PathBuf::from).unwrap_or_else(model_path);
     let only: Option<Vec<usize>> = std::env::var("STTD_BENCH_SETTINGS").ok().map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect());
     let show = std::env::var_os("STTD_BENCH_SHOW").is_some();
-    println!("{} utterances ({} questions × {} voices); load at start {}", set.len(), questions.len(), VOICES.len(), load());
+    println!("{} utterances ({} questions × {} voices), model {}; load at start {}", set.len(), questions.len(), VOICES.len(), model.display(), load());
     let mut rows = vec![];
     for (i, (name, flags)) in SETTINGS.iter().enumerate() {
         if only.as_ref().is_some_and(|o| !o.contains(&(i + 1))) {
@@ -65,7 +69,7 @@ fn main() {
         }
         let argv = std::iter::once("sttd".to_string())
             .chain(flags.iter().map(|f| f.to_string()))
-            .chain(["--model".into(), model_path().display().to_string()]);
+            .chain(["--model".into(), model.display().to_string()]);
         let args = Args::try_parse_from(argv).expect("bench flags");
         let mut engine = WhisperEngine::load(&args.model(), args.decode_settings().unwrap()).expect("load the model");
         engine.transcribe(&vec![0.0; 16_000], None).unwrap();

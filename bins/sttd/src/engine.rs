@@ -112,6 +112,8 @@ pub struct WhisperEngine {
     // context alive next to it for clarity.
     _ctx: WhisperContext,
     state: WhisperState,
+    /// `state` has served a call since it was created (see [`WhisperEngine::fresh_state`]).
+    state_used: bool,
     settings: DecodeSettings,
     model_ctx: u32,
     multilingual: bool,
@@ -219,7 +221,21 @@ impl WhisperEngine {
         let state = ctx.create_state().context("creating the whisper state")?;
         let model_ctx = ctx.model_n_audio_ctx() as u32;
         let multilingual = ctx.is_multilingual();
-        Ok(WhisperEngine { _ctx: ctx, state, settings, model_ctx, multilingual })
+        Ok(WhisperEngine { _ctx: ctx, state, state_used: false, settings, model_ctx, multilingual })
+    }
+
+    /// Give the next call a fresh whisper.cpp state (no-op if the current one is unused). A
+    /// state that has served other calls (an aborted speculative decode, a beam-search
+    /// re-decode, another window size) can decode the same input to other text (measured:
+    /// "Translate for London to Spanish." fresh, "Translate the law into Spanish." after other
+    /// calls). Speculation reuses an early decode as the final one, so a turn's text must
+    /// depend on its audio alone. The worker calls this after each job, off the caller's path.
+    pub fn fresh_state(&mut self) -> Result<()> {
+        if self.state_used {
+            self.state = self._ctx.create_state().context("creating the whisper state")?;
+            self.state_used = false;
+        }
+        Ok(())
     }
 
     pub fn settings(&self) -> &DecodeSettings {
@@ -245,6 +261,8 @@ impl WhisperEngine {
     /// stops the call early (the result is then marked `aborted`).
     pub fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> Result<Transcription> {
         let t0 = Instant::now();
+        self.fresh_state()?;
+        self.state_used = true;
         let audio = decode_input(samples);
         let limits = self.settings.quality.clone();
         let first = self.settings.first;

@@ -55,6 +55,11 @@ impl TranscriptionWorker {
                 if done_tx.send(msg).is_err() {
                     break;
                 }
+                // The next job starts on a clean state; made now, while the stage is busy
+                // with this result, rather than on the next turn's clock.
+                if let Err(e) = engine.fresh_state() {
+                    log::error!("{e:#}; the next transcription will try again");
+                }
             }
         })?;
         Ok(TranscriptionWorker { jobs, done })

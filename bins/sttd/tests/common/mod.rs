@@ -66,12 +66,40 @@ pub fn speak_espeak(voice: &str, words_per_minute: u32, text: &str) -> Vec<i16> 
     speech
 }
 
-/// `text` spoken by the Piper neural voice (en_US-joe-medium) through the real `tts-writer`,
-/// at 16 kHz. A natural voice: the chain's WER then measures the chain, not espeak's robotic
-/// pronunciation (tiny.en mishears espeak's "brown fox" as "roundfark").
+/// The Piper voice en_US-joe-medium with its sampling noise off (`noise_scale` and `noise_w` 0
+/// in a copy of its config beside a link to the model), so the same text gives the same audio
+/// in every run. With the voice's own 0.667/0.8 every run speaks each question differently
+/// (other durations, other pauses), which moves every later question against vadseg's 32 ms
+/// chunk grid: the short-question test then measured different audio each time (issue 17).
+pub fn deterministic_piper_voice() -> PathBuf {
+    static VOICE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    VOICE
+        .get_or_init(|| {
+            let model = tgvoice::testkit::cache_dir().join("models/piper/en_US-joe-medium.onnx");
+            let json = std::fs::read_to_string(format!("{}.json", model.display()))
+                .unwrap_or_else(|e| panic!("{}.json: {e}; run scripts/setup (Piper voice)", model.display()));
+            let mut config: serde_json::Value = serde_json::from_str(&json).expect("Piper voice config is JSON");
+            config["inference"]["noise_scale"] = 0.0.into();
+            config["inference"]["noise_w"] = 0.0.into();
+            let dir = std::env::temp_dir().join(format!("sttd-test-piper-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let link = dir.join("en_US-joe-medium.onnx");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&model, &link).unwrap();
+            std::fs::write(dir.join("en_US-joe-medium.onnx.json"), config.to_string()).unwrap();
+            link
+        })
+        .clone()
+}
+
+/// `text` spoken by the Piper neural voice (en_US-joe-medium, sampling noise off: see
+/// [`deterministic_piper_voice`]) through the real `tts-writer`, at 16 kHz. A natural voice:
+/// the chain's WER then measures the chain, not espeak's robotic pronunciation (tiny.en
+/// mishears espeak's "brown fox" as "roundfark").
 pub fn speak_piper(text: &str) -> Vec<i16> {
     let mut child = Command::new(tgvoice::testkit::bin_path("tts-writer"))
-        .args(["--engine", "piper", "-q"])
+        .args(["--engine", "piper", "-q", "--piper-model"])
+        .arg(deterministic_piper_voice())
         .env("TGVOICE_STATE_DIR", std::env::temp_dir())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
