@@ -296,11 +296,15 @@ impl WhisperEngine {
     /// One first-pass decode of a second of silence, to make whisper.cpp allocate its compute
     /// buffers before the first turn. Never the re-decode: silence always looks "unsure", and a
     /// beam-5 full-window re-decode of it took 22 s with one thread on a loaded machine.
+    /// The state it used is replaced, so the first turn decodes on a fresh one.
     pub fn warm_up(&mut self) -> Result<f64> {
         let t0 = Instant::now();
         let audio = decode_input(&vec![0.0; 16_000]);
+        self.state_used = true;
         self.run_pass(&audio, self.settings.first, None)?;
-        Ok(t0.elapsed().as_secs_f64() * 1e3)
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        self.fresh_state()?;
+        Ok(ms)
     }
 
     /// One whisper.cpp call with the settings of `pass`.

@@ -16,8 +16,8 @@ fn main() {
         let mut engine = engine::WhisperEngine::load(&model, settings)?;
         log::info!("loaded {} in {:.0} ms: {}", model.display(), t0.elapsed().as_secs_f64() * 1e3, engine.describe());
         if args.check_model {
-            let t = engine.transcribe(&vec![0.0; 16_000], None)?;
-            println!("ok: {} loads and runs ({:.0} ms for 1 s of silence; {})", model.display(), t.elapsed_ms, engine.describe());
+            let ms = engine.warm_up()?;
+            println!("ok: {} loads and runs ({ms:.0} ms for 1 s of silence; {})", model.display(), engine.describe());
             return Ok(());
         }
         // Warm up: whisper.cpp's first call allocates its compute buffers and is several times
