@@ -3,8 +3,6 @@
 
 mod common;
 use common::*;
-use std::io::Write;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tgvoice::Event;
 
@@ -24,39 +22,14 @@ struct CancelRun {
 }
 
 fn cancel_during_reply(engine_args: &[&str], cancel: Event) -> CancelRun {
-    let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("tg_output.raw");
-    mkfifo(&out_path);
-    let mut reader = FifoReader::open(&out_path);
-    let mut child = tts_writer()
-        .args(engine_args)
-        .arg("--output")
-        .arg(&out_path)
-        .arg("--state-dir")
-        .arg(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tts-writer");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&chunk(1, 0, LONG)).unwrap();
-    stdin.flush().unwrap();
-
+    let mut w = LiveWriter::start(engine_args);
+    w.send(&chunk(1, 0, LONG));
     let mut got = vec![];
-    let start = Instant::now();
     // Wait for the reply to start, then let it play for 1 s.
-    while got.is_empty() {
-        reader.read_available(&mut got, Duration::from_millis(5));
-        assert!(start.elapsed() < Duration::from_secs(60), "no audio within 60 s");
-    }
-    let first = Instant::now();
-    while first.elapsed() < Duration::from_millis(1000) {
-        reader.read_available(&mut got, Duration::from_millis(5));
-    }
+    w.play_for(&mut got, 1000);
     // The cancel, and at that instant what the output already held (read + still in the pipe).
-    stdin.write_all(&event_bytes(cancel)).unwrap();
-    stdin.flush().unwrap();
+    w.send(&event_bytes(cancel));
+    let LiveWriter { dir, mut reader, child, stdin } = w;
     let mark = got.len() + reader.unread();
     let before_len = got.len();
     let t = Instant::now();

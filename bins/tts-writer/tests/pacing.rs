@@ -4,8 +4,6 @@
 
 mod common;
 use common::*;
-use std::io::Write;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const TEN_SECONDS: &str = "Pacing matters for a live call. The bridge plays whatever arrives, so the \
@@ -13,23 +11,11 @@ writer must deliver speech exactly as fast as it is heard, keeping only a small 
 a barge in silences it at once.";
 
 fn paced_run(lead_ms: u64) -> (f64, f64, usize, f64) {
-    let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("tg_output.raw");
-    mkfifo(&out_path);
-    let mut reader = FifoReader::open(&out_path);
-    let mut child = tts_writer()
-        .args(["--engine", "espeak-ng", "--lead-ms", &lead_ms.to_string(), "--output"])
-        .arg(&out_path)
-        .arg("--state-dir")
-        .arg(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tts-writer");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&chunk(1, 0, TEN_SECONDS)).unwrap();
-    stdin.write_all(&reply_end(1)).unwrap();
+    let lead = lead_ms.to_string();
+    let mut w = LiveWriter::start(&["--engine", "espeak-ng", "--lead-ms", &lead]);
+    w.send(&chunk(1, 0, TEN_SECONDS));
+    w.send(&reply_end(1));
+    let LiveWriter { dir: _dir, mut reader, child, stdin } = w;
     drop(stdin);
 
     let mut got = vec![];

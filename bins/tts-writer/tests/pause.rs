@@ -4,8 +4,6 @@
 
 mod common;
 use common::*;
-use std::io::Write;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tgvoice::Event;
 
@@ -24,48 +22,23 @@ struct PauseRun {
 /// read to the end.
 fn pause_during_reply(extra: &[&str], onset: Event, pause: Duration, decision: Option<Event>) -> PauseRun {
     require_espeak();
-    let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("tg_output.raw");
-    mkfifo(&out_path);
-    let mut reader = FifoReader::open(&out_path);
-    let mut child = tts_writer()
-        .args(["--engine", "espeak-ng"])
-        .args(extra)
-        .arg("--output")
-        .arg(&out_path)
-        .arg("--state-dir")
-        .arg(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tts-writer");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&chunk(1, 0, LONG)).unwrap();
-    stdin.write_all(&reply_end(1)).unwrap();
-    stdin.flush().unwrap();
+    let args: Vec<&str> = ["--engine", "espeak-ng"].iter().chain(extra).copied().collect();
+    let mut w = LiveWriter::start(&args);
+    w.send(&chunk(1, 0, LONG));
+    w.send(&reply_end(1));
     let mut got = vec![];
-    let start = Instant::now();
-    while got.is_empty() {
-        reader.read_available(&mut got, Duration::from_millis(5));
-        assert!(start.elapsed() < Duration::from_secs(60), "no audio within 60 s");
-    }
-    let first = Instant::now();
-    while first.elapsed() < Duration::from_millis(1000) {
-        reader.read_available(&mut got, Duration::from_millis(5));
-    }
-    stdin.write_all(&event_bytes(onset)).unwrap();
-    stdin.flush().unwrap();
+    w.play_for(&mut got, 1000);
+    w.send(&event_bytes(onset));
     let at_onset = got.len();
     let t = Instant::now();
     while t.elapsed() < pause {
-        reader.read_available(&mut got, Duration::from_millis(5));
+        w.reader.read_available(&mut got, Duration::from_millis(5));
     }
     let during_pause = got.len() - at_onset;
     if let Some(d) = decision {
-        stdin.write_all(&event_bytes(d)).unwrap();
-        stdin.flush().unwrap();
+        w.send(&event_bytes(d));
     }
+    let LiveWriter { dir, mut reader, mut child, stdin } = w;
     drop(stdin);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -165,3 +165,53 @@ impl FifoReader {
 pub fn mkfifo(path: &Path) {
     tgvoice::fifo::ensure_fifo(path).expect("mkfifo");
 }
+
+/// tts-writer writing to an output FIFO in a temporary directory (its state directory too), with
+/// a non-blocking reader on that FIFO and a pipe to its stdin: the set-up of the live tests.
+pub struct LiveWriter {
+    pub dir: tempfile::TempDir,
+    pub reader: FifoReader,
+    pub child: Child,
+    pub stdin: std::process::ChildStdin,
+}
+
+impl LiveWriter {
+    pub fn start(args: &[&str]) -> LiveWriter {
+        let dir = tempfile::tempdir().unwrap();
+        let out_path = dir.path().join("tg_output.raw");
+        mkfifo(&out_path);
+        let reader = FifoReader::open(&out_path);
+        let mut child = tts_writer()
+            .args(args)
+            .arg("--output")
+            .arg(&out_path)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn tts-writer");
+        let stdin = child.stdin.take().unwrap();
+        LiveWriter { dir, reader, child, stdin }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stdin.write_all(bytes).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Wait (≤ 60 s) for the reply's first audio, then read it as it plays for `ms` more.
+    pub fn play_for(&mut self, got: &mut Vec<u8>, ms: u64) {
+        let start = std::time::Instant::now();
+        while got.is_empty() {
+            self.reader.read_available(got, Duration::from_millis(5));
+            assert!(start.elapsed() < Duration::from_secs(60), "no audio within 60 s");
+        }
+        let first = std::time::Instant::now();
+        while first.elapsed() < Duration::from_millis(ms) {
+            self.reader.read_available(got, Duration::from_millis(5));
+        }
+    }
+}
