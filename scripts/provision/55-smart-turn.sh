@@ -10,19 +10,13 @@ model="$TGVOICE_MODELS/smart-turn-v3.2-cpu.onnx"
 member=pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx
 # sha256 of that member in pipecat_ai-1.14.0-py3-none-any.whl (8,679,182 bytes).
 want_sha=2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f
-sha_of() { sha256sum "$1" | cut -d' ' -f1; }
-if [ -f "$model" ] && [ "$(sha_of "$model")" = "$want_sha" ]; then
+if verified "$model" "$want_sha"; then
     say "Smart Turn model present: $model"
     exit 0
 fi
-mkdir -p "$TGVOICE_MODELS" "$TGVOICE_CACHE/wheels"
-py=python3; [ -x "$TGVOICE_VENV/bin/python" ] && py="$TGVOICE_VENV/bin/python"
-wheel=$(ls "$TGVOICE_CACHE"/wheels/pipecat_ai-1.14.0-*.whl 2>/dev/null | head -n1 || true)
-if [ -z "$wheel" ]; then
-    "$py" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
-        -d "$TGVOICE_CACHE/wheels" pipecat-ai==1.14.0
-    wheel=$(ls "$TGVOICE_CACHE"/wheels/pipecat_ai-1.14.0-*.whl | head -n1)
-fi
+mkdir -p "$TGVOICE_MODELS"
+py=$(provision_python)
+wheel=$(cached_wheel pipecat-ai==1.14.0)
 part="$model.part"
 trap 'rm -f "$part"' EXIT
 "$py" - "$wheel" "$member" "$part" <<'PY'
