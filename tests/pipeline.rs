@@ -720,9 +720,6 @@ fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
             "false alarm {name}: heard {:?}, reply cancelled {}, played whole {whole}; stop {:?} ms",
             turns[1]["heard"], reply["cancelled"], turns[1]["barge_in_stop_ms"]
         );
-        if BACKCHANNELS.contains(&name.as_str()) {
-            stops.extend(turns[1]["barge_in_stop_ms"].as_f64());
-        }
         if whole {
             resumed += 1;
         }
@@ -730,7 +727,7 @@ fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
     stops.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "barge-in onset → output silence over {} spoken interruptions: median {:.0} ms, p90 {:.0} ms (load {})",
+        "barge-in onset → output silence over {} one-/two-word interruptions: median {:.0} ms, p90 {:.0} ms (load {})",
         stops.len(),
         percentile(&stops, 0.5),
         percentile(&stops, 0.9),
@@ -739,11 +736,13 @@ fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
     println!("interruptions cancelled: {cancelled}/10; false alarms resumed and played whole: {resumed}/{}", sounds.len());
     assert!(cancelled >= 9, "only {cancelled} of 10 one-/two-word interruptions stopped the reply");
     assert!(resumed >= 9, "only {resumed} of {} false alarms let the reply play to its end", sounds.len());
-    assert!(stops.len() >= 12, "the output did not go silent for most spoken interruptions: {stops:?}");
-    // The pause comes at the onset, not after the turn guard (speech-start, ≥ 128 ms of voice):
-    // a behaviour bound, not the latency target (median ≤ 60 ms, p90 ≤ 100 ms), which
-    // scripts/bench-bargein measures on a quiet machine.
-    assert!(percentile(&stops, 0.5) <= 128.0, "the reply went silent only after the turn guard: onset → silence {stops:?}");
+    assert!(stops.len() >= 9, "the output did not go silent for most spoken interruptions: {stops:?}");
+    // The pause comes at the onset, not after the turn guard: stopping on speech-start took
+    // 310–320 ms with the 250 ms guard, so ~190 ms with today's 128 ms one. A behaviour bound,
+    // not the latency target (median ≤ 60 ms, p90 ≤ 100 ms), which scripts/bench-bargein
+    // measures on a quiet machine. (Only interruptions count: after a false alarm the reply
+    // resumes, and callsim's "silent" is then the reply's end.)
+    assert!(percentile(&stops, 0.5) <= 150.0, "the reply went silent only after the turn guard: onset → silence {stops:?}");
 }
 
 #[test]
