@@ -172,7 +172,10 @@ pub struct Args {
     /// Speech over a reply still going after this many ms is an interruption without waiting
     /// for its words (shorter: long interruptions stop the LLM sooner; longer: a long
     /// "mm-hmm, yeah, right" still resumes).
-    #[arg(long, default_value_t = 1500, env = "TGVOICE_LLM_INTERRUPT_AFTER_MS", value_name = "MS")]
+    /// Counted from `speech-start` to the turn's `speech-end`, so it includes vadseg's
+    /// end-of-turn silence (600 ms): 2100 lets ~1.5 s of voice be a backchannel (a drawn-out
+    /// "mm-hmm" was cancelled at 1500 on a busy machine).
+    #[arg(long, default_value_t = 2100, env = "TGVOICE_LLM_INTERRUPT_AFTER_MS", value_name = "MS")]
     pub interrupt_after: u64,
     #[command(flatten)]
     pub log: LogArgs,
