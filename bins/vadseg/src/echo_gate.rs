@@ -57,8 +57,8 @@ impl EchoGate {
                     let blocks: Vec<f64> = bytes[..whole]
                         .chunks_exact(BLOCK * 2)
                         .map(|b| {
-                            let sum: f64 = b.chunks_exact(2).map(|s| (i16::from_le_bytes([s[0], s[1]]) as f64).powi(2)).sum();
-                            (sum / BLOCK as f64).sqrt()
+                            let block: Vec<i16> = b.chunks_exact(2).map(|s| i16::from_le_bytes([s[0], s[1]])).collect();
+                            tgvoice::audio::rms_i16(&block)
                         })
                         .collect();
                     bytes.drain(..whole);
