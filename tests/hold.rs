@@ -108,6 +108,20 @@ impl Stage {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Its stderr once `count` lines contain `what` (or `within` has passed). The log line and
+    /// the frame after it leave on different pipes, read by different threads: the frame can
+    /// arrive here first.
+    fn stderr_once(&self, what: &str, count: usize, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = self.stderr();
+            if lines_matching(&log, what) >= count || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGTERM, then the exit status.
     fn stop(mut self) -> std::process::ExitStatus {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -175,7 +189,7 @@ fn case1_event_that_grows_over_the_cap_is_dropped_and_the_link_lives() {
         let got = tgcat.wait_event("call-start", Duration::from_secs(5));
         assert_eq!(got.and_then(|e| e.get_str("call").map(str::to_string)), Some(format!("c{i}")), "{}", tgcat.stderr());
     }
-    let log = tgcat.stderr();
+    let log = tgcat.stderr_once("over the 1048576-byte cap", 3, Duration::from_secs(2));
     assert_eq!(lines_matching(&log, "over the 1048576-byte cap"), 3, "{log}");
     assert!(!log.contains("panicked"), "{log}");
     assert!(tgcat.stop().success());
@@ -198,7 +212,8 @@ fn case7_bogus_megabyte_header_costs_one_frame() {
     let got = tgcat.wait_event("call-start", Duration::from_secs(3));
     assert!(got.is_some(), "the frame after a bogus 1 MiB header was swallowed; {}", tgcat.stderr());
     println!("frame after a bogus 1 MiB header delivered in {} ms", t0.elapsed().as_millis());
-    assert!(tgcat.stderr().contains("control byte"), "{}", tgcat.stderr());
+    let log = tgcat.stderr_once("control byte", 1, Duration::from_secs(2));
+    assert!(log.contains("control byte"), "{log}");
     assert!(tgcat.stop().success());
 }
 
@@ -332,7 +347,7 @@ fn case3_audio_frame_declaring_1_hz_is_rejected_and_vadseg_stays_small() {
     assert!(vadseg.wait_event("x-probe", Duration::from_secs(10)).is_some(), "{}", vadseg.stderr());
     peak = peak.max(vadseg.rss_kb());
     println!("vadseg peak RSS with 1 Hz frames: {peak} kB");
-    let log = vadseg.stderr();
+    let log = vadseg.stderr_once("implausible audio: 1 Hz", 1, Duration::from_secs(2));
     assert!(log.contains("implausible audio: 1 Hz"), "{log}");
     assert!(lines_matching(&log, "implausible audio") <= 5, "twenty bad frames, a few lines: {log}");
     assert!(vadseg.stop().success());
@@ -382,7 +397,7 @@ fn case4_cancel_flood_and_future_turn_do_not_mute_the_next_reply() {
         std::thread::sleep(Duration::from_millis(100));
         peak = audio.lock().unwrap().iter().map(|s| (*s as i32).abs()).max().unwrap_or(0);
     }
-    let log = tts.stderr();
+    let log = tts.stderr_once("far ahead of the clock", 1, Duration::from_secs(2));
     assert!(peak >= 2000, "the reply after the cancel flood was not heard (peak {peak}); {log}");
     assert!(log.lines().count() < 40, "a flood of 1000 events logged {} lines: {log}", log.lines().count());
     assert!(log.contains("far ahead of the clock"), "{log}");
@@ -492,7 +507,7 @@ fn case6_unwritable_conversation_still_answers_every_turn() {
         let chunk = relay.wait_event("reply-chunk", Duration::from_secs(10));
         assert_eq!(chunk.and_then(|c| c.text), Some("Hi there, all is well.".into()), "turn {turn}: {}", relay.stderr());
     }
-    let log = relay.stderr();
+    let log = relay.stderr_once("cannot append", 1, Duration::from_secs(2));
     assert!(log.contains("cannot append"), "{log}");
     assert!(lines_matching(&log, "cannot append") <= 5, "{log}");
     assert_eq!(std::fs::metadata(dir.path().join("conversations/conv-1.jsonl")).unwrap().len(), 0);

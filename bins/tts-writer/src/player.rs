@@ -184,11 +184,13 @@ impl Player {
                 return false;
             }
             if let Some(p) = self.paused {
-                if Instant::now() >= p.until {
+                if Instant::now() >= p.until || !inputs_open {
                     // Nobody decided (a decider that only knows speech-start, or none): a
-                    // caller who talked this long meant it.
-                    if self.holds_below(p.below) {
+                    // caller who talked this long meant it. With the input ended, nobody can.
+                    if self.holds_below(p.below) && inputs_open {
                         log::info!("pause for turn {} not resumed within {:?}: cancelling", p.below, self.cfg.pause_timeout);
+                    } else if self.holds_below(p.below) {
+                        log::info!("input ended while the reply before turn {} was paused: cancelling it", p.below);
                     }
                     let barrier = self.barrier.fetch_max(p.below, Ordering::SeqCst).max(p.below);
                     self.cancel(barrier);
