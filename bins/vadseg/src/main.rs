@@ -4,6 +4,7 @@
 
 mod chunker;
 mod endpoint;
+mod onset;
 mod echo_gate;
 mod segmenter;
 mod silero;
@@ -72,6 +73,19 @@ struct Args {
     /// echo but also ignores a caller quieter than the loudspeaker.
     #[arg(long, default_value_t = 6.0, env = "VADSEG_ECHO_MARGIN_DB", value_name = "DB")]
     echo_margin: f64,
+    /// Barge-in cue: send speech-onset (tts-writer pauses the reply) as soon as a 10 ms block of
+    /// input gets loud, before Silero has heard a whole chunk of it: ~20 ms instead of 30–190 ms
+    /// (the "s" of "Stop." is slow for Silero). Costs a pause of up to 240 ms, then a resume,
+    /// for a loud non-speech sound (a knock, a cough). "off": onsets come from Silero alone.
+    #[arg(long, default_value = "on", env = "VADSEG_LEVEL_ONSET", value_parser = ["on", "off"])]
+    level_onset: String,
+    /// The level cue: how loud a block must be (dBFS) …
+    #[arg(long, default_value_t = -45.0, env = "VADSEG_ONSET_LEVEL_DB", value_name = "DBFS", allow_negative_numbers = true)]
+    onset_level: f64,
+    /// … and how far above the background (the quietest 10 ms of the last 2 s, in dB). Lower
+    /// reacts to softer starts, higher pauses less often for noise.
+    #[arg(long, default_value_t = 12.0, env = "VADSEG_ONSET_ABOVE_FLOOR_DB", value_name = "DB")]
+    onset_above_floor: f64,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -116,6 +130,13 @@ fn main() {
         let answer_timeout = std::time::Duration::from_millis((args.eot_incomplete - args.eot_complete).max(100) as u64);
         let worker = turn_model.map(turn_model::TurnWorker::spawn);
         let mut stage = stage::VadStage::new(vad, SpeechSegmenter::new(cfg), worker, answer_timeout);
+        if args.level_onset == "on" {
+            if !(-90.0..=0.0).contains(&args.onset_level) || !(0.0..=60.0).contains(&args.onset_above_floor) {
+                return Err(cli::fail(cli::exit::USAGE, "--onset-level must be −90–0 dBFS and --onset-above-floor 0–60 dB"));
+            }
+            let cfg = onset::OnsetConfig::from_db(args.onset_level, args.onset_above_floor);
+            stage = stage.with_level_onset(onset::LevelOnset::new(cfg));
+        }
         if let Some(reference) = &args.echo_ref {
             let gate = echo_gate::EchoGate::start(reference.clone(), args.echo_margin)
                 .map_err(|e| cli::fail(cli::exit::CONFIG, format!("{e:#}")))?;

@@ -18,6 +18,10 @@ pub const CHUNK: usize = 512;
 /// words are separated by pauses of 100–250 ms ("Thank you, that…"); a shorter limit drops
 /// the first word of such a turn (measured: see README).
 pub const PENDING_GAP_MS: u32 = 300;
+/// A run opened by a level onset (the input got loud, [`crate::onset`]) that Silero has not
+/// called speech within this long is void. The "s" of "Stop." took ~150 ms to become speech for
+/// Silero; a click or a knock should cost the reply no more than this pause.
+pub const LEVEL_ONSET_WAIT_US: u64 = 240_000;
 /// Once a segment is this close to `max_segment`, it is cut at the first non-speech chunk.
 pub const SOFT_CUT_MARGIN_MS: u32 = 3_000;
 
@@ -178,6 +182,7 @@ impl SpeechSegmenter {
                 }
             }
             State::Pending { turn, onset_us, mut voiced_ms, mut gap_ms, mut chunks } => {
+                let heard_for_us = chunk.last_sample_us().saturating_sub(onset_us);
                 chunks.push(chunk);
                 if speech {
                     voiced_ms += chunk_ms;
@@ -185,7 +190,8 @@ impl SpeechSegmenter {
                 } else if silence || gap_ms > 0 {
                     gap_ms += chunk_ms;
                 }
-                if gap_ms >= PENDING_GAP_MS {
+                let loud_but_no_speech = voiced_ms == 0 && heard_for_us >= LEVEL_ONSET_WAIT_US;
+                if gap_ms >= PENDING_GAP_MS || loud_but_no_speech {
                     // A click, a cough, a burst of noise: not a turn. Keep the tail as pre-roll.
                     out.push(Decision::Void { turn, decided_us: self.decided_us });
                     for c in chunks {
@@ -231,6 +237,22 @@ impl SpeechSegmenter {
                 self.state = State::Speaking(t);
             }
         }
+    }
+
+    /// The input just got loud (a level onset at capture time `onset_us`, before Silero has
+    /// seen a whole chunk of it): while no turn is open, this is the onset. The run becomes a
+    /// turn only if Silero then hears speech; otherwise it is void after
+    /// [`LEVEL_ONSET_WAIT_US`].
+    /// `decided_us`: capture time of the last sample the cue saw.
+    pub fn level_onset(&mut self, onset_us: u64, decided_us: u64, out: &mut Vec<Decision>) {
+        if !matches!(self.state, State::Idle) {
+            return;
+        }
+        let until = self.emitted_until;
+        let chunks: Vec<Chunk> = self.recent.drain(..).filter(|c| c.index >= until).collect();
+        let turn = self.new_turn_id(onset_us);
+        out.push(Decision::Onset { turn, onset_us, decided_us });
+        self.state = State::Pending { turn, onset_us, voiced_ms: 0, gap_ms: 0, chunks };
     }
 
     /// End of input (or of the call): close an open turn; a pending one is dropped.
@@ -499,6 +521,63 @@ mod tests {
         let [Decision::Onset { turn: t2, .. }, Decision::Void { turn: t3, .. }] = out[..] else { panic!("{out:?}") };
         assert!(t2 > turn);
         assert_eq!(t2, t3);
+    }
+
+    #[test]
+    fn a_level_onset_opens_the_run_silero_then_confirms_it_or_it_is_void() {
+        let chunk = |i: usize| Chunk { index: (i * CHUNK) as u64, capture_us: T0 + (i * 32_000) as u64, samples: vec![0; CHUNK] };
+        let mut s = SpeechSegmenter::new(SegmenterConfig::default());
+        let mut out = vec![];
+        for i in 0..10 {
+            s.push(chunk(i), 0.0, &mut out);
+        }
+        // The input got loud 10 ms into chunk 10 (a fricative): onset now, before Silero.
+        let loud_us = T0 + 10 * 32_000 + 10_000;
+        s.level_onset(loud_us, loud_us + 10_000, &mut out);
+        let [Decision::Onset { turn, onset_us, .. }] = out[..] else { panic!("{out:?}") };
+        assert_eq!(onset_us, loud_us);
+        out.clear();
+        s.level_onset(loud_us + 20_000, loud_us + 30_000, &mut out);
+        assert!(out.is_empty(), "one onset per run: {out:?}");
+        // Silero hears only the fricative as unvoiced for 4 chunks, then the vowel: one turn,
+        // starting at the level onset, with the pre-roll.
+        for i in 10..14 {
+            s.push(chunk(i), 0.1, &mut out);
+        }
+        assert!(out.is_empty(), "{out:?}");
+        for i in 14..20 {
+            s.push(chunk(i), 0.9, &mut out);
+        }
+        let Some(Decision::Start { turn: t, speech_start_us, .. }) = out.iter().find(|d| matches!(d, Decision::Start { .. })) else { panic!("{out:?}") };
+        assert_eq!((*t, *speech_start_us), (turn, loud_us));
+        let first = out.iter().find_map(|d| if let Decision::Audio { chunk, .. } = d { Some(chunk.index) } else { None });
+        assert!(first.unwrap() < (10 * CHUNK) as u64, "pre-roll kept");
+
+        // A knock: loud, but Silero never calls it speech. Void after LEVEL_ONSET_WAIT_US.
+        let mut s = SpeechSegmenter::new(SegmenterConfig::default());
+        let mut out = vec![];
+        for i in 0..10 {
+            s.push(chunk(i), 0.0, &mut out);
+        }
+        let knock_us = T0 + 10 * 32_000;
+        s.level_onset(knock_us, knock_us + 10_000, &mut out);
+        out.clear();
+        let mut i = 10;
+        while out.is_empty() {
+            s.push(chunk(i), 0.2, &mut out);
+            i += 1;
+        }
+        let [Decision::Void { decided_us, .. }] = out[..] else { panic!("{out:?}") };
+        let waited = decided_us - knock_us;
+        assert!((LEVEL_ONSET_WAIT_US..LEVEL_ONSET_WAIT_US + 32_000).contains(&waited), "void after {waited} µs");
+        // While a turn is open, a level onset changes nothing.
+        let mut out = vec![];
+        for j in i..i + 6 {
+            s.push(chunk(j), 0.9, &mut out);
+        }
+        out.clear();
+        s.level_onset(T0 + (i as u64 + 6) * 32_000, T0 + (i as u64 + 6) * 32_000 + 10_000, &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]

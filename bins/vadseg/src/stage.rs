@@ -14,6 +14,7 @@ use tgvoice::{AudioFrame, Event, Frame, FrameSink, Input, TurnTrace};
 
 use crate::chunker::Chunker;
 use crate::echo_gate::EchoGate;
+use crate::onset::LevelOnset;
 use crate::segmenter::{Chunk, Decision, SpeechSegmenter, CHUNK, RATE};
 use crate::silero::SileroVad;
 use crate::turn_model::{Answer, Job, TurnWorker, WINDOW_SAMPLES};
@@ -56,6 +57,8 @@ pub struct VadStage {
     /// pause goes on to end on silence): no longer than the silence path would take.
     answer_timeout: Duration,
     echo_gate: Option<EchoGate>,
+    /// Pause replies as soon as the input gets loud, before Silero has a whole chunk of it.
+    level_onset: Option<LevelOnset>,
     pub stats: StageStats,
 }
 
@@ -72,6 +75,7 @@ impl VadStage {
             recent_end: 0,
             answer_timeout,
             echo_gate: None,
+            level_onset: None,
             stats: StageStats::default(),
         }
     }
@@ -82,10 +86,17 @@ impl VadStage {
         self
     }
 
+    /// Send `speech-onset` at the first loud 10 ms block, not only at Silero's first voiced chunk.
+    pub fn with_level_onset(mut self, onset: LevelOnset) -> Self {
+        self.level_onset = Some(onset);
+        self
+    }
+
     /// Handle one input item, sending whatever it produces.
     pub fn handle(&mut self, input: Input, sink: &FrameSink) -> Result<()> {
         match input {
             Input::Frame(Frame::Audio(frame)) => {
+                self.check_level_onset(&frame, sink);
                 self.chunker.push(&frame, &mut self.chunks)?;
                 self.classify(sink)?;
             }
@@ -102,6 +113,26 @@ impl VadStage {
         Ok(())
     }
 
+    /// The level cue, block by block of the frame as it came (before resampling: no delay).
+    fn check_level_onset(&mut self, frame: &AudioFrame, sink: &FrameSink) {
+        if self.level_onset.is_none() {
+            return;
+        }
+        let block = (frame.sample_rate as usize / 100).max(1) * frame.channels.max(1) as usize;
+        for (i, b) in frame.samples.chunks(block).enumerate() {
+            let start_us = frame.capture_us + i as u64 * 10_000;
+            let level = rms(b);
+            let echo = self.echo_gate.as_ref().is_some_and(|g| g.is_echo(start_us, level));
+            let onset = self.level_onset.as_mut().is_some_and(|o| o.block(if echo { 0.0 } else { level }));
+            if onset {
+                log::debug!("input got loud ({:.0} dBFS): onset before Silero", tgvoice::audio::i16_rms_to_dbfs(level));
+                let end_us = start_us + b.len() as u64 * 10_000 / block as u64;
+                self.segmenter.level_onset(start_us, end_us, &mut self.decisions);
+                self.send_decisions(sink);
+            }
+        }
+    }
+
     /// End of input: flush audio, close an open turn.
     pub fn finish(&mut self, sink: &FrameSink) -> Result<()> {
         self.interrupt(sink)
@@ -114,6 +145,9 @@ impl VadStage {
         self.segmenter.finish(&mut self.decisions);
         self.send_decisions(sink);
         self.vad.reset();
+        if let Some(o) = self.level_onset.as_mut() {
+            o.reset();
+        }
         Ok(())
     }
 

@@ -24,6 +24,15 @@ pub fn rms_dbfs(samples: &[f32]) -> f64 {
     10.0 * mean_square_f32(samples).log10()
 }
 
+/// An s16 RMS (full scale 32768) in dBFS, and back.
+pub fn i16_rms_to_dbfs(rms: f64) -> f64 {
+    20.0 * (rms / 32768.0).log10()
+}
+
+pub fn dbfs_to_i16_rms(dbfs: f64) -> f64 {
+    32768.0 * 10f64.powf(dbfs / 20.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +46,7 @@ mod tests {
         assert!((rms_dbfs(&[0.5, -0.5]) + 6.0206).abs() < 1e-3);
         assert_eq!(rms_dbfs(&[0.0; 4]), f64::NEG_INFINITY);
         assert_eq!(rms_dbfs(&[]), f64::NEG_INFINITY);
+        assert!((i16_rms_to_dbfs(16384.0) + 6.0206).abs() < 1e-3);
+        assert!((dbfs_to_i16_rms(i16_rms_to_dbfs(300.0)) - 300.0).abs() < 1e-9);
     }
 }
