@@ -409,20 +409,22 @@ mod tests {
         }
     }
 
+    /// Decode all of `bytes` (byte by byte) to the end: the items and the bad-input count.
+    fn decode_all(mode: Mode, bytes: &[u8]) -> (Vec<String>, u64) {
+        let mut d = StreamDecoder::new(mode, "test");
+        push_bytewise(&mut d, bytes);
+        d.end().unwrap();
+        (items(&mut d), d.error_count())
+    }
+
     fn exit_code(e: &anyhow::Error) -> Option<i32> {
         e.downcast_ref::<ExitError>().map(|x| x.code)
     }
 
     #[test]
     fn frames_resync_after_garbage_and_report_it() {
-        let mut d = StreamDecoder::new(Mode::Frames, "test");
-        let mut s = event("a", 1);
-        s.extend(b"some garbage between frames");
-        s.extend(event("b", 2));
-        push_bytewise(&mut d, &s);
-        d.end().unwrap();
-        assert_eq!(items(&mut d), ["event a", "event b"]);
-        assert_eq!(d.error_count(), 1);
+        let s = [event("a", 1), b"some garbage between frames".to_vec(), event("b", 2)].concat();
+        assert_eq!(decode_all(Mode::Frames, &s), (vec!["event a".to_string(), "event b".to_string()], 1));
     }
 
     #[test]
@@ -466,15 +468,8 @@ mod tests {
 
     #[test]
     fn strict_skips_garbage_after_the_first_frame() {
-        let mut d = StreamDecoder::new(Mode::FramesStrict, "test");
-        let mut s = event("a", 1);
-        s.extend(b"garbage");
-        s.extend(event("b", 2));
-        s.extend(&event("c", 3)[..8]);
-        d.push(&s).unwrap();
-        d.end().unwrap();
-        assert_eq!(items(&mut d), ["event a", "event b"]);
-        assert_eq!(d.error_count(), 2);
+        let s = [event("a", 1), b"garbage".to_vec(), event("b", 2), event("c", 3)[..8].to_vec()].concat();
+        assert_eq!(decode_all(Mode::FramesStrict, &s), (vec!["event a".to_string(), "event b".to_string()], 2));
     }
 
     #[test]
@@ -489,23 +484,17 @@ mod tests {
 
     #[test]
     fn frames_or_text_waits_for_the_magic_then_reads_frames() {
+        let s = [event("a", 1), event("b", 2)].concat();
         let mut d = StreamDecoder::new(Mode::FramesOrText, "test");
-        let mut s = event("a", 1);
-        s.extend(event("b", 2));
         d.push(&s[..2]).unwrap(); // "TG": could still be frames
-        assert!(!d.has_items());
-        d.push(&s[2..]).unwrap();
-        d.end().unwrap();
-        assert_eq!(items(&mut d), ["event a", "event b"]);
-        assert_eq!(d.error_count(), 0);
+        assert!(!d.has_items() && d.carrying == Carrying::Undecided);
+        // Byte by byte: no split point makes the start look like text.
+        assert_eq!(decode_all(Mode::FramesOrText, &s), (vec!["event a".to_string(), "event b".to_string()], 0));
     }
 
     #[test]
     fn frames_or_text_decides_short_text_at_the_end() {
-        let mut d = StreamDecoder::new(Mode::FramesOrText, "test");
-        d.push(b"TG").unwrap();
-        d.end().unwrap();
-        assert_eq!(items(&mut d), ["line TG"]);
+        assert_eq!(decode_all(Mode::FramesOrText, b"TG"), (vec!["line TG".to_string()], 0));
     }
 
     #[test]
