@@ -885,6 +885,17 @@ mod tests {
             self.player.handle(PlayerMsg::TurnEnd { turn });
         }
 
+        /// Turn 1's reply of `ms` (one piece, `text`) plays for 1 s, then turn 2 pauses it.
+        /// Returns the rig and when the pause came.
+        fn paused_after_1s(text: &str, ms: usize) -> (Rig, Duration) {
+            let mut r = Rig::new();
+            r.reply(1, &[(text, ms)]);
+            r.run_for(1000);
+            r.player.handle(PlayerMsg::Pause { below: 2 });
+            let at = r.now();
+            (r, at)
+        }
+
         /// Let the clock run `ms`, the player writing whatever falls due.
         fn run_for(&mut self, ms: u64) {
             let end = self.clock.now() + Duration::from_millis(ms);
@@ -998,11 +1009,7 @@ mod tests {
 
     #[test]
     fn pause_then_resume_replays_about_300_ms_and_then_the_whole_rest() {
-        let mut r = Rig::new();
-        r.reply(1, &[("A two second reply.", 2000)]);
-        r.run_for(1000);
-        r.player.handle(PlayerMsg::Pause { below: 2 });
-        let paused_at = r.now();
+        let (mut r, paused_at) = Rig::paused_after_1s("A two second reply.", 2000);
         let stop = r.audio(1).len();
         r.run_for(1000);
         assert_eq!(r.audio_since(1, paused_at + Duration::from_millis(1)), 0, "silent while paused");
@@ -1022,11 +1029,7 @@ mod tests {
 
     #[test]
     fn a_pause_nobody_settles_becomes_a_cancel_after_the_timeout() {
-        let mut r = Rig::new();
-        r.reply(1, &[("A five second reply that nobody hears the end of.", 5000)]);
-        r.run_for(1000);
-        r.player.handle(PlayerMsg::Pause { below: 2 });
-        let paused_at = r.now();
+        let (mut r, paused_at) = Rig::paused_after_1s("A five second reply that nobody hears the end of.", 5000);
         r.run_for(3990);
         assert!(r.played().is_empty() && r.barrier.load(Ordering::SeqCst) == 0, "still only paused");
         r.run_for(20);
@@ -1040,11 +1043,7 @@ mod tests {
 
     #[test]
     fn a_pause_in_force_when_the_input_ends_is_cancelled_then() {
-        let mut r = Rig::new();
-        r.reply(1, &[("A two second reply.", 2000)]);
-        r.run_for(1000);
-        r.player.handle(PlayerMsg::Pause { below: 2 });
-        let paused_at = r.now();
+        let (mut r, paused_at) = Rig::paused_after_1s("A two second reply.", 2000);
         r.finish();
         assert_eq!(r.now(), paused_at, "nothing can lift the pause any more: no waiting it out");
         let p = r.played_of(1);
@@ -1080,11 +1079,7 @@ mod tests {
 
     #[test]
     fn a_newer_turn_plays_while_an_older_one_is_paused() {
-        let mut r = Rig::new();
-        r.reply(1, &[("The old reply, two seconds long.", 2000)]);
-        r.run_for(1000);
-        r.player.handle(PlayerMsg::Pause { below: 2 });
-        let paused_at = r.now();
+        let (mut r, paused_at) = Rig::paused_after_1s("The old reply, two seconds long.", 2000);
         r.reply(2, &[("The answer to the interruption.", 500)]);
         r.run_for(1000);
         assert_eq!(r.audio(2).len(), 500 * MS, "the newer reply played whole");
