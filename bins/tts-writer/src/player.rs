@@ -10,13 +10,17 @@
 //! end = bytes the reader has not taken yet) and writing waits while it would exceed `lead`;
 //! the pipe buffer is shrunk (F_SETPIPE_SZ) so even a stalled reader cannot hoard more.
 //!
+//! What each reply was given and how much of it went out (the played-text report) is kept by
+//! [`crate::ledger`]; this module only decides what to write when.
+//!
 //! Seams for unit tests: time comes from a [`Clock`] and bytes go to an [`AudioOut`], so a test
 //! drives [`Player::handle`] and [`Player::poll`] on a hand-moved clock with the output in
 //! memory ([`Player::run`] is only the loop that waits on the message channel).
 
-use crate::report::{spoken_prefix, Played, Reporter};
+use crate::ledger::Ledger;
+use crate::report::{Played, Reporter};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -183,23 +187,6 @@ enum Item {
     TurnEnd { turn: u64 },
 }
 
-#[derive(Default)]
-struct ChunkStats {
-    text: String,
-    /// The chunk's audio in order: (text it speaks if known, samples).
-    segments: Vec<(Option<String>, usize)>,
-    synthesized: usize,
-    played: usize,
-    complete: bool,
-}
-
-#[derive(Default)]
-struct TurnStats {
-    trace: TurnTrace,
-    first_audio_done: bool,
-    chunks: BTreeMap<u64, ChunkStats>,
-}
-
 pub struct Player {
     cfg: PlayerConfig,
     out: Box<dyn AudioOut>,
@@ -208,7 +195,8 @@ pub struct Player {
     reporter: Reporter,
     barrier: Arc<AtomicU64>,
     queue: VecDeque<Item>,
-    turns: HashMap<u64, TurnStats>,
+    /// What each reply was given and how much of it went out (the played-text accounting).
+    ledger: Ledger,
     play_head: Instant,
     closed: bool,
     /// Largest FIFO backlog seen (bytes), for the log and tests.
@@ -231,7 +219,7 @@ impl Player {
             reporter,
             barrier,
             queue: VecDeque::new(),
-            turns: HashMap::new(),
+            ledger: Ledger::default(),
             play_head: Instant::now(),
             closed: false,
             max_unread: 0,
@@ -378,24 +366,13 @@ impl Player {
                 if turn < barrier {
                     return;
                 }
-                let t = self.turns.entry(turn).or_default();
-                for (k, v) in trace.0 {
-                    t.trace.mark(&k, v);
-                }
-                t.chunks.entry(seq).or_default().text = text;
+                self.ledger.chunk_queued(turn, seq, text, trace);
             }
             PlayerMsg::Audio { turn, seq, samples, text, last } => {
                 if turn < barrier {
                     return;
                 }
-                if let Some(c) = self.turns.get_mut(&turn).and_then(|t| t.chunks.get_mut(&seq)) {
-                    match (text, c.segments.last_mut()) {
-                        (None, Some((Some(_), len))) => *len += samples.len(), // resampler tail
-                        (text, _) => c.segments.push((text, samples.len())),
-                    }
-                    c.synthesized += samples.len();
-                    c.complete |= last;
-                }
+                self.ledger.synthesized(turn, seq, samples.len(), text, last);
                 if !samples.is_empty() {
                     self.queue.push_back(Item::Audio { turn, seq, samples, pos: 0 });
                 }
@@ -404,7 +381,7 @@ impl Player {
                 if turn >= barrier {
                     self.queue.push_back(Item::TurnEnd { turn });
                 } else {
-                    self.turns.remove(&turn);
+                    self.ledger.forget(turn);
                 }
             }
             PlayerMsg::Cancel => self.cancel(barrier),
@@ -432,7 +409,7 @@ impl Player {
 
     /// Is any reply of a turn below `below` still queued or unreported?
     fn holds_below(&self, below: u64) -> bool {
-        self.turns.keys().any(|t| *t < below)
+        self.ledger.any_below(below)
             || self.queue.iter().any(|i| matches!(i, Item::Audio { turn, .. } | Item::TurnEnd { turn } if *turn < below))
     }
 
@@ -485,7 +462,7 @@ impl Player {
         let mut left = n;
         while left > 0 {
             let Some((turn, seq, mut samples)) = self.played_tail.pop_back() else { break };
-            if !which(turn) || !self.turns.contains_key(&turn) {
+            if !which(turn) || !self.ledger.has(turn) {
                 self.played_tail.push_back((turn, seq, samples));
                 break;
             }
@@ -497,9 +474,7 @@ impl Player {
                 samples
             };
             left -= piece.len();
-            if let Some(c) = self.turns.get_mut(&turn).and_then(|t| t.chunks.get_mut(&seq)) {
-                c.played = c.played.saturating_sub(piece.len());
-            }
+            self.ledger.unplayed(turn, seq, piece.len());
             self.queue.push_front(Item::Audio { turn, seq, samples: piece, pos: 0 });
         }
         n - left
@@ -541,7 +516,7 @@ impl Player {
         }
         let mut at = 0;
         for &(turn, seq, n) in &taken {
-            self.count_played(turn, seq, n);
+            self.ledger.played(turn, seq, n);
             // Unfaded, so a replay after a resume has them whole.
             self.keep_for_replay(turn, seq, &fade[at..at + n].to_vec());
             at += n;
@@ -570,20 +545,11 @@ impl Player {
         self.queue.retain(|i| match i {
             Item::Audio { turn, .. } | Item::TurnEnd { turn } => *turn >= barrier,
         });
-        let mut cut: Vec<u64> = self.turns.keys().copied().filter(|t| *t < barrier).collect();
-        cut.sort();
-        for turn in cut {
-            let stats = self.turns.remove(&turn).expect("listed");
-            self.reply_done(played_of(turn, &stats, true));
+        for played in self.ledger.cut_below(barrier) {
+            self.reply_done(played);
         }
         self.played_tail.retain(|(turn, _, _)| *turn >= barrier);
         log::debug!("cancel below turn {barrier}: dropped {} queued items, faded {faded} samples", before - self.queue.len());
-    }
-
-    fn count_played(&mut self, turn: u64, seq: u64, n: usize) {
-        if let Some(t) = self.turns.get_mut(&turn) {
-            t.chunks.entry(seq).or_default().played += n;
-        }
     }
 
     /// Write up to one frame of queued audio.
@@ -620,19 +586,15 @@ impl Player {
             return;
         }
         if let Some(turn) = first_turn {
-            if let Some(t) = self.turns.get_mut(&turn) {
-                if !t.first_audio_done {
-                    t.first_audio_done = true;
-                    t.trace.mark_now(tgvoice::event::trace_key::FIRST_AUDIO);
-                    self.reporter.first_audio(turn, &t.trace);
-                }
+            if let Some(trace) = self.ledger.first_audio(turn) {
+                self.reporter.first_audio(turn, trace);
             }
         }
         self.out_turn = first_turn.unwrap_or(0);
         self.write_samples(&frame);
         let mut at = 0;
         for (turn, seq, n) in played {
-            self.count_played(turn, seq, n);
+            self.ledger.played(turn, seq, n);
             self.keep_for_replay(turn, seq, &frame[at..at + n]);
             at += n;
         }
@@ -721,64 +683,14 @@ impl Player {
                 continue;
             }
             self.queue.remove(i);
-            if let Some(stats) = self.turns.remove(&turn) {
-                self.reply_done(played_of(turn, &stats, false));
+            if let Some(played) = self.ledger.finish(turn) {
+                self.reply_done(played);
             }
         }
         // Written audio at the head is done with (it is kept for a replay in `played_tail`).
         while matches!(self.queue.front(), Some(Item::Audio { samples, pos, .. }) if *pos >= samples.len()) {
             self.queue.pop_front();
         }
-    }
-}
-
-fn played_of(turn: u64, stats: &TurnStats, cancelled: bool) -> Played {
-    let ms = |n: usize| n as f64 * 1000.0 / RATE as f64;
-    let mut played_text = vec![];
-    let mut text = vec![];
-    let (mut played, mut synthesized) = (0, 0);
-    for c in stats.chunks.values() {
-        played += c.played;
-        synthesized += c.synthesized;
-        text.push(c.text.clone());
-        if !c.segments.is_empty() && c.segments.iter().all(|(t, _)| t.is_some()) {
-            // The engine said what each piece speaks: whole pieces played, plus part of one.
-            let mut start = 0;
-            for (t, len) in &c.segments {
-                let t = t.as_deref().unwrap_or_default();
-                let fraction = if *len == 0 { 1.0 } else { (c.played.saturating_sub(start)) as f64 / *len as f64 };
-                let p = spoken_prefix(t, fraction.min(1.0));
-                if !p.is_empty() {
-                    played_text.push(p);
-                }
-                start += len;
-                if c.played < start {
-                    break;
-                }
-            }
-            continue;
-        }
-        let fraction = if c.complete && c.synthesized > 0 {
-            c.played as f64 / c.synthesized as f64
-        } else if c.played > 0 && c.synthesized > 0 {
-            // still being synthesised: what was played of what exists is an upper bound
-            (c.played as f64 / c.synthesized as f64).min(0.99)
-        } else {
-            0.0
-        };
-        let p = spoken_prefix(&c.text, fraction);
-        if !p.is_empty() {
-            played_text.push(p);
-        }
-    }
-    Played {
-        turn,
-        cancelled,
-        played_ms: ms(played),
-        synthesized_ms: ms(synthesized),
-        played_text: played_text.join(" "),
-        text: text.join(" "),
-        trace: stats.trace.clone(),
     }
 }
 
