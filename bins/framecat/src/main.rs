@@ -5,11 +5,9 @@
 use clap::Parser;
 use std::io::Write;
 use std::path::PathBuf;
-use tgvoice::cli::{self, exit, fail, LogArgs};
-use tgvoice::fifo::{ByteInput, Endpoint, ReadOutcome};
-use tgvoice::frame::{DecodeError, FrameDecoder};
-use tgvoice::source::BadInputLog;
-use tgvoice::Frame;
+use tgvoice::cli::{self, exit, LogArgs};
+use tgvoice::source::{FrameSource, Item, Mode};
+use tgvoice::{Endpoint, Frame};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,70 +35,41 @@ fn main() {
 }
 
 fn inspect(args: &Args) -> anyhow::Result<()> {
-    let endpoint = Endpoint::from_arg(Some(&args.input));
-    let label = endpoint.describe("stdin");
-    let mut input = ByteInput::open(endpoint)?;
-    let mut decoder = FrameDecoder::new();
-    let mut errors = BadInputLog::new(label.clone());
+    // Strict: bad input before the first frame fails at once (exit 65), saying what it is.
+    let mut source = FrameSource::open_with(Endpoint::from_arg(Some(&args.input)), Mode::FramesStrict)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut buf = vec![0u8; 64 * 1024];
     let mut pcm_rate: Option<u32> = None;
-    loop {
-        let outcome = input.read(&mut buf)?;
-        match outcome {
-            ReadOutcome::Data(n) => decoder.push(&buf[..n]),
-            ReadOutcome::WriterGone | ReadOutcome::End => {
-                if outcome == ReadOutcome::WriterGone {
-                    log::info!("writer of {label} went away; waiting for it to return");
+    while let Some(item) = source.try_next_item()? {
+        let written = match (&item, args.pcm) {
+            (Item::Frame(Frame::Audio(a)), true) => {
+                if pcm_rate.is_some_and(|r| r != a.sample_rate) {
+                    log::warn!("sample rate changed to {} Hz mid-stream", a.sample_rate);
                 }
-                if let Some(e) = decoder.finish() {
-                    not_a_stream(&decoder, &e, &label)?;
-                    errors.report(&e);
-                }
+                pcm_rate = Some(a.sample_rate);
+                out.write_all(&a.pcm_bytes())
             }
-        }
-        while let Some(r) = decoder.next() {
-            let frame = match r {
-                Ok(f) => f,
-                Err(e) => {
-                    not_a_stream(&decoder, &e, &label)?;
-                    errors.report(&e);
-                    continue;
-                }
-            };
-            let written = match (&frame, args.pcm) {
-                (Frame::Audio(a), true) => {
-                    if pcm_rate.is_some_and(|r| r != a.sample_rate) {
-                        log::warn!("sample rate changed to {} Hz mid-stream", a.sample_rate);
-                    }
-                    pcm_rate = Some(a.sample_rate);
-                    out.write_all(&a.pcm_bytes())
-                }
-                (Frame::Event(_), true) => Ok(()),
-                (Frame::Audio(_), false) if args.events_only => Ok(()),
-                (Frame::Audio(a), false) => {
-                    let line = summarise(a);
-                    writeln!(out, "{line}")
-                }
-                (Frame::Event(e), false) => writeln!(out, "{}", e.to_json_line()),
-            };
-            if written.is_err() {
-                return Ok(()); // stdout closed (e.g. `| head`)
+            (Item::Frame(Frame::Audio(_)), false) if args.events_only => Ok(()),
+            (Item::Frame(Frame::Audio(a)), false) => {
+                let line = summarise(a);
+                writeln!(out, "{line}")
             }
+            (Item::Frame(Frame::Event(e)), false) => writeln!(out, "{}", e.to_json_line()),
+            (Item::Frame(Frame::Event(_)), true) | (Item::WriterGone | Item::Line(_), _) => Ok(()),
+        };
+        if written.is_err() {
+            return Ok(()); // stdout closed (e.g. `| head`)
         }
-        // Flush per read, so a live FIFO is shown as it flows.
-        if out.flush().is_err() || outcome == ReadOutcome::End {
+        // Flush before the source blocks on a read, so a live FIFO is shown as it flows.
+        if !source.has_buffered() && out.flush().is_err() {
             return Ok(());
         }
     }
+    let _ = out.flush(); // a closed stdout at the end is still a quiet end
+    Ok(())
 }
 
 fn summarise(a: &tgvoice::AudioFrame) -> String {
-    let rms = if a.samples.is_empty() {
-        0.0
-    } else {
-        (a.samples.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / a.samples.len() as f64).sqrt()
-    };
+    let rms = tgvoice::audio::rms_i16(&a.samples);
     serde_json::json!({
         "type": "audio",
         "rate": a.sample_rate,
@@ -113,19 +82,4 @@ fn summarise(a: &tgvoice::AudioFrame) -> String {
         "rms": (rms * 10.0).round() / 10.0,
     })
     .to_string()
-}
-
-/// Before the first valid frame, bad input means "this is not a frame stream": fail at once.
-fn not_a_stream(decoder: &FrameDecoder, e: &DecodeError, label: &str) -> anyhow::Result<()> {
-    if decoder.seen_frame() {
-        return Ok(());
-    }
-    let what = match e {
-        DecodeError::Garbage { looks_like, .. } => {
-            format!("it looks like {}; {}", looks_like.describe(), looks_like.advice())
-        }
-        DecodeError::Truncated { .. } => "it ends inside the first frame".to_string(),
-        other => other.to_string(),
-    };
-    Err(fail(exit::DATA, format!("{label} is not a tgvoice frame stream: {what}")))
 }

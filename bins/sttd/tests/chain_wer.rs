@@ -12,7 +12,7 @@ use common::*;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tgvoice::event::kind;
 use tgvoice::Frame;
 
@@ -24,54 +24,25 @@ struct ChainRun {
 }
 
 fn run_chain(wav: &Path, realtime: bool) -> ChainRun {
-    let model = model_path();
-    let t0 = Instant::now();
-    let mut tgcat = Command::new(tgvoice::testkit::bin_path("tgcat"));
-    if realtime {
-        tgcat.args(["--realtime", "--trailing-silence", "1.5"]);
-    }
-    let mut tgcat = tgcat.arg(wav).stdout(Stdio::piped()).spawn().unwrap();
-    let mut vadseg = Command::new(tgvoice::testkit::bin_path("vadseg"))
-        .stdin(tgcat.stdout.take().unwrap())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut sttd = Command::new(tgvoice::testkit::bin_path("sttd"))
-        .arg("--model")
-        .arg(&model)
-        // For manual experiments, like tests/common's Sttd::spawn.
-        .args(std::env::var("STTD_TEST_ARGS").unwrap_or_default().split_whitespace())
-        .stdin(vadseg.stdout.take().unwrap())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = sttd.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut s = String::new();
-        stderr.read_to_string(&mut s).ok();
-        s
-    });
-    let frames = decode_thread(sttd.stdout.take().unwrap());
+    let tgcat_args: &[&str] = if realtime { &["--realtime", "--trailing-silence", "1.5"] } else { &[] };
+    // For manual experiments, like tests/common's Sttd::spawn.
+    let extra = std::env::var("STTD_TEST_ARGS").unwrap_or_default();
+    let sttd_args: Vec<&str> = extra.split_whitespace().collect();
+    let chain = common::run_chain(wav, tgcat_args, &[], &sttd_args, Duration::from_secs(180));
     let mut transcripts = vec![];
     let mut turns = 0;
-    while let Ok((_, f)) = frames.recv_timeout(Duration::from_secs(180)) {
-        if let Frame::Event(e) = f {
-            if e.kind == kind::TRANSCRIPT && e.get_bool("final") == Some(true) {
-                let text = e.text.unwrap_or_default();
-                println!("turn {:?}: {text:?}  (stt {:?} ms after eot)", e.turn, e.trace.span_ms("eot", "transcript"));
-                if !text.is_empty() {
-                    transcripts.push(text);
-                }
-            } else if e.kind == kind::SPEECH_START {
-                turns += 1;
+    for e in chain.events {
+        if e.kind == kind::TRANSCRIPT && e.get_bool("final") == Some(true) {
+            let text = e.text.unwrap_or_default();
+            println!("turn {:?}: {text:?}  (stt {:?} ms after eot)", e.turn, e.trace.span_ms("eot", "transcript"));
+            if !text.is_empty() {
+                transcripts.push(text);
             }
+        } else if e.kind == kind::SPEECH_START {
+            turns += 1;
         }
     }
-    for c in [&mut tgcat, &mut vadseg, &mut sttd] {
-        assert!(c.wait().unwrap().success());
-    }
-    ChainRun { transcripts, turns, sttd_log: log.join().unwrap(), secs: t0.elapsed().as_secs_f64() }
+    ChainRun { transcripts, turns, sttd_log: chain.sttd_log, secs: chain.secs }
 }
 
 fn wer_percent(hyp: &[String]) -> f64 {

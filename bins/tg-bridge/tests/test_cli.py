@@ -103,3 +103,23 @@ def test_exit_codes_are_the_projects():
         assert table[getattr(cli, const)] == name, const
     listed = [int(c) for c in re.findall(r"^  (\d+) ", cli.EXIT_CODES, re.M)]
     assert listed and all(c in table for c in listed), listed
+
+
+def test_exit_codes_module_is_generated_from_the_table():
+    """exit_codes.py is fifo-layout.md §4's table (which the tgvoice crate checks against
+    tgvoice::cli::exit::TABLE), so --help cannot drift from it."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gen_exit_codes", ROOT / "bins/tg-bridge/gen_exit_codes.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    layout = (ROOT / "fifo-layout.md").read_text()
+    assert len(gen.table_rows(layout)) >= 7
+    assert gen.MODULE.read_text() == gen.render(layout), "run python3 bins/tg-bridge/gen_exit_codes.py"
+
+
+def test_help_lists_each_code_with_the_tables_meaning():
+    from tgvoice_bridge import cli, exit_codes
+    r = tg_bridge("--help")
+    for code, name, meaning in exit_codes.TABLE:
+        if code in (cli.EXIT_OK, cli.EXIT_FAILURE, cli.EXIT_USAGE, cli.EXIT_UNAVAILABLE, cli.EXIT_CONFIG):
+            assert f"  {code:<3} {name:<12} {meaning}" in r.stdout, code

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tgvoice::cli::{self, exit, fail, LinkArgs, LogArgs};
 use tgvoice::fifo::{is_fifo, FifoWriter, Tap};
 use tts_writer::engine::{self, EngineConfig, EngineKind};
-use tts_writer::player::{Player, PlayerConfig};
+use tts_writer::player::{FifoOut, Player, PlayerConfig};
 use tts_writer::report::Reporter;
 use tts_writer::turns::TurnController;
 
@@ -158,7 +158,7 @@ fn speak(args: Args) -> anyhow::Result<()> {
             pause_timeout: Duration::from_millis(args.pause_timeout),
             replay: Duration::from_millis(args.resume_replay),
         },
-        out,
+        Box::new(FifoOut::new(out)),
         tap_path.map(Tap::new),
         reporter,
         barrier.clone(),

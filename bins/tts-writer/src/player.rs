@@ -9,10 +9,18 @@
 //! reader delayed by a scheduling hiccup catches up at most 100 ms of schedule. On a named FIFO the real lead is also measured (FIONREAD on the write
 //! end = bytes the reader has not taken yet) and writing waits while it would exceed `lead`;
 //! the pipe buffer is shrunk (F_SETPIPE_SZ) so even a stalled reader cannot hoard more.
+//!
+//! What each reply was given and how much of it went out (the played-text report) is kept by
+//! [`crate::ledger`]; this module only decides what to write when.
+//!
+//! Seams for unit tests: time comes from a [`Clock`] and bytes go to an [`AudioOut`], so a test
+//! drives [`Player::handle`] and [`Player::poll`] on a hand-moved clock with the output in
+//! memory ([`Player::run`] is only the loop that waits on the message channel).
 
-use crate::report::{spoken_prefix, Played, Reporter};
+use crate::ledger::Ledger;
+use crate::report::{Played, Reporter};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +32,104 @@ use tgvoice::{AudioFrame, Event, Frame, TurnTrace};
 pub const RATE: u32 = tgvoice::audio::RATE;
 /// The most a late writer catches up (see [`Player::write_samples`]).
 const MAX_DEBT: Duration = Duration::from_millis(100);
+
+/// The player's monotonic time: [`SystemClock`] in the program, a hand-moved clock in tests.
+pub trait Clock: Send {
+    fn now(&self) -> Instant;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// Where the player's bytes go: [`FifoOut`] in the program, memory in tests.
+pub trait AudioOut: Send {
+    /// Deliver `bytes` whole (see [`FifoWriter::write_chunk`]).
+    fn write_chunk(&mut self, bytes: &[u8]) -> WriteOutcome;
+    /// Take back up to `max` written bytes the reader has not read yet (see
+    /// [`FifoWriter::take_back`]); empty when the output cannot.
+    fn take_back(&mut self, max: usize, align: usize) -> Vec<u8>;
+    /// Bytes written that the reader has not read yet, if the output can tell; `lead_bytes`
+    /// is the most the player means to keep there.
+    fn unread_bytes(&mut self, lead_bytes: usize) -> Option<usize>;
+    fn label(&self) -> &str;
+    /// Chunks dropped while nobody was reading.
+    fn dropped_chunks(&self) -> u64;
+}
+
+/// The output link (stdout, a file or a named FIFO) with the real lead measured on a FIFO.
+pub struct FifoOut {
+    out: FifoWriter,
+    /// The fd whose pipe size we set, so it is set once per connection.
+    sized_fd: Option<i32>,
+    pipe_ok: bool,
+}
+
+impl FifoOut {
+    pub fn new(out: FifoWriter) -> Self {
+        FifoOut { out, sized_fd: None, pipe_ok: true }
+    }
+}
+
+impl AudioOut for FifoOut {
+    fn write_chunk(&mut self, bytes: &[u8]) -> WriteOutcome {
+        self.out.write_chunk(bytes)
+    }
+
+    fn take_back(&mut self, max: usize, align: usize) -> Vec<u8> {
+        self.out.take_back(max, align)
+    }
+
+    /// Linux: FIONREAD on the write end. Also shrinks the pipe buffer once per connection.
+    fn unread_bytes(&mut self, lead_bytes: usize) -> Option<usize> {
+        let fd = self.out.file()?.as_raw_fd();
+        if self.sized_fd != Some(fd) {
+            self.sized_fd = Some(fd);
+            let want = lead_bytes.next_power_of_two().max(4096) as libc::c_int;
+            #[cfg(target_os = "linux")]
+            unsafe {
+                if libc::fcntl(fd, libc::F_SETPIPE_SZ, want) < 0 {
+                    log::debug!("F_SETPIPE_SZ {want} failed: {}", std::io::Error::last_os_error());
+                }
+            }
+            let _ = want;
+            self.pipe_ok = true;
+        }
+        if !self.pipe_ok {
+            return None;
+        }
+        let mut n: libc::c_int = 0;
+        if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } < 0 {
+            self.pipe_ok = false;
+            log::debug!("FIONREAD unsupported on the output; pacing by the clock only");
+            return None;
+        }
+        Some(n.max(0) as usize)
+    }
+
+    fn label(&self) -> &str {
+        self.out.label()
+    }
+
+    fn dropped_chunks(&self) -> u64 {
+        self.out.dropped_chunks
+    }
+}
+
+/// What [`Player::poll`] did, or what the caller should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    /// Wrote (or tried to write) a frame: poll again.
+    Wrote,
+    /// Nothing to do for this long (or until a message arrives).
+    Wait(Duration),
+    /// Finished: true when everything was written, false when the output's reader left.
+    Stop(bool),
+}
 
 /// Messages to the player, in order.
 pub enum PlayerMsg {
@@ -81,35 +187,17 @@ enum Item {
     TurnEnd { turn: u64 },
 }
 
-#[derive(Default)]
-struct ChunkStats {
-    text: String,
-    /// The chunk's audio in order: (text it speaks if known, samples).
-    segments: Vec<(Option<String>, usize)>,
-    synthesized: usize,
-    played: usize,
-    complete: bool,
-}
-
-#[derive(Default)]
-struct TurnStats {
-    trace: TurnTrace,
-    first_audio_done: bool,
-    chunks: BTreeMap<u64, ChunkStats>,
-}
-
 pub struct Player {
     cfg: PlayerConfig,
-    out: FifoWriter,
+    out: Box<dyn AudioOut>,
+    clock: Box<dyn Clock>,
     tap: Option<Tap>,
     reporter: Reporter,
     barrier: Arc<AtomicU64>,
     queue: VecDeque<Item>,
-    turns: HashMap<u64, TurnStats>,
+    /// What each reply was given and how much of it went out (the played-text accounting).
+    ledger: Ledger,
     play_head: Instant,
-    /// The fd whose pipe size we set, so it is set once per connection.
-    sized_fd: Option<i32>,
-    pipe_ok: bool,
     closed: bool,
     /// Largest FIFO backlog seen (bytes), for the log and tests.
     pub max_unread: usize,
@@ -122,18 +210,17 @@ pub struct Player {
 }
 
 impl Player {
-    pub fn new(cfg: PlayerConfig, out: FifoWriter, tap: Option<Tap>, reporter: Reporter, barrier: Arc<AtomicU64>) -> Self {
+    pub fn new(cfg: PlayerConfig, out: Box<dyn AudioOut>, tap: Option<Tap>, reporter: Reporter, barrier: Arc<AtomicU64>) -> Self {
         Player {
             cfg,
             out,
+            clock: Box::new(SystemClock),
             tap,
             reporter,
             barrier,
             queue: VecDeque::new(),
-            turns: HashMap::new(),
+            ledger: Ledger::default(),
             play_head: Instant::now(),
-            sized_fd: None,
-            pipe_ok: true,
             closed: false,
             max_unread: 0,
             out_turn: 0,
@@ -141,6 +228,13 @@ impl Player {
             paused: None,
             played_tail: VecDeque::new(),
         }
+    }
+
+    /// Take time from `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: Box<dyn Clock>) -> Self {
+        self.play_head = clock.now();
+        self.clock = clock;
+        self
     }
 
     /// Audio of this turn may not be written now (a pause is in force for it).
@@ -180,59 +274,65 @@ impl Player {
                     }
                 }
             }
-            if self.closed {
-                return false;
+            match self.poll(inputs_open) {
+                Poll::Stop(finished) => return finished,
+                Poll::Wrote => {}
+                Poll::Wait(w) if inputs_open => match rx.recv_timeout(w) {
+                    Ok(m) => self.handle(m),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => inputs_open = false,
+                },
+                Poll::Wait(w) => std::thread::sleep(w),
             }
-            if let Some(p) = self.paused {
-                if Instant::now() >= p.until || !inputs_open {
-                    // Nobody decided (a decider that only knows speech-start, or none): a
-                    // caller who talked this long meant it. With the input ended, nobody can.
-                    if self.holds_below(p.below) && inputs_open {
-                        log::info!("pause for turn {} not resumed within {:?}: cancelling", p.below, self.cfg.pause_timeout);
-                    } else if self.holds_below(p.below) {
-                        log::info!("input ended while the reply before turn {} was paused: cancelling it", p.below);
-                    }
-                    let barrier = self.barrier.fetch_max(p.below, Ordering::SeqCst).max(p.below);
-                    self.cancel(barrier);
+        }
+    }
+
+    /// One step of the schedule at the clock's now: settle an expired pause, report finished
+    /// turns, and write a frame if one is due. `inputs_open`: more messages may come.
+    pub fn poll(&mut self, inputs_open: bool) -> Poll {
+        if self.closed {
+            return Poll::Stop(false);
+        }
+        if let Some(p) = self.paused {
+            if self.clock.now() >= p.until || !inputs_open {
+                // Nobody decided (a decider that only knows speech-start, or none): a
+                // caller who talked this long meant it. With the input ended, nobody can.
+                if self.holds_below(p.below) && inputs_open {
+                    log::info!("pause for turn {} not resumed within {:?}: cancelling", p.below, self.cfg.pause_timeout);
+                } else if self.holds_below(p.below) {
+                    log::info!("input ended while the reply before turn {} was paused: cancelling it", p.below);
                 }
+                let barrier = self.barrier.fetch_max(p.below, Ordering::SeqCst).max(p.below);
+                self.cancel(barrier);
             }
+        }
+        self.report_finished_turns();
+        let has_audio = self.queued_samples() > 0;
+        if !inputs_open && !has_audio {
             self.report_finished_turns();
-            let has_audio = self.queued_samples() > 0;
-            if !inputs_open && !has_audio {
-                self.report_finished_turns();
-                if self.out.dropped_chunks > 0 {
-                    log::info!("dropped {} chunks of output while no reader was connected", self.out.dropped_chunks);
-                }
-                log::debug!("largest output backlog seen: {} bytes", self.max_unread);
-                return true;
+            if self.out.dropped_chunks() > 0 {
+                log::info!("dropped {} chunks of output while no reader was connected", self.out.dropped_chunks());
             }
-            let now = Instant::now();
-            if !has_audio && self.play_head < now {
-                self.play_head = now; // idle: the next reply starts at once
-            }
-            let mut wait = if has_audio || self.cfg.fill_silence { self.time_until_writable(now) } else { Some(Duration::from_millis(500)) };
-            if let (Some(p), Some(w)) = (self.paused, wait) {
-                wait = Some(w.min(p.until.saturating_duration_since(now)));
-            }
-            match wait {
-                Some(w) if w > Duration::ZERO => {
-                    if inputs_open {
-                        match rx.recv_timeout(w) {
-                            Ok(m) => self.handle(m),
-                            Err(RecvTimeoutError::Timeout) => {}
-                            Err(RecvTimeoutError::Disconnected) => inputs_open = false,
-                        }
-                    } else {
-                        std::thread::sleep(w);
-                    }
+            log::debug!("largest output backlog seen: {} bytes", self.max_unread);
+            return Poll::Stop(true);
+        }
+        let now = self.clock.now();
+        if !has_audio && self.play_head < now {
+            self.play_head = now; // idle: the next reply starts at once
+        }
+        let mut wait = if has_audio || self.cfg.fill_silence { self.time_until_writable(now) } else { Some(Duration::from_millis(500)) };
+        if let (Some(p), Some(w)) = (self.paused, wait) {
+            wait = Some(w.min(p.until.saturating_duration_since(now)));
+        }
+        match wait {
+            Some(w) if w > Duration::ZERO => Poll::Wait(w),
+            _ => {
+                if has_audio {
+                    self.write_audio_frame();
+                } else if self.cfg.fill_silence {
+                    self.write_samples(&vec![0i16; self.cfg.frame]);
                 }
-                _ => {
-                    if has_audio {
-                        self.write_audio_frame();
-                    } else if self.cfg.fill_silence {
-                        self.write_samples(&vec![0i16; self.cfg.frame]);
-                    }
-                }
+                Poll::Wrote
             }
         }
     }
@@ -248,7 +348,7 @@ impl Player {
         if allowed_at > now {
             return Some(allowed_at - now);
         }
-        if let Some(unread) = self.unread_bytes() {
+        if let Some(unread) = self.out.unread_bytes(self.lead_bytes()) {
             self.max_unread = self.max_unread.max(unread);
             if unread + self.cfg.frame * 2 > self.lead_bytes() {
                 // The reader is behind real time (or just connected): wait for it.
@@ -258,59 +358,21 @@ impl Player {
         None
     }
 
-    /// Bytes written to the FIFO that its reader has not read yet (Linux: FIONREAD on the
-    /// write end). Also shrinks the pipe buffer once per connection.
-    fn unread_bytes(&mut self) -> Option<usize> {
-        let fd = self.out.file()?.as_raw_fd();
-        if self.sized_fd != Some(fd) {
-            self.sized_fd = Some(fd);
-            let want = self.lead_bytes().next_power_of_two().max(4096) as libc::c_int;
-            #[cfg(target_os = "linux")]
-            unsafe {
-                if libc::fcntl(fd, libc::F_SETPIPE_SZ, want) < 0 {
-                    log::debug!("F_SETPIPE_SZ {want} failed: {}", std::io::Error::last_os_error());
-                }
-            }
-            let _ = want;
-            self.pipe_ok = true;
-        }
-        if !self.pipe_ok {
-            return None;
-        }
-        let mut n: libc::c_int = 0;
-        if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } < 0 {
-            self.pipe_ok = false;
-            log::debug!("FIONREAD unsupported on the output; pacing by the clock only");
-            return None;
-        }
-        Some(n.max(0) as usize)
-    }
-
-    fn handle(&mut self, m: PlayerMsg) {
+    /// Take one message (in the order they were sent).
+    pub fn handle(&mut self, m: PlayerMsg) {
         let barrier = self.barrier.load(Ordering::SeqCst);
         match m {
             PlayerMsg::ChunkQueued { turn, seq, text, trace } => {
                 if turn < barrier {
                     return;
                 }
-                let t = self.turns.entry(turn).or_default();
-                for (k, v) in trace.0 {
-                    t.trace.mark(&k, v);
-                }
-                t.chunks.entry(seq).or_default().text = text;
+                self.ledger.chunk_queued(turn, seq, text, trace);
             }
             PlayerMsg::Audio { turn, seq, samples, text, last } => {
                 if turn < barrier {
                     return;
                 }
-                if let Some(c) = self.turns.get_mut(&turn).and_then(|t| t.chunks.get_mut(&seq)) {
-                    match (text, c.segments.last_mut()) {
-                        (None, Some((Some(_), len))) => *len += samples.len(), // resampler tail
-                        (text, _) => c.segments.push((text, samples.len())),
-                    }
-                    c.synthesized += samples.len();
-                    c.complete |= last;
-                }
+                self.ledger.synthesized(turn, seq, samples.len(), text, last);
                 if !samples.is_empty() {
                     self.queue.push_back(Item::Audio { turn, seq, samples, pos: 0 });
                 }
@@ -319,7 +381,7 @@ impl Player {
                 if turn >= barrier {
                     self.queue.push_back(Item::TurnEnd { turn });
                 } else {
-                    self.turns.remove(&turn);
+                    self.ledger.forget(turn);
                 }
             }
             PlayerMsg::Cancel => self.cancel(barrier),
@@ -329,7 +391,7 @@ impl Player {
     }
 
     fn pause(&mut self, below: u64) {
-        let until = Instant::now() + self.cfg.pause_timeout;
+        let until = self.clock.now() + self.cfg.pause_timeout;
         if let Some(p) = self.paused.as_mut() {
             // Already silent; the newest onset decides from now on.
             p.below = p.below.max(below);
@@ -347,7 +409,7 @@ impl Player {
 
     /// Is any reply of a turn below `below` still queued or unreported?
     fn holds_below(&self, below: u64) -> bool {
-        self.turns.keys().any(|t| *t < below)
+        self.ledger.any_below(below)
             || self.queue.iter().any(|i| matches!(i, Item::Audio { turn, .. } | Item::TurnEnd { turn } if *turn < below))
     }
 
@@ -368,7 +430,7 @@ impl Player {
                 *s = (*s as f32 * (i + 1) as f32 / n as f32).round() as i16;
             }
         }
-        self.play_head = Instant::now();
+        self.play_head = self.clock.now();
         if self.holds_below(p.below) {
             log::info!("turn {below} was a false alarm: reply resumed, {:.0} ms replayed", rewound as f64 * 1000.0 / RATE as f64);
         }
@@ -400,7 +462,7 @@ impl Player {
         let mut left = n;
         while left > 0 {
             let Some((turn, seq, mut samples)) = self.played_tail.pop_back() else { break };
-            if !which(turn) || !self.turns.contains_key(&turn) {
+            if !which(turn) || !self.ledger.has(turn) {
                 self.played_tail.push_back((turn, seq, samples));
                 break;
             }
@@ -412,9 +474,7 @@ impl Player {
                 samples
             };
             left -= piece.len();
-            if let Some(c) = self.turns.get_mut(&turn).and_then(|t| t.chunks.get_mut(&seq)) {
-                c.played = c.played.saturating_sub(piece.len());
-            }
+            self.ledger.unplayed(turn, seq, piece.len());
             self.queue.push_front(Item::Audio { turn, seq, samples: piece, pos: 0 });
         }
         n - left
@@ -425,7 +485,7 @@ impl Player {
     /// is. Returns the samples faded (0 when nothing of those turns was playing).
     fn silence_below(&mut self, below: u64) -> usize {
         let playing = self.played_tail.back().is_some_and(|(turn, _, _)| *turn < below)
-            && self.play_head + Duration::from_millis(20) > Instant::now();
+            && self.play_head + Duration::from_millis(20) > self.clock.now();
         if !playing {
             return 0;
         }
@@ -456,7 +516,7 @@ impl Player {
         }
         let mut at = 0;
         for &(turn, seq, n) in &taken {
-            self.count_played(turn, seq, n);
+            self.ledger.played(turn, seq, n);
             // Unfaded, so a replay after a resume has them whole.
             self.keep_for_replay(turn, seq, &fade[at..at + n].to_vec());
             at += n;
@@ -485,20 +545,11 @@ impl Player {
         self.queue.retain(|i| match i {
             Item::Audio { turn, .. } | Item::TurnEnd { turn } => *turn >= barrier,
         });
-        let mut cut: Vec<u64> = self.turns.keys().copied().filter(|t| *t < barrier).collect();
-        cut.sort();
-        for turn in cut {
-            let stats = self.turns.remove(&turn).expect("listed");
-            self.reply_done(played_of(turn, &stats, true));
+        for played in self.ledger.cut_below(barrier) {
+            self.reply_done(played);
         }
         self.played_tail.retain(|(turn, _, _)| *turn >= barrier);
         log::debug!("cancel below turn {barrier}: dropped {} queued items, faded {faded} samples", before - self.queue.len());
-    }
-
-    fn count_played(&mut self, turn: u64, seq: u64, n: usize) {
-        if let Some(t) = self.turns.get_mut(&turn) {
-            t.chunks.entry(seq).or_default().played += n;
-        }
     }
 
     /// Write up to one frame of queued audio.
@@ -535,19 +586,15 @@ impl Player {
             return;
         }
         if let Some(turn) = first_turn {
-            if let Some(t) = self.turns.get_mut(&turn) {
-                if !t.first_audio_done {
-                    t.first_audio_done = true;
-                    t.trace.mark_now(tgvoice::event::trace_key::FIRST_AUDIO);
-                    self.reporter.first_audio(turn, &t.trace);
-                }
+            if let Some(trace) = self.ledger.first_audio(turn) {
+                self.reporter.first_audio(turn, trace);
             }
         }
         self.out_turn = first_turn.unwrap_or(0);
         self.write_samples(&frame);
         let mut at = 0;
         for (turn, seq, n) in played {
-            self.count_played(turn, seq, n);
+            self.ledger.played(turn, seq, n);
             self.keep_for_replay(turn, seq, &frame[at..at + n]);
             at += n;
         }
@@ -574,7 +621,7 @@ impl Player {
         // Late by a scheduling hiccup (this thread or the reader): keep up to MAX_DEBT of
         // schedule debt so the stream catches up (the FIONREAD check still bounds the lead);
         // later than that is an underrun and the schedule restarts from now.
-        let now = Instant::now();
+        let now = self.clock.now();
         if let Some(floor) = now.checked_sub(MAX_DEBT) {
             if self.play_head < floor {
                 self.play_head = floor;
@@ -620,64 +667,343 @@ impl Player {
         }
     }
 
-    /// Report turns whose end marker reached the head of the queue (all their audio written).
+    /// Report turns whose audio is all written. Not only at the head of the queue: a reply
+    /// that played while an older one was paused ends behind the older one's place, and its
+    /// record must not wait for the pause to settle (or be lost when the input ends).
     fn report_finished_turns(&mut self) {
-        while let Some(Item::TurnEnd { turn }) = self.queue.front() {
-            let turn = *turn;
-            self.queue.pop_front();
-            if let Some(stats) = self.turns.remove(&turn) {
-                self.reply_done(played_of(turn, &stats, false));
+        let mut i = 0;
+        while i < self.queue.len() {
+            let Item::TurnEnd { turn } = self.queue[i] else {
+                i += 1;
+                continue;
+            };
+            let unwritten = self.queue.range(..i).any(|x| matches!(x, Item::Audio { turn: t, samples, pos, .. } if *t == turn && *pos < samples.len()));
+            if unwritten {
+                i += 1;
+                continue;
             }
+            self.queue.remove(i);
+            if let Some(played) = self.ledger.finish(turn) {
+                self.reply_done(played);
+            }
+        }
+        // Written audio at the head is done with (it is kept for a replay in `played_tail`).
+        while matches!(self.queue.front(), Some(Item::Audio { samples, pos, .. }) if *pos >= samples.len()) {
+            self.queue.pop_front();
         }
     }
 }
 
-fn played_of(turn: u64, stats: &TurnStats, cancelled: bool) -> Played {
-    let ms = |n: usize| n as f64 * 1000.0 / RATE as f64;
-    let mut played_text = vec![];
-    let mut text = vec![];
-    let (mut played, mut synthesized) = (0, 0);
-    for c in stats.chunks.values() {
-        played += c.played;
-        synthesized += c.synthesized;
-        text.push(c.text.clone());
-        if !c.segments.is_empty() && c.segments.iter().all(|(t, _)| t.is_some()) {
-            // The engine said what each piece speaks: whole pieces played, plus part of one.
-            let mut start = 0;
-            for (t, len) in &c.segments {
-                let t = t.as_deref().unwrap_or_default();
-                let fraction = if *len == 0 { 1.0 } else { (c.played.saturating_sub(start)) as f64 / *len as f64 };
-                let p = spoken_prefix(t, fraction.min(1.0));
-                if !p.is_empty() {
-                    played_text.push(p);
-                }
-                start += len;
-                if c.played < start {
-                    break;
-                }
-            }
-            continue;
-        }
-        let fraction = if c.complete && c.synthesized > 0 {
-            c.played as f64 / c.synthesized as f64
-        } else if c.played > 0 && c.synthesized > 0 {
-            // still being synthesised: what was played of what exists is an upper bound
-            (c.played as f64 / c.synthesized as f64).min(0.99)
-        } else {
-            0.0
-        };
-        let p = spoken_prefix(&c.text, fraction);
-        if !p.is_empty() {
-            played_text.push(p);
+#[cfg(test)]
+mod tests {
+    //! The player on a hand-moved clock with its output in memory (framed, so each audio frame
+    //! carries its turn and each reply ends with its `reply-played` record).
+    use super::*;
+    use std::sync::Mutex;
+    use tgvoice::frame::FrameDecoder;
+
+    const MS: usize = RATE as usize / 1000;
+    const FADE: usize = 4 * MS;
+
+    #[derive(Clone)]
+    struct ManualClock(Arc<Mutex<Instant>>);
+
+    impl Clock for ManualClock {
+        fn now(&self) -> Instant {
+            *self.0.lock().unwrap()
         }
     }
-    Played {
-        turn,
-        cancelled,
-        played_ms: ms(played),
-        synthesized_ms: ms(synthesized),
-        played_text: played_text.join(" "),
-        text: text.join(" "),
-        trace: stats.trace.clone(),
+
+    /// Every chunk written, with the clock's time it was written at.
+    struct MemOut {
+        clock: ManualClock,
+        written: Arc<Mutex<Vec<(Instant, Vec<u8>)>>>,
+    }
+
+    impl AudioOut for MemOut {
+        fn write_chunk(&mut self, bytes: &[u8]) -> WriteOutcome {
+            self.written.lock().unwrap().push((self.clock.now(), bytes.to_vec()));
+            WriteOutcome::Delivered
+        }
+        fn take_back(&mut self, _max: usize, _align: usize) -> Vec<u8> {
+            vec![]
+        }
+        fn unread_bytes(&mut self, _lead_bytes: usize) -> Option<usize> {
+            None // paced by the clock alone
+        }
+        fn label(&self) -> &str {
+            "memory"
+        }
+        fn dropped_chunks(&self) -> u64 {
+            0
+        }
+    }
+
+    /// Sample `i` of a reply: every value differs within 65536 samples (7919 is odd), so a
+    /// sample says where in the reply it came from.
+    fn sample(i: usize) -> i16 {
+        (i.wrapping_mul(7919) % 65536) as u16 as i16
+    }
+
+    fn index_of(v: i16) -> usize {
+        (0..65536).find(|&i| sample(i) == v).unwrap()
+    }
+
+    struct Rig {
+        player: Player,
+        clock: ManualClock,
+        written: Arc<Mutex<Vec<(Instant, Vec<u8>)>>>,
+        barrier: Arc<AtomicU64>,
+        start: Instant,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let start = Instant::now();
+            let clock = ManualClock(Arc::new(Mutex::new(start)));
+            let written = Arc::new(Mutex::new(vec![]));
+            let barrier = Arc::new(AtomicU64::new(0));
+            let cfg = PlayerConfig {
+                frame: 10 * MS,
+                lead: Duration::from_millis(60),
+                fade: Duration::from_millis(4),
+                fill_silence: false,
+                unpaced: false,
+                frames: true,
+                pause_timeout: Duration::from_secs(4),
+                replay: Duration::from_millis(300),
+            };
+            let out = MemOut { clock: clock.clone(), written: written.clone() };
+            let player = Player::new(cfg, Box::new(out), None, Reporter::new(None, "test"), barrier.clone())
+                .with_clock(Box::new(clock.clone()));
+            Rig { player, clock, written, barrier, start }
+        }
+
+        fn now(&self) -> Duration {
+            self.clock.now() - self.start
+        }
+
+        /// One reply of one chunk whose audio comes in pieces of (text, ms).
+        fn reply(&mut self, turn: u64, pieces: &[(&str, usize)]) {
+            let text = pieces.iter().map(|p| p.0).collect::<Vec<_>>().join(" ");
+            self.player.handle(PlayerMsg::ChunkQueued { turn, seq: 0, text, trace: TurnTrace::default() });
+            let mut at = 0;
+            for (i, (text, ms)) in pieces.iter().enumerate() {
+                let samples = (at..at + ms * MS).map(sample).collect();
+                at += ms * MS;
+                let last = i + 1 == pieces.len();
+                self.player.handle(PlayerMsg::Audio { turn, seq: 0, samples, text: Some(text.to_string()), last });
+            }
+            self.player.handle(PlayerMsg::TurnEnd { turn });
+        }
+
+        /// Turn 1's reply of `ms` (one piece, `text`) plays for 1 s, then turn 2 pauses it.
+        /// Returns the rig and when the pause came.
+        fn paused_after_1s(text: &str, ms: usize) -> (Rig, Duration) {
+            let mut r = Rig::new();
+            r.reply(1, &[(text, ms)]);
+            r.run_for(1000);
+            r.player.handle(PlayerMsg::Pause { below: 2 });
+            let at = r.now();
+            (r, at)
+        }
+
+        /// Let the clock run `ms`, the player writing whatever falls due.
+        fn run_for(&mut self, ms: u64) {
+            let end = self.clock.now() + Duration::from_millis(ms);
+            loop {
+                match self.player.poll(true) {
+                    Poll::Wrote => {}
+                    Poll::Stop(_) => panic!("stopped with inputs open"),
+                    Poll::Wait(w) => {
+                        let now = self.clock.now();
+                        if now >= end {
+                            return;
+                        }
+                        *self.clock.0.lock().unwrap() = (now + w).min(end);
+                    }
+                }
+            }
+        }
+
+        /// No more input: run until everything queued was written.
+        fn finish(&mut self) {
+            for _ in 0..100_000 {
+                match self.player.poll(false) {
+                    Poll::Wrote => {}
+                    Poll::Stop(done) => return assert!(done),
+                    Poll::Wait(w) => *self.clock.0.lock().unwrap() += w,
+                }
+            }
+            panic!("the player never finished");
+        }
+
+        /// The output so far: (time since start, frame).
+        fn frames(&self) -> Vec<(Duration, Frame)> {
+            let mut out = vec![];
+            for (t, bytes) in self.written.lock().unwrap().iter() {
+                let mut d = FrameDecoder::new();
+                d.push(bytes);
+                while let Some(f) = d.next() {
+                    out.push((*t - self.start, f.unwrap()));
+                }
+            }
+            out
+        }
+
+        /// All audio written for `turn`.
+        fn audio(&self, turn: u64) -> Vec<i16> {
+            self.frames()
+                .into_iter()
+                .filter_map(|(_, f)| match f {
+                    Frame::Audio(a) if a.turn == turn => Some(a.samples),
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        }
+
+        /// Audio samples of `turn` written at or after `t`.
+        fn audio_since(&self, turn: u64, t: Duration) -> usize {
+            self.frames()
+                .iter()
+                .map(|(at, f)| match f {
+                    Frame::Audio(a) if a.turn == turn && *at >= t => a.samples.len(),
+                    _ => 0,
+                })
+                .sum()
+        }
+
+        /// The `reply-played` records written, as JSON.
+        fn played(&self) -> Vec<serde_json::Value> {
+            self.frames()
+                .into_iter()
+                .filter_map(|(_, f)| match f {
+                    Frame::Event(e) if e.is("reply-played") => Some(serde_json::from_str(&e.to_json_line()).unwrap()),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn played_of(&self, turn: u64) -> serde_json::Value {
+            let mut p: Vec<_> = self.played().into_iter().filter(|v| v["turn"] == turn).collect();
+            assert_eq!(p.len(), 1, "one reply-played record for turn {turn}: {p:?}");
+            p.remove(0)
+        }
+    }
+
+    #[test]
+    fn writes_in_real_time_keeping_the_lead() {
+        let mut r = Rig::new();
+        r.reply(1, &[("A three second reply.", 3000)]);
+        r.finish();
+        let audio: Vec<(Duration, usize)> = r
+            .frames()
+            .iter()
+            .filter_map(|(t, f)| match f {
+                Frame::Audio(a) => Some((*t, a.samples.len())),
+                _ => None,
+            })
+            .collect();
+        let mut written = 0;
+        for (t, n) in &audio {
+            written += n;
+            let ahead = written as f64 / RATE as f64 - t.as_secs_f64();
+            assert!(ahead <= 0.060 + 1e-6, "{ahead:.4} s of audio ahead of real time at {t:?}");
+        }
+        assert_eq!(written, 3000 * MS);
+        let last = audio.last().unwrap().0.as_secs_f64();
+        // The last 10 ms frame goes out once it leaves exactly the lead ahead: at 3 s − 60 ms.
+        assert!((last - (3.0 - 0.060)).abs() < 0.001, "the last frame went out at {last:.4} s");
+        assert_eq!(r.played_of(1)["cancelled"], false);
+        assert_eq!(r.played_of(1)["played_ms"], 3000.0);
+    }
+
+    #[test]
+    fn pause_then_resume_replays_about_300_ms_and_then_the_whole_rest() {
+        let (mut r, paused_at) = Rig::paused_after_1s("A two second reply.", 2000);
+        let stop = r.audio(1).len();
+        r.run_for(1000);
+        assert_eq!(r.audio_since(1, paused_at + Duration::from_millis(1)), 0, "silent while paused");
+        assert!(r.played().is_empty(), "a paused reply is not over");
+        r.player.handle(PlayerMsg::Resume { below: 2 });
+        r.finish();
+        let all = r.audio(1);
+        // Where the replay starts: the first sample past the fade-in says.
+        let from = index_of(all[stop + FADE]) - FADE;
+        let back = stop - from;
+        assert!((300 * MS..=550 * MS).contains(&back), "replayed {} ms", back / MS);
+        assert_eq!(all[stop + FADE..], (from + FADE..2000 * MS).map(sample).collect::<Vec<_>>()[..], "the rest, whole");
+        let p = r.played_of(1);
+        assert_eq!(p["cancelled"], false);
+        assert_eq!(p["played_ms"], 2000.0, "the replay is not counted twice");
+    }
+
+    #[test]
+    fn a_pause_nobody_settles_becomes_a_cancel_after_the_timeout() {
+        let (mut r, paused_at) = Rig::paused_after_1s("A five second reply that nobody hears the end of.", 5000);
+        r.run_for(3990);
+        assert!(r.played().is_empty() && r.barrier.load(Ordering::SeqCst) == 0, "still only paused");
+        r.run_for(20);
+        let p = r.played_of(1);
+        assert_eq!(p["cancelled"], true);
+        assert_eq!(r.barrier.load(Ordering::SeqCst), 2, "the barrier rose to the pausing turn");
+        r.finish();
+        assert_eq!(r.audio_since(1, paused_at + Duration::from_millis(1)), 0);
+        assert_eq!(p["played_ms"], r.audio(1).len() as f64 / MS as f64);
+    }
+
+    #[test]
+    fn a_pause_in_force_when_the_input_ends_is_cancelled_then() {
+        let (mut r, paused_at) = Rig::paused_after_1s("A two second reply.", 2000);
+        r.finish();
+        assert_eq!(r.now(), paused_at, "nothing can lift the pause any more: no waiting it out");
+        let p = r.played_of(1);
+        assert_eq!(p["cancelled"], true);
+        assert_eq!(p["played_ms"], r.audio(1).len() as f64 / MS as f64);
+        assert_eq!(r.audio_since(1, paused_at + Duration::from_millis(1)), 0);
+    }
+
+    #[test]
+    fn cancel_fades_out_within_a_frame_and_reports_what_was_played() {
+        let mut r = Rig::new();
+        r.reply(1, &[("The first sentence.", 500), ("And the second one is longer than that.", 1500)]);
+        r.run_for(1000);
+        let before = r.audio(1).len();
+        r.barrier.store(2, Ordering::SeqCst);
+        r.player.handle(PlayerMsg::Cancel);
+        let cancelled_at = r.now();
+        r.finish();
+        let all = r.audio(1);
+        assert_eq!(all.len(), before + FADE, "after the cancel only the fade");
+        assert_eq!(r.audio_since(1, cancelled_at + Duration::from_millis(1)), 0);
+        for (i, &s) in all[before..].iter().enumerate() {
+            let gain = 1.0 - (i + 1) as f64 / FADE as f64;
+            assert!((s as f64).abs() <= (sample(before + i) as f64).abs() * gain + 1.0, "fade sample {i}: {s}");
+        }
+        assert_eq!(*all.last().unwrap(), 0);
+        let p = r.played_of(1);
+        assert_eq!(p["cancelled"], true);
+        assert_eq!(p["played_ms"], all.len() as f64 / MS as f64);
+        let text = p["played_text"].as_str().unwrap();
+        assert!(text.starts_with("The first sentence. And") && !text.contains("than that."), "{text:?}");
+    }
+
+    #[test]
+    fn a_newer_turn_plays_while_an_older_one_is_paused() {
+        let (mut r, paused_at) = Rig::paused_after_1s("The old reply, two seconds long.", 2000);
+        r.reply(2, &[("The answer to the interruption.", 500)]);
+        r.run_for(1000);
+        assert_eq!(r.audio(2).len(), 500 * MS, "the newer reply played whole");
+        assert_eq!(r.audio_since(1, paused_at + Duration::from_millis(1)), 0, "the older one stayed silent");
+        // Turn 2's record comes after its audio, not when turn 1's pause is settled.
+        let p = r.played_of(2);
+        assert_eq!((p["cancelled"].clone(), p["played_ms"].clone()), (false.into(), 500.0.into()));
+        r.player.handle(PlayerMsg::Resume { below: 2 });
+        r.finish();
+        for (turn, ms) in [(1, 2000.0), (2, 500.0)] {
+            let p = r.played_of(turn);
+            assert_eq!((p["cancelled"].clone(), p["played_ms"].clone()), (false.into(), ms.into()), "turn {turn}");
+        }
     }
 }

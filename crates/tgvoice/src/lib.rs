@@ -3,7 +3,8 @@
 //! * [`frame`] — the frame codec (protocol v1, `fifo-layout.md` §2)
 //! * [`event`] — control/text events and the per-turn [`event::TurnTrace`]
 //! * [`fifo`] — byte endpoints with the FIFO rules (reopen, drop-and-reconnect, taps)
-//! * [`sink`] / [`source`] — framed output (queued, non-blocking) and input (resyncing)
+//! * [`sink`] / [`source`] — framed output (queued, non-blocking) and input (resyncing; the one
+//!   frame reader, with modes for the stages, framecat and tts-writer's text lines)
 //! * [`rundir`] — the private run directory and its FIFOs
 //! * [`raw_link`] — the bridge side of an instance (raw links, JSON-lines taps); [`mulaw`] — G.711 μ-law
 //! * [`audio`] — the link sample rate, RMS and dBFS

@@ -255,6 +255,57 @@ impl Sttd {
     }
 }
 
+/// What `tgcat WAV | vadseg | sttd` gave: sttd's events in order, its log, and the wall time.
+pub struct Chain {
+    pub events: Vec<Event>,
+    pub sttd_log: String,
+    pub secs: f64,
+}
+
+/// Run `tgcat TGCAT_ARGS WAV | vadseg VADSEG_ARGS | sttd --model M STTD_ARGS` to the end (or
+/// until sttd is silent for `idle`); every program must exit 0.
+pub fn run_chain(wav: &std::path::Path, tgcat_args: &[&str], vadseg_args: &[&str], sttd_args: &[&str], idle: Duration) -> Chain {
+    let t0 = Instant::now();
+    let mut tgcat = Command::new(tgvoice::testkit::bin_path("tgcat"))
+        .args(tgcat_args)
+        .arg(wav)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tgcat not built");
+    let mut vadseg = Command::new(tgvoice::testkit::bin_path("vadseg"))
+        .args(vadseg_args)
+        .stdin(tgcat.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("vadseg not built");
+    let mut sttd = Command::new(tgvoice::testkit::bin_path("sttd"))
+        .arg("--model")
+        .arg(model_path())
+        .args(sttd_args)
+        .stdin(vadseg.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = sttd.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).ok();
+        s
+    });
+    let frames = decode_thread(sttd.stdout.take().unwrap());
+    let mut events = vec![];
+    while let Ok((_, f)) = frames.recv_timeout(idle) {
+        if let Frame::Event(e) = f {
+            events.push(e);
+        }
+    }
+    for c in [&mut tgcat, &mut vadseg, &mut sttd] {
+        assert!(c.wait().unwrap().success());
+    }
+    Chain { events, sttd_log: log.join().unwrap(), secs: t0.elapsed().as_secs_f64() }
+}
+
 pub fn decode_thread(mut r: impl Read + Send + 'static) -> crossbeam_channel::Receiver<(Instant, Frame)> {
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::spawn(move || {

@@ -8,18 +8,33 @@ import signal
 import sys
 import time
 
-from . import __version__, paths
+from . import __version__, exit_codes, paths
 from .telegram import ConfigError, SessionMissing
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 69, 78
+# The codes tg-bridge uses, by their names in the one table.
+_CODE = {name: code for code, name, _ in exit_codes.TABLE}
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CONFIG = (
+    _CODE["ok"], _CODE["failure"], _CODE["usage"], _CODE["unavailable"], _CODE["config"])
 
-EXIT_CODES = """exit codes:
-  0   stopped by SIGTERM/SIGINT, or (--call) the call ended
-  1   runtime failure (e.g. the call could not be placed or joined)
-  2   usage error (bad flags)
-  69  something required is missing: no session (run `tg-bridge login`), or
-      py-tgcalls/ntgcalls/kurigram not installed (run scripts/setup)
-  78  configuration error: API credentials missing or malformed, unsafe run directory"""
+
+def exit_codes_help(here):
+    """The "exit codes:" section of a --help, from the one table (fifo-layout.md §4): the codes
+    in ``here`` ({code: what it means for tg-bridge, or ""}) in code order."""
+    rows = {code: (name, meaning) for code, name, meaning in exit_codes.TABLE}
+    out = ["exit codes:"]
+    for code in sorted(here):
+        name, meaning = rows[code]
+        out.append(f"  {code:<3} {name:<12} {meaning}" + (f"; here: {here[code]}" if here[code] else ""))
+    return "\n".join(out)
+
+
+EXIT_CODES = exit_codes_help({
+    EXIT_OK: "SIGTERM/SIGINT, or (--call) the call ended",
+    EXIT_FAILURE: "e.g. the call could not be placed or joined",
+    EXIT_USAGE: "",
+    EXIT_UNAVAILABLE: "no session (run `tg-bridge login`), or py-tgcalls/ntgcalls/kurigram not installed (run scripts/setup)",
+    EXIT_CONFIG: "API credentials missing or malformed, or an unsafe run directory",
+})
 
 ENVIRONMENT = """environment:
   TG_API_ID, TG_API_HASH   Telegram API credentials (https://my.telegram.org)
