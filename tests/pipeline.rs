@@ -737,12 +737,13 @@ fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
     assert!(cancelled >= 9, "only {cancelled} of 10 one-/two-word interruptions stopped the reply");
     assert!(resumed >= 9, "only {resumed} of {} false alarms let the reply play to its end", sounds.len());
     assert!(stops.len() >= 9, "the output did not go silent for most spoken interruptions: {stops:?}");
-    // The pause comes at the onset, not after the turn guard: stopping on speech-start took
-    // 310–320 ms with the 250 ms guard, so ~190 ms with today's 128 ms one. A behaviour bound,
-    // not the latency target (median ≤ 60 ms, p90 ≤ 100 ms), which scripts/bench-bargein
-    // measures on a quiet machine. (Only interruptions count: after a false alarm the reply
-    // resumes, and callsim's "silent" is then the reply's end.)
-    assert!(percentile(&stops, 0.5) <= 150.0, "the reply went silent only after the turn guard: onset → silence {stops:?}");
+    // The pause comes at the level onset (the first loud 10 ms block), not at Silero's first
+    // voiced chunk: Silero alone gave a median of 70–110 ms (the "s" of "Stop." 190 ms), the
+    // level onset 10–20 ms. So the median is held to the target (≤ 60 ms), which
+    // Silero alone does not reach; its p90 (≤ 100 ms) is printed here and measured by
+    // scripts/bench-bargein. (Only interruptions count: after a false alarm the reply resumes,
+    // and callsim's "silent" is then the reply's end.)
+    assert!(percentile(&stops, 0.5) <= 60.0, "the reply went silent only after Silero's onset: onset → silence {stops:?}");
 }
 
 #[test]
