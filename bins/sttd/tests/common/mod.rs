@@ -1,7 +1,7 @@
 //! Shared helpers for sttd's integration tests and benchmarks: espeak-ng test speech with
 //! reference texts, framing it as vadseg would, running sttd, word error rate and the
 //! short-question set. Nothing here starts another program; the cross-program helpers (Piper
-//! speech through tts-writer, the `tgcat | vadseg | sttd` chain) are in tests/common.
+//! speech through tts-writer, the `tgcat | vadseg | sttd` chain) are the system tests' (tests/common at the repository root).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
