@@ -11,10 +11,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tgvoice::testkit::bin_path;
 
-/// sttd's test speech: the short-question set, its voices and the normalised scoring.
-#[path = "../bins/sttd/tests/common/mod.rs"]
-#[allow(dead_code)]
-mod sttd_common;
+/// Test speech: the short-question set, its voices and the normalised scoring.
+mod common;
 
 /// These tests each run a whole pipeline; on 2 cores they must not overlap.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -550,13 +548,13 @@ fn short_questions_through_the_supervised_pipeline_are_heard_exactly() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let all = std::env::var_os("TGVOICE_HEAR_ALL").is_some();
-    let questions = sttd_common::short_questions();
+    let questions = common::short_questions();
     let mut said = vec![]; // (voice, question, wav)
     for (i, q) in questions.iter().enumerate() {
-        for (v, (voice_name, voice)) in sttd_common::VOICES.iter().enumerate() {
+        for (v, (voice_name, voice)) in common::VOICES.iter().enumerate() {
             if all || (i % 3 == 0 && (i / 3) % 3 == v) {
                 let wav = dir.path().join(format!("q{i}-{voice_name}.wav"));
-                tgvoice::resample::write_wav_mono(&wav, sttd_common::RATE, &voice.speak(q)).unwrap();
+                tgvoice::resample::write_wav_mono(&wav, common::RATE, &voice.speak(q)).unwrap();
                 said.push((*voice_name, *q, wav.display().to_string()));
             }
         }
@@ -567,9 +565,9 @@ fn short_questions_through_the_supervised_pipeline_are_heard_exactly() {
     let (mut exact, mut errors, mut words) = (0, 0, 0);
     for ((voice, q, _), turn) in said.iter().zip(&turns) {
         let heard = turn["heard"].as_str().unwrap_or("");
-        let ok = sttd_common::exact_match(q, heard);
+        let ok = common::exact_match(q, heard);
         exact += ok as usize;
-        let (e, n) = sttd_common::word_errors(q, heard);
+        let (e, n) = common::word_errors(q, heard);
         errors += e;
         words += n;
         println!("{} {voice}: {q:?} → {heard:?}", if ok { "ok  " } else { "MISS" });
@@ -600,7 +598,7 @@ fn noises() -> Vec<(&'static str, Vec<i16>)> {
     const R: usize = 16;
     let silence = |ms: usize| vec![0i16; ms * R];
     let shaped = |ms: usize, amp: f32, seed: u64, env: &dyn Fn(f32) -> f32| -> Vec<i16> {
-        let n = sttd_common::noise(ms * R, 1.0, seed);
+        let n = common::noise(ms * R, 1.0, seed);
         n.iter().enumerate().map(|(i, &x)| (x as f32 * amp * env(i as f32 / (ms * R) as f32)) as i16).collect()
     };
     // A cough: a sharp noise burst decaying over ~150 ms, twice.

@@ -10,7 +10,9 @@
 //! `STTD_BENCH_MODEL=~/.cache/tgvoice/models/ggml-base.bin` measures another model (default tiny.en);
 //! `STTD_BENCH_STEP=3` uses every third question only (the live test's subset; a quicker run).
 
-#[path = "../tests/common/mod.rs"]
+// The question set's voices and vadseg's segments are the system tests' helpers (tests/common),
+// over sttd's own (bins/sttd/tests/common).
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use clap::Parser;

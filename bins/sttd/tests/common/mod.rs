@@ -1,5 +1,7 @@
-//! Shared helpers for sttd's integration tests and benchmark: espeak-ng test speech with
-//! reference texts, framing it as vadseg would, running sttd, and word error rate.
+//! Shared helpers for sttd's integration tests and benchmarks: espeak-ng test speech with
+//! reference texts, framing it as vadseg would, running sttd, word error rate and the
+//! short-question set. Nothing here starts another program; the cross-program helpers (Piper
+//! speech through tts-writer, the `tgcat | vadseg | sttd` chain) are the system tests' (tests/common at the repository root).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -64,54 +66,6 @@ pub fn speak_espeak(voice: &str, words_per_minute: u32, text: &str) -> Vec<i16> 
         return resample(48_000, RATE, &resample(RATE, 48_000, &speech));
     }
     speech
-}
-
-/// The Piper voice en_US-joe-medium with its sampling noise off (`noise_scale` and `noise_w` 0
-/// in a copy of its config beside a link to the model), so the same text gives the same audio
-/// in every run. With the voice's own 0.667/0.8 every run speaks each question differently
-/// (other durations, other pauses), which moves every later question against vadseg's 32 ms
-/// chunk grid: the short-question test then measured different audio each time (issue 17).
-pub fn deterministic_piper_voice() -> PathBuf {
-    static VOICE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    VOICE
-        .get_or_init(|| {
-            let model = tgvoice::testkit::cache_dir().join("models/piper/en_US-joe-medium.onnx");
-            let json = std::fs::read_to_string(format!("{}.json", model.display()))
-                .unwrap_or_else(|e| panic!("{}.json: {e}; run scripts/setup (Piper voice)", model.display()));
-            let mut config: serde_json::Value = serde_json::from_str(&json).expect("Piper voice config is JSON");
-            config["inference"]["noise_scale"] = 0.0.into();
-            config["inference"]["noise_w"] = 0.0.into();
-            let dir = std::env::temp_dir().join(format!("sttd-test-piper-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let link = dir.join("en_US-joe-medium.onnx");
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(&model, &link).unwrap();
-            std::fs::write(dir.join("en_US-joe-medium.onnx.json"), config.to_string()).unwrap();
-            link
-        })
-        .clone()
-}
-
-/// `text` spoken by the Piper neural voice (en_US-joe-medium, sampling noise off: see
-/// [`deterministic_piper_voice`]) through the real `tts-writer`, at 16 kHz. A natural voice:
-/// the chain's WER then measures the chain, not espeak's robotic pronunciation (tiny.en
-/// mishears espeak's "brown fox" as "roundfark").
-pub fn speak_piper(text: &str) -> Vec<i16> {
-    let mut child = Command::new(tgvoice::testkit::bin_path("tts-writer"))
-        .args(["--engine", "piper", "-q", "--piper-model"])
-        .arg(deterministic_piper_voice())
-        .env("TGVOICE_STATE_DIR", std::env::temp_dir())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("tts-writer not built: cargo build --release --workspace");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(format!("{text}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "tts-writer --engine piper failed: run scripts/setup (Piper voice)");
-    let pcm: Vec<i16> = out.stdout.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
-    assert!(pcm.len() > 48_000 / 2, "tts-writer produced almost no audio for {text:?}");
-    resample(48_000, RATE, &pcm)
 }
 
 pub fn resample(from: u32, to: u32, samples: &[i16]) -> Vec<i16> {
@@ -255,57 +209,6 @@ impl Sttd {
     }
 }
 
-/// What `tgcat WAV | vadseg | sttd` gave: sttd's events in order, its log, and the wall time.
-pub struct Chain {
-    pub events: Vec<Event>,
-    pub sttd_log: String,
-    pub secs: f64,
-}
-
-/// Run `tgcat TGCAT_ARGS WAV | vadseg VADSEG_ARGS | sttd --model M STTD_ARGS` to the end (or
-/// until sttd is silent for `idle`); every program must exit 0.
-pub fn run_chain(wav: &std::path::Path, tgcat_args: &[&str], vadseg_args: &[&str], sttd_args: &[&str], idle: Duration) -> Chain {
-    let t0 = Instant::now();
-    let mut tgcat = Command::new(tgvoice::testkit::bin_path("tgcat"))
-        .args(tgcat_args)
-        .arg(wav)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("tgcat not built");
-    let mut vadseg = Command::new(tgvoice::testkit::bin_path("vadseg"))
-        .args(vadseg_args)
-        .stdin(tgcat.stdout.take().unwrap())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("vadseg not built");
-    let mut sttd = Command::new(tgvoice::testkit::bin_path("sttd"))
-        .arg("--model")
-        .arg(model_path())
-        .args(sttd_args)
-        .stdin(vadseg.stdout.take().unwrap())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = sttd.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut s = String::new();
-        stderr.read_to_string(&mut s).ok();
-        s
-    });
-    let frames = decode_thread(sttd.stdout.take().unwrap());
-    let mut events = vec![];
-    while let Ok((_, f)) = frames.recv_timeout(idle) {
-        if let Frame::Event(e) = f {
-            events.push(e);
-        }
-    }
-    for c in [&mut tgcat, &mut vadseg, &mut sttd] {
-        assert!(c.wait().unwrap().success());
-    }
-    Chain { events, sttd_log: log.join().unwrap(), secs: t0.elapsed().as_secs_f64() }
-}
-
 pub fn decode_thread(mut r: impl Read + Send + 'static) -> crossbeam_channel::Receiver<(Instant, Frame)> {
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::spawn(move || {
@@ -389,61 +292,4 @@ pub const SHORT_QUESTIONS: &str = include_str!("../data/short_questions.txt");
 
 pub fn short_questions() -> Vec<&'static str> {
     SHORT_QUESTIONS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
-}
-
-/// A test voice: the Piper neural voice through tts-writer, or espeak-ng with a voice and speed.
-#[derive(Debug, Clone, Copy)]
-pub enum Voice {
-    Piper,
-    Espeak { voice: &'static str, wpm: u32 },
-}
-
-/// The short-question set's voices: Piper en_US-joe-medium, espeak-ng US English a little
-/// faster than its default, British English slower.
-pub const VOICES: [(&str, Voice); 3] = [
-    ("piper-joe", Voice::Piper),
-    ("espeak-us-165", Voice::Espeak { voice: "en-us", wpm: 165 }),
-    ("espeak-gb-140", Voice::Espeak { voice: "en-gb", wpm: 140 }),
-];
-
-impl Voice {
-    /// `text` in this voice, 16 kHz mono.
-    pub fn speak(self, text: &str) -> Vec<i16> {
-        match self {
-            Voice::Piper => speak_piper(text),
-            Voice::Espeak { voice, wpm } => speak_espeak(voice, wpm, text),
-        }
-    }
-}
-
-/// `tgcat WAV | vadseg` at full speed: the 16 kHz segments vadseg cuts from `audio` (16 kHz),
-/// one per turn, in the order spoken.
-pub fn vad_segments(audio: &[i16]) -> Vec<Vec<i16>> {
-    let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("speech.wav");
-    tgvoice::resample::write_wav_mono(&wav, RATE, audio).unwrap();
-    let mut tgcat = Command::new(tgvoice::testkit::bin_path("tgcat"))
-        .args(["-q", "--trailing-silence", "1.5"])
-        .arg(&wav)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("tgcat not built: cargo build --release -p tgcat -p vadseg");
-    let vadseg = Command::new(tgvoice::testkit::bin_path("vadseg"))
-        .arg("-q")
-        .stdin(tgcat.stdout.take().unwrap())
-        .stdout(Stdio::piped())
-        .output()
-        .expect("vadseg not built (and ORT_DYLIB_PATH set: scripts/env.sh)");
-    assert!(tgcat.wait().unwrap().success() && vadseg.status.success(), "tgcat | vadseg failed");
-    let mut dec = FrameDecoder::new();
-    dec.push(&vadseg.stdout);
-    let mut turns: std::collections::BTreeMap<u64, Vec<i16>> = Default::default();
-    while let Some(f) = dec.next() {
-        if let Ok(Frame::Audio(a)) = f {
-            if a.turn != 0 {
-                turns.entry(a.turn).or_default().extend_from_slice(&a.samples);
-            }
-        }
-    }
-    turns.into_values().collect()
 }

@@ -1,10 +1,10 @@
 //! The round trip: text → tts-writer (Piper and espeak-ng) → 48 kHz → resampled to 16 kHz →
 //! sttd (whisper tiny.en) gives back the words.
 //!
-//! sttd is its own package (bins/sttd). In a workspace without it this test says so and does
-//! nothing; once sttd is part of the workspace it runs for real (build it first:
-//! `cargo build --release -p sttd -p tts-writer`, model from `scripts/setup`).
+//! A system test: it needs both programs built (`cargo build --release -p sttd -p tts-writer`)
+//! and the models from `scripts/setup`. The helpers are tts-writer's own test helpers.
 
+#[path = "../bins/tts-writer/tests/common/mod.rs"]
 mod common;
 use common::*;
 use std::process::{Command, Stdio};

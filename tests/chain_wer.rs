@@ -1,10 +1,10 @@
 //! FULL CHAIN: `tgcat [--realtime] x.wav | vadseg | sttd` on 12 utterances spoken by the Piper
 //! voice (through the real tts-writer) with 1.5 s pauses, WER at most 10 % — the figure
 //! for tiny.en on clean speech (measured: 3.1 %). espeak-ng's robotic voice is kept for the
-//! direct tests in tests/transcribe.rs (12–14 %, bound 15 %). The same recording also goes
-//! through at full speed (no `--realtime`, the way a Unix user transcribes a file): every
+//! direct tests in bins/sttd/tests/transcribe.rs (12–14 %, bound 15 %). The same recording also
+//! goes through at full speed (no `--realtime`, the way a Unix user transcribes a file): every
 //! utterance must come out, in order, as well as live, and sttd must drop nothing. Needs
-//! ORT_DYLIB_PATH (scripts/env.sh sets it).
+//! tgcat, vadseg, sttd and tts-writer built and ORT_DYLIB_PATH (scripts/env.sh sets it).
 
 mod common;
 
@@ -25,7 +25,7 @@ struct ChainRun {
 
 fn run_chain(wav: &Path, realtime: bool) -> ChainRun {
     let tgcat_args: &[&str] = if realtime { &["--realtime", "--trailing-silence", "1.5"] } else { &[] };
-    // For manual experiments, like tests/common's Sttd::spawn.
+    // For manual experiments, like Sttd::spawn (bins/sttd/tests/common).
     let extra = std::env::var("STTD_TEST_ARGS").unwrap_or_default();
     let sttd_args: Vec<&str> = extra.split_whitespace().collect();
     let chain = common::run_chain(wav, tgcat_args, &[], &sttd_args, Duration::from_secs(180));
@@ -81,7 +81,7 @@ fn word_error_rate_through_tgcat_vadseg_sttd_live_and_at_full_speed() {
         println!("sttd: {summary}");
         assert_eq!(run.transcripts.len(), UTTERANCES.len(), "{mode}: an utterance was lost\n{}", run.sttd_log);
         assert!(summary.contains(" 0 dropped"), "{mode}: sttd dropped turns: {summary}\n{}", run.sttd_log);
-        // Same bound as tests/transcribe.rs (see MAX_WER there for the justification).
+        // Same bound as bins/sttd/tests/transcribe.rs (see MAX_WER there for the justification).
         assert!(wer <= 10.0, "{mode}: chain WER {wer:.1} % exceeds 10 %");
         wers.push(wer);
     }
