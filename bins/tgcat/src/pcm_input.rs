@@ -19,7 +19,7 @@ pub struct Options {
     pub trailing_silence_s: f64,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Stats {
     pub frames: u64,
     pub samples: u64,
@@ -162,4 +162,89 @@ pub fn frame_input(input: Endpoint, opts: &Options, emit: impl FnMut(AudioFrame)
     framer.push(&vec![0; (opts.trailing_silence_s * RATE as f64) as usize]);
     framer.flush();
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> Options {
+        Options { realtime: false, frame_samples: 960, trailing_silence_s: 0.0 }
+    }
+
+    /// Every frame tgcat makes of a file.
+    fn frames_of(bytes: &[u8], opts: &Options) -> Vec<AudioFrame> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input");
+        std::fs::write(&path, bytes).unwrap();
+        let mut out = vec![];
+        frame_input(Endpoint::Path(path), opts, |f| {
+            out.push(f);
+            true
+        })
+        .unwrap();
+        out
+    }
+
+    fn raw(samples: impl Iterator<Item = i16>) -> Vec<u8> {
+        samples.flat_map(|s| s.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn raw_pcm_becomes_20_ms_frames_timed_by_their_sample_index() {
+        // 50 ms of a ramp: two whole frames and a 10 ms rest, nothing lost or reordered.
+        let samples: Vec<i16> = (0..2400).map(|i| i as i16).collect();
+        let f = frames_of(&raw(samples.iter().copied()), &opts());
+        assert_eq!(f.iter().map(|f| f.samples.len()).collect::<Vec<_>>(), [960, 960, 480]);
+        assert_eq!(f.iter().flat_map(|f| f.samples.clone()).collect::<Vec<_>>(), samples);
+        assert_eq!(f.iter().map(|f| f.sample_index).collect::<Vec<_>>(), [0, 960, 1920]);
+        assert_eq!(f[1].capture_us - f[0].capture_us, 20_000);
+        assert_eq!(f[2].capture_us - f[0].capture_us, 40_000);
+        assert!(f.iter().all(|f| f.sample_rate == RATE && f.channels == 1 && f.turn == 0));
+    }
+
+    #[test]
+    fn a_wav_at_16_khz_is_resampled_to_48_khz_and_trailing_silence_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.wav");
+        let spec = hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        for i in 0..16_000 {
+            w.write_sample(((i as f64 * 0.05).sin() * 8000.0) as i16).unwrap();
+        }
+        w.finalize().unwrap();
+        let f = frames_of(&std::fs::read(&path).unwrap(), &Options { trailing_silence_s: 0.5, ..opts() });
+        let total: usize = f.iter().map(|f| f.samples.len()).sum();
+        assert_eq!(total, 48_000 + 24_000, "1 s of speech at 48 kHz and 0.5 s of silence");
+        let tail = &f[f.len() - 25..];
+        assert!(tail.iter().all(|f| f.samples.iter().all(|&s| s == 0)), "the last 0.5 s is silence");
+        assert!(tgvoice::audio::rms_i16(&f[10].samples) > 4000.0);
+    }
+
+    #[test]
+    fn an_odd_byte_is_kept_for_the_next_read_and_frames_are_refused() {
+        // 3 bytes = one sample and a half: the half never becomes a sample.
+        let f = frames_of(&[1, 0, 7], &opts());
+        assert_eq!(f.iter().flat_map(|f| f.samples.clone()).collect::<Vec<_>>(), [1]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("frames");
+        std::fs::write(&path, tgvoice::frame::encode(&tgvoice::Frame::Event(tgvoice::Event::new("call-start")))).unwrap();
+        let err = frame_input(Endpoint::Path(path), &opts(), |_| true).unwrap_err();
+        assert!(format!("{err:#}").contains("framecat"), "{err:#}");
+    }
+
+    #[test]
+    fn a_reader_that_leaves_stops_the_framing() {
+        let samples = raw((0..48_000).map(|i| i as i16));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input");
+        std::fs::write(&path, samples).unwrap();
+        let mut n = 0;
+        let stats = frame_input(Endpoint::Path(path), &opts(), |_| {
+            n += 1;
+            n < 3
+        })
+        .unwrap();
+        assert_eq!((n, stats.frames), (3, 3), "no frame after the output closed");
+    }
 }
