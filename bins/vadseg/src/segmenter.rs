@@ -169,13 +169,8 @@ impl SpeechSegmenter {
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Idle => {
                 if speech {
-                    let until = self.emitted_until;
-                    let mut chunks: Vec<Chunk> = self.recent.drain(..).filter(|c| c.index >= until).collect();
                     let onset_us = chunk.capture_us;
-                    chunks.push(chunk);
-                    let turn = self.new_turn_id(onset_us);
-                    out.push(Decision::Onset { turn, onset_us, decided_us: self.decided_us });
-                    self.state = State::Pending { turn, onset_us, voiced_ms: chunk_ms, gap_ms: 0, chunks };
+                    self.open_run(onset_us, self.decided_us, Some(chunk), out);
                     self.confirm_if_long_enough(out);
                 } else {
                     self.remember(chunk);
@@ -245,14 +240,21 @@ impl SpeechSegmenter {
     /// [`LEVEL_ONSET_WAIT_US`].
     /// `decided_us`: capture time of the last sample the cue saw.
     pub fn level_onset(&mut self, onset_us: u64, decided_us: u64, out: &mut Vec<Decision>) {
-        if !matches!(self.state, State::Idle) {
-            return;
+        if matches!(self.state, State::Idle) {
+            self.open_run(onset_us, decided_us, None, out);
         }
+    }
+
+    /// Idle → Pending: the onset reserves the turn id, the pre-roll not yet sent opens the run,
+    /// then Silero's first voiced chunk (counted as voiced) if that is what opened it.
+    fn open_run(&mut self, onset_us: u64, decided_us: u64, voiced: Option<Chunk>, out: &mut Vec<Decision>) {
         let until = self.emitted_until;
-        let chunks: Vec<Chunk> = self.recent.drain(..).filter(|c| c.index >= until).collect();
+        let mut chunks: Vec<Chunk> = self.recent.drain(..).filter(|c| c.index >= until).collect();
+        let voiced_ms = if voiced.is_some() { self.chunk_ms } else { 0 };
+        chunks.extend(voiced);
         let turn = self.new_turn_id(onset_us);
         out.push(Decision::Onset { turn, onset_us, decided_us });
-        self.state = State::Pending { turn, onset_us, voiced_ms: 0, gap_ms: 0, chunks };
+        self.state = State::Pending { turn, onset_us, voiced_ms, gap_ms: 0, chunks };
     }
 
     /// End of input (or of the call): close an open turn; a pending one is dropped.
