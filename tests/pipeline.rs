@@ -496,6 +496,12 @@ impl Drop for CpuHog {
 /// A caller pauses long enough to end the turn, then goes on while the first part is still
 /// being transcribed or answered, on a machine a CPU hog keeps busy. Both parts must reach the
 /// LLM as one user message (no reply to half a sentence, no word lost), and the reply is heard.
+///
+/// The scenario needs the first part's reply not to have reached TTS when the second part
+/// begins (1.2 s after the first). When the machine is fast enough that it has (speculative
+/// transcript ready at the end of turn, LLM in ~100 ms: seen in CI), the second part is by
+/// design a barge-in over a playing reply, not this case; the call is then made again on a
+/// fresh instance (at most five times), and at least one call must be this case.
 #[test]
 fn a_caller_who_pauses_and_goes_on_under_load_is_one_message_answered() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -510,30 +516,37 @@ fn a_caller_who_pauses_and_goes_on_under_load_is_one_message_answered() {
     let both = dir.path().join("both.wav");
     tgvoice::resample::write_wav_mono(&both, rate, &audio).unwrap();
 
-    let p = Pipeline::start("pause");
-    let hog = CpuHog::start();
-    let (turns, _) = p.call(&[both.display().to_string()], &["--reply-timeout", "60", "--reply-silence", "2.5"]);
-    drop(hog);
-    assert!(answered(&turns[0]), "the reply was not heard: {turns:?}");
-
-    let vad = p.log("vadseg");
-    let ended = vad.matches("s of speech").count();
-    assert!(ended >= 2, "the pause did not end a turn, so this test proved nothing:\n{vad}");
-    let history: Vec<Value> = walk(&p.state.path().join(&p.instance))
-        .into_iter()
-        .filter(|f| f.extension().is_some_and(|e| e == "jsonl") && f.parent().is_some_and(|d| d.ends_with("conversations")))
-        .flat_map(|f| std::fs::read_to_string(f).unwrap_or_default().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect::<Vec<_>>())
-        .collect();
-    let users: Vec<String> = history.iter().filter(|e| e["role"] == "user").map(|e| e["text"].as_str().unwrap().to_lowercase()).collect();
-    println!("history: {history:?}");
-    assert_eq!(users.len(), 1, "the caller's one sentence became {} user messages: {users:?}", users.len());
-    // (espeak's voice: tiny.en sometimes mishears a word; each part has two chances.)
-    let has = |words: &[&str]| words.iter().any(|w| users[0].contains(w));
-    assert!(has(&["table", "four"]) && has(&["tomorrow", "evening"]), "a part of the sentence is missing: {:?}", users[0]);
-    let roles: Vec<&str> = history.iter().map(|e| e["role"].as_str().unwrap()).collect();
-    assert_eq!(roles, vec!["user", "assistant"], "history: {history:?}");
-    let sttd = p.log("sttd");
-    assert!(!sttd.contains("dropped ("), "sttd dropped a turn:\n{sttd}");
+    for attempt in 1..=5 {
+        let p = Pipeline::start(&format!("pause{attempt}"));
+        let hog = CpuHog::start();
+        let (turns, _) = p.call(&[both.display().to_string()], &["--reply-timeout", "60", "--reply-silence", "2.5"]);
+        drop(hog);
+        if p.log("llm-relay").contains("the caller speaks over the reply") {
+            println!("call {attempt}: the first part's reply was already playing when the second began (not this case); again");
+            continue;
+        }
+        assert!(answered(&turns[0]), "the reply was not heard: {turns:?}");
+        let vad = p.log("vadseg");
+        let ended = vad.matches("s of speech").count();
+        assert!(ended >= 2, "the pause did not end a turn, so this test proved nothing:\n{vad}");
+        let history: Vec<Value> = walk(&p.state.path().join(&p.instance))
+            .into_iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "jsonl") && f.parent().is_some_and(|d| d.ends_with("conversations")))
+            .flat_map(|f| std::fs::read_to_string(f).unwrap_or_default().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect::<Vec<_>>())
+            .collect();
+        let users: Vec<String> = history.iter().filter(|e| e["role"] == "user").map(|e| e["text"].as_str().unwrap().to_lowercase()).collect();
+        println!("history: {history:?}");
+        assert_eq!(users.len(), 1, "the caller's one sentence became {} user messages: {users:?}", users.len());
+        // (espeak's voice: tiny.en sometimes mishears a word; each part has two chances.)
+        let has = |words: &[&str]| words.iter().any(|w| users[0].contains(w));
+        assert!(has(&["table", "four"]) && has(&["tomorrow", "evening"]), "a part of the sentence is missing: {:?}", users[0]);
+        let roles: Vec<&str> = history.iter().map(|e| e["role"].as_str().unwrap()).collect();
+        assert_eq!(roles, vec!["user", "assistant"], "history: {history:?}");
+        let sttd = p.log("sttd");
+        assert!(!sttd.contains("dropped ("), "sttd dropped a turn:\n{sttd}");
+        return;
+    }
+    panic!("in five calls the first part's reply was always playing before the second part began: the case was never tested");
 }
 
 /// The short-question set (bins/sttd/tests/data) said by callsim into the supervised
