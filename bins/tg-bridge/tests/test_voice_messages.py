@@ -159,6 +159,19 @@ def run_bridge(backend, run_dir, pipeline, messages, expect_replies, allow=(str(
     return asyncio.run(scenario())
 
 
+def whisper_threads(state):
+    """For each sttd of the message pipeline that transcribed something, in order: the thread
+    count its start-up line gave."""
+    threads, used = {}, []
+    for line in (state / "logs" / "sttd.log").read_text().splitlines():
+        pid = re.search(r"sttd\[(\d+)\]", line)
+        if pid and (m := re.search(r"loaded .* (\d+) threads", line)):
+            threads[pid[1]] = int(m[1])
+        elif pid and re.search(r"info: turn \d+: \"", line) and pid[1] not in used:
+            used.append(pid[1])
+    return [threads.get(p) for p in used]
+
+
 def voice_message(mid, ogg, sender=USER, chat=None, private=True, addressed=False, duration=None):
     return IncomingMessage(chat_id=chat or sender, message_id=mid, sender_id=sender, private=private,
                            addressed=addressed, voice=True, duration=duration, handle=ogg)
@@ -173,6 +186,8 @@ def test_a_voice_note_is_answered_with_a_voice_note_that_says_the_reply(run_dir,
     b = run_bridge(backend, run_dir, make_pipeline(tmp_path / "state", llm_port), [voice_message(7, ogg)], 1,
                    ring=USER, caption=True)
     assert b.call_at_end is not None and b.call_at_end.chat_id == USER, "the call did not survive the voice note"
+    # whisper decoded the note on one thread, beside the call (two spin-waiting threads starve it)
+    assert whisper_threads(tmp_path / "state") == [1]
     assert sorted(os.listdir(run_dir)) == before                  # nothing of the note's pipeline in $RUN
     time.sleep(0.2)
     events = []
@@ -269,6 +284,8 @@ def test_messages_are_answered_in_order_in_one_conversation_per_chat_across_rest
     assert history_sizes(state, USER) == [1, 3, 5]
     # … and the model used it
     assert "max" in words(b.voice.replies[1].text), b.voice.replies[1].text
+    # no call: whisper had both cores
+    assert whisper_threads(state) == [2, 2, 2]
 
     # a restarted bridge continues the chat's conversation; /reset starts a new one
     backend = FakeCallBackend()

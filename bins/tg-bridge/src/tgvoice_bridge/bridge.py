@@ -125,6 +125,7 @@ class Bridge:
         if voice:
             from .voicemsg import VoiceMessages
             self.voice = VoiceMessages(backend, allow=lambda: self.allow, **voice)
+            self.voice.pipeline.call_live = lambda: self.current is not None or self._answering is not None
             backend.on_message = self.voice.on_message
 
     # -- media -------------------------------------------------------------------------

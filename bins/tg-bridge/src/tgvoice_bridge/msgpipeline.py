@@ -10,7 +10,8 @@ llm-relay, tts-writer), run by the bridge on private pipes, fed as fast as they 
   transcript it was asked for, then both exit. So every transcript of the message is known
   when sttd's output ends, and "no speech" is simply "no transcript". Whisper's model load and
   warm-up take ~1–2 s, so the next pair is started as soon as a reply went out (``prepare``):
-  the next message finds it ready, unless it comes within those seconds.
+  the next message finds it ready, unless it comes within those seconds. whisper gets two
+  threads when no call is live, one beside a call (``call_live``, set by the bridge).
 - **llm-relay, one per message,** with the chat's own state directory
   (``<state>/chats/<chat>``): llm-relay continues the conversation recorded there, so each chat
   has its own conversation across messages and restarts; a ``call-start`` starts a new one
@@ -47,9 +48,12 @@ FRAME_SAMPLES = RATE // 50                 # 20 ms audio frames, like tgcat
 # would make sttd drop an earlier turn it had not finished.)
 MESSAGE_EOT_SILENCE_MS = 5000
 # whisper.cpp's worker threads spin-wait for each other: on this 2-core machine at load 12–16,
-# 5 s of speech took 65–74 s with 2 threads and 4–5 s with 1. Messages run beside a call at
-# lower priority, where that contention is the normal case.
-MESSAGE_STT_THREADS = 1
+# 5 s of speech took 65–74 s with 2 threads and 4–5 s with 1. So a message decoded while a call
+# is live (beside it, at lower priority, where that contention is the normal case) gets one
+# thread; with no call, both cores are free and two threads halve the decode (5 s of speech,
+# quiet machine: 2650 → 1389 ms).
+STT_THREADS_BESIDE_A_CALL = 1
+STT_THREADS_ALONE = 2
 FALLBACK_APOLOGY = "Sorry, something went wrong while answering. Please try again."
 
 
@@ -108,13 +112,14 @@ class _Pending:
 class _Front:
     """One vadseg | sttd pair, waiting on its stdin."""
 
-    def __init__(self, pipeline):
+    def __init__(self, pipeline, threads):
         p = pipeline
+        self.threads = threads
         self.vad = p._spawn("vadseg", ["--eot-silence", str(MESSAGE_EOT_SILENCE_MS)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         # No speculative decodes: the whole message arrives at once, so a "pause" in its arrival
         # is only the scheduler, and each such decode (one thread) held up the real one.
-        self.stt = p._spawn("sttd", ["--threads", str(MESSAGE_STT_THREADS), "--speculate-after", "0"],
+        self.stt = p._spawn("sttd", ["--threads", str(threads), "--speculate-after", "0"],
                             stdin=self.vad.stdout, stdout=subprocess.PIPE)
         self.vad.stdout.close()              # sttd holds it now
         self.started = time.monotonic()
@@ -131,6 +136,8 @@ class _Front:
 class MessagePipeline:
     def __init__(self, state_dir, commands=None, niceness=10, env=None, reply_timeout_s=120):
         self.state_dir = Path(state_dir)
+        # Is a call live? (tg-bridge sets it: the whisper thread count depends on it.)
+        self.call_live = lambda: False
         self.commands = commands or stage_commands()
         self.niceness = niceness
         self.env = dict(os.environ, **(env or {}))
@@ -160,11 +167,14 @@ class MessagePipeline:
         self._ensure_tts()
         self.prepare()
 
+    def _stt_threads(self):
+        return STT_THREADS_BESIDE_A_CALL if self.call_live() else STT_THREADS_ALONE
+
     def prepare(self):
         """Start the vadseg | sttd pair for the next message, unless one is waiting. Called after
         each reply went out, so its model load does not compete with answering."""
         if self._front is None:
-            self._front = _Front(self)
+            self._front = _Front(self, self._stt_threads())
 
     def _ensure_tts(self):
         if self._tts is not None and self._tts.poll() is None:
@@ -303,10 +313,16 @@ class MessagePipeline:
         steps, t0 = {}, time.monotonic()
         self._ensure_tts()
         front, self._front = self._front, None
+        threads = self._stt_threads()
+        if front is not None and front.threads != threads:
+            # A call began or ended since the pair was started (costs a model load, ~0.3 s).
+            log.info("voice messages: a call is %s; whisper gets %d thread(s)", "live" if self.call_live() else "over", threads)
+            front.kill()
+            front = None
         if front is None or front.vad.poll() is not None or front.stt.poll() is not None:
             if front is not None:
                 front.kill()
-            front = _Front(self)
+            front = _Front(self, threads)
         relay = self._relay(chat)                       # starts while sttd works
         try:
             transcripts, stt_trace = self._transcribe(front, pcm, received_us)
