@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(short, long, default_value = "en", env = "STTD_LANGUAGE")]
     pub language: String,
     /// Beam size of the first decode (1 = greedy decoding, fastest).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    #[arg(long, default_value_t = 1, env = "STTD_BEAM_SIZE", value_parser = clap::value_parser!(u32).range(1..=8))]
     pub beam_size: u32,
     /// Initial prompt (names, jargon) to bias the vocabulary.
     #[arg(long, value_name = "TEXT")]
