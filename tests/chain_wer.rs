@@ -142,7 +142,7 @@ fn sigterm_to_vadseg_mid_utterance_still_transcribes_it() {
     assert!(kinds.contains(&kind::SPEECH_END), "no speech-end after SIGTERM: {kinds:?}\n{vadseg_log}");
     let transcript = events
         .iter()
-        .find(|e| e.is(kind::TRANSCRIPT))
+        .find(|e| e.is(kind::TRANSCRIPT) && e.get_bool("final") != Some(false))
         .and_then(|e| e.text.clone())
         .unwrap_or_default();
     println!("transcript of the cut utterance: {transcript:?}");

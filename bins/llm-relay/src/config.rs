@@ -71,7 +71,9 @@ Provider (--provider auto): ANTHROPIC_API_KEY set → Claude (default model clau
 else OPENAI_API_KEY set → OpenAI-compatible at --base-url (default https://api.openai.com/v1);\n\
 else the local llama.cpp server at http://127.0.0.1:$TGVOICE_LLM_PORT/v1 (default port 8088;\n\
 start it with scripts/llm-server). Keys come from the environment only and are never logged.\n\n\
-Input events: transcript (final=true starts a reply; final=false is ignored), speech-start\n\
+Input events: transcript (final=true starts a reply; a preview, final=false with preview=true,\n\
+starts it early but holds it until the final transcript makes the same request, see --preempt;\n\
+other final=false transcripts are ignored), speech-start\n\
 (forwarded at once; over a reply that may be playing, --barge-in pause waits for the turn's\n\
 words: none or a backchannel → resume {turn}, else the reply is cancelled and cancel {turn: N-1}\n\
 is sent), cancel (the reply in progress is cancelled), call-start (new\n\
@@ -177,6 +179,13 @@ pub struct Args {
     /// "mm-hmm" was cancelled at 1500 on a busy machine).
     #[arg(long, default_value_t = 2100, env = "TGVOICE_LLM_INTERRUPT_AFTER_MS", value_name = "MS")]
     pub interrupt_after: u64,
+    /// `on`: a preview transcript (sttd's decode at a pause: final=false, preview=true) starts
+    /// the reply early, held; the final transcript releases it if it makes the same request,
+    /// else it is dropped unheard. Hides the LLM's first-token time in vadseg's end-of-turn
+    /// wait, at the cost of a wasted request when the caller goes on. `off`: wait for the final
+    /// transcript.
+    #[arg(long, default_value = "on", env = "TGVOICE_LLM_PREEMPT", value_parser = ["on", "off"])]
+    pub preempt: String,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -285,6 +294,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
             pause_first: args.barge_in == BargeIn::Pause,
             backchannels: crate::backchannel::Backchannels::parse(&args.backchannels),
             interrupt_after: Duration::from_millis(args.interrupt_after.clamp(100, 60_000)),
+            preempt: args.preempt == "on",
         },
         state_dir,
     })

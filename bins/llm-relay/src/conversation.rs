@@ -154,8 +154,28 @@ impl Conversation {
 
     /// The messages to send, newest last, trimmed to `budget` in jumps (see the module doc).
     pub fn messages(&self, budget: Budget) -> Vec<ChatMessage> {
-        let texts: Vec<(Role, String)> = self
-            .entries
+        let (messages, start) = Self::window(&self.entries, self.window_start.get(), budget);
+        self.window_start.set(start);
+        messages
+    }
+
+    /// The messages [`messages`](Self::messages) would give once the caller's `text` is
+    /// recorded: appended, or (`merge`) replacing the last user message. Nothing changes: this
+    /// is what a reply started early (a preview) is asked, and it stands only if the real
+    /// request turns out the same.
+    pub fn messages_if_user_said(&self, text: &str, merge: bool, budget: Budget) -> Vec<ChatMessage> {
+        let mut entries = self.entries.clone();
+        let entry = Entry { role: Role::User, text: text.to_string(), turn: None, t: 0, interrupted: false };
+        match entries.last_mut() {
+            Some(last) if merge && last.role == Role::User => *last = entry,
+            _ => entries.push(entry),
+        }
+        Self::window(&entries, self.window_start.get(), budget).0
+    }
+
+    /// The window of `entries` to send from `start` on, and where the window starts now.
+    fn window(entries: &[Entry], start: usize, budget: Budget) -> (Vec<ChatMessage>, usize) {
+        let texts: Vec<(Role, String)> = entries
             .iter()
             .map(|e| {
                 let text = if e.interrupted && e.role == Role::Assistant {
@@ -170,14 +190,13 @@ impl Conversation {
             let kept: Vec<&(Role, String)> = texts[from..].iter().filter(|(_, t)| !t.is_empty()).collect();
             kept.len() <= max_messages && kept.iter().map(|(_, t)| t.len()).sum::<usize>() <= max_chars
         };
-        let mut start = self.window_start.get().min(texts.len());
+        let mut start = start.min(texts.len());
         if !fits(start, budget.max_messages, budget.max_tokens * 4) {
             // Over budget: jump to where the rest fits half of it (always keeping the newest).
             let (half_messages, half_chars) = ((budget.max_messages / 2).max(1), budget.max_tokens * 4 / 2);
             while start + 1 < texts.len() && !fits(start, half_messages, half_chars) {
                 start += 1;
             }
-            self.window_start.set(start);
         }
         let mut picked: Vec<ChatMessage> = texts[start..]
             .iter()
@@ -199,7 +218,7 @@ impl Conversation {
                 _ => merged.push(m),
             }
         }
-        merged
+        (merged, start)
     }
 
     fn path_of(dir: &Path, id: &str) -> PathBuf {

@@ -21,13 +21,20 @@
 //!   goes on and the history is untouched; any other words, or speech still going after
 //!   `--interrupt-after`, → the reply is cancelled as above and `cancel {turn: N − 1}` tells
 //!   tts-writer to drop what it paused.
+//! * A preview (`transcript` with `final: false, preview: true`: sttd decoded the turn at a
+//!   pause, and that text is the final transcript if only silence follows) starts the reply
+//!   early, *held*: the LLM streams, its chunks are kept here and nothing is written. When the
+//!   final transcript makes the same request (same words, same history), the held chunks go
+//!   out at once and the reply goes on as any other; otherwise (other words, the caller went
+//!   on, a cancel or call boundary) the held reply is dropped without a sound or a trace in the
+//!   history (`--preempt off`: previews are ignored, as a stage that knows nothing of them does).
 //! * `call-start` → new conversation; `call-end` → cancel; everything else is forwarded.
 //! * On failure: one log line, an `error` event {stage, message}, and (if nothing was said
 //!   yet) a short spoken apology.
 
 use crate::backchannel::Backchannels;
 use crate::conversation::{Budget, Conversation};
-use crate::provider::{Provider, Role};
+use crate::provider::{ChatMessage, Provider, Role};
 use crate::speakable::{clean_for_speech, CodeFenceFilter, SentenceSplitter};
 use crate::stream::{stream_reply, ReplyError, StreamOptions};
 use std::collections::BTreeMap;
@@ -57,6 +64,8 @@ pub struct RelayConfig {
     pub backchannels: Backchannels,
     /// An interruption still talking after this long is real, whatever its words.
     pub interrupt_after: Duration,
+    /// Start a held reply from a preview transcript (`--preempt`).
+    pub preempt: bool,
 }
 
 /// Piper and espeak speak ~14–16 characters a second; a lower rate over-estimates how long a
@@ -86,6 +95,9 @@ struct TurnEmitter {
     /// Estimated end of the audio of the chunks handed on (llm-relay has no feedback from
     /// tts-writer; see [`SPOKEN_CHARS_PER_S`]).
     audible_until: Option<Instant>,
+    /// A reply started from a preview: its chunks are kept here, not written, until the final
+    /// transcript confirms it ([`TurnEmitter::release`]).
+    held: Option<Vec<String>>,
 }
 
 impl TurnEmitter {
@@ -123,6 +135,37 @@ impl TurnEmitter {
 
     fn emit(&mut self, chunk: &str) {
         let Some(text) = clean_for_speech(chunk) else { return };
+        // A first chunk cut at a clause is not a sentence.
+        if text.ends_with(['.', '!', '?', '…']) {
+            self.sentences += 1;
+        }
+        if let Some(held) = self.held.as_mut() {
+            held.push(text);
+            return;
+        }
+        self.send(text);
+    }
+
+    /// The held reply stands: `trace` is the final transcript's; the LLM's first token counts
+    /// from the transcript on if it came before (the steps still add up to voice-to-voice,
+    /// and "llm" is what the caller waited for the LLM after the transcript). The held chunks
+    /// are written now.
+    fn release(&mut self, mut trace: TurnTrace) {
+        let transcript = trace.get(trace_key::TRANSCRIPT).unwrap_or_else(tgvoice::clock::now_us);
+        if let Some(t) = self.trace.get(trace_key::LLM_REQUEST) {
+            trace.mark(trace_key::LLM_REQUEST, t);
+            trace.mark(trace_key::PREEMPT, t);
+        }
+        if let Some(t) = self.trace.get(trace_key::LLM_FIRST_TOKEN) {
+            trace.mark(trace_key::LLM_FIRST_TOKEN, t.max(transcript));
+        }
+        self.trace = trace;
+        for text in self.held.take().unwrap_or_default() {
+            self.send(text);
+        }
+    }
+
+    fn send(&mut self, text: String) {
         self.trace.mark_now(trace_key::FIRST_CHUNK);
         let event = Event::new(kind::REPLY_CHUNK)
             .with_turn(self.turn)
@@ -130,10 +173,6 @@ impl TurnEmitter {
             .with_trace(self.trace.clone())
             .with("seq", self.seq);
         self.sink.send(Frame::Event(event));
-        // A first chunk cut at a clause is not a sentence.
-        if text.ends_with(['.', '!', '?', '…']) {
-            self.sentences += 1;
-        }
         let now = Instant::now();
         let starts = self.audible_until.map_or(now, |t| t.max(now));
         self.audible_until = Some(starts + Duration::from_secs_f64(text.chars().count() as f64 / SPOKEN_CHARS_PER_S));
@@ -150,6 +189,24 @@ struct ActiveReply {
     task: JoinHandle<Result<u32, ReplyError>>,
 }
 
+/// A reply started from a preview, held until the final transcript (see the module doc).
+struct Preempt {
+    turn: u64,
+    /// What the LLM was asked: the reply stands only if the final request is the same.
+    messages: Vec<ChatMessage>,
+    emitter: Arc<Mutex<TurnEmitter>>,
+    task: JoinHandle<Result<u32, ReplyError>>,
+    started: Instant,
+}
+
+impl Preempt {
+    fn drop_silently(self, why: &str) {
+        self.emitter.lock().unwrap().cancelled = true;
+        self.task.abort(); // drops the HTTP stream: the server stops generating
+        log::info!("turn {}: the reply started early is dropped unheard ({why})", self.turn);
+    }
+}
+
 pub struct Relay {
     cfg: Arc<RelayConfig>,
     client: reqwest::Client,
@@ -162,6 +219,7 @@ pub struct Relay {
     /// Caller turns that started while a reply may have been playing, awaiting the decision:
     /// turn → (speech-start seen at, speech-end seen).
     interruptions: BTreeMap<u64, (Instant, bool)>,
+    preempt: Option<Preempt>,
 }
 
 /// How long a held-back message waits for a turn whose speech-end never came (vadseg cuts
@@ -250,6 +308,7 @@ impl Relay {
             waiting: Waiting::default(),
             audible_until: None,
             interruptions: BTreeMap::new(),
+            preempt: None,
         })
     }
 
@@ -304,11 +363,18 @@ impl Relay {
                 let text = event.text.as_deref().unwrap_or("").trim().to_string();
                 let turn = event.turn.unwrap_or(0);
                 if event.get_bool("final") == Some(false) {
-                    log::debug!("ignoring a partial transcript: {text:?}");
+                    if event.get_bool("preview") == Some(true) && self.cfg.preempt {
+                        self.preview(turn, text, event.trace);
+                    } else {
+                        log::debug!("ignoring a partial transcript: {text:?}");
+                    }
                 } else if text.is_empty() {
                     // The turn had no words (sttd sends an empty final transcript): nothing to
                     // answer in it, but a message held back for it can be answered now.
                     log::debug!("turn {turn}: no words");
+                    if self.preempt.as_ref().is_some_and(|p| p.turn == turn) {
+                        self.drop_preempt("the turn had no words after all");
+                    }
                     if let Some((since, _)) = self.interruptions.remove(&turn) {
                         self.false_alarm(turn, since, "no words");
                     }
@@ -316,6 +382,9 @@ impl Relay {
                     self.answer_if_caller_done(Some((turn, event.trace)))?;
                 } else if self.interruptions.contains_key(&turn) && self.cfg.backchannels.matches(&text) {
                     let (since, _) = self.interruptions.remove(&turn).expect("checked");
+                    if self.preempt.as_ref().is_some_and(|p| p.turn == turn) {
+                        self.drop_preempt("the turn was a backchannel after all");
+                    }
                     self.false_alarm(turn, since, &format!("{text:?}, a backchannel"));
                     self.waiting.transcribed(turn);
                     self.answer_if_caller_done(None)?;
@@ -332,6 +401,7 @@ impl Relay {
                 if let Some(turn) = event.turn {
                     self.waiting.turn_started(turn);
                 }
+                self.drop_preempt("the caller started a new turn");
                 let continued = event.get_u64("continues").is_some();
                 let turn = event.turn;
                 self.sink.send(Frame::Event(event));
@@ -356,11 +426,15 @@ impl Relay {
             kind::CANCEL => {
                 let wanted = event.turn;
                 self.sink.send(Frame::Event(event));
+                if wanted.is_none() || wanted == self.preempt.as_ref().map(|p| p.turn) {
+                    self.drop_preempt("a cancel event");
+                }
                 if wanted.is_none() || wanted == self.active.as_ref().map(|a| a.turn) {
                     self.cancel_reply("a cancel event", false).await?;
                 }
             }
             kind::CALL_START => {
+                self.drop_preempt("a new call");
                 self.cancel_reply("a new call", false).await?;
                 self.waiting.clear();
                 self.interruptions.clear();
@@ -370,6 +444,7 @@ impl Relay {
                 self.sink.send(Frame::Event(event));
             }
             kind::CALL_END => {
+                self.drop_preempt("the call ended");
                 self.cancel_reply("the call ended", false).await?;
                 self.waiting.clear();
                 self.interruptions.clear();
@@ -478,9 +553,76 @@ impl Relay {
         self.start_reply(turn, text, trace)
     }
 
-    fn start_reply(&mut self, turn: u64, text: String, mut trace: TurnTrace) -> anyhow::Result<()> {
+    fn start_reply(&mut self, turn: u64, text: String, trace: TurnTrace) -> anyhow::Result<()> {
         let messages = self.conversation.messages(self.cfg.budget);
+        if let Some(p) = self.preempt.take() {
+            if p.turn == turn && p.messages == messages {
+                let mut em = p.emitter.lock().unwrap();
+                log::info!(
+                    "turn {turn}: the reply started early stands ({:.0} ms before the transcript, {} chunk(s) ready)",
+                    p.started.elapsed().as_secs_f64() * 1e3,
+                    em.held.as_ref().map_or(0, Vec::len)
+                );
+                em.release(trace);
+                drop(em);
+                self.active = Some(ActiveReply { turn, user_text: text, emitter: p.emitter, task: p.task });
+                return Ok(());
+            }
+            let why = if p.turn == turn { "the final transcript asks otherwise" } else { "a later turn is answered" };
+            p.drop_silently(why);
+        }
         log::info!("turn {turn}: {} message(s) of history → {}", messages.len(), self.cfg.provider.url());
+        let (emitter, task) = self.spawn_reply(turn, messages, trace, false);
+        self.active = Some(ActiveReply { turn, user_text: text, emitter, task });
+        Ok(())
+    }
+
+    /// A preview of `turn`: start its reply now, held, if nothing else is going on (no reply
+    /// streaming, no other interruption to decide, not a backchannel over a reply, no other
+    /// turn of the caller pending). The request is the one the final transcript would make.
+    fn preview(&mut self, turn: u64, text: String, trace: TurnTrace) {
+        // A turn that began while a reply may have been playing is an interruption, decided by
+        // its words: a preview that is a backchannel would resume that reply, so it starts
+        // nothing; other words will cancel it, and their answer may start now (held, like any).
+        let undecided = self.interruptions.keys().any(|t| *t != turn)
+            || (self.interruptions.contains_key(&turn) && self.cfg.backchannels.matches(&text));
+        if text.is_empty() || self.active.is_some() || undecided {
+            log::debug!("turn {turn}: preview {text:?} not used (a reply streaming, or an interruption to decide)");
+            return;
+        }
+        if self.waiting.turns.keys().any(|t| *t != turn) {
+            log::debug!("turn {turn}: preview {text:?} not used (another turn of the caller is pending)");
+            return;
+        }
+        let (merge, user_text) = match &self.waiting.unanswered {
+            Some((_, earlier)) => (true, format!("{earlier} {text}")),
+            None => (false, text),
+        };
+        let messages = self.conversation.messages_if_user_said(&user_text, merge, self.cfg.budget);
+        if self.preempt.as_ref().is_some_and(|p| p.turn == turn && p.messages == messages) {
+            return;
+        }
+        self.drop_preempt("the caller said more");
+        log::info!("turn {turn}: preview {user_text:?}: starting the reply early, held until the final transcript");
+        let (emitter, task) = self.spawn_reply(turn, messages.clone(), trace, true);
+        self.preempt = Some(Preempt { turn, messages, emitter, task, started: Instant::now() });
+    }
+
+    fn drop_preempt(&mut self, why: &str) {
+        if let Some(p) = self.preempt.take() {
+            p.drop_silently(why);
+        }
+    }
+
+    /// Start streaming a reply to `messages` in a task of its own; `held`: its chunks are kept
+    /// until [`TurnEmitter::release`].
+    fn spawn_reply(
+        &self,
+        turn: u64,
+        messages: Vec<ChatMessage>,
+        mut trace: TurnTrace,
+        held: bool,
+    ) -> (Arc<Mutex<TurnEmitter>>, JoinHandle<Result<u32, ReplyError>>) {
         trace.mark_now(trace_key::LLM_REQUEST);
         let emitter = Arc::new(Mutex::new(TurnEmitter {
             sink: self.sink.clone(),
@@ -494,13 +636,13 @@ impl Relay {
             max_sentences: self.cfg.max_sentences,
             sentences: 0,
             audible_until: None,
+            held: held.then(Vec::new),
         }));
         let (cfg, client, em) = (self.cfg.clone(), self.client.clone(), emitter.clone());
         let task = tokio::spawn(async move {
             stream_reply(&client, &cfg.provider, &messages, &cfg.stream, |t| em.lock().unwrap().on_text(t)).await
         });
-        self.active = Some(ActiveReply { turn, user_text: text, emitter, task });
-        Ok(())
+        (emitter, task)
     }
 
     /// The streaming task ended on its own (complete, or failed).

@@ -701,3 +701,172 @@ fn speech_over_a_reply_that_goes_on_is_an_interruption_before_its_words() {
     assert!((400..1000).contains(&ms), "cancelled {ms} ms after speech-start (--interrupt-after 400)");
     relay.kill();
 }
+
+// ---- preemption: a preview starts the reply early, held until the final transcript ---------
+
+fn preview(turn: u64, text: &str) -> Event {
+    Event::new("transcript").with_turn(turn).with_text(text).with("final", false).with("preview", true)
+}
+
+/// Each request answers with the last user message's text in it, so a test can tell which
+/// request a chunk came from.
+fn echo_server() -> StandIn {
+    StandIn::start(|_, body| {
+        let asked = messages(body).last().map(|(_, t)| t.clone()).unwrap_or_default();
+        Response::sse(split_at(anthropic_sse(&[&format!("You said: {asked}")]).as_bytes(), &[]), true)
+    })
+}
+
+fn chunk_events_before(relay: &Relay, turn: u64) -> usize {
+    relay.seen.iter().filter(|(_, e)| e.is("reply-chunk") && e.turn == Some(turn)).count()
+}
+
+#[test]
+fn a_preview_starts_the_reply_early_and_the_final_transcript_releases_it() {
+    let server = echo_server();
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(turn_event("speech-start", 1));
+    relay.send(preview(1, "What is the capital of France?"));
+    wait_requests(&server, 1);
+    // The whole answer has streamed by now; none of it may be written before the turn ends.
+    std::thread::sleep(Duration::from_millis(400));
+    relay.send(turn_event("ping", 1)); // forwarded: everything written so far is in front of it
+    relay.wait_for(Duration::from_secs(5), |e| e.is("ping"));
+    assert_eq!(chunk_events_before(&relay, 1), 0, "the held reply was written before the final transcript");
+    relay.send(turn_event("speech-end", 1));
+    let final_sent = Instant::now();
+    relay.send(transcript(1, "What is the capital of France?"));
+    let (at, chunk) = relay.wait_for(Duration::from_secs(5), |e| e.is("reply-chunk"));
+    assert!(at >= final_sent);
+    assert!(chunk.trace.get("preempt").is_some(), "the chunk's trace says it was started early: {:?}", chunk.trace);
+    let end = relay.wait_reply_end(1);
+    assert_eq!(end.get_bool("cancelled"), Some(false));
+    let (events, stderr) = relay.finish();
+    assert_eq!(server.count(), 1, "the final transcript asked the LLM again:\n{stderr}");
+    assert_eq!(chunks_of(&events, 1).join(" "), "You said: What is the capital of France?");
+    assert!(stderr.contains("the reply started early stands"), "{stderr}");
+    assert_eq!(
+        conversation_lines(state.path()),
+        vec![
+            ("user".into(), "What is the capital of France?".into()),
+            ("assistant".into(), "You said: What is the capital of France?".into())
+        ]
+    );
+}
+
+#[test]
+fn a_preview_the_caller_goes_on_from_is_dropped_without_a_sound_or_a_trace() {
+    let server = echo_server();
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(turn_event("speech-start", 1));
+    relay.send(preview(1, "I'd like a table for"));
+    wait_requests(&server, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    // The caller goes on after the hesitation (same turn): a new preview, then the end.
+    relay.send(preview(1, "I'd like a table for four people."));
+    wait_requests(&server, 2);
+    relay.send(turn_event("speech-end", 1));
+    relay.send(transcript(1, "I'd like a table for four people."));
+    relay.wait_reply_end(1);
+    let (events, stderr) = relay.finish();
+    assert_eq!(server.count(), 2, "{stderr}");
+    assert_eq!(chunks_of(&events, 1), vec!["You said: I'd like a table for four people."]);
+    assert!(server.request(0).closed_at.lock().unwrap().is_some(), "the dropped request's stream was not closed");
+    assert_eq!(
+        conversation_lines(state.path()),
+        vec![
+            ("user".into(), "I'd like a table for four people.".into()),
+            ("assistant".into(), "You said: I'd like a table for four people.".into()),
+        ]
+    );
+}
+
+#[test]
+fn a_preview_the_final_transcript_contradicts_is_dropped_and_the_final_words_answered() {
+    let server = echo_server();
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(turn_event("speech-start", 1));
+    relay.send(preview(1, "What time is it"));
+    wait_requests(&server, 1);
+    relay.send(turn_event("speech-end", 1));
+    relay.send(transcript(1, "What time is it now?"));
+    relay.wait_reply_end(1);
+    let (events, stderr) = relay.finish();
+    assert_eq!(server.count(), 2, "{stderr}");
+    assert_eq!(chunks_of(&events, 1), vec!["You said: What time is it now?"]);
+    assert_eq!(conversation_lines(state.path()).len(), 2);
+}
+
+#[test]
+fn a_preview_then_a_new_turn_drops_the_early_reply_and_the_parts_are_answered_as_one() {
+    let server = echo_server();
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(turn_event("speech-start", 1));
+    relay.send(preview(1, "My number is five five five"));
+    wait_requests(&server, 1);
+    relay.send(turn_event("speech-end", 1));
+    relay.send(turn_event("speech-start", 2)); // the caller went on after the turn ended
+    relay.send(transcript(1, "My number is five five five"));
+    relay.send(turn_event("speech-end", 2));
+    relay.send(transcript(2, "one two three."));
+    relay.wait_reply_end(2);
+    let (events, stderr) = relay.finish();
+    assert!(chunks_of(&events, 1).is_empty(), "the early reply spoke: {:?}", chunks_of(&events, 1));
+    assert_eq!(chunks_of(&events, 2), vec!["You said: My number is five five five one two three."]);
+    assert_eq!(server.count(), 2, "{stderr}");
+    assert_eq!(conversation_lines(state.path()).len(), 2);
+}
+
+#[test]
+fn with_preempt_off_a_preview_starts_nothing() {
+    let server = echo_server();
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = anthropic_relay(&server, state.path());
+    cmd.args(["--preempt", "off"]);
+    let mut relay = Relay::spawn(cmd);
+    relay.send(turn_event("speech-start", 1));
+    relay.send(preview(1, "Hello there."));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.count(), 0);
+    relay.send(turn_event("speech-end", 1));
+    relay.send(transcript(1, "Hello there."));
+    relay.wait_reply_end(1);
+    let (events, _) = relay.finish();
+    assert_eq!(server.count(), 1);
+    assert_eq!(chunks_of(&events, 1), vec!["You said: Hello there."]);
+}
+
+#[test]
+fn over_a_playing_reply_a_backchannel_preview_starts_nothing_and_other_words_start_their_answer() {
+    let server = echo_server();
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    relay.send(turn_event("speech-start", 1));
+    relay.send(turn_event("speech-end", 1));
+    relay.send(transcript(1, "Tell me a long story about a dragon."));
+    relay.wait_reply_end(1); // its audio is estimated to play for a few seconds more
+    // "Yeah." over the reply: a backchannel preview starts no request.
+    relay.send(turn_event("speech-start", 2));
+    relay.send(preview(2, "Yeah."));
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(server.count(), 1, "a backchannel over the reply started a request");
+    relay.send(turn_event("speech-end", 2));
+    relay.send(transcript(2, "Yeah."));
+    relay.wait_for(Duration::from_secs(5), |e| e.is("resume") && e.turn == Some(2));
+    // "Stop, what time is it?" over the reply: its answer starts early, held.
+    relay.send(turn_event("speech-start", 3));
+    relay.send(preview(3, "Stop, what time is it?"));
+    wait_requests(&server, 2);
+    relay.send(turn_event("speech-end", 3));
+    relay.send(transcript(3, "Stop, what time is it?"));
+    relay.wait_reply_end(3);
+    let (events, stderr) = relay.finish();
+    assert_eq!(server.count(), 2, "{stderr}");
+    assert!(events.iter().any(|e| e.is("cancel") && e.turn == Some(2)), "the interrupted reply is dropped in tts-writer");
+    assert_eq!(chunks_of(&events, 3), vec!["You said: Stop, what time is it?"]);
+    assert!(stderr.contains("the reply started early stands"), "{stderr}");
+}

@@ -72,6 +72,11 @@ pub struct Args {
     /// Emit partial transcripts ("final": false) of long speech every MS milliseconds. 0 = off.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub partial_every: u64,
+    /// Send the speculative decode's text as a preview ("final": false, "preview": true): the
+    /// final transcript if only silence follows. llm-relay starts the reply from it, held
+    /// until the final transcript confirms it. "off": no previews.
+    #[arg(long, default_value = "on", env = "STTD_PREVIEW", value_parser = ["on", "off"])]
+    pub preview: String,
     /// Segments quieter than this (dBFS RMS) are silence and never reach Whisper.
     #[arg(long, default_value_t = -55.0, allow_negative_numbers = true)]
     pub min_level: f32,
@@ -136,6 +141,7 @@ impl Args {
             // Sampling makes two decodes of the same audio differ: nothing to reuse.
             speculate_after: ms(self.speculate_after).filter(|_| !self.temperature_fallback),
             partial_every: ms(self.partial_every),
+            preview: self.preview == "on",
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct EarlySettings {
     pub speculate_after: Option<Duration>,
     /// Emit `final: false` transcripts of an open turn at most this often (None = off).
     pub partial_every: Option<Duration>,
+    /// Emit a speculative decode's text as `final: false, preview: true` (fifo-layout.md).
+    pub preview: bool,
 }
 
 /// Where the stage's frames go (a FrameSink in the program, a `Vec<Frame>` in unit tests).
@@ -58,6 +60,8 @@ struct OpenTurn {
 struct Early {
     speech: SpeechExtent,
     state: EarlyState,
+    /// Started at a pause (`--speculate-after`), not for a partial transcript.
+    at_pause: bool,
 }
 
 enum EarlyState {
@@ -399,16 +403,23 @@ impl<O: Output> SttStage<O> {
                     t.early = None; // the final decode will try again
                     return;
                 };
-                if self.early.partial_every.is_some() {
+                let Some(early) = t.early.as_mut().filter(|e| matches!(e.state, EarlyState::Running(id) if id == d.id)) else {
+                    return;
+                };
+                // A decode at a pause is the final transcript if only silence follows: tell the
+                // next stage now (a preview), so it can start the reply while vadseg waits.
+                let preview = self.early.preview && early.at_pause;
+                if preview || self.early.partial_every.is_some() {
                     if let Ok(text) = self.guard.accept(&result, &d.samples) {
                         let mut e = Event::new(kind::TRANSCRIPT).with_turn(d.turn).with_text(text).with("final", false);
+                        if preview {
+                            e = e.with("preview", true);
+                        }
                         e.trace = t.trace.clone();
                         self.out.send(Frame::Event(e));
                     }
                 }
-                if let Some(e) = t.early.as_mut().filter(|e| matches!(e.state, EarlyState::Running(id) if id == d.id)) {
-                    e.state = EarlyState::Done(result);
-                }
+                early.state = EarlyState::Done(result);
             }
         }
     }
@@ -488,8 +499,9 @@ impl<O: Output> SttStage<O> {
             if t.early.as_ref().is_some_and(|e| e.speech.len == speech.len) && self.early.partial_every.is_none() {
                 return;
             }
+            let at_pause = self.early.speculate_after.is_some_and(|d| now.duration_since(t.last_audio) >= d);
             let id = self.start_job(turn, JobKind::Early, samples);
-            self.open.get_mut(&turn).unwrap().early = Some(Early { speech, state: EarlyState::Running(id) });
+            self.open.get_mut(&turn).unwrap().early = Some(Early { speech, state: EarlyState::Running(id), at_pause });
         }
     }
 
@@ -512,12 +524,25 @@ mod tests {
     use crossbeam_channel::{bounded, unbounded};
 
     fn stage() -> SttStage<Vec<Frame>> {
+        stage_to(Vec::new())
+    }
+
+    fn stage_to<O: Output>(out: O) -> SttStage<O> {
         let args = crate::config::Args::try_parse_from(["sttd"]).unwrap();
         let model = args.model();
         assert!(model.exists(), "{} is missing: run scripts/setup", model.display());
         let engine = crate::engine::WhisperEngine::load(&model, args.decode_settings().unwrap()).unwrap();
         let worker = TranscriptionWorker::spawn(engine).unwrap();
-        SttStage::new(Vec::new(), worker, HallucinationGuard::new(args.guard_settings()), args.early_settings())
+        SttStage::new(out, worker, HallucinationGuard::new(args.guard_settings()), args.early_settings())
+    }
+
+    /// An output the test reads while the stage runs.
+    struct Chan(crossbeam_channel::Sender<Frame>);
+
+    impl Output for Chan {
+        fn send(&mut self, frame: Frame) {
+            let _ = self.0.send(frame);
+        }
     }
 
     /// Feed `frames`, end the input, and return everything the stage emitted.
@@ -642,6 +667,37 @@ mod tests {
         let f = finals(&out);
         assert_eq!(f.len(), 1, "{out:?}");
         assert!(f[0].1.contains("station"), "{f:?}");
+    }
+
+    #[test]
+    fn a_decode_at_a_pause_is_sent_as_a_preview_and_the_final_transcript_has_its_words() {
+        let (out_tx, out) = unbounded();
+        let mut s = stage_to(Chan(out_tx));
+        let (tx, rx) = unbounded();
+        let (_stop, stop_rx) = bounded(1);
+        let stage = std::thread::spawn(move || s.run(rx, stop_rx));
+        tx.send(Input::Frame(event(kind::SPEECH_START, 8))).unwrap();
+        for f in audio(8, &speech("What is the capital of France")) {
+            tx.send(Input::Frame(f)).unwrap();
+        }
+        // The caller pauses: sttd decodes what it has and says so, before the turn ends.
+        let next_transcript = || loop {
+            match out.recv_timeout(Duration::from_secs(180)).expect("a transcript") {
+                Frame::Event(e) if e.is(kind::TRANSCRIPT) => return e,
+                _ => {}
+            }
+        };
+        let preview = next_transcript();
+        assert_eq!((preview.turn, preview.get_bool("final"), preview.get_bool("preview")), (Some(8), Some(false), Some(true)), "{preview:?}");
+        // Only silence follows; the turn ends: the final transcript is that decode's words.
+        tx.send(Input::Frame(Frame::Audio(AudioFrame { sample_rate: SAMPLE_RATE, channels: 1, turn: 8, capture_us: 0, sample_index: 0, samples: vec![0; 4800] }))).unwrap();
+        tx.send(Input::Frame(event(kind::SPEECH_END, 8))).unwrap();
+        let last = next_transcript();
+        drop(tx);
+        stage.join().unwrap();
+        assert_eq!((last.turn, last.get_bool("final")), (Some(8), Some(true)), "{last:?}");
+        assert_eq!(last.text, preview.text);
+        assert!(last.text.as_deref().unwrap_or("").to_lowercase().contains("capital"), "{last:?}");
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub mod trace_key {
     pub const LLM_FIRST_TOKEN: &str = "llm_first_token";
     pub const FIRST_CHUNK: &str = "first_chunk";
     pub const FIRST_AUDIO: &str = "first_audio";
+    /// llm-relay started the reply early, from a preview transcript (not a step: information).
+    pub const PREEMPT: &str = "preempt";
 
     /// The steps of a turn's latency, in order: (name, from, to). They add up to
     /// [`VOICE_TO_VOICE`]. Read by the latency line and tts-writer's metrics.jsonl.
