@@ -287,6 +287,15 @@ impl Waiting {
     fn clear(&mut self) {
         *self = Waiting::default();
     }
+
+    /// The user message `text` makes: merged with the unanswered one if there is one (then
+    /// `Some(turn)` of that one), else `text` alone.
+    fn message_with(&self, text: &str) -> (Option<u64>, String) {
+        match &self.unanswered {
+            Some((first, earlier)) => (Some(*first), format!("{earlier} {text}")),
+            None => (None, text.to_string()),
+        }
+    }
 }
 
 enum Step {
@@ -372,9 +381,7 @@ impl Relay {
                     // The turn had no words (sttd sends an empty final transcript): nothing to
                     // answer in it, but a message held back for it can be answered now.
                     log::debug!("turn {turn}: no words");
-                    if self.preempt.as_ref().is_some_and(|p| p.turn == turn) {
-                        self.drop_preempt("the turn had no words after all");
-                    }
+                    self.drop_preempt_of(turn, "the turn had no words after all");
                     if let Some((since, _)) = self.interruptions.remove(&turn) {
                         self.false_alarm(turn, since, "no words");
                     }
@@ -382,9 +389,7 @@ impl Relay {
                     self.answer_if_caller_done(Some((turn, event.trace)))?;
                 } else if self.interruptions.contains_key(&turn) && self.cfg.backchannels.matches(&text) {
                     let (since, _) = self.interruptions.remove(&turn).expect("checked");
-                    if self.preempt.as_ref().is_some_and(|p| p.turn == turn) {
-                        self.drop_preempt("the turn was a backchannel after all");
-                    }
+                    self.drop_preempt_of(turn, "the turn was a backchannel after all");
                     self.false_alarm(turn, since, &format!("{text:?}, a backchannel"));
                     self.waiting.transcribed(turn);
                     self.answer_if_caller_done(None)?;
@@ -426,8 +431,9 @@ impl Relay {
             kind::CANCEL => {
                 let wanted = event.turn;
                 self.sink.send(Frame::Event(event));
-                if wanted.is_none() || wanted == self.preempt.as_ref().map(|p| p.turn) {
-                    self.drop_preempt("a cancel event");
+                match wanted {
+                    Some(turn) => self.drop_preempt_of(turn, "a cancel event"),
+                    None => self.drop_preempt("a cancel event"),
                 }
                 if wanted.is_none() || wanted == self.active.as_ref().map(|a| a.turn) {
                     self.cancel_reply("a cancel event", false).await?;
@@ -516,14 +522,13 @@ impl Relay {
     /// A final transcript with words: one user message, merged with the previous one if that
     /// has no reply heard yet; answered now unless the caller is already saying more.
     fn user_said(&mut self, turn: u64, text: String, trace: TurnTrace) -> anyhow::Result<()> {
-        let text = match self.waiting.unanswered.take() {
-            Some((first, earlier)) => {
-                let merged = format!("{earlier} {text}");
+        let text = match self.waiting.message_with(&text) {
+            (Some(first), merged) => {
                 log::info!("turn {turn}: continues turn {first} before its reply was heard; one message: {merged:?}");
                 self.conversation.replace_last_user(&merged, Some(turn))?;
                 merged
             }
-            None => {
+            (None, text) => {
                 self.conversation.append(Role::User, &text, Some(turn), false)?;
                 text
             }
@@ -594,11 +599,8 @@ impl Relay {
             log::debug!("turn {turn}: preview {text:?} not used (another turn of the caller is pending)");
             return;
         }
-        let (merge, user_text) = match &self.waiting.unanswered {
-            Some((_, earlier)) => (true, format!("{earlier} {text}")),
-            None => (false, text),
-        };
-        let messages = self.conversation.messages_if_user_said(&user_text, merge, self.cfg.budget);
+        let (merged_with, user_text) = self.waiting.message_with(&text);
+        let messages = self.conversation.messages_if_user_said(&user_text, merged_with.is_some(), self.cfg.budget);
         if self.preempt.as_ref().is_some_and(|p| p.turn == turn && p.messages == messages) {
             return;
         }
@@ -611,6 +613,13 @@ impl Relay {
     fn drop_preempt(&mut self, why: &str) {
         if let Some(p) = self.preempt.take() {
             p.drop_silently(why);
+        }
+    }
+
+    /// Drop the held reply if it is `turn`'s.
+    fn drop_preempt_of(&mut self, turn: u64, why: &str) {
+        if self.preempt.as_ref().is_some_and(|p| p.turn == turn) {
+            self.drop_preempt(why);
         }
     }
 
