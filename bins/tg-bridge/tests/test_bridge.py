@@ -123,6 +123,29 @@ def test_a_dropped_group_call_is_detected_by_polling_and_rejoined(run_dir, drain
         ("call-end", "shutdown", None)]
 
 
+class SlowHangUpBackend(FakeCallBackend):
+    """Like a real call stack: the call leaves the list at once, the hang-up returns later."""
+    async def hang_up(self, chat_id):
+        await super().hang_up(chat_id)
+        await asyncio.sleep(0.3)
+
+
+def test_a_call_hung_up_by_stop_ends_as_shutdown_even_when_polled_meanwhile(run_dir, drain):
+    backend = SlowHangUpBackend()
+    control = drain(run_dir / "control.frames")
+
+    async def scenario():
+        b = Bridge(backend, run_dir, mode="answer", allow=["111"], poll_s=0.02)
+        await b.start()
+        await backend.ring(111)
+        await settle()
+        await b.stop()                        # the poller runs while hang_up is awaited
+    asyncio.run(scenario())
+    time.sleep(0.15)
+    ev = events_in(control.close())
+    assert [(e["type"], e.get("reason")) for e in ev] == [("call-start", None), ("call-end", "shutdown")]
+
+
 def test_a_closed_voice_chat_is_not_rejoined(fake_backend, run_dir):
     async def scenario():
         b = Bridge(fake_backend, run_dir, mode="group", chat=-5, poll_s=0.05)

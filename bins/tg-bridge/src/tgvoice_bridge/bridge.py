@@ -282,13 +282,14 @@ class Bridge:
     async def stop(self):
         """Hang up cleanly (SIGTERM/SIGINT) and stop the media tasks."""
         self.finished.set()
-        call = self.current
+        # end the record first: while the hang-up is awaited, the poller or the call stack's
+        # own event must not report our hang-up as a drop or as the peer's
+        call = self._end("shutdown")
         if call is not None:
             try:
                 await self.backend.hang_up(call.chat_id)
             except Exception as e:
                 log.warning("hanging up failed: %s: %s", type(e).__name__, e)
-            self._end("shutdown")
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
