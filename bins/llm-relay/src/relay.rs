@@ -23,7 +23,8 @@
 //!   tts-writer to drop what it paused.
 //! * A preview (`transcript` with `final: false, preview: true`: sttd decoded the turn at a
 //!   pause, and that text is the final transcript if only silence follows) starts the reply
-//!   early, *held*: the LLM streams, its chunks are kept here and nothing is written. When the
+//!   early, *held*: the LLM streams, its chunks are kept here and only the first goes out, as
+//!   `reply-ahead` (tts-writer may speak it ahead; it is never played by itself). When the
 //!   final transcript makes the same request (same words, same history), the held chunks go
 //!   out at once and the reply goes on as any other; otherwise (other words, the caller went
 //!   on, a cancel or call boundary) the held reply is dropped without a sound or a trace in the
@@ -140,6 +141,11 @@ impl TurnEmitter {
             self.sentences += 1;
         }
         if let Some(held) = self.held.as_mut() {
+            if held.is_empty() {
+                // tts-writer may speak it now, so it plays at once if the turn confirms it
+                let ahead = Event::new(kind::REPLY_AHEAD).with_turn(self.turn).with_text(text.clone()).with("seq", self.seq);
+                self.sink.send(Frame::Event(ahead));
+            }
             held.push(text);
             return;
         }
@@ -649,7 +655,14 @@ impl Relay {
         }));
         let (cfg, client, em) = (self.cfg.clone(), self.client.clone(), emitter.clone());
         let task = tokio::spawn(async move {
-            stream_reply(&client, &cfg.provider, &messages, &cfg.stream, |t| em.lock().unwrap().on_text(t)).await
+            let result = stream_reply(&client, &cfg.provider, &messages, &cfg.stream, |t| em.lock().unwrap().on_text(t)).await;
+            // A held reply's last sentence is complete now, not when it is released: so a
+            // one-sentence reply can still go out ahead (finishing twice adds nothing).
+            let mut em = em.lock().unwrap();
+            if result.is_ok() && em.held.is_some() {
+                em.finish();
+            }
+            result
         });
         (emitter, task)
     }

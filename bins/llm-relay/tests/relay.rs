@@ -734,6 +734,11 @@ fn a_preview_starts_the_reply_early_and_the_final_transcript_releases_it() {
     relay.send(turn_event("ping", 1)); // forwarded: everything written so far is in front of it
     relay.wait_for(Duration::from_secs(5), |e| e.is("ping"));
     assert_eq!(chunk_events_before(&relay, 1), 0, "the held reply was written before the final transcript");
+    // only its first chunk went out, as reply-ahead (tts-writer may speak it ahead, never plays it)
+    let ahead: Vec<_> = relay.seen.iter().filter(|(_, e)| e.is("reply-ahead")).map(|(_, e)| e.clone()).collect();
+    assert_eq!(ahead.len(), 1, "{ahead:?}");
+    assert_eq!((ahead[0].turn, ahead[0].get_u64("seq"), ahead[0].text.as_deref()),
+               (Some(1), Some(0), Some("You said: What is the capital of France?")));
     relay.send(turn_event("speech-end", 1));
     let final_sent = Instant::now();
     relay.send(transcript(1, "What is the capital of France?"));
@@ -762,8 +767,7 @@ fn a_preview_the_caller_goes_on_from_is_dropped_without_a_sound_or_a_trace() {
     let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
     relay.send(turn_event("speech-start", 1));
     relay.send(preview(1, "I'd like a table for"));
-    wait_requests(&server, 1);
-    std::thread::sleep(Duration::from_millis(300));
+    relay.wait_for(Duration::from_secs(5), |e| e.is("reply-ahead"));
     // The caller goes on after the hesitation (same turn): a new preview, then the end.
     relay.send(preview(1, "I'd like a table for four people."));
     wait_requests(&server, 2);
@@ -773,6 +777,9 @@ fn a_preview_the_caller_goes_on_from_is_dropped_without_a_sound_or_a_trace() {
     let (events, stderr) = relay.finish();
     assert_eq!(server.count(), 2, "{stderr}");
     assert_eq!(chunks_of(&events, 1), vec!["You said: I'd like a table for four people."]);
+    // the dropped reply's first chunk went out ahead (tts-writer keeps it unheard: not asked for)
+    let ahead: Vec<_> = events.iter().filter(|e| e.is("reply-ahead")).filter_map(|e| e.text.clone()).collect();
+    assert_eq!(ahead.first().map(String::as_str), Some("You said: I'd like a table for"), "{ahead:?}");
     assert!(server.request(0).closed_at.lock().unwrap().is_some(), "the dropped request's stream was not closed");
     assert_eq!(
         conversation_lines(state.path()),

@@ -91,6 +91,11 @@ struct Args {
     /// pause (from the quietest point up to 250 ms earlier), so the listener keeps the thread.
     #[arg(long, default_value_t = 300, env = "TGVOICE_TTS_RESUME_REPLAY_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=2000))]
     resume_replay: u64,
+    /// Speak the first chunk of a reply llm-relay holds (`reply-ahead`, sent while the caller's
+    /// turn is not yet confirmed) at once and keep it, so it plays without waiting for the
+    /// engine when the turn is confirmed. Costs CPU for replies that are then dropped.
+    #[arg(long, default_value = "on", env = "TGVOICE_TTS_SPEAK_AHEAD", value_parser = ["on", "off"])]
+    speak_ahead: String,
     /// Write silence when there is nothing to say (for ffplay/aplay; the bridge does not need it).
     #[arg(long)]
     fill_silence: bool,
@@ -174,6 +179,7 @@ fn speak(args: Args) -> anyhow::Result<()> {
     let playing = std::thread::Builder::new().name("player".into()).spawn(move || player.run(player_rx))?;
 
     let mut controller = TurnController::new(job_tx, player_tx, barrier, args.pause_timeout > 0);
+    controller.speak_ahead = args.speak_ahead == "on";
     let reading = tts_writer::input::spawn(args.link.input(), move |item| controller.handle(item))?;
     // The player finishes when input ended and everything was spoken, or when stdout closed.
     let finished = playing.join().map_err(|_| anyhow::anyhow!("player thread panicked"))?;

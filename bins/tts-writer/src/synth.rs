@@ -2,6 +2,8 @@
 //! and hands the audio to the player as soon as each piece (a sentence for Piper) is ready, so
 //! the first sentence plays while later ones are synthesised. Work for a turn below the cancel
 //! barrier is skipped, and an utterance in progress is abandoned at its next piece.
+//! A `reply-ahead` chunk (a reply llm-relay holds until the caller's turn is confirmed) is
+//! spoken at once and kept; its `reply-chunk` then plays it without waiting for the engine.
 
 use crate::engine::{Audio, SpeechEngine};
 use crate::player::{PlayerMsg, RATE};
@@ -15,18 +17,44 @@ use tgvoice::TurnTrace;
 /// Work for the synthesis thread, in input order.
 pub enum SynthJob {
     Chunk { turn: u64, seq: u64, text: String, trace: TurnTrace },
+    /// `reply-ahead`: speak this now but keep the audio; it plays only if the same chunk
+    /// (turn, seq, text) is then asked for.
+    Ahead { turn: u64, seq: u64, text: String },
     End { turn: u64 },
 }
 
 /// Fade length at each utterance edge (native-rate samples per ms × 2 ms), so joins never click.
 const EDGE_FADE_MS: f64 = 2.0;
 
+/// A chunk spoken ahead of its `reply-chunk` (at most one is kept: the newest).
+struct Spoken {
+    turn: u64,
+    seq: u64,
+    text: String,
+    /// 48 kHz pieces with what each says; the last one is the resampler's tail.
+    pieces: Vec<(Vec<i16>, Option<String>)>,
+    ready: Instant,
+}
+
 pub fn run(mut engine: Box<dyn SpeechEngine>, jobs: Receiver<SynthJob>, player: Sender<PlayerMsg>, barrier: Arc<AtomicU64>) {
     lower_thread_priority();
+    let mut ahead: Option<Spoken> = None;
     for job in jobs {
         match job {
             SynthJob::End { turn } => {
                 let _ = player.send(PlayerMsg::TurnEnd { turn });
+            }
+            SynthJob::Ahead { turn, seq, text } => {
+                if turn < barrier.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let t0 = Instant::now();
+                let mut pieces = vec![];
+                let complete = speak(&mut *engine, &text, turn, seq, &barrier, |samples, text, _| {
+                    pieces.push((samples, text));
+                });
+                log::debug!("turn {turn} chunk {seq}: spoken ahead in {:.0} ms, held", t0.elapsed().as_secs_f64() * 1000.0);
+                ahead = complete.then(|| Spoken { turn, seq, text, pieces, ready: Instant::now() });
             }
             SynthJob::Chunk { turn, seq, text, trace } => {
                 if turn < barrier.load(Ordering::SeqCst) {
@@ -34,40 +62,25 @@ pub fn run(mut engine: Box<dyn SpeechEngine>, jobs: Receiver<SynthJob>, player: 
                     continue;
                 }
                 let _ = player.send(PlayerMsg::ChunkQueued { turn, seq, text: text.clone(), trace });
-                let t0 = Instant::now();
-                let mut resampler: Option<(u32, StreamResampler)> = None;
-                let mut produced = 0usize;
-                let mut emit = |mut audio: Audio| -> bool {
-                    if turn < barrier.load(Ordering::SeqCst) {
-                        return false;
+                if let Some(spoken) = ahead.take_if(|a| a.turn == turn && a.seq == seq && a.text == text) {
+                    log::info!(
+                        "turn {turn} chunk {seq}: playing the audio spoken ahead ({:.0} ms ago)",
+                        spoken.ready.elapsed().as_secs_f64() * 1000.0
+                    );
+                    let n = spoken.pieces.len();
+                    for (i, (samples, text)) in spoken.pieces.into_iter().enumerate() {
+                        let _ = player.send(PlayerMsg::Audio { turn, seq, samples, text, last: i + 1 == n });
                     }
-                    if audio.edges {
-                        fade_edges(&mut audio.samples, audio.rate);
-                    }
-                    let mut out = vec![];
-                    if resampler.as_ref().map(|(r, _)| *r) != Some(audio.rate) {
-                        if let Some((_, mut old)) = resampler.take() {
-                            out.extend(old.flush());
-                        }
-                        match StreamResampler::new(audio.rate, RATE, (audio.rate / 50) as usize) {
-                            Ok(r) => resampler = Some((audio.rate, r)),
-                            Err(e) => {
-                                log::error!("{e:#}");
-                                return false;
-                            }
-                        }
-                    }
-                    out.extend(resampler.as_mut().expect("set above").1.process(&audio.samples));
-                    produced += out.len();
-                    let _ = player.send(PlayerMsg::Audio { turn, seq, samples: out, text: audio.text, last: false });
-                    true
-                };
-                if let Err(e) = engine.synthesize(&text, &mut emit) {
-                    log::error!("{} could not speak chunk {seq} of turn {turn}: {e:#}", engine.name());
+                    continue;
                 }
-                let tail = resampler.take().map(|(_, mut r)| r.flush()).unwrap_or_default();
-                produced += tail.len();
-                let _ = player.send(PlayerMsg::Audio { turn, seq, samples: tail, text: None, last: true });
+                // spoken ahead for words that were not asked for: never heard
+                ahead = ahead.filter(|a| a.turn > turn);
+                let t0 = Instant::now();
+                let mut produced = 0usize;
+                speak(&mut *engine, &text, turn, seq, &barrier, |samples, text, last| {
+                    produced += samples.len();
+                    let _ = player.send(PlayerMsg::Audio { turn, seq, samples, text, last });
+                });
                 let secs = produced as f64 / RATE as f64;
                 log::debug!(
                     "turn {turn} chunk {seq}: {:.2} s of audio in {:.0} ms (RTF {:.2}) with {}",
@@ -79,6 +92,54 @@ pub fn run(mut engine: Box<dyn SpeechEngine>, jobs: Receiver<SynthJob>, player: 
             }
         }
     }
+}
+
+/// Speak `text` with the engine, resampled to 48 kHz, handing each piece to `out` as it is
+/// ready, then the resampler's tail (possibly empty) as the final piece (`last`). Returns false if the
+/// turn was cancelled or the engine failed on the way (what was handed out stands).
+fn speak(
+    engine: &mut dyn SpeechEngine,
+    text: &str,
+    turn: u64,
+    seq: u64,
+    barrier: &AtomicU64,
+    mut out: impl FnMut(Vec<i16>, Option<String>, bool),
+) -> bool {
+    let mut resampler: Option<(u32, StreamResampler)> = None;
+    let mut complete = true;
+    let mut emit = |mut audio: Audio| -> bool {
+        if turn < barrier.load(Ordering::SeqCst) {
+            complete = false;
+            return false;
+        }
+        if audio.edges {
+            fade_edges(&mut audio.samples, audio.rate);
+        }
+        let mut samples = vec![];
+        if resampler.as_ref().map(|(r, _)| *r) != Some(audio.rate) {
+            if let Some((_, mut old)) = resampler.take() {
+                samples.extend(old.flush());
+            }
+            match StreamResampler::new(audio.rate, RATE, (audio.rate / 50) as usize) {
+                Ok(r) => resampler = Some((audio.rate, r)),
+                Err(e) => {
+                    log::error!("{e:#}");
+                    complete = false;
+                    return false;
+                }
+            }
+        }
+        samples.extend(resampler.as_mut().expect("set above").1.process(&audio.samples));
+        out(samples, audio.text, false);
+        true
+    };
+    if let Err(e) = engine.synthesize(text, &mut emit) {
+        log::error!("{} could not speak chunk {seq} of turn {turn}: {e:#}", engine.name());
+        complete = false;
+    }
+    let tail = resampler.take().map(|(_, mut r)| r.flush()).unwrap_or_default();
+    out(tail, None, true);
+    complete && turn >= barrier.load(Ordering::SeqCst)
 }
 
 /// A short linear fade-in and fade-out, so utterances start and end at zero.

@@ -10,6 +10,8 @@
 //! * `cancel {turn: T}` — stop reply T (and older); `cancel {}` — stop whatever is in progress
 //!   (the barrier rises to just above the newest turn seen, never further: a flood of them
 //!   cannot mute the next reply).
+//! * `reply-ahead {turn, seq, text}` — a chunk of a reply llm-relay holds: spoken now and
+//!   kept (`--speak-ahead`); the `reply-chunk` with the same turn, seq and text plays it.
 //! * `call-start {greeting}` — speak the greeting (not on a `rejoin`).
 //! * `call-end` — stop everything.
 //! * A turn id far ahead of the clock (`Event::plausible_turn`) is bad input: ignored, logged.
@@ -34,6 +36,8 @@ pub struct TurnController {
     log: LogLimit,
     /// Barge-in pauses first (false: speech-start cancels at once, as before pausing existed).
     pause_first: bool,
+    /// Act on `reply-ahead` (false: ignore it, speak each chunk when it is asked for).
+    pub speak_ahead: bool,
 }
 
 impl TurnController {
@@ -46,6 +50,7 @@ impl TurnController {
             text_turn: 0,
             log: LogLimit::new(),
             pause_first,
+            speak_ahead: true,
         }
     }
 
@@ -104,6 +109,12 @@ impl TurnController {
                     return;
                 }
                 self.job(SynthJob::Chunk { turn, seq, text, trace: e.trace });
+            }
+            kind::REPLY_AHEAD if self.speak_ahead => {
+                let (Some(turn), Some(text)) = (e.turn, e.text.clone()) else { return };
+                if turn >= self.barrier() && !text.trim().is_empty() {
+                    self.job(SynthJob::Ahead { turn, seq: e.get_u64("seq").unwrap_or(0), text });
+                }
             }
             kind::REPLY_END => {
                 let turn = e.turn.unwrap_or(self.latest_turn);

@@ -22,6 +22,9 @@ pub mod kind {
     pub const SPEECH_END: &str = "speech-end";
     pub const TRANSCRIPT: &str = "transcript";
     pub const REPLY_CHUNK: &str = "reply-chunk";
+    /// A chunk of a reply held until the caller's turn is confirmed: speak it ahead, keep the
+    /// audio, play it only when the same `reply-chunk` follows.
+    pub const REPLY_AHEAD: &str = "reply-ahead";
     pub const REPLY_END: &str = "reply-end";
     pub const CANCEL: &str = "cancel";
     pub const ERROR: &str = "error";
