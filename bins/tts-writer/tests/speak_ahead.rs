@@ -38,13 +38,19 @@ fn reply(turn: u64, text: &str) -> Vec<u8> {
     v
 }
 
-#[test]
-fn a_chunk_spoken_ahead_plays_when_asked_for_and_sounds_the_same() {
+/// SAID spoken alone, and the output and log of SAID sent ahead and then asked for.
+fn alone_and_ahead(args: &[&str]) -> (Vec<i16>, Vec<i16>, String) {
     require_espeak();
     let (plain, _) = speak(&[], &reply(5, SAID));
     let mut input = ahead(5, 0, SAID);
     input.extend(reply(5, SAID));
-    let (played, stderr) = speak(&[], &input);
+    let (played, stderr) = speak(args, &input);
+    (plain, played, stderr)
+}
+
+#[test]
+fn a_chunk_spoken_ahead_plays_when_asked_for_and_sounds_the_same() {
+    let (plain, played, stderr) = alone_and_ahead(&[]);
     assert!(stderr.contains("playing the audio spoken ahead"), "the audio spoken ahead was not used:\n{stderr}");
     assert!(plain.len() > 48_000 / 2, "{} samples", plain.len());
     assert_same(&played, &plain);
@@ -82,11 +88,7 @@ fn a_chunk_spoken_ahead_is_never_heard_unless_asked_for() {
 
 #[test]
 fn with_speak_ahead_off_the_hint_is_ignored() {
-    require_espeak();
-    let (plain, _) = speak(&[], &reply(5, SAID));
-    let mut input = ahead(5, 0, SAID);
-    input.extend(reply(5, SAID));
-    let (played, stderr) = speak(&["--speak-ahead", "off"], &input);
+    let (plain, played, stderr) = alone_and_ahead(&["--speak-ahead", "off"]);
     assert!(!stderr.contains("spoken ahead"), "{stderr}");
     assert_same(&played, &plain);
 }
