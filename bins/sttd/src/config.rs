@@ -68,7 +68,7 @@ pub struct Args {
     pub redecode_below: f32,
     /// Start decoding an open turn after this many ms without new audio (a pause); if the turn
     /// then ends with nothing loud added, that result is the transcript. 0 = off.
-    #[arg(long, default_value_t = 150, value_name = "MS")]
+    #[arg(long, default_value_t = 150, env = "STTD_SPECULATE_AFTER_MS", value_name = "MS")]
     pub speculate_after: u64,
     /// Emit partial transcripts ("final": false) of long speech every MS milliseconds. 0 = off.
     #[arg(long, default_value_t = 0, value_name = "MS")]

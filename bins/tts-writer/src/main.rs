@@ -173,13 +173,14 @@ fn speak(args: Args) -> anyhow::Result<()> {
     let (player_tx, player_rx) = unbounded();
     let synth_player = player_tx.clone();
     let synth_barrier = barrier.clone();
-    let synth = std::thread::Builder::new()
-        .name("synth".into())
-        .spawn(move || tts_writer::synth::run(engine, job_rx, synth_player, synth_barrier))?;
-    let playing = std::thread::Builder::new().name("player".into()).spawn(move || player.run(player_rx))?;
-
     let mut controller = TurnController::new(job_tx, player_tx, barrier, args.pause_timeout > 0);
     controller.speak_ahead = args.speak_ahead == "on";
+    let asked = controller.asked.clone();
+    let synth = std::thread::Builder::new()
+        .name("synth".into())
+        .spawn(move || tts_writer::synth::run(engine, job_rx, synth_player, synth_barrier, asked))?;
+    let playing = std::thread::Builder::new().name("player".into()).spawn(move || player.run(player_rx))?;
+
     let reading = tts_writer::input::spawn(args.link.input(), move |item| controller.handle(item))?;
     // The player finishes when input ended and everything was spoken, or when stdout closed.
     let finished = playing.join().map_err(|_| anyhow::anyhow!("player thread panicked"))?;

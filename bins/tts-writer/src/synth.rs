@@ -3,13 +3,15 @@
 //! the first sentence plays while later ones are synthesised. Work for a turn below the cancel
 //! barrier is skipped, and an utterance in progress is abandoned at its next piece.
 //! A `reply-ahead` chunk (a reply llm-relay holds until the caller's turn is confirmed) is
-//! spoken at once and kept; its `reply-chunk` then plays it without waiting for the engine.
+//! spoken at once and kept; its `reply-chunk` then plays it without waiting for the engine
+//! (or, if it comes while the chunk is still being spoken, what is ready and the rest as it
+//! comes).
 
 use crate::engine::{Audio, SpeechEngine};
 use crate::player::{PlayerMsg, RATE};
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tgvoice::resample::StreamResampler;
 use tgvoice::TurnTrace;
@@ -36,9 +38,35 @@ struct Spoken {
     ready: Instant,
 }
 
-pub fn run(mut engine: Box<dyn SpeechEngine>, jobs: Receiver<SynthJob>, player: Sender<PlayerMsg>, barrier: Arc<AtomicU64>) {
+/// The newest `reply-chunk` the input thread accepted, so that a chunk being spoken ahead can
+/// start playing the moment it is asked for, before its job reaches the synthesis thread.
+#[derive(Clone, Default)]
+pub struct Asked(Arc<Mutex<Option<(u64, u64, String, TurnTrace)>>>);
+
+impl Asked {
+    pub fn set(&self, turn: u64, seq: u64, text: &str, trace: &TurnTrace) {
+        *self.0.lock().unwrap() = Some((turn, seq, text.to_string(), trace.clone()));
+    }
+
+    /// The trace of the chunk if (turn, seq, text) was asked for.
+    fn asked_for(&self, turn: u64, seq: u64, text: &str) -> Option<TurnTrace> {
+        let asked = self.0.lock().unwrap();
+        let (t, s, x, trace) = asked.as_ref()?;
+        (*t == turn && *s == seq && x == text).then(|| trace.clone())
+    }
+}
+
+pub fn run(
+    mut engine: Box<dyn SpeechEngine>,
+    jobs: Receiver<SynthJob>,
+    player: Sender<PlayerMsg>,
+    barrier: Arc<AtomicU64>,
+    asked: Asked,
+) {
     lower_thread_priority();
     let mut ahead: Option<Spoken> = None;
+    // a chunk played while it was spoken ahead: its own job finds it done
+    let mut played_live: Option<(u64, u64)> = None;
     for job in jobs {
         match job {
             SynthJob::End { turn } => {
@@ -50,16 +78,41 @@ pub fn run(mut engine: Box<dyn SpeechEngine>, jobs: Receiver<SynthJob>, player: 
                 }
                 let t0 = Instant::now();
                 let mut pieces = vec![];
-                let complete = speak(&mut *engine, &text, turn, seq, &barrier, |samples, text, _| {
-                    pieces.push((samples, text));
+                // asked for while it is being spoken: from then on its pieces go straight out
+                let mut live = false;
+                let complete = speak(&mut *engine, &text, turn, seq, &barrier, |samples, piece_text, last| {
+                    if !live {
+                        if let Some(trace) = asked.asked_for(turn, seq, &text) {
+                            let _ = player.send(PlayerMsg::ChunkQueued { turn, seq, text: text.clone(), trace });
+                            for (samples, text) in pieces.drain(..) {
+                                let _ = player.send(PlayerMsg::Audio { turn, seq, samples, text, last: false });
+                            }
+                            live = true;
+                        }
+                    }
+                    if live {
+                        let _ = player.send(PlayerMsg::Audio { turn, seq, samples, text: piece_text, last });
+                    } else {
+                        pieces.push((samples, piece_text));
+                    }
                 });
-                log::debug!("turn {turn} chunk {seq}: spoken ahead in {:.0} ms, held", t0.elapsed().as_secs_f64() * 1000.0);
-                ahead = complete.then(|| Spoken { turn, seq, text, pieces, ready: Instant::now() });
+                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                if live {
+                    log::info!("turn {turn} chunk {seq}: asked for while spoken ahead; played as it was spoken ({ms:.0} ms)");
+                    played_live = Some((turn, seq));
+                    ahead = None;
+                } else {
+                    log::debug!("turn {turn} chunk {seq}: spoken ahead in {ms:.0} ms, held");
+                    ahead = complete.then(|| Spoken { turn, seq, text, pieces, ready: Instant::now() });
+                }
             }
             SynthJob::Chunk { turn, seq, text, trace } => {
                 if turn < barrier.load(Ordering::SeqCst) {
                     log::debug!("skipping chunk {seq} of cancelled turn {turn}");
                     continue;
+                }
+                if played_live.take_if(|p| *p == (turn, seq)).is_some() {
+                    continue; // already queued and played while it was spoken ahead
                 }
                 let _ = player.send(PlayerMsg::ChunkQueued { turn, seq, text: text.clone(), trace });
                 if let Some(spoken) = ahead.take_if(|a| a.turn == turn && a.seq == seq && a.text == text) {

@@ -19,7 +19,7 @@
 
 use crate::input::Incoming;
 use crate::player::PlayerMsg;
-use crate::synth::SynthJob;
+use crate::synth::{Asked, SynthJob};
 use crossbeam_channel::Sender;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,6 +38,8 @@ pub struct TurnController {
     pause_first: bool,
     /// Act on `reply-ahead` (false: ignore it, speak each chunk when it is asked for).
     pub speak_ahead: bool,
+    /// Shared with the synthesis thread: the newest chunk asked for.
+    pub asked: Asked,
 }
 
 impl TurnController {
@@ -51,6 +53,7 @@ impl TurnController {
             log: LogLimit::new(),
             pause_first,
             speak_ahead: true,
+            asked: Asked::default(),
         }
     }
 
@@ -108,6 +111,7 @@ impl TurnController {
                 if text.trim().is_empty() {
                     return;
                 }
+                self.asked.set(turn, seq, &text, &e.trace);
                 self.job(SynthJob::Chunk { turn, seq, text, trace: e.trace });
             }
             kind::REPLY_AHEAD if self.speak_ahead => {

@@ -13,10 +13,15 @@ fn ahead(turn: u64, seq: u64, text: &str) -> Vec<u8> {
 }
 
 fn speak(args: &[&str], input: &[u8]) -> (Vec<i16>, String) {
+    speak_parts(args, &[input])
+}
+
+/// Input parts 300 ms apart: a `reply-ahead` is spoken before what follows it is read.
+fn speak_parts(args: &[&str], parts: &[&[u8]]) -> (Vec<i16>, String) {
     let state = tempfile::tempdir().unwrap();
     let mut all = vec!["--engine", "espeak-ng", "--unpaced"];
     all.extend_from_slice(args);
-    let out = run_with_input(&all, input, state.path());
+    let out = run_with_parts(&all, parts, std::time::Duration::from_millis(300), state.path());
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
     (samples(&out.stdout), stderr)
@@ -42,9 +47,7 @@ fn reply(turn: u64, text: &str) -> Vec<u8> {
 fn alone_and_ahead(args: &[&str]) -> (Vec<i16>, Vec<i16>, String) {
     require_espeak();
     let (plain, _) = speak(&[], &reply(5, SAID));
-    let mut input = ahead(5, 0, SAID);
-    input.extend(reply(5, SAID));
-    let (played, stderr) = speak(args, &input);
+    let (played, stderr) = speak_parts(args, &[&ahead(5, 0, SAID), &reply(5, SAID)]);
     (plain, played, stderr)
 }
 
@@ -91,4 +94,22 @@ fn with_speak_ahead_off_the_hint_is_ignored() {
     let (plain, played, stderr) = alone_and_ahead(&["--speak-ahead", "off"]);
     assert!(!stderr.contains("spoken ahead"), "{stderr}");
     assert_same(&played, &plain);
+}
+
+#[test]
+fn a_chunk_asked_for_while_it_is_spoken_ahead_plays_once_as_it_comes() {
+    require_espeak();
+    // a slow engine: the reply-chunk is read while the chunk is still being spoken ahead
+    let slow = ["--engine", "command", "--command", "sleep 0.5; espeak-ng --stdin --stdout"];
+    let state = tempfile::tempdir().unwrap();
+    let plain = run_with_input(&[&slow[..], &["--unpaced"]].concat(), &reply(5, SAID), state.path());
+    assert!(plain.status.success(), "{}", String::from_utf8_lossy(&plain.stderr));
+    let mut input = ahead(5, 0, SAID);
+    input.extend(reply(5, SAID));
+    let out = run_with_input(&[&slow[..], &["--unpaced"]].concat(), &input, state.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("asked for while spoken ahead"), "{stderr}");
+    assert!(samples(&plain.stdout).len() > 48_000 / 2);
+    assert_same(&samples(&out.stdout), &samples(&plain.stdout)); // once, not twice
 }

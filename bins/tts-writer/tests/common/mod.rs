@@ -58,6 +58,11 @@ pub fn rms(s: &[i16]) -> f64 {
 
 /// Run tts-writer with `stdin` bytes; returns its output.
 pub fn run_with_input(args: &[&str], stdin: &[u8], state: &Path) -> Output {
+    run_with_parts(args, &[stdin], Duration::ZERO, state)
+}
+
+/// Like [`run_with_input`], writing the parts of the input `gap` apart.
+pub fn run_with_parts(args: &[&str], parts: &[&[u8]], gap: Duration, state: &Path) -> Output {
     let mut child = tts_writer()
         .args(args)
         .arg("--state-dir")
@@ -68,10 +73,16 @@ pub fn run_with_input(args: &[&str], stdin: &[u8], state: &Path) -> Output {
         .spawn()
         .expect("spawn tts-writer");
     let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
+    let parts: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
     let feeder = std::thread::spawn(move || {
         use std::io::Write;
-        let _ = input.write_all(&data);
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(gap);
+            }
+            let _ = input.write_all(part);
+            let _ = input.flush();
+        }
     });
     let out = wait_with_timeout(child, Duration::from_secs(120));
     feeder.join().unwrap();
