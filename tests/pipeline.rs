@@ -613,7 +613,13 @@ fn a_caller_who_pauses_and_goes_on_under_load_is_one_message_answered() {
     tgvoice::resample::write_wav_mono(&both, rate, &audio).unwrap();
 
     let link = SlowLlmLink::start(Duration::from_secs(3));
-    let env = vec![("TGVOICE_LLM_PROVIDER".into(), "local".into()), ("TGVOICE_LLM_BASE_URL".into(), link.url())];
+    // Silence alone ends the turn (600 ms): this case is about the pause ending one, which the
+    // turn model might not do (it waits 1.2 s when it hears the first part as unfinished).
+    let env = vec![
+        ("TGVOICE_LLM_PROVIDER".into(), "local".into()),
+        ("TGVOICE_LLM_BASE_URL".into(), link.url()),
+        ("VADSEG_TURN_MODEL".into(), "off".into()),
+    ];
     let p = Pipeline::start_with("pause", env, None);
     link.upstream.store(p.llm_port, std::sync::atomic::Ordering::Relaxed);
     let hog = CpuHog::start();
@@ -647,9 +653,31 @@ fn a_caller_who_pauses_and_goes_on_under_load_is_one_message_answered() {
     assert!(!sttd.contains("dropped ("), "sttd dropped a turn:\n{sttd}");
 }
 
+/// A mono WAV's rate and samples, without the quiet before and after the speech (espeak-ng and
+/// Piper pad with silence), so that a pause put between two of them is exactly as long as meant.
+fn read_trimmed(p: &Path) -> (u32, Vec<i16>) {
+    let (rate, s) = tgvoice::resample::read_wav_mono(std::io::BufReader::new(std::fs::File::open(p).unwrap())).unwrap();
+    let loud = |v: &i16| v.unsigned_abs() > 300;
+    let (from, to) = (s.iter().position(loud).unwrap_or(0), s.iter().rposition(loud).map_or(0, |i| i + 1));
+    (rate, s[from..to].to_vec())
+}
+
+/// A callsim `--record`ing (left: caller, right: assistant) as 10 ms ticks: (caller voiced,
+/// assistant voiced), voiced meaning an RMS over 300.
+fn voiced_ticks(record: &Path) -> Vec<(bool, bool)> {
+    let mut wav = hound::WavReader::open(record).unwrap();
+    let tick = wav.spec().sample_rate as usize / 100 * 2;
+    let samples: Vec<i16> = wav.samples::<i16>().map(|s| s.unwrap()).collect();
+    let voiced = |ch: usize, frame: &[i16]| {
+        let x: Vec<f64> = frame.iter().skip(ch).step_by(2).map(|v| *v as f64).collect();
+        (x.iter().map(|v| v * v).sum::<f64>() / x.len().max(1) as f64).sqrt() > 300.0
+    };
+    samples.chunks(tick).map(|t| (voiced(0, t), voiced(1, t))).collect()
+}
+
 /// A caller hesitates inside a turn ("I would like a table for … four people please", a 600 ms
-/// pause; vadseg ends a turn after 1.2 s here, the wait the turn model gives a turn it judges
-/// incomplete). sttd sends the first
+/// pause; vadseg ends a turn after 1.2 s of silence here, the wait the turn model gives a turn
+/// it judges incomplete). sttd sends the first
 /// part as a preview and llm-relay starts its reply early, held; the caller goes on, so that
 /// reply must be dropped unheard: no assistant audio before the caller's last word, the history
 /// only the final exchange. The early reply is asked of the real local LLM, which answers
@@ -661,15 +689,9 @@ fn a_hesitation_inside_a_turn_drops_the_reply_started_early_unheard() {
     let first = espeak(dir.path(), "first", "I would like a table for");
     let second = espeak(dir.path(), "second", "four people please");
     // espeak-ng pads its speech with silence: cut it, so the hesitation is exactly 600 ms.
-    let read = |p: &Path| {
-        let (rate, s) = tgvoice::resample::read_wav_mono(std::io::BufReader::new(std::fs::File::open(p).unwrap())).unwrap();
-        let loud = |v: &i16| v.unsigned_abs() > 300;
-        let (from, to) = (s.iter().position(loud).unwrap_or(0), s.iter().rposition(loud).map_or(0, |i| i + 1));
-        (rate, s[from..to].to_vec())
-    };
-    let (rate, mut audio) = read(&first);
+    let (rate, mut audio) = read_trimmed(&first);
     audio.extend(std::iter::repeat(0i16).take(rate as usize * 6 / 10));
-    audio.extend(read(&second).1);
+    audio.extend(read_trimmed(&second).1);
     let both = dir.path().join("both.wav");
     tgvoice::resample::write_wav_mono(&both, rate, &audio).unwrap();
     // The case needs sttd's decode at the hesitation to finish before the caller goes on; if a
@@ -679,6 +701,9 @@ fn a_hesitation_inside_a_turn_drops_the_reply_started_early_unheard() {
         let env = vec![
             ("TGVOICE_LLM_PROVIDER".into(), "local".into()),
             ("TGVOICE_LLM_BASE_URL".into(), link.url()),
+            // The turn model's "incomplete" wait, for sure: this case is about the held
+            // reply, not about whether the model hears the hesitation as one.
+            ("VADSEG_TURN_MODEL".into(), "off".into()),
             ("VADSEG_EOT_SILENCE_MS".into(), "1200".into()),
         ];
         let p = Pipeline::start_with("hesitate", env, None);
@@ -698,17 +723,9 @@ fn a_hesitation_inside_a_turn_drops_the_reply_started_early_unheard() {
         println!("attempt {attempt}: {relay}");
         assert!(answered(&turns[0]), "the reply was not heard: {turns:?}");
         // No assistant voice before the caller's last word (left: caller, right: assistant).
-        let mut wav = hound::WavReader::open(&record).unwrap();
-        let spec = wav.spec();
-        let samples: Vec<i16> = wav.samples::<i16>().map(|s| s.unwrap()).collect();
-        let tick = spec.sample_rate as usize / 100 * 2;
-        let voiced = |ch: usize, frame: &[i16]| {
-            let x: Vec<f64> = frame.iter().skip(ch).step_by(2).map(|v| *v as f64).collect();
-            (x.iter().map(|v| v * v).sum::<f64>() / x.len().max(1) as f64).sqrt() > 300.0
-        };
-        let ticks: Vec<&[i16]> = samples.chunks(tick).collect();
-        let caller_last = ticks.iter().rposition(|t| voiced(0, t)).expect("the caller's voice is in the recording");
-        let assistant_first = ticks.iter().position(|t| voiced(1, t)).expect("the assistant's voice is in the recording");
+        let ticks = voiced_ticks(&record);
+        let caller_last = ticks.iter().rposition(|t| t.0).expect("the caller's voice is in the recording");
+        let assistant_first = ticks.iter().position(|t| t.1).expect("the assistant's voice is in the recording");
         assert!(
             assistant_first > caller_last,
             "assistant audio at {} ms, before the caller's last word at {} ms: the early reply was heard",
@@ -735,6 +752,75 @@ fn a_hesitation_inside_a_turn_drops_the_reply_started_early_unheard() {
         return;
     }
     panic!("in 4 calls sttd's decode at the hesitation never came before the caller went on: the case was not tested");
+}
+
+/// Callers who hesitate mid-sentence with an "um", Piper-voiced, on the offline defaults: "Can
+/// you book a flight to, um… (900 ms) Paris next Monday?" Each part is synthesised on its own,
+/// so the first ends with a falling, final-sounding voice. vadseg's turn model hears the "um"
+/// as unfinished and keeps the request in one turn; failing that, llm-relay merges the parts
+/// if the reply was not heard yet. Either way each request must get exactly one answer, to
+/// the whole sentence, and none of the assistant's voice may come before the caller's last
+/// word. (Without the "um" the model hears most fragments as finished, and Whisper tends to
+/// finish them too — "a table for it.": that case is not met; bins/vadseg/README.md.)
+#[test]
+fn hesitations_with_um_mid_sentence_are_answered_once_as_a_whole() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let requests = [
+        ("Can you book a flight to, um...", "Paris next Monday?", 900, ["book", "flight"], ["paris", "monday"]),
+        ("I'm looking for a hotel near, um...", "the train station.", 600, ["hotel", "looking"], ["train", "station"]),
+        ("I'd like a table for, um...", "four people.", 800, ["table", "like"], ["people", "four"]),
+    ];
+    let mut wavs = vec![];
+    for (i, (a, b, pause_ms, _, _)) in requests.iter().enumerate() {
+        let (rate, mut audio) = read_trimmed(&piper_wav(dir.path(), &format!("a{i}"), a));
+        audio.extend(std::iter::repeat(0i16).take(rate as usize * pause_ms / 1000));
+        audio.extend(read_trimmed(&piper_wav(dir.path(), &format!("b{i}"), b)).1);
+        let wav = dir.path().join(format!("request{i}.wav"));
+        tgvoice::resample::write_wav_mono(&wav, rate, &audio).unwrap();
+        wavs.push(wav.display().to_string());
+    }
+    let p = Pipeline::start_with("hesitations", vec![], None);
+    let record = dir.path().join("call.wav");
+    let (turns, _) = p.call(&wavs, &["--reply-timeout", "60", "--reply-silence", "2.5", "--record", record.to_str().unwrap()]);
+    let vad = p.log("vadseg");
+    let relay = p.log("llm-relay");
+    println!(
+        "vadseg ended {} turns for {} requests; llm-relay merged {} and waited for the rest of {}",
+        vad.matches("s of speech").count(),
+        requests.len(),
+        relay.matches("one message:").count(),
+        relay.matches("stops mid-sentence").count()
+    );
+    let history = p.history();
+    println!("history: {history:?}");
+    let roles: Vec<&str> = history.iter().map(|e| e["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant"].repeat(requests.len()), "one answer per request, to the whole of it: {history:?}");
+    for (i, (_, _, _, first, second)) in requests.iter().enumerate() {
+        let said = history[2 * i]["text"].as_str().unwrap().to_lowercase();
+        let has = |words: &[&str]| words.iter().any(|w| said.contains(w));
+        assert!(has(first) && has(second), "request {i} was not answered as a whole: {said:?}\nvadseg:\n{vad}\nllm-relay:\n{relay}");
+        assert!(answered(&turns[i]), "request {i} got no audible answer: {:?}", turns[i]);
+    }
+    // Per request: the assistant is silent until the caller's last word (left: caller, right:
+    // assistant; 10 ms ticks).
+    let ticks = voiced_ticks(&record);
+    // Each caller run: a stretch of voice whose pauses are under 1.5 s.
+    let mut runs: Vec<(usize, usize)> = vec![];
+    for (t, (caller, _)) in ticks.iter().enumerate() {
+        if *caller {
+            match runs.last_mut() {
+                Some((_, end)) if t - *end < 150 => *end = t,
+                _ => runs.push((t, t)),
+            }
+        }
+    }
+    assert_eq!(runs.len(), requests.len(), "caller runs in the recording: {runs:?}");
+    for (i, (start, end)) in runs.iter().enumerate() {
+        if let Some(t) = (*start..=*end).find(|t| ticks[*t].1) {
+            panic!("request {i}: the assistant spoke at {} ms, while the caller was still saying it ({} to {} ms)", t * 10, start * 10, end * 10);
+        }
+    }
 }
 
 /// The short-question set (bins/sttd/tests/data) said by callsim into the supervised

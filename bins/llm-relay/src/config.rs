@@ -175,7 +175,7 @@ pub struct Args {
     /// for its words (shorter: long interruptions stop the LLM sooner; longer: a long
     /// "mm-hmm, yeah, right" still resumes).
     /// Counted from `speech-start` to the turn's `speech-end`, so it includes vadseg's
-    /// end-of-turn silence (600 ms): 2100 lets ~1.5 s of voice be a backchannel (a drawn-out
+    /// end-of-turn silence (320 ms–1.2 s): 2100 lets ~1–1.7 s of voice be a backchannel (a drawn-out
     /// "mm-hmm" was cancelled at 1500 on a busy machine).
     #[arg(long, default_value_t = 2100, env = "TGVOICE_LLM_INTERRUPT_AFTER_MS", value_name = "MS")]
     pub interrupt_after: u64,
@@ -186,6 +186,11 @@ pub struct Args {
     /// transcript.
     #[arg(long, default_value = "on", env = "TGVOICE_LLM_PREEMPT", value_parser = ["on", "off"])]
     pub preempt: String,
+    /// A final transcript that stops mid-sentence ("I'd like a table for", "…near the", a
+    /// trailing "um" or "...") is answered only after this many ms without the caller going on;
+    /// if they do, their next words join it and one reply answers both (0 = answer at once).
+    #[arg(long, default_value_t = 1000, env = "TGVOICE_LLM_UNFINISHED_WAIT_MS", value_name = "MS")]
+    pub unfinished_wait: u64,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -295,6 +300,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
             backchannels: crate::backchannel::Backchannels::parse(&args.backchannels),
             interrupt_after: Duration::from_millis(args.interrupt_after.clamp(100, 60_000)),
             preempt: args.preempt == "on",
+            unfinished_wait: Duration::from_millis(args.unfinished_wait.min(60_000)),
         },
         state_dir,
     })

@@ -10,6 +10,7 @@ mod provider;
 mod relay;
 mod speakable;
 mod stream;
+mod unfinished;
 
 use tgvoice::cli;
 use tgvoice::source::Input;

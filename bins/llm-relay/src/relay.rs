@@ -67,6 +67,8 @@ pub struct RelayConfig {
     pub interrupt_after: Duration,
     /// Start a held reply from a preview transcript (`--preempt`).
     pub preempt: bool,
+    /// How long a message that stops mid-sentence waits for the rest (`--unfinished-wait`).
+    pub unfinished_wait: Duration,
 }
 
 /// Piper and espeak speak ~14–16 characters a second; a lower rate over-estimates how long a
@@ -250,6 +252,9 @@ struct Waiting {
     turns: BTreeMap<u64, (Instant, Option<Instant>)>,
     /// When the last final transcript arrived (sttd's progress).
     last_transcript: Option<Instant>,
+    /// `unanswered` stops mid-sentence (unfinished.rs): it is not answered before this, unless
+    /// the caller's next words finish it.
+    unfinished_until: Option<Instant>,
 }
 
 impl Waiting {
@@ -298,9 +303,22 @@ impl Waiting {
     /// `Some(turn)` of that one), else `text` alone.
     fn message_with(&self, text: &str) -> (Option<u64>, String) {
         match &self.unanswered {
+            // "I'd like a table for." + "Four people." reads as one sentence without the stop
+            // Whisper put where the caller paused.
+            Some((first, earlier)) if crate::unfinished::sounds_unfinished(earlier) => {
+                (Some(*first), format!("{} {text}", crate::unfinished::without_trailing_stop(earlier)))
+            }
             Some((first, earlier)) => (Some(*first), format!("{earlier} {text}")),
             None => (None, text.to_string()),
         }
+    }
+}
+
+/// Sleeps until `at` (forever when None; the select guard keeps that branch off then).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -340,6 +358,7 @@ impl Relay {
                 r = wait_for(&mut self.active) => Step::ReplyDone(r),
                 _ = tick.tick(), if self.waiting.due => Step::Tick,
                 _ = decide.tick(), if !self.interruptions.is_empty() => Step::Decide,
+                _ = sleep_until(self.waiting.unfinished_until), if self.waiting.unfinished_until.is_some() => Step::Tick,
             };
             if self.sink.is_closed() {
                 // A reader that leaves ends the writer quietly, like any pipeline tool.
@@ -357,6 +376,7 @@ impl Relay {
         }
         // End of input: nothing more will come to merge with.
         self.waiting.turns.clear();
+        self.waiting.unfinished_until = None;
         self.answer_if_caller_done(None)?;
         if self.active.is_some() {
             let r = wait_for(&mut self.active).await;
@@ -539,6 +559,14 @@ impl Relay {
                 text
             }
         };
+        self.waiting.unfinished_until = None;
+        if !self.cfg.unfinished_wait.is_zero() && crate::unfinished::sounds_unfinished(&text) {
+            log::info!(
+                "turn {turn}: {text:?} stops mid-sentence; waiting up to {} ms for the rest",
+                self.cfg.unfinished_wait.as_millis()
+            );
+            self.waiting.unfinished_until = Some(Instant::now() + self.cfg.unfinished_wait);
+        }
         self.waiting.unanswered = Some((turn, text));
         self.waiting.due = true;
         if self.waiting.caller_has_more(self.cfg.merge_wait) {
@@ -554,6 +582,13 @@ impl Relay {
     fn answer_if_caller_done(&mut self, latest: Option<(u64, TurnTrace)>) -> anyhow::Result<()> {
         if self.active.is_some() || !self.waiting.due || self.waiting.caller_has_more(self.cfg.merge_wait) {
             return Ok(());
+        }
+        if let Some(until) = self.waiting.unfinished_until {
+            if Instant::now() < until {
+                return Ok(());
+            }
+            self.waiting.unfinished_until = None;
+            log::info!("the caller said no more in {} ms; answering what they said", self.cfg.unfinished_wait.as_millis());
         }
         let Some((turn, text)) = self.waiting.unanswered.clone() else { return Ok(()) };
         self.waiting.due = false;

@@ -566,6 +566,68 @@ fn a_later_turn_whose_transcript_never_comes_is_given_up_on() {
     assert_eq!(messages(&server.request(0).body), vec![("user".into(), "Hello there.".into())]);
 }
 
+// ---- a transcript that stops mid-sentence waits for the rest (--unfinished-wait) ----
+
+#[test]
+fn a_transcript_that_stops_mid_sentence_waits_for_the_rest_and_both_are_answered_as_one() {
+    let server = StandIn::start(|_, _| Response::sse(split_at(anthropic_sse(&["A table for four, got it."]).as_bytes(), &[]), true));
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
+    // vadseg ended the turn at the hesitation: the turn model heard "…for" as finished.
+    relay.send(turn_event("speech-start", 40));
+    relay.send(turn_event("speech-end", 40));
+    relay.send(transcript(40, "I'd like a table for."));
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(server.count(), 0, "answered half a sentence 700 ms after it, within --unfinished-wait");
+    relay.send(turn_event("speech-start", 41)); // the caller goes on
+    relay.send(turn_event("speech-end", 41));
+    relay.send(transcript(41, "Four people."));
+    let end = relay.wait_reply_end(41);
+    assert_eq!(end.get_bool("cancelled"), Some(false));
+    let (events, log) = relay.finish();
+    assert!(log.contains("stops mid-sentence"), "{log}");
+    assert_eq!(server.count(), 1);
+    assert_eq!(messages(&server.request(0).body), vec![("user".into(), "I'd like a table for Four people.".into())]);
+    assert_eq!(chunks_of(&events, 41).join(" "), "A table for four, got it.");
+    assert_eq!(conversation_lines(state.path()).len(), 2, "one user message and its reply");
+}
+
+#[test]
+fn a_transcript_that_stops_mid_sentence_is_answered_when_the_caller_says_no_more() {
+    let server = StandIn::start(|_, _| Response::sse(split_at(anthropic_sse(&["Remind you to do what?"]).as_bytes(), &[]), true));
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = anthropic_relay(&server, state.path());
+    cmd.args(["--unfinished-wait", "800"]);
+    let mut relay = Relay::spawn(cmd);
+    relay.send(turn_event("speech-start", 50));
+    relay.send(turn_event("speech-end", 50));
+    let t0 = Instant::now();
+    relay.send(transcript(50, "Could you remind me to"));
+    let end = relay.wait_reply_end(50);
+    assert!(t0.elapsed() >= Duration::from_millis(780), "answered before --unfinished-wait ran out");
+    assert_eq!(end.get_bool("cancelled"), Some(false));
+    let (events, log) = relay.finish();
+    assert!(log.contains("said no more in 800 ms"), "{log}");
+    assert_eq!(messages(&server.request(0).body), vec![("user".into(), "Could you remind me to".into())]);
+    assert_eq!(chunks_of(&events, 50), vec!["Remind you to do what?"]);
+}
+
+#[test]
+fn with_unfinished_wait_0_a_transcript_that_stops_mid_sentence_is_answered_at_once() {
+    let server = StandIn::start(|_, _| Response::sse(split_at(anthropic_sse(&["For how many?"]).as_bytes(), &[]), true));
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = anthropic_relay(&server, state.path());
+    cmd.args(["--unfinished-wait", "0"]);
+    let mut relay = Relay::spawn(cmd);
+    relay.send(turn_event("speech-start", 60));
+    relay.send(turn_event("speech-end", 60));
+    relay.send(transcript(60, "I'd like a table for"));
+    relay.wait_reply_end(60);
+    let (_, log) = relay.finish();
+    assert!(!log.contains("stops mid-sentence"), "{log}");
+    assert_eq!(server.count(), 1);
+}
+
 #[test]
 fn max_sentences_ends_the_reply_and_the_history_keeps_what_was_said() {
     // Two sentences at once, then a third that must never be spoken; the connection is held

@@ -86,7 +86,7 @@ def transcribe_note(ogg):
     vadseg keeps pauses under 5 s inside one turn, as for messages.)"""
     pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", "pipe:0", "-f", "s16le", "-ac", "1", "-ar", "48000", "pipe:1"],
                          input=ogg, capture_output=True, timeout=60, check=True).stdout
-    p = subprocess.run(f"'{BIN}/tgcat' - | '{BIN}/vadseg' -q --eot-silence 5000 | '{BIN}/sttd' -q", shell=True,
+    p = subprocess.run(f"'{BIN}/tgcat' - | '{BIN}/vadseg' -q --turn-model off --eot-silence 5000 | '{BIN}/sttd' -q", shell=True,
                        input=pcm, capture_output=True, timeout=180)
     assert p.returncode == 0, p.stderr.decode()[-2000:]
     import io

@@ -26,7 +26,7 @@ fn main() {
     let silent = hesitation_call(dir.path(), Hesitation::Silent);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at start: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
-    for (label, args) in [("model on (--turn-model auto)", MODEL_ON.to_vec()), ("model off (the default)", vec![])] {
+    for (label, args) in [("model on (the default)", MODEL_ON.to_vec()), ("model off (--turn-model off)", vec!["--turn-model", "off"])] {
         let (out, log) = run_call_realtime(dir.path(), "questions", &questions.samples, &args);
         let results = turn_results(&questions, &out);
         println!("\n== complete questions, {label}");

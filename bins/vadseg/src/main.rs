@@ -40,7 +40,7 @@ struct Args {
     eot_silence: u32,
     /// End of turn by meaning: a Smart Turn v3.2 ONNX file, "auto" ($TGVOICE_MODELS/smart-turn-v3.2-cpu.onnx
     /// if scripts/setup installed it, else silence alone), or "off" (silence alone, --eot-silence).
-    #[arg(long, default_value = "off", env = "VADSEG_TURN_MODEL", value_name = "PATH|auto|off")]
+    #[arg(long, default_value = "auto", env = "VADSEG_TURN_MODEL", value_name = "PATH|auto|off")]
     turn_model: String,
     /// Pause (ms) at which the turn model is asked.
     #[arg(long, default_value_t = 160, env = "VADSEG_TURN_CHECK_MS", value_name = "MS")]
@@ -48,8 +48,9 @@ struct Args {
     /// The turn model's probability of "complete" at or above which the turn ends early (0–1).
     #[arg(long, default_value_t = 0.5, env = "VADSEG_TURN_THRESHOLD", value_parser = parse_probability)]
     turn_threshold: f32,
-    /// Silence (ms) that ends a turn the model judged complete.
-    #[arg(long, default_value_t = 250, env = "VADSEG_EOT_COMPLETE_MS", value_name = "MS")]
+    /// Silence (ms) that ends a turn the model judged complete. Longer than a comma's pause
+    /// (~300 ms), after which many callers go on ("a table for, um…").
+    #[arg(long, default_value_t = 320, env = "VADSEG_EOT_COMPLETE_MS", value_name = "MS")]
     eot_complete: u32,
     /// Silence (ms) that ends a turn the model judged incomplete (a hesitation may last this long).
     #[arg(long, default_value_t = 1200, env = "VADSEG_EOT_INCOMPLETE_MS", value_name = "MS")]

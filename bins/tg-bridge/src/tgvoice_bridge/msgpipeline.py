@@ -44,8 +44,9 @@ log = logging.getLogger("tg-bridge")
 STAGES = ("vadseg", "sttd", "llm-relay", "tts-writer")
 FRAME_SAMPLES = RATE // 50                 # 20 ms audio frames, like tgcat
 # A pause this long inside a message still belongs to the same turn. (A message ends at EOF, so
-# the call's 600 ms end-of-turn silence buys nothing here, and a later turn's speech-start
-# would make sttd drop an earlier turn it had not finished.)
+# the call's end of turn — a short silence, or the turn model's verdict — buys nothing here, and
+# a later turn's speech-start would make sttd drop an earlier turn it had not finished. So the
+# turn model is off too: it would only cut the message at its pauses and cost CPU.)
 MESSAGE_EOT_SILENCE_MS = 5000
 # whisper.cpp's worker threads spin-wait for each other: on this 2-core machine at load 12–16,
 # 5 s of speech took 65–74 s with 2 threads and 4–5 s with 1. So a message decoded while a call
@@ -115,7 +116,7 @@ class _Front:
     def __init__(self, pipeline, threads):
         p = pipeline
         self.threads = threads
-        self.vad = p._spawn("vadseg", ["--eot-silence", str(MESSAGE_EOT_SILENCE_MS)],
+        self.vad = p._spawn("vadseg", ["--turn-model", "off", "--eot-silence", str(MESSAGE_EOT_SILENCE_MS)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         # No speculative decodes: the whole message arrives at once, so a "pause" in its arrival
         # is only the scheduler, and each such decode (one thread) held up the real one.
