@@ -175,7 +175,7 @@ pub struct Args {
     /// for its words (shorter: long interruptions stop the LLM sooner; longer: a long
     /// "mm-hmm, yeah, right" still resumes).
     /// Counted from `speech-start` to the turn's `speech-end`, so it includes vadseg's
-    /// end-of-turn silence (320 ms–1.2 s): 2100 lets ~1–1.7 s of voice be a backchannel (a drawn-out
+    /// end-of-turn silence (350 ms–1.2 s): 2100 lets ~1–1.7 s of voice be a backchannel (a drawn-out
     /// "mm-hmm" was cancelled at 1500 on a busy machine).
     #[arg(long, default_value_t = 2100, env = "TGVOICE_LLM_INTERRUPT_AFTER_MS", value_name = "MS")]
     pub interrupt_after: u64,

@@ -50,7 +50,7 @@ struct Args {
     turn_threshold: f32,
     /// Silence (ms) that ends a turn the model judged complete. Longer than a comma's pause
     /// (~300 ms), after which many callers go on ("a table for, um…").
-    #[arg(long, default_value_t = 320, env = "VADSEG_EOT_COMPLETE_MS", value_name = "MS")]
+    #[arg(long, default_value_t = 350, env = "VADSEG_EOT_COMPLETE_MS", value_name = "MS")]
     eot_complete: u32,
     /// Silence (ms) that ends a turn the model judged incomplete (a hesitation may last this long).
     #[arg(long, default_value_t = 1200, env = "VADSEG_EOT_INCOMPLETE_MS", value_name = "MS")]

@@ -20,7 +20,7 @@ fn require_turn_model() {
 
 /// "I'd like a table for, um… (600–900 ms) four people.": ≥ 9 of 10 kept as one turn (the
 /// target of issue 12). Piper pauses ~300 ms at the comma before "um", and the model hears
-/// "…a table for," as complete; `--eot-complete` (320 ms) outlasts that pause, and after "um"
+/// "…a table for," as complete; `--eot-complete` (350 ms) outlasts that pause, and after "um"
 /// the model says incomplete (README "Measured").
 #[test]
 fn filled_hesitations_mid_sentence_do_not_end_the_turn() {
