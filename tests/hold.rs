@@ -3,7 +3,6 @@
 //! only the LLM is a stand-in (a loopback HTTP server speaking the OpenAI streaming protocol).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,6 +13,9 @@ use tgvoice::fifo::ensure_fifo;
 use tgvoice::frame::{encode, FrameDecoder, KIND_EVENT, MAX_PAYLOAD};
 use tgvoice::testkit::{bin_path, cache_dir};
 use tgvoice::{AudioFrame, Event, Frame};
+
+mod standin_llm;
+use standin_llm::{Replies, StandInLlm};
 
 /// These tests spawn processes and one measures memory: one at a time on 2 cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -405,45 +407,14 @@ fn case4_cancel_flood_and_future_turn_do_not_mute_the_next_reply() {
     drop(reader);
 }
 
-/// A loopback stand-in for an OpenAI-compatible server: `reply` answers each request with a
-/// streamed text, `None` accepts and never answers (a hung LLM).
+/// The stand-in OpenAI-compatible server: `reply` answers each request with a streamed
+/// text, `None` accepts and never answers (a hung LLM).
 fn stand_in_llm(reply: Option<&'static str>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = vec![];
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let Some(text) = reply else {
-                held.push(conn); // never answer
-                continue;
-            };
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0u8; len];
-                let _ = r.read_exact(&mut body);
-                let chunk = serde_json::json!({"choices": [{"delta": {"content": text}}]});
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: {chunk}\n\ndata: [DONE]\n\n"
-                );
-            });
-        }
-    });
-    port
+    StandInLlm::start(match reply {
+        Some(text) => Replies::Cycle(vec![text.to_string()]),
+        None => Replies::Never,
+    })
+    .port
 }
 
 fn llm_relay(port: u16, state: &Path) -> Command {

@@ -13,6 +13,9 @@ use tgvoice::testkit::bin_path;
 
 /// Test speech: the short-question set, its voices and the normalised scoring.
 mod common;
+/// A stand-in OpenAI-compatible server, for tests that need the replies known in advance.
+mod standin_llm;
+use standin_llm::{Replies, StandInLlm};
 
 /// These tests each run a whole pipeline; on 2 cores they must not overlap.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -1031,6 +1034,22 @@ fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
     assert!(percentile(&stops, 0.5) <= 60.0, "the reply went silent only after Silero's onset: onset → silence {stops:?}");
 }
 
+/// The replies of the echo test: two sentences each (the cap for a server without a key),
+/// with quotations after commas, nested and curly quotes, parentheses, an ellipsis, decimals
+/// and abbreviations.
+const ECHO_TEST_REPLIES: [&str; 10] = [
+    "The capital of France is Paris. It is known as \"the city of light,\" and it sits on the Seine.",
+    "The sun is a star, about 4.6 billion years old. Its light takes roughly 8.3 minutes to reach us.",
+    "Two plus two is four. That is one of the first sums (and the easiest) that children learn.",
+    "Once, a dragon called \"Ember,\" who guarded a mountain, met a shepherd. They became friends… slowly.",
+    "The sky is blue on a clear day. Sunlight is scattered by the air, e.g. by nitrogen and oxygen.",
+    "Romeo and Juliet was written by William Shakespeare. He said, “a rose by any other name,” in it.",
+    "The largest ocean is the Pacific. It covers about 63 million square miles (more than all land).",
+    "A week has seven days, known as \"days per week,\" which allows for accurate calculations.",
+    "Bees make honey, from the nectar of flowers. Dr. Smith says a hive can make 30 kg a year.",
+    "The moon orbits the Earth every 27.3 days. Its pull, called \"the tide,\" moves the seas.",
+];
+
 #[test]
 fn our_own_voice_fed_back_at_minus_10_db_interrupts_no_reply() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -1058,10 +1077,13 @@ fn our_own_voice_fed_back_at_minus_10_db_interrupts_no_reply() {
     let rd = Command::new(bin_path("tgvoice-rundir")).args(["--instance", &instance, "-q"]).env_remove("TGVOICE_RUN_DIR").output().unwrap();
     let run_dir = PathBuf::from(String::from_utf8(rd.stdout).unwrap().trim());
     let echo_ref = run_dir.join("tg_output.tap").display().to_string();
+    // Known replies, so the played-text check sees the punctuation that once made a reply
+    // played whole look cut (issue 30: `week," allows` reported as `week, " allows`).
+    let llm = StandInLlm::start(Replies::Cycle(ECHO_TEST_REPLIES.iter().map(|r| r.to_string()).collect()));
     let p = Pipeline::start_with(
         "bargein-echo",
-        vec![("VADSEG_ECHO_REF".into(), echo_ref), ("TGVOICE_LLM_MAX_TOKENS".into(), "40".into())],
-        None,
+        vec![("VADSEG_ECHO_REF".into(), echo_ref), ("TGVOICE_LLM_BASE_URL".into(), llm.base_url())],
+        Some(llm.port),
     );
     assert_eq!(p.run_dir, run_dir);
     let (turns, _) = p.call(&wavs, &["--echo-gain-db", "-10", "--echo-delay-ms", "50", "--reply-timeout", "120"]);
@@ -1075,5 +1097,7 @@ fn our_own_voice_fed_back_at_minus_10_db_interrupts_no_reply() {
     println!("echo at -10 dB: {answered_n}/10 answered, {whole} replies played whole, {pauses} pauses");
     assert_eq!(answered_n, 10, "{turns:?}");
     assert!(played.len() >= 10 && whole == played.len(), "a reply was interrupted by its own echo: {played:?}");
+    let quoted = played.iter().filter(|r| r["text"].as_str().is_some_and(|t| t.contains(",\" "))).count();
+    assert!(quoted >= 2, "the replies with a quotation after a comma were not among those played: {played:?}");
     assert_eq!(pauses, 0, "the assistant paused for its own voice");
 }

@@ -10,12 +10,7 @@
 //! * [`clean_for_speech`] — per chunk: markdown emphasis, headings, bullets, links, bare URLs,
 //!   table pipes and emoji are turned into plain words or dropped.
 
-/// Abbreviations (lower case, without the final dot) after which a dot does not end a sentence.
-const ABBREVIATIONS: &[&str] = &[
-    "dr", "mr", "mrs", "ms", "prof", "sr", "jr", "st", "mt", "vs", "etc", "e.g", "i.e", "approx", "fig", "inc", "ltd",
-    "co", "corp", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "a.m", "p.m",
-    "u.s", "u.k", "u.n", "e.u", "ph.d", "cf", "al", "gen", "gov", "sen", "rep",
-];
+use tgvoice::text::{dot_is_not_an_end, is_closer, is_unspaced_sentence_end};
 
 /// Streaming filter that removes fenced code blocks and inline-code backticks.
 #[derive(Debug, Default)]
@@ -104,10 +99,20 @@ impl SentenceSplitter {
         (!rest.is_empty()).then(|| rest.to_string())
     }
 
-    /// Byte index where the buffer should be cut (the chunk is `buf[..cut]`), if any.
+    /// Byte index where the buffer should be cut (the chunk is `buf[..cut]`), if any. A cut
+    /// comes after the closing quotes and brackets that follow the mark (`week," allows`), so
+    /// a chunk never ends between a word and what belongs to it.
     fn find_cut(&self) -> Option<usize> {
         let b = &self.buf;
         let chars: Vec<(usize, char)> = b.char_indices().collect();
+        let at = |j: usize| chars.get(j).map(|&(_, c)| c);
+        // Index just past the closers from `j` on, and the character there (None: not seen yet).
+        let past_closers = |mut j: usize| {
+            while at(j).is_some_and(is_closer) {
+                j += 1;
+            }
+            (chars.get(j).map(|&(p, _)| p).unwrap_or(b.len()), at(j))
+        };
         for (i, &(pos, c)) in chars.iter().enumerate() {
             // Line breaks always separate chunks (list items, paragraphs, after code).
             if c == '\n' {
@@ -116,67 +121,33 @@ impl SentenceSplitter {
                 }
                 return Some(pos + 1);
             }
-            // Every other cut needs to see the next character (whitespace after the mark).
-            let Some(&(_, next)) = chars.get(i + 1) else { return None };
-            let closes = |j: usize| chars.get(j).map(|&(_, c)| c);
             match c {
                 '.' | '!' | '?' | '…' => {
-                    // Allow closing quotes/brackets after the mark: `He said "no."`
-                    let mut j = i + 1;
-                    while matches!(closes(j), Some('"' | '\'' | ')' | '”' | '’' | ']')) {
-                        j += 1;
-                    }
-                    let Some(after) = closes(j) else { return None };
+                    let (end, after) = past_closers(i + 1);
+                    let after = after?; // every cut needs to see what follows the mark
                     if !after.is_whitespace() {
                         continue; // "3.14", "$29.99", "example.com", "e.g" mid-token
                     }
-                    if c == '.' && self.dot_is_not_an_end(pos) {
+                    if c == '.' && dot_is_not_an_end(&b[..pos]) {
                         continue;
                     }
-                    let end = chars.get(j).map(|&(p, _)| p).unwrap_or(b.len());
                     return Some(end);
                 }
-                ',' | ';' | ':' | '—' | '–' if !self.emitted_any && next.is_whitespace() => {
-                    let words = b[..pos].split_whitespace().count();
-                    if words >= self.first_clause_min_words {
-                        return Some(pos + c.len_utf8());
+                c if is_unspaced_sentence_end(c) => {
+                    let (end, after) = past_closers(i + 1);
+                    after?;
+                    return Some(end);
+                }
+                ',' | ';' | ':' | '—' | '–' if !self.emitted_any => {
+                    let (end, after) = past_closers(i + 1);
+                    if after?.is_whitespace() && b[..pos].split_whitespace().count() >= self.first_clause_min_words {
+                        return Some(end);
                     }
                 }
                 _ => {}
             }
         }
         None
-    }
-
-    /// The dot at byte `pos` belongs to an abbreviation, an initialism or a list number.
-    fn dot_is_not_an_end(&self, pos: usize) -> bool {
-        let before = &self.buf[..pos];
-        let word_start = before.rfind(|c: char| c.is_whitespace() || c == '(' || c == '"').map(|i| i + 1).unwrap_or(0);
-        let word = &before[word_start..];
-        if word.is_empty() {
-            return false;
-        }
-        let lower = word.to_lowercase();
-        let lower = lower.trim_start_matches(|c: char| !c.is_alphanumeric());
-        if ABBREVIATIONS.contains(&lower) {
-            return true;
-        }
-        // Initialisms: "U.S", "a.m", "N.A.S.A" — single letters joined by dots; a lone capital
-        // letter other than "I" is an initial ("John F. Kennedy").
-        let parts: Vec<&str> = lower.split('.').collect();
-        if parts.iter().all(|p| p.chars().count() == 1 && p.chars().all(char::is_alphabetic))
-            && (parts.len() > 1 || (word.chars().all(char::is_uppercase) && word != "I"))
-        {
-            return true;
-        }
-        // "1. First item" at the start of a line.
-        if word.chars().all(|c| c.is_ascii_digit()) {
-            let line_start = before[..word_start].trim_end_matches([' ', '\t']);
-            if line_start.is_empty() || line_start.ends_with('\n') {
-                return true;
-            }
-        }
-        false
     }
 }
 
@@ -339,6 +310,50 @@ mod tests {
     fn lists_and_quotes() {
         let chunks = split_all("Steps:\n1. Open the app.\n2. Tap call.\nHe said \"stop.\" Then left");
         assert_eq!(chunks, vec!["Steps:", "1. Open the app.", "2. Tap call.", "He said \"stop.\"", "Then left"]);
+    }
+
+    #[test]
+    fn a_chunk_keeps_the_quote_or_bracket_that_closes_its_last_word() {
+        // The first chunk may be cut at a clause: after the closing quote, not before it.
+        assert_eq!(
+            split_all("It is known as \"days per week,\" which allows for accurate counts. Yes."),
+            vec!["It is known as \"days per week,\"", "which allows for accurate counts.", "Yes."]
+        );
+        // Nested quotes, curly quotes and parentheses after a sentence's end.
+        assert_eq!(
+            split_all("He said, \"She told me 'no.'\" Then he left (quietly.) “Really?” she asked. ‘Fine.’ Done"),
+            vec![
+                "He said, \"She told me 'no.'\"",
+                "Then he left (quietly.)",
+                "“Really?”",
+                "she asked.",
+                "‘Fine.’",
+                "Done"
+            ]
+        );
+        // A quote that closes after the chunk's last piece arrived: no cut until it is seen.
+        let mut s = SentenceSplitter::new(3);
+        assert!(s.push("They call it \"the moon,").is_empty());
+        assert!(s.push("\"").is_empty());
+        assert_eq!(s.push(" and more"), vec!["They call it \"the moon,\""]);
+    }
+
+    #[test]
+    fn ellipses_decimals_and_abbreviations() {
+        assert_eq!(
+            split_all("Well... it costs 2.5 dollars, e.g. at the shop. Dr. No waited… then left. Mr. T. Jones (Ph.D.) came."),
+            vec!["Well...", "it costs 2.5 dollars, e.g. at the shop.", "Dr. No waited…", "then left.", "Mr. T. Jones (Ph.D.) came."]
+        );
+    }
+
+    #[test]
+    fn other_scripts_are_cut_at_their_own_sentence_ends() {
+        assert_eq!(split_all("東京は日本の首都です。人口は多い！本当？"), vec!["東京は日本の首都です。", "人口は多い！", "本当？"]);
+        assert_eq!(split_all("「はい。」と言った。"), vec!["「はい。」", "と言った。"]);
+        assert_eq!(
+            split_all("Привет, как дела? Всё хорошо. «Да», сказал он."),
+            vec!["Привет, как дела?", "Всё хорошо.", "«Да», сказал он."]
+        );
     }
 
     #[test]

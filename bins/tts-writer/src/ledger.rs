@@ -1,9 +1,13 @@
 //! The played-text accounting, apart from the pacing in [`crate::player`]: per reply (turn),
-//! each chunk's text, the audio synthesised for it (with the text of each piece when the
-//! engine knows it) and how much of that was written; from that, the [`Played`] record of
-//! what the caller heard, cut at a word.
+//! each chunk's text, the audio synthesised for it (with where each piece's words are in the
+//! text when the engine knows it) and how much of that was written; from that, the [`Played`]
+//! record of what the caller heard, cut at a word.
+//!
+//! The played text is always a prefix of the chunk's own text, never pieces joined again: a
+//! chunk played whole reports its text byte for byte, however the engine divided it.
 
-use crate::report::{spoken_prefix, Played};
+use crate::report::{spoken_len, Played};
+use std::ops::Range;
 use std::collections::{BTreeMap, HashMap};
 use tgvoice::audio::RATE;
 use tgvoice::TurnTrace;
@@ -11,8 +15,8 @@ use tgvoice::TurnTrace;
 #[derive(Default)]
 struct ChunkStats {
     text: String,
-    /// The chunk's audio in order: (text it speaks if known, samples).
-    segments: Vec<(Option<String>, usize)>,
+    /// The chunk's audio in order: (where its words are in `text` if known, samples).
+    segments: Vec<(Option<Range<usize>>, usize)>,
     synthesized: usize,
     played: usize,
     complete: bool,
@@ -41,13 +45,14 @@ impl Ledger {
         t.chunks.entry(seq).or_default().text = text;
     }
 
-    /// `len` samples were synthesised for a queued chunk; `text` is what they say if the
-    /// engine knows, `last` marks the chunk's final piece.
-    pub fn synthesized(&mut self, turn: u64, seq: u64, len: usize, text: Option<String>, last: bool) {
+    /// `len` samples were synthesised for a queued chunk; `span` is where their words are in
+    /// the chunk's text if the engine knows, `last` marks the chunk's final piece.
+    pub fn synthesized(&mut self, turn: u64, seq: u64, len: usize, span: Option<Range<usize>>, last: bool) {
         if let Some(c) = self.turns.get_mut(&turn).and_then(|t| t.chunks.get_mut(&seq)) {
-            match (text, c.segments.last_mut()) {
+            let span = span.filter(|s| s.start <= s.end && c.text.get(s.clone()).is_some());
+            match (span, c.segments.last_mut()) {
                 (None, Some((Some(_), n))) => *n += len, // resampler tail
-                (text, _) => c.segments.push((text, len)),
+                (span, _) => c.segments.push((span, len)),
             }
             c.synthesized += len;
             c.complete |= last;
@@ -112,34 +117,9 @@ fn played_of(turn: u64, stats: &TurnStats, cancelled: bool) -> Played {
         played += c.played;
         synthesized += c.synthesized;
         text.push(c.text.clone());
-        if !c.segments.is_empty() && c.segments.iter().all(|(t, _)| t.is_some()) {
-            // The engine said what each piece speaks: whole pieces played, plus part of one.
-            let mut start = 0;
-            for (t, len) in &c.segments {
-                let t = t.as_deref().unwrap_or_default();
-                let fraction = if *len == 0 { 1.0 } else { (c.played.saturating_sub(start)) as f64 / *len as f64 };
-                let p = spoken_prefix(t, fraction.min(1.0));
-                if !p.is_empty() {
-                    played_text.push(p);
-                }
-                start += len;
-                if c.played < start {
-                    break;
-                }
-            }
-            continue;
-        }
-        let fraction = if c.complete && c.synthesized > 0 {
-            c.played as f64 / c.synthesized as f64
-        } else if c.played > 0 && c.synthesized > 0 {
-            // still being synthesised: what was played of what exists is an upper bound
-            (c.played as f64 / c.synthesized as f64).min(0.99)
-        } else {
-            0.0
-        };
-        let p = spoken_prefix(&c.text, fraction);
-        if !p.is_empty() {
-            played_text.push(p);
+        let heard = &c.text[..heard_len(c)];
+        if !heard.is_empty() {
+            played_text.push(heard.to_string());
         }
     }
     Played {
@@ -153,6 +133,39 @@ fn played_of(turn: u64, stats: &TurnStats, cancelled: bool) -> Played {
     }
 }
 
+/// How many bytes of the chunk's text were heard: all of it when all of its audio was
+/// written, else up to the last word whose audio went out.
+fn heard_len(c: &ChunkStats) -> usize {
+    if c.complete && c.synthesized > 0 && c.played >= c.synthesized {
+        return c.text.len();
+    }
+    if !c.segments.is_empty() && c.segments.iter().all(|(s, _)| s.is_some()) {
+        // The engine said where each piece's words are: the pieces before the one being
+        // played when it stopped, plus the words of that one its audio got through.
+        let mut start = 0;
+        for (span, len) in &c.segments {
+            let span = span.clone().expect("checked above");
+            if c.played < start + len {
+                let fraction = (c.played - start) as f64 / (*len).max(1) as f64;
+                let cut = span.start + spoken_len(&c.text[span.clone()], fraction);
+                return c.text[..cut].trim_end().len();
+            }
+            start += len;
+        }
+        let end = c.segments.iter().filter_map(|(s, _)| s.as_ref().map(|s| s.end)).max().unwrap_or(0);
+        return c.text[..end].trim_end().len();
+    }
+    let fraction = if c.complete && c.synthesized > 0 {
+        c.played as f64 / c.synthesized as f64
+    } else if c.played > 0 && c.synthesized > 0 {
+        // still being synthesised: what was played of what exists is an upper bound
+        (c.played as f64 / c.synthesized as f64).min(0.99)
+    } else {
+        0.0
+    };
+    spoken_len(&c.text, fraction)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,14 +176,69 @@ mod tests {
     fn played_text_is_whole_pieces_plus_the_words_of_the_one_cut() {
         let mut l = Ledger::default();
         l.chunk_queued(1, 0, "One two. Three four five six.".into(), TurnTrace::default());
-        l.synthesized(1, 0, 500 * MS, Some("One two.".into()), false);
-        l.synthesized(1, 0, 1000 * MS, Some("Three four five six.".into()), true);
+        l.synthesized(1, 0, 500 * MS, Some(0..8), false); // "One two."
+        l.synthesized(1, 0, 1000 * MS, Some(9..29), true); // "Three four five six."
         l.played(1, 0, 1000 * MS);
         l.unplayed(1, 0, 250 * MS); // a take-back: not heard after all
         let p = l.cut_below(2).remove(0);
         assert!(p.cancelled && !l.has(1));
         assert_eq!(p.played_ms, 750.0);
         assert_eq!(p.played_text, "One two. Three");
+    }
+
+    /// A chunk queued and synthesised as the Piper engine divides it (one piece per clause,
+    /// 100 ms of audio per word), of which `ms` are played; its record.
+    fn played_by_clause(text: &str, ms: usize, last: bool) -> Played {
+        let mut l = Ledger::default();
+        l.chunk_queued(7, 0, text.into(), TurnTrace::default());
+        for c in crate::engine::phonemize::split_clauses(text) {
+            let words = text[c.span.clone()].split_whitespace().count();
+            l.synthesized(7, 0, words * 100 * MS, Some(c.span), false);
+        }
+        l.synthesized(7, 0, 3 * MS, None, last); // the resampler's tail
+        l.played(7, 0, ms * MS);
+        if last {
+            l.finish(7).unwrap()
+        } else {
+            l.cut_below(8).remove(0)
+        }
+    }
+
+    #[test]
+    fn a_chunk_played_whole_reports_its_text_byte_for_byte() {
+        for text in [
+            "The calendar, known as \"days per week,\" allows for accurate calculations.",
+            "He said, “she told me ‘no.’” Then (after a pause) left… quietly.",
+            "It costs 3.50 dollars, e.g. at Dr. Smith's: about 2.5 times more!?",
+            "東京は首都です。「はい。」と言った！ Привет, «мир»,  yes.",
+            "  Spaces   inside, and   around.  ",
+        ] {
+            let p = played_by_clause(text, 100_000, true);
+            assert!(!p.cancelled);
+            assert_eq!(p.played_text, p.text, "{text:?}");
+            assert_eq!(p.text, text);
+        }
+    }
+
+    #[test]
+    fn a_cut_chunk_reports_the_original_text_up_to_the_last_word_heard() {
+        let text = "The calendar, known as \"days per week,\" allows for accurate calculations.";
+        // clauses: "The calendar," (2 words, 200 ms), "known as \"days per week,\"" (5, 500 ms), …
+        assert_eq!(played_by_clause(text, 700, false).played_text, "The calendar, known as \"days per week,\"");
+        assert_eq!(played_by_clause(text, 850, false).played_text, "The calendar, known as \"days per week,\" allows for");
+        assert_eq!(played_by_clause(text, 500, false).played_text, "The calendar, known as \"days");
+        assert_eq!(played_by_clause(text, 0, false).played_text, "");
+        let p = played_by_clause("Dr. Smith said (twice): “wait…” and 3.5 more.", 200, false);
+        assert_eq!(p.played_text, "Dr. Smith");
+    }
+
+    #[test]
+    fn a_span_outside_the_text_falls_back_to_the_fraction() {
+        let mut l = Ledger::default();
+        l.chunk_queued(2, 0, "héllo wörld".into(), TurnTrace::default());
+        l.synthesized(2, 0, 1000 * MS, Some(0..2), true); // inside "é": not a character boundary
+        l.played(2, 0, 500 * MS);
+        assert_eq!(l.cut_below(3).remove(0).played_text, "héllo");
     }
 
     #[test]

@@ -135,9 +135,10 @@ pub enum Poll {
 pub enum PlayerMsg {
     /// A reply chunk was accepted for synthesis (text for the played-text report).
     ChunkQueued { turn: u64, seq: u64, text: String, trace: TurnTrace },
-    /// Synthesised audio at 48 kHz; `text` is what it says if the engine knows (a sentence);
+    /// Synthesised audio at 48 kHz; `span` is where its words are in the chunk's text if the
+    /// engine knows (a sentence);
     /// `last` marks the chunk's final piece.
-    Audio { turn: u64, seq: u64, samples: Vec<i16>, text: Option<String>, last: bool },
+    Audio { turn: u64, seq: u64, samples: Vec<i16>, span: Option<std::ops::Range<usize>>, last: bool },
     /// All chunks of `turn` were queued (reply-end, or the end of a text line).
     TurnEnd { turn: u64 },
     /// Drop everything of turns below the barrier (shared), fading out what is playing.
@@ -368,11 +369,11 @@ impl Player {
                 }
                 self.ledger.chunk_queued(turn, seq, text, trace);
             }
-            PlayerMsg::Audio { turn, seq, samples, text, last } => {
+            PlayerMsg::Audio { turn, seq, samples, span, last } => {
                 if turn < barrier {
                     return;
                 }
-                self.ledger.synthesized(turn, seq, samples.len(), text, last);
+                self.ledger.synthesized(turn, seq, samples.len(), span, last);
                 if !samples.is_empty() {
                     self.queue.push_back(Item::Audio { turn, seq, samples, pos: 0 });
                 }
@@ -787,12 +788,14 @@ mod tests {
         fn reply(&mut self, turn: u64, pieces: &[(&str, usize)]) {
             let text = pieces.iter().map(|p| p.0).collect::<Vec<_>>().join(" ");
             self.player.handle(PlayerMsg::ChunkQueued { turn, seq: 0, text, trace: TurnTrace::default() });
-            let mut at = 0;
+            let (mut at, mut byte) = (0, 0);
             for (i, (text, ms)) in pieces.iter().enumerate() {
                 let samples = (at..at + ms * MS).map(sample).collect();
                 at += ms * MS;
+                let span = Some(byte..byte + text.len());
+                byte += text.len() + 1;
                 let last = i + 1 == pieces.len();
-                self.player.handle(PlayerMsg::Audio { turn, seq: 0, samples, text: Some(text.to_string()), last });
+                self.player.handle(PlayerMsg::Audio { turn, seq: 0, samples, span, last });
             }
             self.player.handle(PlayerMsg::TurnEnd { turn });
         }

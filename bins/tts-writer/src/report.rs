@@ -103,13 +103,14 @@ impl Reporter {
     }
 }
 
-/// The first `fraction` of `text`, cut at a word boundary (an estimate of what was heard).
-pub fn spoken_prefix(text: &str, fraction: f64) -> String {
+/// The length in bytes of the first `fraction` of `text`, cut at a word boundary (an
+/// estimate of what was heard), without the space before the cut.
+pub fn spoken_len(text: &str, fraction: f64) -> usize {
     if fraction >= 1.0 {
-        return text.to_string();
+        return text.len();
     }
     if fraction <= 0.0 {
-        return String::new();
+        return 0;
     }
     let target = (text.chars().count() as f64 * fraction).round() as usize;
     let mut cut = 0;
@@ -121,7 +122,7 @@ pub fn spoken_prefix(text: &str, fraction: f64) -> String {
             cut = byte;
         }
     }
-    text[..cut].trim_end().to_string()
+    text[..cut].trim_end().len()
 }
 
 #[cfg(test)]
@@ -130,8 +131,10 @@ mod tests {
 
     #[test]
     fn prefix_cuts_at_words() {
-        assert_eq!(spoken_prefix("one two three four", 0.5), "one two");
-        assert_eq!(spoken_prefix("one two", 1.0), "one two");
-        assert_eq!(spoken_prefix("one two", 0.0), "");
+        let prefix = |t: &'static str, f| &t[..spoken_len(t, f)];
+        assert_eq!(prefix("one two three four", 0.5), "one two");
+        assert_eq!(prefix("one two", 1.0), "one two");
+        assert_eq!(prefix("one two", 0.0), "");
+        assert_eq!(prefix("один два три четыре", 0.5), "один два");
     }
 }

@@ -10,6 +10,7 @@
 use crate::engine::{Audio, SpeechEngine};
 use crate::player::{PlayerMsg, RATE};
 use crossbeam_channel::{Receiver, Sender};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -33,8 +34,9 @@ struct Spoken {
     turn: u64,
     seq: u64,
     text: String,
-    /// 48 kHz pieces with what each says; the last one is the resampler's tail.
-    pieces: Vec<(Vec<i16>, Option<String>)>,
+    /// 48 kHz pieces with where in `text` each one's words are; the last one is the
+    /// resampler's tail.
+    pieces: Vec<(Vec<i16>, Option<Range<usize>>)>,
     ready: Instant,
 }
 
@@ -80,20 +82,20 @@ pub fn run(
                 let mut pieces = vec![];
                 // asked for while it is being spoken: from then on its pieces go straight out
                 let mut live = false;
-                let complete = speak(&mut *engine, &text, turn, seq, &barrier, |samples, piece_text, last| {
+                let complete = speak(&mut *engine, &text, turn, seq, &barrier, |samples, piece_span, last| {
                     if !live {
                         if let Some(trace) = asked.asked_for(turn, seq, &text) {
                             let _ = player.send(PlayerMsg::ChunkQueued { turn, seq, text: text.clone(), trace });
-                            for (samples, text) in pieces.drain(..) {
-                                let _ = player.send(PlayerMsg::Audio { turn, seq, samples, text, last: false });
+                            for (samples, span) in pieces.drain(..) {
+                                let _ = player.send(PlayerMsg::Audio { turn, seq, samples, span, last: false });
                             }
                             live = true;
                         }
                     }
                     if live {
-                        let _ = player.send(PlayerMsg::Audio { turn, seq, samples, text: piece_text, last });
+                        let _ = player.send(PlayerMsg::Audio { turn, seq, samples, span: piece_span, last });
                     } else {
-                        pieces.push((samples, piece_text));
+                        pieces.push((samples, piece_span));
                     }
                 });
                 let ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -121,8 +123,8 @@ pub fn run(
                         spoken.ready.elapsed().as_secs_f64() * 1000.0
                     );
                     let n = spoken.pieces.len();
-                    for (i, (samples, text)) in spoken.pieces.into_iter().enumerate() {
-                        let _ = player.send(PlayerMsg::Audio { turn, seq, samples, text, last: i + 1 == n });
+                    for (i, (samples, span)) in spoken.pieces.into_iter().enumerate() {
+                        let _ = player.send(PlayerMsg::Audio { turn, seq, samples, span, last: i + 1 == n });
                     }
                     continue;
                 }
@@ -130,9 +132,9 @@ pub fn run(
                 ahead = ahead.filter(|a| a.turn > turn);
                 let t0 = Instant::now();
                 let mut produced = 0usize;
-                speak(&mut *engine, &text, turn, seq, &barrier, |samples, text, last| {
+                speak(&mut *engine, &text, turn, seq, &barrier, |samples, span, last| {
                     produced += samples.len();
-                    let _ = player.send(PlayerMsg::Audio { turn, seq, samples, text, last });
+                    let _ = player.send(PlayerMsg::Audio { turn, seq, samples, span, last });
                 });
                 let secs = produced as f64 / RATE as f64;
                 log::debug!(
@@ -156,7 +158,7 @@ fn speak(
     turn: u64,
     seq: u64,
     barrier: &AtomicU64,
-    mut out: impl FnMut(Vec<i16>, Option<String>, bool),
+    mut out: impl FnMut(Vec<i16>, Option<Range<usize>>, bool),
 ) -> bool {
     let mut resampler: Option<(u32, StreamResampler)> = None;
     let mut complete = true;
@@ -183,7 +185,7 @@ fn speak(
             }
         }
         samples.extend(resampler.as_mut().expect("set above").1.process(&audio.samples));
-        out(samples, audio.text, false);
+        out(samples, audio.span, false);
         true
     };
     if let Err(e) = engine.synthesize(text, &mut emit) {

@@ -202,3 +202,31 @@ fn greeting_is_spoken_on_call_start_and_not_on_rejoin() {
     let cut = samples(&out.stdout).len() as f64 / RATE;
     assert!(cut < reference / 2.0, "speech-start did not cut the greeting: {cut:.3} of {reference:.3} s played");
 }
+
+/// Issue 30: Piper speaks a chunk clause by clause, and the closing quote after `moons,` once
+/// went to the next clause, so a reply played whole was recorded as `"counting the moons, "
+/// allowed` and counted as interrupted. What was played is now the reply's own text, byte for
+/// byte, whatever the punctuation.
+#[test]
+fn piper_reports_a_reply_played_whole_with_its_own_punctuation() {
+    let model = piper_model();
+    let state = tempfile::tempdir().unwrap();
+    let chunks = [
+        "Early farmers kept time as \"counting the moons,\" which allowed them to plan the sowing.",
+        "He said, “she told me ‘no.’” Then (after a pause) he left… quietly.",
+        "It costs 3.50 dollars, e.g. at Dr. Smith's shop!",
+    ];
+    let mut input = vec![];
+    for (seq, text) in chunks.iter().enumerate() {
+        input.extend(chunk(4, seq as u64, text));
+    }
+    input.extend(reply_end(4));
+    let args = ["--engine", "piper", "--piper-model", model.to_str().unwrap(), "--unpaced"];
+    let out = run_with_input(&args, &input, state.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = metrics(state.path());
+    let played = m.iter().find(|v| v["type"] == "reply-played").expect("played record");
+    assert_eq!(played["cancelled"], false);
+    assert_eq!(played["text"], chunks.join(" "));
+    assert_eq!(played["played_text"], played["text"], "{played}");
+}

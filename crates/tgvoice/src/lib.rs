@@ -9,6 +9,7 @@
 //! * [`raw_link`] — the bridge side of an instance (raw links, JSON-lines taps); [`mulaw`] — G.711 μ-law
 //! * [`audio`] — the link sample rate, RMS and dBFS
 //! * [`paths`] — default cache, model, state and run directories
+//! * [`text`] — where written text may be cut into spoken pieces (chunker and TTS segmenter)
 //! * [`logmel`] — Whisper-style log-mel features (for the turn model)
 //! * [`cli`] — shared flags, exit codes and the common `main` wrapper; [`log`] — log lines
 
@@ -28,6 +29,7 @@ pub mod rundir;
 pub mod sink;
 pub mod source;
 pub mod testkit;
+pub mod text;
 
 pub use event::{Event, TurnTrace};
 pub use fifo::Endpoint;

@@ -95,7 +95,7 @@ impl SpeechEngine for EspeakLibEngine {
         let emit_static: *mut (dyn FnMut(Audio) -> bool + 'static) = unsafe { std::mem::transmute(emit_ptr) };
         SINK.with(|s| {
             *s.borrow_mut() = Some(Box::new(move |samples: &[i16]| unsafe {
-                (*emit_static)(Audio { rate, samples: samples.to_vec(), text: None, edges: false })
+                (*emit_static)(Audio { rate, samples: samples.to_vec(), span: None, edges: false })
             }))
         });
         let err = unsafe {

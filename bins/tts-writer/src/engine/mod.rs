@@ -21,8 +21,9 @@ use tgvoice::cli::{exit, fail};
 pub struct Audio {
     pub rate: u32,
     pub samples: Vec<i16>,
-    /// The text this piece speaks, when the engine knows (Piper: the sentence or clause).
-    pub text: Option<String>,
+    /// Where in the text given to `synthesize` the words this piece speaks are (byte range),
+    /// when the engine knows (Piper: the sentence or clause).
+    pub span: Option<std::ops::Range<usize>>,
     /// A whole utterance: fade its edges (false for a stream of pieces that join seamlessly).
     pub edges: bool,
 }
@@ -178,10 +179,10 @@ impl SpeechEngine for CommandEngine {
             bail!("{:?} failed ({status})", self.command);
         }
         let audio = match self.raw_rate {
-            Some(rate) => Audio { rate, samples: bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect(), text: None, edges: true },
+            Some(rate) => Audio { rate, samples: bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect(), span: None, edges: true },
             None => {
                 let (rate, samples) = parse_wav(&bytes).with_context(|| format!("{:?} did not print a WAV file", self.command))?;
-                Audio { rate, samples, text: None, edges: true }
+                Audio { rate, samples, span: None, edges: true }
             }
         };
         if !audio.samples.is_empty() {

@@ -11,6 +11,8 @@ use anyhow::{anyhow, bail, Result};
 use libloading::{Library, Symbol};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ops::Range;
+use tgvoice::text::{dot_is_not_an_end, is_closer, is_unspaced_sentence_end};
 use unicode_normalization::UnicodeNormalization;
 
 const AUDIO_OUTPUT_SYNCHRONOUS: c_int = 2;
@@ -55,31 +57,28 @@ impl EspeakPhonemizer {
         }
     }
 
-    /// Phonemes grouped by sentence, as piper's `EspeakPhonemizer.phonemize` returns them.
+    /// Phonemes grouped by sentence, as piper's `EspeakPhonemizer.phonemize` returns them,
+    /// each with the byte ranges of its clauses in `text`.
     ///
     /// piper's espeak-ng fork reports each clause's terminator; Debian's libespeak-ng does
-    /// not, so the text is split into clauses here (at `. , ? ! ; :` before a space or the end)
-    /// and each clause is phonemized on its own.
+    /// not, so the text is split into clauses here ([`split_clauses`]) and each clause is
+    /// phonemized on its own.
     pub fn phonemize(&mut self, text: &str) -> Vec<Sentence> {
         let mut sentences: Vec<Sentence> = vec![];
         let mut current = String::new();
-        let mut clauses: Vec<String> = vec![];
-        for (clause, terminator) in split_clauses(text) {
-            let mut clause_text = clause.trim().to_string();
-            if let Some(t) = terminator {
-                clause_text.push(t);
+        let mut clauses: Vec<Range<usize>> = vec![];
+        for clause in split_clauses(text) {
+            if !text[clause.span.clone()].trim().is_empty() {
+                clauses.push(clause.span.clone());
             }
-            if !clause_text.is_empty() {
-                clauses.push(clause_text);
-            }
-            let phonemes = self.clause_phonemes(&clause);
+            let phonemes = self.clause_phonemes(&text[clause.words.clone()]);
             if !phonemes.trim().is_empty() {
                 if !current.is_empty() && !current.ends_with(' ') {
                     current.push(' ');
                 }
                 current.push_str(phonemes.trim());
             }
-            if let Some(t) = terminator {
+            if let Some(t) = clause.terminator {
                 if current.is_empty() {
                     continue;
                 }
@@ -117,50 +116,87 @@ impl EspeakPhonemizer {
     }
 }
 
-/// Split text into clauses and their terminators (`None` for a trailing clause without one).
-pub fn split_clauses(text: &str) -> Vec<(String, Option<char>)> {
-    let chars: Vec<char> = text.chars().collect();
+/// One clause of a text, as byte ranges into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clause {
+    /// What is phonemized: the words, without the punctuation that ends them.
+    pub words: Range<usize>,
+    /// What the clause says as written: from its first visible character to the end of its
+    /// punctuation and closing quotes or brackets (`"days per week,"`).
+    pub span: Range<usize>,
+    /// The punctuation that ends it as Piper knows it (`None` for a trailing clause).
+    pub terminator: Option<char>,
+}
+
+/// Split text into clauses at `. , ? ! ; :` (and the sentence ends of scripts without
+/// spaces) before a space or the end. A clause keeps the closing quotes and brackets after
+/// its punctuation, so played text is never cut between a word and what belongs to it; a dot
+/// of a number, an abbreviation or an initial ("3.50", "Dr.", "e.g.", "John F.") ends nothing.
+pub fn split_clauses(text: &str) -> Vec<Clause> {
+    const MARKS: &str = ".,?!;:";
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let byte = |k: usize| chars.get(k).map(|&(b, _)| b).unwrap_or(text.len());
     let mut out = vec![];
-    let mut clause = String::new();
+    let mut start = 0; // byte where the current clause begins
     let mut i = 0;
     while i < chars.len() {
-        let c = chars[i];
-        if ".,?!;:".contains(c) {
+        let (pos, c) = chars[i];
+        let unspaced = is_unspaced_sentence_end(c);
+        if MARKS.contains(c) || unspaced {
             let mut j = i;
-            while j < chars.len() && ".,?!;:".contains(chars[j]) {
+            while j < chars.len() && (MARKS.contains(chars[j].1) || is_unspaced_sentence_end(chars[j].1)) {
                 j += 1;
             }
-            if j == chars.len() || chars[j].is_whitespace() || "\"')]".contains(chars[j]) {
-                let run: String = chars[i..j].iter().collect();
-                let t = ['?', '!', '.', ';', ':', ',']
-                    .into_iter()
-                    .find(|p| run.contains(*p))
-                    .expect("run holds punctuation");
-                out.push((std::mem::take(&mut clause), Some(t)));
-                i = j;
+            let mut k = j;
+            while k < chars.len() && is_closer(chars[k].1) {
+                k += 1;
+            }
+            let ends_here = k == chars.len() || chars[k].1.is_whitespace() || unspaced;
+            // An opening quote right after the mark ("Hello,\"you\"") starts the next clause.
+            let before_opening = k > j && !ends_here;
+            let only_a_dot = &text[pos..byte(j)] == ".";
+            if (ends_here || before_opening) && !(only_a_dot && dot_is_not_an_end(&text[..pos])) {
+                let run: String = text[pos..byte(j)]
+                    .chars()
+                    .map(|c| match c {
+                        '！' => '!',
+                        '？' => '?',
+                        c if is_unspaced_sentence_end(c) => '.',
+                        c => c,
+                    })
+                    .collect();
+                let t = ['?', '!', '.', ';', ':', ','].into_iter().find(|p| run.contains(*p)).expect("run holds punctuation");
+                let end = if ends_here { byte(k) } else { byte(j) };
+                out.push(Clause { words: start..pos, span: trim_start(text, start)..end, terminator: Some(t) });
+                start = end;
+                i = if ends_here { k } else { j };
                 continue;
             }
         }
-        clause.push(c);
         i += 1;
     }
-    if !clause.trim().is_empty() {
-        out.push((clause, None));
+    if !text[start..].trim().is_empty() {
+        out.push(Clause { words: start..text.len(), span: trim_start(text, start)..text.trim_end().len(), terminator: None });
     }
     out
 }
 
-/// One sentence: its text clauses (with their punctuation) and its phonemes (one code point
+fn trim_start(text: &str, from: usize) -> usize {
+    from + (text[from..].len() - text[from..].trim_start().len())
+}
+
+/// One sentence: the byte ranges of its clauses in the text, and its phonemes (one code point
 /// each, clauses separated by "<punctuation> ").
 #[derive(Debug, Clone, Default)]
 pub struct Sentence {
-    pub clauses: Vec<String>,
+    pub clauses: Vec<Range<usize>>,
     pub phonemes: Vec<String>,
 }
 
 impl Sentence {
-    pub fn text(&self) -> String {
-        self.clauses.join(" ")
+    /// Where the sentence is in the text it came from, punctuation and closing quotes included.
+    pub fn span(&self) -> Option<Range<usize>> {
+        Some(self.clauses.first()?.start..self.clauses.last()?.end)
     }
 }
 
@@ -179,7 +215,7 @@ pub fn load_espeak_library() -> Result<Library> {
     )
 }
 
-fn push_sentence(sentences: &mut Vec<Sentence>, current: &mut String, clauses: &mut Vec<String>) {
+fn push_sentence(sentences: &mut Vec<Sentence>, current: &mut String, clauses: &mut Vec<Range<usize>>) {
     let s = current.trim_end().to_string();
     current.clear();
     let clauses = std::mem::take(clauses);
@@ -243,13 +279,68 @@ mod tests {
         assert_eq!(missing, vec!["x".to_string()]);
     }
 
+    /// (words, span, terminator) of each clause, as text.
+    fn clauses(text: &str) -> Vec<(&str, &str, Option<char>)> {
+        split_clauses(text).into_iter().map(|c| (text[c.words].trim(), &text[c.span], c.terminator)).collect()
+    }
+
     #[test]
     fn clauses_split_at_punctuation_before_spaces() {
-        let c = split_clauses("Hello there, it costs 3.50 dollars... Really?! yes");
-        let got: Vec<(&str, Option<char>)> = c.iter().map(|(s, t)| (s.trim(), *t)).collect();
         assert_eq!(
-            got,
-            vec![("Hello there", Some(',')), ("it costs 3.50 dollars", Some('.')), ("Really", Some('?')), ("yes", None)]
+            clauses("Hello there, it costs 3.50 dollars... Really?! yes"),
+            vec![
+                ("Hello there", "Hello there,", Some(',')),
+                ("it costs 3.50 dollars", "it costs 3.50 dollars...", Some('.')),
+                ("Really", "Really?!", Some('?')),
+                ("yes", "yes", None)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_clause_keeps_the_quote_or_bracket_that_closes_it() {
+        assert_eq!(
+            clauses("known as \"days per week,\" allows (roughly.) It ends."),
+            vec![
+                ("known as \"days per week", "known as \"days per week,\"", Some(',')),
+                ("allows (roughly", "allows (roughly.)", Some('.')),
+                ("It ends", "It ends.", Some('.'))
+            ]
+        );
+        // Nested and curly quotes; an opening quote right after a mark starts the next clause.
+        assert_eq!(
+            clauses("He said, “she told me ‘no.’” Then,\"go\"."),
+            vec![
+                ("He said", "He said,", Some(',')),
+                ("“she told me ‘no", "“she told me ‘no.’”", Some('.')),
+                ("Then", "Then,", Some(',')),
+                ("\"go\"", "\"go\".", Some('.'))
+            ]
+        );
+    }
+
+    #[test]
+    fn numbers_abbreviations_and_initials_end_no_clause() {
+        assert_eq!(
+            clauses("Dr. Smith paid $2.50, e.g. for John F. Kennedy's book… Fine."),
+            vec![
+                ("Dr. Smith paid $2.50", "Dr. Smith paid $2.50,", Some(',')),
+                ("e.g. for John F. Kennedy's book… Fine", "e.g. for John F. Kennedy's book… Fine.", Some('.'))
+            ]
+        );
+    }
+
+    #[test]
+    fn other_scripts_keep_whole_characters() {
+        assert_eq!(
+            clauses("東京は首都です。「はい。」と言った！ Привет, мир."),
+            vec![
+                ("東京は首都です", "東京は首都です。", Some('.')),
+                ("「はい", "「はい。」", Some('.')),
+                ("と言った", "と言った！", Some('!')),
+                ("Привет", "Привет,", Some(',')),
+                ("мир", "мир.", Some('.'))
+            ]
         );
     }
 
@@ -260,7 +351,9 @@ mod tests {
         };
         let s = p.phonemize("Hello there, how are you? I am fine.");
         let joined: Vec<String> = s.iter().map(|x| x.phonemes.concat()).collect();
-        assert_eq!(s[0].text(), "Hello there, how are you?");
+        let text = "Hello there, how are you? I am fine.";
+        assert_eq!(&text[s[0].span().unwrap()], "Hello there, how are you?");
+        assert_eq!(&text[s[1].span().unwrap()], "I am fine.");
         assert_eq!(joined.len(), 2, "{joined:?}");
         assert!(joined[0].contains(", "), "{joined:?}");
         assert!(joined[0].ends_with('?'), "{joined:?}");

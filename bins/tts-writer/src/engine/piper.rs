@@ -133,7 +133,7 @@ impl SpeechEngine for PiperEngine {
             let peak = audio.iter().fold(0f32, |m, x| m.max(x.abs()));
             let gain = if peak < 1e-8 { 0.0 } else { PEAK / peak };
             let samples = audio.iter().map(|x| (x * gain * 32767.0).round().clamp(-32768.0, 32767.0) as i16).collect();
-            if !emit(Audio { rate: self.config.audio.sample_rate, samples, text: Some(sentence.text()), edges: true }) {
+            if !emit(Audio { rate: self.config.audio.sample_rate, samples, span: sentence.span(), edges: true }) {
                 break;
             }
         }
@@ -165,15 +165,16 @@ mod tests {
 
     #[test]
     fn first_clause_is_split_off() {
-        let sentence = |p: &str, c: &[&str]| Sentence {
+        let sentence = |p: &str, c: &[std::ops::Range<usize>]| Sentence {
             phonemes: p.chars().map(|c| c.to_string()).collect(),
-            clauses: c.iter().map(|s| s.to_string()).collect(),
+            clauses: c.to_vec(),
         };
-        let mut s = sentence("ab, cd, e.", &["Ab,", "cd,", "e."]);
+        let text = "Ab, cd, e.";
+        let mut s = sentence("ab, cd, e.", &[0..3, 4..7, 8..10]);
         let rest = split_first_clause(&mut s).unwrap();
-        assert_eq!((s.phonemes.concat(), s.text()), ("ab,".to_string(), "Ab,".to_string()));
-        assert_eq!((rest.phonemes.concat(), rest.text()), ("cd, e.".to_string(), "cd, e.".to_string()));
-        let mut whole = sentence("abc.", &["Abc."]);
+        assert_eq!((s.phonemes.concat(), &text[s.span().unwrap()]), ("ab,".to_string(), "Ab,"));
+        assert_eq!((rest.phonemes.concat(), &text[rest.span().unwrap()]), ("cd, e.".to_string(), "cd, e."));
+        let mut whole = sentence("abc.", &[0..4]);
         assert!(split_first_clause(&mut whole).is_none());
     }
 }

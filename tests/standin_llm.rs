@@ -1,0 +1,101 @@
+//! A loopback stand-in for an OpenAI-compatible LLM server (the wire protocol llama.cpp's
+//! server, Ollama and OpenAI speak): `GET /v1/models` lists one model, and each
+//! `POST …/chat/completions` streams the next reply of a fixed set as SSE `data:` events, a few
+//! words per event, then `data: [DONE]`. For tests whose subject is not the LLM and that need
+//! its replies known in advance (a reply with a quotation after a comma, say).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// What the stand-in answers.
+pub enum Replies {
+    /// The replies in turn, starting again after the last.
+    Cycle(Vec<String>),
+    /// Accept each request and never answer (a hung server).
+    Never,
+}
+
+pub struct StandInLlm {
+    pub port: u16,
+    /// Chat requests received.
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl StandInLlm {
+    pub fn start(replies: Replies) -> StandInLlm {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let replies = Arc::new(replies);
+        let counter = requests.clone();
+        std::thread::spawn(move || {
+            let mut held = vec![];
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (replies, counter) = (replies.clone(), counter.clone());
+                match &*replies {
+                    Replies::Never => held.push(conn),
+                    Replies::Cycle(_) => {
+                        std::thread::spawn(move || serve(conn, &replies, &counter));
+                    }
+                }
+            }
+        });
+        StandInLlm { port, requests }
+    }
+
+    /// The base URL to give llm-relay (`--base-url`, `TGVOICE_LLM_BASE_URL`).
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+}
+
+fn serve(mut conn: TcpStream, replies: &Replies, counter: &AtomicUsize) {
+    let Replies::Cycle(list) = replies else { return };
+    let mut r = BufReader::new(conn.try_clone().unwrap());
+    let mut request_line = String::new();
+    if r.read_line(&mut request_line).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    let _ = r.read_exact(&mut body);
+    if request_line.starts_with("GET") {
+        let models = r#"{"object":"list","data":[{"id":"stand-in","object":"model"}]}"#;
+        let _ = write!(
+            conn,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{models}",
+            models.len()
+        );
+        return;
+    }
+    let n = counter.fetch_add(1, Ordering::SeqCst);
+    let text = &list[n % list.len()];
+    let _ = write!(conn, "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n");
+    // A few words per event, as a real server streams tokens.
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    for piece in words.chunks(3) {
+        let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"content": piece.concat()}}]});
+        if write!(conn, "data: {chunk}\n\n").and_then(|_| conn.flush()).is_err() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let done = serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+    let _ = write!(conn, "data: {done}\n\ndata: [DONE]\n\n");
+}
