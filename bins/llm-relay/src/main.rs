@@ -3,14 +3,7 @@
 //! server, and writes speakable `reply-chunk`s plus a `reply-end` (reply.frames) for
 //! tts-writer. Barge-in (`speech-start`) or `cancel` aborts the reply within milliseconds.
 
-mod backchannel;
-mod config;
-mod conversation;
-mod provider;
-mod relay;
-mod speakable;
-mod stream;
-mod unfinished;
+use llm_relay::{config, conversation, relay};
 
 use tgvoice::cli;
 use tgvoice::source::Input;
