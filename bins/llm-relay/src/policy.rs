@@ -313,7 +313,10 @@ impl Policy {
     pub fn next_wake(&self) -> Option<Instant> {
         let mut wakes: Vec<Instant> = vec![];
         if self.active.is_none() && self.waiting.due {
-            wakes.extend(self.waiting.unfinished_until);
+            // The wait for the rest of an unfinished message counts once no turn is pending.
+            if self.waiting.turns.is_empty() {
+                wakes.extend(self.waiting.unfinished_until);
+            }
             for (started, ended) in self.waiting.turns.values() {
                 wakes.push(self.waiting.gives_up_at(*started, *ended, self.cfg.merge_wait));
             }
@@ -691,5 +694,713 @@ impl Policy {
                 format!(", {} withdrawn from the queue", withdrawn.len())
             }
         );
+    }
+}
+
+/// The rules, each as a short call: events go in at a time on a fake clock (ms from the start),
+/// and the commands that come out are compared as one line each ("start #1 turn 1", "chunk #1
+/// turn 1 seq 0 Hi.", "end #1 turn 1 cancelled"…). The fake history refuses two user messages
+/// in a row, so every test also checks that rule.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    struct Fake {
+        commands: Vec<Command>,
+        history: Vec<(Role, String, bool)>,
+        requests: HashMap<ReplyId, Vec<ChatMessage>>,
+        /// `seq`s still queued for the output when a reply is cancelled (withdrawn).
+        unwritten: Vec<u64>,
+    }
+
+    fn window(history: &[(Role, String, bool)]) -> Vec<ChatMessage> {
+        history
+            .iter()
+            .map(|(role, text, interrupted)| ChatMessage {
+                role: *role,
+                text: if *interrupted { format!("{text} [interrupted]") } else { text.clone() },
+            })
+            .collect()
+    }
+
+    impl Host for Fake {
+        fn run(&mut self, command: Command) {
+            if let Command::Start { reply, messages, .. } = &command {
+                self.requests.insert(*reply, messages.clone());
+            }
+            self.commands.push(command);
+        }
+        fn withdraw_unwritten(&mut self, _turn: u64) -> Vec<u64> {
+            std::mem::take(&mut self.unwritten)
+        }
+        fn append(&mut self, role: Role, text: &str, _turn: Option<u64>, interrupted: bool) {
+            if role == Role::User {
+                let last = self.history.last();
+                assert!(last.is_none_or(|l| l.0 != Role::User), "two user messages in a row: {last:?}, then {text:?}");
+            }
+            self.history.push((role, text.to_string(), interrupted));
+        }
+        fn replace_last_user(&mut self, text: &str, turn: Option<u64>) {
+            match self.history.last_mut() {
+                Some(last) if last.0 == Role::User => last.1 = text.to_string(),
+                _ => self.append(Role::User, text, turn, false),
+            }
+        }
+        fn messages(&mut self, _budget: Budget) -> Vec<ChatMessage> {
+            window(&self.history)
+        }
+        fn messages_if_user_said(&mut self, text: &str, merge: bool, _budget: Budget) -> Vec<ChatMessage> {
+            let mut h = self.history.clone();
+            match h.last_mut() {
+                Some(last) if merge && last.0 == Role::User => last.1 = text.to_string(),
+                _ => h.push((Role::User, text.to_string(), false)),
+            }
+            window(&h)
+        }
+    }
+
+    fn config() -> PolicyConfig {
+        PolicyConfig {
+            budget: Budget { max_messages: 24, max_tokens: 3000 },
+            apology: Some("Sorry, try again.".into()),
+            merge_wait: Duration::from_secs(20),
+            pause_first: true,
+            backchannels: Backchannels::parse(crate::backchannel::DEFAULT_BACKCHANNELS),
+            interrupt_after: Duration::from_millis(2100),
+            preempt: true,
+            unfinished_wait: Duration::from_millis(1000),
+        }
+    }
+
+    /// One call: the policy, its fake outside, and the clock.
+    struct Call {
+        policy: Policy,
+        host: Fake,
+        t0: Instant,
+        now: Instant,
+    }
+
+    impl Call {
+        fn new() -> Call {
+            Call::with(|_| {})
+        }
+
+        fn with(tweak: impl FnOnce(&mut PolicyConfig)) -> Call {
+            let mut cfg = config();
+            tweak(&mut cfg);
+            let t0 = Instant::now();
+            Call { policy: Policy::new(cfg), host: Fake::default(), t0, now: t0 }
+        }
+
+        /// Move the clock to `ms`, waking the policy whenever it asked to be (as the executor does).
+        fn at(&mut self, ms: u64) -> Vec<String> {
+            let to = self.t0 + Duration::from_millis(ms);
+            assert!(to >= self.now, "the clock only moves forward");
+            let mut out = vec![];
+            let mut wakes = 0;
+            while let Some(wake) = self.policy.next_wake().filter(|w| *w <= to) {
+                wakes += 1;
+                assert!(wakes < 100, "the policy keeps waking at {wake:?}: it would spin");
+                self.now = wake.max(self.now);
+                out.extend(self.input(Input::Tick));
+            }
+            self.now = to;
+            out
+        }
+
+        fn input(&mut self, input: Input) -> Vec<String> {
+            self.policy.handle(self.now, input, &mut self.host);
+            self.host.commands.drain(..).map(|c| line(&c)).collect()
+        }
+
+        fn event(&mut self, e: Event) -> Vec<String> {
+            self.input(Input::Event(e))
+        }
+        fn speech_start(&mut self, turn: u64) -> Vec<String> {
+            self.event(Event::new(kind::SPEECH_START).with_turn(turn))
+        }
+        fn speech_end(&mut self, turn: u64) -> Vec<String> {
+            self.event(Event::new(kind::SPEECH_END).with_turn(turn))
+        }
+        /// The final transcript of `turn`.
+        fn said(&mut self, turn: u64, text: &str) -> Vec<String> {
+            self.event(Event::new(kind::TRANSCRIPT).with_turn(turn).with_text(text).with("final", true))
+        }
+        fn preview(&mut self, turn: u64, text: &str) -> Vec<String> {
+            self.event(Event::new(kind::TRANSCRIPT).with_turn(turn).with_text(text).with("final", false).with("preview", true))
+        }
+        fn cancel(&mut self, turn: Option<u64>) -> Vec<String> {
+            let e = Event::new(kind::CANCEL);
+            self.event(match turn {
+                Some(t) => e.with_turn(t),
+                None => e,
+            })
+        }
+        fn chunk(&mut self, reply: ReplyId, text: &str) -> Vec<String> {
+            self.input(Input::Chunk { reply, text: text.into() })
+        }
+        fn done(&mut self, reply: ReplyId) -> Vec<String> {
+            self.input(Input::Done { reply, failure: None })
+        }
+
+        /// A whole caller turn (speech-start, speech-end, final transcript).
+        fn turn(&mut self, turn: u64, text: &str) -> Vec<String> {
+            let mut out = self.speech_start(turn);
+            out.extend(self.speech_end(turn));
+            out.extend(self.said(turn, text));
+            out
+        }
+
+        /// What reply `reply` asked the LLM, one "role: text" a message.
+        fn asked(&self, reply: ReplyId) -> Vec<String> {
+            self.host.requests[&reply].iter().map(|m| format!("{}: {}", role(m.role), m.text)).collect()
+        }
+
+        fn history(&self) -> Vec<String> {
+            window(&self.host.history).iter().map(|m| format!("{}: {}", role(m.role), m.text)).collect()
+        }
+    }
+
+    fn role(r: Role) -> &'static str {
+        match r {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+
+    fn line(c: &Command) -> String {
+        match c {
+            Command::Forward(e) => format!("forward {}{}", e.kind, e.turn.map(|t| format!(" {t}")).unwrap_or_default()),
+            Command::Start { reply, turn, held, .. } => {
+                format!("start #{reply} turn {turn}{}", if *held { " held" } else { "" })
+            }
+            Command::Stop { reply } => format!("stop #{reply}"),
+            Command::Ahead { reply, turn, seq, text } => format!("ahead #{reply} turn {turn} seq {seq} {text}"),
+            Command::Release { reply, .. } => format!("release #{reply}"),
+            Command::Chunk { reply, turn, seq, text } => format!("chunk #{reply} turn {turn} seq {seq} {text}"),
+            Command::Failed { reply, message, .. } => format!("failed #{reply}: {message}"),
+            Command::End { reply, turn, cancelled, error } => format!(
+                "end #{reply} turn {turn}{}{}",
+                if *cancelled { " cancelled" } else { "" },
+                if *error { " error" } else { "" }
+            ),
+            Command::Resume { turn } => format!("resume {turn}"),
+            Command::CancelUpTo { turn } => format!("cancel up to {turn}"),
+            Command::NewConversation { call } => format!("new conversation {}", call.as_deref().unwrap_or("-")),
+        }
+    }
+
+    fn forwarded(kind: &str, turn: u64) -> String {
+        format!("forward {kind} {turn}")
+    }
+
+    /// Turn 1 asked and answered with "It is noon." (reply #1), heard; the clock at `ms`.
+    fn answered_once(c: &mut Call) {
+        c.turn(1, "What time is it?");
+        c.chunk(1, "It is noon.");
+        c.done(1);
+    }
+
+    // ---- a plain turn ----
+
+    #[test]
+    fn a_final_transcript_is_answered_and_the_reply_recorded() {
+        let mut c = Call::new();
+        assert_eq!(
+            c.turn(1, "What time is it?"),
+            [forwarded("speech-start", 1), forwarded("speech-end", 1), "start #1 turn 1".into()]
+        );
+        assert_eq!(c.asked(1), ["user: What time is it?"]);
+        assert_eq!(c.chunk(1, "It is noon."), ["chunk #1 turn 1 seq 0 It is noon."]);
+        assert_eq!(c.chunk(1, "Lunch time."), ["chunk #1 turn 1 seq 1 Lunch time."]);
+        assert_eq!(c.done(1), ["end #1 turn 1"]);
+        assert_eq!(c.history(), ["user: What time is it?", "assistant: It is noon. Lunch time."]);
+    }
+
+    #[test]
+    fn unknown_events_are_forwarded_and_partial_transcripts_ignored() {
+        let mut c = Call::new();
+        assert_eq!(c.event(Event::new("speech-onset").with_turn(3)), [forwarded("speech-onset", 3)]);
+        let partial = Event::new(kind::TRANSCRIPT).with_turn(3).with_text("What").with("final", false);
+        assert!(c.event(partial).is_empty());
+        assert!(c.history().is_empty());
+    }
+
+    #[test]
+    fn a_failed_reply_with_nothing_said_speaks_the_apology_outside_the_history() {
+        let mut c = Call::new();
+        c.turn(1, "What time is it?");
+        assert_eq!(
+            c.input(Input::Done { reply: 1, failure: Some("HTTP 401".into()) }),
+            ["failed #1: HTTP 401", "chunk #1 turn 1 seq 0 Sorry, try again.", "end #1 turn 1 error"]
+        );
+        assert_eq!(c.history(), ["user: What time is it?"]);
+        // Not retried; the caller's next words join the unanswered message.
+        assert!(c.at(60_000).is_empty());
+        c.turn(2, "Hello?");
+        assert_eq!(c.asked(2), ["user: What time is it? Hello?"]);
+    }
+
+    #[test]
+    fn a_reply_that_fails_after_speaking_keeps_what_was_said_and_no_apology() {
+        let mut c = Call::new();
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        assert_eq!(
+            c.input(Input::Done { reply: 1, failure: Some("cut off".into()) }),
+            ["failed #1: cut off", "end #1 turn 1 error"]
+        );
+        assert_eq!(c.history(), ["user: Tell me a story.", "assistant: Once upon a time."]);
+    }
+
+    // ---- one message per thing the caller says ----
+
+    #[test]
+    fn a_caller_who_goes_on_before_any_chunk_was_handed_on_said_one_message() {
+        let mut c = Call::new();
+        c.turn(1, "My name is Ada.");
+        // The next turn starts before reply #1 said anything: it is dropped without a trace…
+        assert_eq!(c.speech_start(2), [forwarded("speech-start", 2), "stop #1".into(), "end #1 turn 1 cancelled".into()]);
+        c.speech_end(2);
+        // …and both parts are one message, answered under the newest turn.
+        assert_eq!(c.said(2, "I need a taxi."), ["start #2 turn 2"]);
+        assert_eq!(c.asked(2), ["user: My name is Ada. I need a taxi."]);
+        assert_eq!(c.history(), ["user: My name is Ada. I need a taxi."]);
+    }
+
+    #[test]
+    fn once_a_chunk_was_handed_on_the_next_words_are_a_new_message() {
+        let mut c = Call::with(|cfg| cfg.pause_first = false);
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        c.speech_start(2);
+        c.speech_end(2);
+        c.said(2, "A shorter one.");
+        assert_eq!(
+            c.asked(2),
+            ["user: Tell me a story.", "assistant: Once upon a time. [interrupted]", "user: A shorter one."]
+        );
+    }
+
+    #[test]
+    fn a_part_transcribed_while_a_later_turn_is_pending_waits_for_it() {
+        let mut c = Call::new();
+        c.speech_start(10);
+        c.speech_end(10);
+        c.speech_start(11);
+        assert!(c.said(10, "My number is five five five").is_empty(), "answered half a sentence");
+        assert!(c.at(5_000).is_empty());
+        c.speech_end(11);
+        assert_eq!(c.said(11, "one two three."), ["start #1 turn 11"]);
+        assert_eq!(c.asked(1), ["user: My number is five five five one two three."]);
+    }
+
+    #[test]
+    fn a_pending_turn_with_no_words_releases_the_waiting_message() {
+        let mut c = Call::new();
+        c.speech_start(20);
+        c.speech_end(20);
+        c.speech_start(21);
+        assert!(c.said(20, "What time is it?").is_empty());
+        c.speech_end(21);
+        assert_eq!(c.said(21, ""), ["start #1 turn 21"]);
+        assert_eq!(c.asked(1), ["user: What time is it?"]);
+    }
+
+    #[test]
+    fn a_pending_turn_whose_transcript_never_comes_is_given_up_after_merge_wait() {
+        let mut c = Call::with(|cfg| cfg.merge_wait = Duration::from_secs(2));
+        c.speech_start(30);
+        c.speech_end(30);
+        c.speech_start(31);
+        c.at(100);
+        c.speech_end(31); // at 100 ms
+        c.at(500);
+        assert!(c.said(30, "What time is it?").is_empty()); // sttd's progress at 500 ms
+        assert_eq!(c.policy.next_wake(), Some(c.t0 + Duration::from_millis(2500)));
+        assert!(c.at(2499).is_empty());
+        assert_eq!(c.at(2500), ["start #1 turn 30"]);
+    }
+
+    #[test]
+    fn a_pending_turn_that_never_ends_is_given_up_after_a_minute() {
+        let mut c = Call::new();
+        c.speech_start(1);
+        c.speech_end(1);
+        c.speech_start(2);
+        c.said(1, "What time is it?");
+        assert!(c.at(59_999).is_empty());
+        assert_eq!(c.at(60_000), ["start #1 turn 1"]);
+    }
+
+    // ---- a message that stops mid-sentence (--unfinished-wait) ----
+
+    #[test]
+    fn a_message_that_stops_mid_sentence_waits_and_merges_with_the_rest() {
+        let mut c = Call::new();
+        assert!(!c.turn(1, "I'd like a table for.").iter().any(|l| l.starts_with("start")));
+        c.at(600);
+        assert_eq!(c.speech_start(2), [forwarded("speech-start", 2)]);
+        assert!(c.at(3_000).is_empty(), "answered while the caller went on");
+        c.speech_end(2);
+        assert_eq!(c.said(2, "Four people."), ["start #1 turn 2"]);
+        // The stop Whisper put at the pause is gone.
+        assert_eq!(c.asked(1), ["user: I'd like a table for Four people."]);
+        assert_eq!(c.history(), ["user: I'd like a table for Four people."]);
+    }
+
+    #[test]
+    fn a_message_that_stops_mid_sentence_is_answered_alone_after_the_wait() {
+        let mut c = Call::new();
+        c.turn(1, "Could you remind me to");
+        assert_eq!(c.policy.next_wake(), Some(c.t0 + Duration::from_millis(1000)));
+        assert!(c.at(999).is_empty());
+        assert_eq!(c.at(1000), ["start #1 turn 1"]);
+        assert_eq!(c.asked(1), ["user: Could you remind me to"]);
+    }
+
+    #[test]
+    fn with_unfinished_wait_0_a_message_that_stops_mid_sentence_is_answered_at_once() {
+        let mut c = Call::with(|cfg| cfg.unfinished_wait = Duration::ZERO);
+        assert_eq!(c.said(1, "I'd like a table for."), ["start #1 turn 1"]);
+    }
+
+    // ---- preemption: a preview starts the reply, held ----
+
+    #[test]
+    fn a_preview_starts_a_held_reply_whose_first_chunk_goes_out_ahead() {
+        let mut c = Call::new();
+        c.speech_start(1);
+        assert_eq!(c.preview(1, "What time is it?"), ["start #1 turn 1 held"]);
+        assert_eq!(c.asked(1), ["user: What time is it?"]);
+        assert_eq!(c.chunk(1, "It is noon."), ["ahead #1 turn 1 seq 0 It is noon."]);
+        assert!(c.chunk(1, "Lunch time.").is_empty());
+        assert!(c.history().is_empty(), "a held reply leaves no trace");
+        // The same preview again changes nothing.
+        assert!(c.preview(1, "What time is it?").is_empty());
+    }
+
+    #[test]
+    fn the_final_transcript_with_the_same_request_releases_the_held_reply() {
+        let mut c = Call::new();
+        c.speech_start(1);
+        c.preview(1, "What time is it?");
+        c.chunk(1, "It is noon.");
+        c.speech_end(1);
+        assert_eq!(
+            c.said(1, "What time is it?"),
+            ["release #1", "chunk #1 turn 1 seq 0 It is noon."]
+        );
+        assert_eq!(c.chunk(1, "Lunch time."), ["chunk #1 turn 1 seq 1 Lunch time."]);
+        assert_eq!(c.done(1), ["end #1 turn 1"]);
+        assert_eq!(c.history(), ["user: What time is it?", "assistant: It is noon. Lunch time."]);
+    }
+
+    #[test]
+    fn a_held_reply_that_ended_before_the_transcript_ends_when_released() {
+        let mut c = Call::new();
+        c.speech_start(1);
+        c.preview(1, "Hi.");
+        c.chunk(1, "Hello!");
+        assert!(c.done(1).is_empty());
+        c.speech_end(1);
+        assert_eq!(c.said(1, "Hi."), ["release #1", "chunk #1 turn 1 seq 0 Hello!", "end #1 turn 1"]);
+        assert_eq!(c.history(), ["user: Hi.", "assistant: Hello!"]);
+    }
+
+    #[test]
+    fn a_final_transcript_with_other_words_drops_the_held_reply_and_answers_them() {
+        let mut c = Call::new();
+        c.speech_start(1);
+        c.preview(1, "What time");
+        c.chunk(1, "Time for what?");
+        c.speech_end(1);
+        assert_eq!(c.said(1, "What time is it?"), ["stop #1", "start #2 turn 1"]);
+        assert!(c.chunk(1, "Too late.").is_empty(), "a dropped reply is never heard");
+        assert_eq!(c.asked(2), ["user: What time is it?"]);
+    }
+
+    #[test]
+    fn a_later_preview_with_more_words_replaces_the_held_reply() {
+        let mut c = Call::new();
+        c.speech_start(1);
+        c.preview(1, "I'd like a table");
+        assert_eq!(c.preview(1, "I'd like a table for four."), ["stop #1", "start #2 turn 1 held"]);
+        assert_eq!(c.asked(2), ["user: I'd like a table for four."]);
+    }
+
+    #[test]
+    fn a_new_turn_cancel_a_call_boundary_or_no_words_drop_the_held_reply() {
+        let drops = |then: &dyn Fn(&mut Call) -> Vec<String>| {
+            let mut c = Call::new();
+            c.speech_start(1);
+            c.preview(1, "What time is it?");
+            c.chunk(1, "It is noon.");
+            let out = then(&mut c);
+            assert!(out.contains(&"stop #1".to_string()), "{out:?}");
+            assert!(!out.iter().any(|l| l.starts_with("chunk") || l.starts_with("release")), "{out:?}");
+            assert!(c.history().is_empty(), "{:?}", c.history());
+        };
+        drops(&|c| c.speech_start(2));
+        drops(&|c| c.cancel(None));
+        drops(&|c| c.cancel(Some(1)));
+        drops(&|c| c.event(Event::new(kind::CALL_START).with("call", "c-2")));
+        drops(&|c| c.event(Event::new(kind::CALL_END)));
+        drops(&|c| c.said(1, ""));
+    }
+
+    #[test]
+    fn a_preview_merges_with_an_unanswered_message_as_the_final_transcript_would() {
+        let mut c = Call::new();
+        c.turn(1, "My name is Ada.");
+        c.speech_start(2); // reply #1 is dropped unheard
+        assert_eq!(c.preview(2, "I need a taxi."), ["start #2 turn 2 held"]);
+        assert_eq!(c.asked(2), ["user: My name is Ada. I need a taxi."]);
+        c.speech_end(2);
+        assert_eq!(c.said(2, "I need a taxi."), ["release #2"]);
+    }
+
+    #[test]
+    fn a_preview_starts_nothing_while_a_reply_streams_or_another_turn_is_pending() {
+        let mut c = Call::new();
+        c.turn(1, "What time is it?");
+        assert!(c.preview(1, "What time is it?").is_empty(), "reply #1 streams");
+        let mut c = Call::new();
+        c.speech_start(1);
+        c.speech_end(1);
+        c.speech_start(2);
+        assert!(c.preview(2, "Hello").is_empty(), "turn 1 is still being transcribed");
+    }
+
+    #[test]
+    fn with_preempt_off_a_preview_starts_nothing() {
+        let mut c = Call::with(|cfg| cfg.preempt = false);
+        c.speech_start(1);
+        assert!(c.preview(1, "What time is it?").is_empty());
+        c.speech_end(1);
+        assert_eq!(c.said(1, "What time is it?"), ["start #1 turn 1"]);
+    }
+
+    // ---- barge-in: pause first, decide after ----
+
+    #[test]
+    fn a_backchannel_over_a_playing_reply_resumes_it_and_leaves_no_trace() {
+        let mut c = Call::new();
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        // tts-writer paused it; the relay waits for the words.
+        assert_eq!(c.speech_start(2), [forwarded("speech-start", 2)]);
+        c.speech_end(2);
+        assert_eq!(c.said(2, "Uh-huh."), ["resume 2"]);
+        assert_eq!(c.chunk(1, "There was a cat."), ["chunk #1 turn 1 seq 1 There was a cat."]);
+        c.done(1);
+        assert_eq!(c.history(), ["user: Tell me a story.", "assistant: Once upon a time. There was a cat."]);
+    }
+
+    #[test]
+    fn no_words_over_a_playing_reply_resume_it() {
+        let mut c = Call::new();
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        c.speech_start(2);
+        c.speech_end(2);
+        assert_eq!(c.said(2, ""), ["resume 2"]);
+    }
+
+    #[test]
+    fn other_words_over_a_playing_reply_cancel_it_and_are_answered() {
+        let mut c = Call::new();
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        c.speech_start(2);
+        c.speech_end(2);
+        assert_eq!(
+            c.said(2, "Stop."),
+            ["stop #1", "end #1 turn 1 cancelled", "cancel up to 1", "start #2 turn 2"]
+        );
+        assert_eq!(
+            c.asked(2),
+            ["user: Tell me a story.", "assistant: Once upon a time. [interrupted]", "user: Stop."]
+        );
+    }
+
+    #[test]
+    fn words_over_a_finished_reply_still_playing_cancel_it_in_tts_writer() {
+        let mut c = Call::new();
+        answered_once(&mut c);
+        c.speech_start(2);
+        c.speech_end(2);
+        assert_eq!(c.said(2, "Wait."), ["cancel up to 1", "start #2 turn 2"]);
+    }
+
+    #[test]
+    fn speech_still_going_after_interrupt_after_is_an_interruption_before_its_words() {
+        let mut c = Call::new();
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        c.at(1_000);
+        c.speech_start(2);
+        assert!(c.at(3_099).is_empty());
+        assert_eq!(c.at(3_100), ["stop #1", "end #1 turn 1 cancelled", "cancel up to 1"]);
+        // Its words are answered when they come (not decided again).
+        c.speech_end(2);
+        assert_eq!(c.said(2, "No, tell me about dogs instead."), ["start #2 turn 2"]);
+    }
+
+    #[test]
+    fn speech_that_ended_before_interrupt_after_waits_for_its_words() {
+        let mut c = Call::new();
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        c.speech_start(2);
+        c.at(1_500);
+        c.speech_end(2);
+        assert!(c.at(30_000).is_empty());
+        assert_eq!(c.said(2, "Mm-hmm."), ["resume 2"]);
+    }
+
+    #[test]
+    fn after_a_reply_its_estimated_audio_and_slack_count_as_playing() {
+        // "It is noon." is 11 characters: ~0.92 s at 12 a second, + 1.5 s of slack.
+        let playing = |ms: u64| {
+            let mut c = Call::new();
+            answered_once(&mut c);
+            c.at(ms);
+            c.speech_start(2) == [forwarded("speech-start", 2)] && c.said(2, "Yeah.") == ["resume 2"]
+        };
+        assert!(playing(2_400));
+        assert!(!playing(2_500));
+    }
+
+    #[test]
+    fn a_resumed_reply_is_assumed_to_end_as_much_later_as_it_was_paused() {
+        let mut c = Call::new();
+        answered_once(&mut c); // audible until ~2.42 s
+        c.at(2_000);
+        c.speech_start(2);
+        c.at(3_000);
+        c.speech_end(2);
+        assert_eq!(c.said(2, "Okay."), ["resume 2"]); // paused 1 s: now audible until ~3.42 s
+        c.at(3_400);
+        assert_eq!(c.speech_start(3), [forwarded("speech-start", 3)], "still counted as playing");
+    }
+
+    #[test]
+    fn a_reply_streaming_with_nothing_handed_on_is_not_playing() {
+        let mut c = Call::new();
+        answered_once(&mut c);
+        c.turn(2, "And tomorrow?"); // reply #2 streams, nothing said yet
+        assert_eq!(c.speech_start(3), [forwarded("speech-start", 3), "stop #2".into(), "end #2 turn 2 cancelled".into()]);
+    }
+
+    #[test]
+    fn with_barge_in_cancel_speech_start_over_a_reply_cancels_it_at_once() {
+        let mut c = Call::with(|cfg| cfg.pause_first = false);
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        assert_eq!(c.speech_start(2), [forwarded("speech-start", 2), "stop #1".into(), "end #1 turn 1 cancelled".into()]);
+        c.speech_end(2);
+        // A backchannel is now a message like any.
+        assert_eq!(c.said(2, "Uh-huh."), ["start #2 turn 2"]);
+    }
+
+    #[test]
+    fn a_monologue_cut_at_its_maximum_length_is_not_an_interruption() {
+        let mut c = Call::new();
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        let continued = Event::new(kind::SPEECH_START).with_turn(2).with("continues", 1);
+        assert_eq!(c.event(continued), [forwarded("speech-start", 2), "stop #1".into(), "end #1 turn 1 cancelled".into()]);
+    }
+
+    #[test]
+    fn over_a_playing_reply_a_backchannel_preview_starts_nothing_and_other_words_start_early() {
+        let mut c = Call::new();
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        c.done(1);
+        c.speech_start(2);
+        assert!(c.preview(2, "Uh-huh.").is_empty());
+        assert_eq!(c.preview(2, "Stop, tell me a joke."), ["start #2 turn 2 held"]);
+    }
+
+    // ---- cancel and call boundaries ----
+
+    #[test]
+    fn cancel_stops_the_reply_and_the_history_keeps_what_was_written_marked_interrupted() {
+        let mut c = Call::new();
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        c.chunk(1, "There was a cat.");
+        c.host.unwritten = vec![1]; // still queued: withdrawn, never heard
+        assert_eq!(c.cancel(None), ["forward cancel", "stop #1", "end #1 turn 1 cancelled"]);
+        assert!(c.chunk(1, "It was grey.").is_empty(), "nothing of a cancelled reply is written");
+        assert_eq!(c.history(), ["user: Tell me a story.", "assistant: Once upon a time. [interrupted]"]);
+    }
+
+    #[test]
+    fn a_cancelled_reply_with_nothing_written_is_not_answered_again() {
+        let mut c = Call::new();
+        c.turn(1, "What time is it?");
+        assert_eq!(c.cancel(Some(1)), [forwarded("cancel", 1), "stop #1".into(), "end #1 turn 1 cancelled".into()]);
+        assert!(c.at(60_000).is_empty());
+        // The unanswered message merges with the next one.
+        c.turn(2, "Hello?");
+        assert_eq!(c.asked(2), ["user: What time is it? Hello?"]);
+    }
+
+    #[test]
+    fn a_cancel_of_another_turn_leaves_the_reply_alone() {
+        let mut c = Call::new();
+        c.turn(5, "What time is it?");
+        assert_eq!(c.cancel(Some(4)), [forwarded("cancel", 4)]);
+        assert_eq!(c.chunk(1, "Noon."), ["chunk #1 turn 5 seq 0 Noon."]);
+    }
+
+    #[test]
+    fn a_call_start_stops_everything_and_begins_a_new_conversation() {
+        let mut c = Call::new();
+        c.speech_start(1);
+        c.speech_end(1);
+        c.speech_start(2);
+        c.said(1, "What time is it?"); // waiting for turn 2
+        assert_eq!(
+            c.event(Event::new(kind::CALL_START).with("call", "c-2")),
+            ["new conversation c-2", "forward call-start"]
+        );
+        assert!(c.at(60_000).is_empty(), "the last call's message is not answered");
+    }
+
+    #[test]
+    fn a_call_end_stops_the_reply() {
+        let mut c = Call::new();
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        assert_eq!(c.event(Event::new(kind::CALL_END)), ["stop #1", "end #1 turn 1 cancelled", "forward call-end"]);
+        // Nothing plays any more: the next turn is not an interruption.
+        assert_eq!(c.speech_start(2), [forwarded("speech-start", 2)]);
+        c.speech_end(2);
+        assert_eq!(c.said(2, "Yeah."), ["start #2 turn 2"]);
+    }
+
+    #[test]
+    fn at_the_end_of_input_a_waiting_message_is_answered() {
+        let mut c = Call::new();
+        c.speech_start(1);
+        c.speech_end(1);
+        c.speech_start(2);
+        c.said(1, "I'd like a table for");
+        assert_eq!(c.input(Input::EndOfInput), ["start #1 turn 1"]);
+        assert!(c.policy.replying());
+    }
+
+    #[test]
+    fn when_the_output_closes_the_reply_stops_and_is_not_answered_again() {
+        let mut c = Call::new();
+        c.turn(1, "What time is it?");
+        assert_eq!(c.input(Input::OutputClosed), ["stop #1", "end #1 turn 1 cancelled"]);
+        assert!(!c.policy.replying());
     }
 }
