@@ -5,7 +5,7 @@
 //! * [`conversation`] — the conversation on disk and the request window
 //! * [`provider`], [`stream`] — the LLM protocols and streaming with retries
 //! * [`speakable`] — reply text to speakable chunks
-//! * [`backchannel`], [`unfinished`] — what the caller's words mean for the turn
+//! * [`backchannel`], [`unfinished`], [`words`] — what the caller's words mean for the turn
 //! * [`config`] — flags and environment
 
 pub mod backchannel;
@@ -17,3 +17,4 @@ pub mod relay;
 pub mod speakable;
 pub mod stream;
 pub mod unfinished;
+pub mod words;
