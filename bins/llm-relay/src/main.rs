@@ -1,7 +1,7 @@
 //! llm-relay — reads final transcripts and events (text.frames), keeps the conversation on
 //! disk, streams a reply from Claude, an OpenAI-compatible server, or the local llama.cpp
 //! server, and writes speakable `reply-chunk`s plus a `reply-end` (reply.frames) for
-//! tts-writer. Barge-in (`speech-start`) or `cancel` aborts the reply within milliseconds.
+//! tts-writer. The turn policy is `policy.rs`; `relay.rs` carries it out.
 
 use llm_relay::{config, conversation, relay};
 

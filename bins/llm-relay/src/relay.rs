@@ -97,7 +97,7 @@ impl Speaker {
 
 /// A reply stream the policy started and has not ended.
 struct Running {
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
     trace: TurnTrace,
     /// Chunks written.
     chunks: u64,
@@ -114,6 +114,8 @@ struct Outside {
     running: HashMap<ReplyId, Running>,
     /// Aborted tasks, awaited after the step (so their HTTP connections are closed).
     stopped: Vec<JoinHandle<()>>,
+    /// The reply stopped last, for its `reply-end` (a cancel stops the stream, then ends it).
+    last_stopped: Option<(ReplyId, Running)>,
     streams: UnboundedSender<(ReplyId, StreamMsg)>,
 }
 
@@ -149,6 +151,7 @@ impl Relay {
             conversation,
             running: HashMap::new(),
             stopped: vec![],
+            last_stopped: None,
             streams: tx,
         };
         Ok(Relay { policy, outside, streams })
@@ -282,12 +285,15 @@ impl Host for Outside {
                 }
                 trace.mark_now(trace_key::LLM_REQUEST);
                 let task = self.spawn_reply(reply, turn, messages);
-                self.running.insert(reply, Running { task, trace, chunks: 0, first_token_floor: None });
+                self.running.insert(reply, Running { task: Some(task), trace, chunks: 0, first_token_floor: None });
             }
             Command::Stop { reply } => {
-                if let Some(r) = self.running.remove(&reply) {
-                    r.task.abort(); // drops the HTTP stream: the server stops generating
-                    self.stopped.push(r.task);
+                if let Some(mut r) = self.running.remove(&reply) {
+                    if let Some(task) = r.task.take() {
+                        task.abort(); // drops the HTTP stream: the server stops generating
+                        self.stopped.push(task);
+                    }
+                    self.last_stopped = Some((reply, r));
                 }
             }
             Command::Ahead { turn, seq, text, .. } => {
@@ -311,7 +317,9 @@ impl Host for Outside {
                 self.send(Event::new(kind::ERROR).with_turn(turn).with("stage", "llm-relay").with("message", message));
             }
             Command::End { reply, turn, cancelled, error } => {
-                let r = self.running.remove(&reply);
+                let r = self.running.remove(&reply).or_else(|| {
+                    self.last_stopped.take_if(|(id, _)| *id == reply).map(|(_, r)| r)
+                });
                 let trace = r.as_ref().map(|r| r.trace.clone()).unwrap_or_default();
                 let mut end = Event::new(kind::REPLY_END).with_turn(turn).with_trace(trace.clone()).with("cancelled", cancelled);
                 if error {
