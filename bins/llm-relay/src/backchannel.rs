@@ -4,6 +4,8 @@
 //! hums (Whisper writes "mm-hmm" as "MMMM." or "Mhm.", see [`is_hum`]).
 //! Anything else, including one-word "stop", "wait", "no", is an interruption.
 
+use crate::words::words;
+
 /// The default list (`--backchannels`): listener sounds and one-word agreement. Not in it on
 /// purpose: "no", "wait", "stop", "sorry", "what" — people say those to take the turn.
 pub const DEFAULT_BACKCHANNELS: &str = "uh-huh,uh huh,mm-hmm,mhm,mm,hmm,hm,uh,um,ah,oh,yeah,yes,yep,yup,right,okay,ok,sure,i see,got it,alright,all right,cool,nice,wow,aha";
@@ -20,17 +22,6 @@ fn is_hum(word: &str) -> bool {
     let mh = !word.is_empty() && word.chars().all(|c| c == 'm' || c == 'h') && word.contains('m');
     let u = word.len() >= 2 && word.starts_with('u') && word[1..].chars().all(|c| c == 'h' || c == 'm');
     mh || u
-}
-
-/// Lower case, hyphens as spaces, punctuation dropped: "Uh-huh." → ["uh", "huh"].
-fn words(text: &str) -> Vec<String> {
-    text.to_lowercase()
-        .chars()
-        .map(|c| if c.is_alphanumeric() || c == '\'' { c } else { ' ' })
-        .collect::<String>()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
 }
 
 impl Backchannels {

@@ -8,6 +8,7 @@
 
 use crate::conversation::Budget;
 use crate::provider::{Provider, ProviderKind};
+use crate::policy::PolicyConfig;
 use crate::relay::RelayConfig;
 use crate::stream::StreamOptions;
 use clap::{Parser, ValueEnum};
@@ -291,16 +292,18 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         relay: RelayConfig {
             provider,
             stream,
-            budget: Budget { max_messages: args.history_messages.max(1), max_tokens: history_tokens.max(1) },
-            apology: args.apology.clone(),
             first_clause_min_words: if args.first_clause_words == 0 { usize::MAX } else { args.first_clause_words },
-            merge_wait: std::time::Duration::from_secs_f64(args.merge_wait.clamp(0.0, 3600.0)),
             max_sentences: args.max_sentences.unwrap_or(if small_local_model { DEFAULT_LOCAL_MAX_SENTENCES } else { 0 }),
-            pause_first: args.barge_in == BargeIn::Pause,
-            backchannels: crate::backchannel::Backchannels::parse(&args.backchannels),
-            interrupt_after: Duration::from_millis(args.interrupt_after.clamp(100, 60_000)),
-            preempt: args.preempt == "on",
-            unfinished_wait: Duration::from_millis(args.unfinished_wait.min(60_000)),
+            policy: PolicyConfig {
+                budget: Budget { max_messages: args.history_messages.max(1), max_tokens: history_tokens.max(1) },
+                apology: crate::speakable::clean_for_speech(&args.apology),
+                merge_wait: std::time::Duration::from_secs_f64(args.merge_wait.clamp(0.0, 3600.0)),
+                pause_first: args.barge_in == BargeIn::Pause,
+                backchannels: crate::backchannel::Backchannels::parse(&args.backchannels),
+                interrupt_after: Duration::from_millis(args.interrupt_after.clamp(100, 60_000)),
+                preempt: args.preempt == "on",
+                unfinished_wait: Duration::from_millis(args.unfinished_wait.min(60_000)),
+            },
         },
         state_dir,
     })

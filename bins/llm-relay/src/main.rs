@@ -1,16 +1,9 @@
 //! llm-relay — reads final transcripts and events (text.frames), keeps the conversation on
 //! disk, streams a reply from Claude, an OpenAI-compatible server, or the local llama.cpp
 //! server, and writes speakable `reply-chunk`s plus a `reply-end` (reply.frames) for
-//! tts-writer. Barge-in (`speech-start`) or `cancel` aborts the reply within milliseconds.
+//! tts-writer. The turn policy is `policy.rs`; `relay.rs` carries it out.
 
-mod backchannel;
-mod config;
-mod conversation;
-mod provider;
-mod relay;
-mod speakable;
-mod stream;
-mod unfinished;
+use llm_relay::{config, conversation, relay};
 
 use tgvoice::cli;
 use tgvoice::source::Input;

@@ -37,12 +37,7 @@ pub fn sounds_unfinished(text: &str) -> bool {
     if t.ends_with("...") || t.ends_with('…') || t.ends_with(',') || t.ends_with('-') || t.ends_with('—') {
         return true;
     }
-    let last = t
-        .rsplit(|c: char| c.is_whitespace())
-        .next()
-        .unwrap_or("")
-        .trim_matches(|c: char| !c.is_alphanumeric() && c != '\'')
-        .to_lowercase();
+    let last = crate::words::last_word(t);
     let asked = t.ends_with('?') || t.ends_with('!');
     NEVER_LAST.contains(&last.as_str()) || (!asked && NOT_LAST_IN_A_STATEMENT.contains(&last.as_str()))
 }
@@ -97,6 +92,7 @@ mod tests {
             "I'd like a table for four people.",
             "My number is five five five one two three.",
             "Thank you!",
+            "I need a late check-in.",
             "",
             "Yes",
         ] {

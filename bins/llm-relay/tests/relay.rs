@@ -174,6 +174,7 @@ fn barge_in_cancels_mid_sentence_and_history_keeps_only_what_was_spoken() {
     let (t_end, end) = relay.wait_for(Duration::from_secs(5), |e| e.is("reply-end"));
     assert_eq!(end.turn, Some(3));
     assert_eq!(end.get_bool("cancelled"), Some(true));
+    assert!(end.trace.get("llm_request").is_some(), "the cancelled reply-end lost its trace: {end:?}");
     let cancel_ms = t_end.duration_since(t_cancel).as_secs_f64() * 1000.0;
     eprintln!("speech-start written → cancelled reply-end read: {cancel_ms:.1} ms");
     assert!(cancel_ms < 50.0, "cancel took {cancel_ms:.1} ms (target < 50 ms)");

@@ -1,0 +1,20 @@
+//! llm-relay — transcripts in, a streamed LLM reply out as speakable chunks (README.md).
+//!
+//! * [`policy`] — the turn policy: a pure state machine, events and the time in, commands out
+//! * [`relay`] — its executor: the select loop, the streaming tasks, the sink, the history
+//! * [`conversation`] — the conversation on disk and the request window
+//! * [`provider`], [`stream`] — the LLM protocols and streaming with retries
+//! * [`speakable`] — reply text to speakable chunks
+//! * [`backchannel`], [`unfinished`], [`words`] — what the caller's words mean for the turn
+//! * [`config`] — flags and environment
+
+pub mod backchannel;
+pub mod config;
+pub mod conversation;
+pub mod policy;
+pub mod provider;
+pub mod relay;
+pub mod speakable;
+pub mod stream;
+pub mod unfinished;
+pub mod words;
