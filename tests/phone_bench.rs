@@ -105,6 +105,7 @@ fn main() {
         tgvoice::testkit::voicecall(&root(), &plain, front.state.path())
             .arg(cmd)
             .env("TGVOICE_LLM_BASE_URL", &llm)
+            .env("TGVOICE_LLM_MODEL", "SmolLM2-135M-Instruct")
             .env("TGVOICE_PHONE_LINE", "1")
             .output()
             .unwrap()

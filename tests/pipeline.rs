@@ -56,7 +56,9 @@ impl Pipeline {
     /// Start an instance that uses the local LLM server of `other` instead of its own.
     fn start_sharing_llm(instance: &str, other: &Pipeline) -> Pipeline {
         let url = format!("http://127.0.0.1:{}/v1", other.llm_port);
-        Self::start_with(instance, vec![("TGVOICE_LLM_BASE_URL".into(), url)], Some(other.llm_port))
+        // Named, the local model gets its own settings on a server shared by URL.
+        let env = vec![("TGVOICE_LLM_BASE_URL".into(), url), ("TGVOICE_LLM_MODEL".into(), "SmolLM2-135M-Instruct".into())];
+        Self::start_with(instance, env, Some(other.llm_port))
     }
 
     fn start_with(instance: &str, env: Vec<(String, String)>, llm_port: Option<u16>) -> Pipeline {
@@ -1100,4 +1102,35 @@ fn our_own_voice_fed_back_at_minus_10_db_interrupts_no_reply() {
     let quoted = played.iter().filter(|r| r["text"].as_str().is_some_and(|t| t.contains(",\" "))).count();
     assert!(quoted >= 2, "the replies with a quotation after a comma were not among those played: {played:?}");
     assert_eq!(pauses, 0, "the assistant paused for its own voice");
+}
+
+/// Issue 25: llm-relay once guessed how long a reply plays (12 characters a second plus 1.5 s),
+/// so a question asked 2 s after a long reply had ended was taken for speech over it: paused,
+/// decided by its words, and a spurious cancel sent. tts-writer now reports playback on
+/// played.frames and the relay goes by that.
+#[test]
+fn a_question_two_seconds_after_a_finished_reply_is_answered_without_a_cancel() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // Long replies (~11 s by the old guess, ~8 s spoken), so the next question comes within
+    // the guess but well after the audio.
+    let long = "The answer takes a little while to say, because it goes on for a good many words in a row. \
+                It ends here, and then there is silence for a couple of seconds before the next question.";
+    let llm = StandInLlm::start(Replies::Cycle(vec![long.to_string()]));
+    let questions = ["What is the capital of France?", "What is two plus two?", "What color is the sky?"];
+    let wavs: Vec<String> =
+        questions.iter().enumerate().map(|(i, q)| piper_wav(dir.path(), &format!("q{i}"), q).display().to_string()).collect();
+    let p = Pipeline::start_with("after-reply", vec![("TGVOICE_LLM_BASE_URL".into(), llm.base_url())], Some(llm.port));
+    let (turns, _) = p.call(&wavs, &["--reply-silence", "2.0", "--reply-timeout", "60"]);
+    let relay = p.log("llm-relay");
+    let tts = p.log("tts-writer");
+    for t in &turns {
+        println!("turn: {t}");
+    }
+    assert!(turns.iter().all(answered), "every question answered: {turns:?}");
+    let (played, _) = replies_played(&p, 0);
+    assert!(played.len() >= 3 && played.iter().all(|r| r["cancelled"] == false), "{played:?}");
+    for line in relay.lines().chain(tts.lines()) {
+        assert!(!line.contains("speaks over the reply") && !line.contains("cancel"), "no barge-in, no cancel: {line}");
+    }
 }

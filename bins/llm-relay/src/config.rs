@@ -1,8 +1,11 @@
 //! Flags and environment → which provider to use, where the conversation lives, budgets.
 //!
 //! Provider choice (`--provider auto`, the default): `ANTHROPIC_API_KEY` set → Claude;
-//! else `OPENAI_API_KEY` set → OpenAI-compatible (`--base-url`/`OPENAI_BASE_URL`); else the
-//! local llama.cpp server on 127.0.0.1 (`scripts/llm-server`), announced in the log.
+//! else `OPENAI_API_KEY` set → OpenAI-compatible (`--base-url`/`OPENAI_BASE_URL`); else
+//! `--base-url`/`TGVOICE_LLM_BASE_URL` set → the user's own OpenAI-compatible server (Ollama,
+//! LM Studio, vLLM: no key, the model it lists unless `--model`, the general settings); else
+//! the local llama.cpp server on 127.0.0.1 (`scripts/llm-server`), announced in the log.
+//! `--provider local --base-url URL` is the local model's server elsewhere (a shared one).
 //! API keys are read from the environment only (never flags: they would show in `ps`), and
 //! are never logged.
 
@@ -43,13 +46,15 @@ pub const DEFAULT_APOLOGY: &str = "Sorry, I can't answer right now. Please try a
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProviderChoice {
-    /// Anthropic if ANTHROPIC_API_KEY is set, else OpenAI if OPENAI_API_KEY is set, else local.
+    /// Anthropic if ANTHROPIC_API_KEY is set, else OpenAI if OPENAI_API_KEY is set, else the
+    /// OpenAI-compatible server at --base-url if one is given, else local.
     Auto,
     /// Anthropic Messages API (needs ANTHROPIC_API_KEY).
     Anthropic,
     /// Any OpenAI-compatible Chat Completions server (OpenAI, Ollama, llama.cpp, LM Studio, vLLM).
     Openai,
-    /// The local llama.cpp server started by scripts/llm-server.
+    /// The local model's llama.cpp server started by scripts/llm-server (at --base-url if given,
+    /// e.g. one shared by several instances), with the settings that model needs.
     Local,
 }
 
@@ -70,6 +75,8 @@ pub enum BargeIn {
   OPENAI_API_KEY=x llm-relay --base-url http://127.0.0.1:11434/v1 --model llama3.2 # Ollama\n\n\
 Provider (--provider auto): ANTHROPIC_API_KEY set → Claude (default model claude-haiku-4-5);\n\
 else OPENAI_API_KEY set → OpenAI-compatible at --base-url (default https://api.openai.com/v1);\n\
+else --base-url (TGVOICE_LLM_BASE_URL) set → your OpenAI-compatible server (Ollama, LM Studio,\n\
+vLLM), no key sent, the model it lists at /models unless --model;\n\
 else the local llama.cpp server at http://127.0.0.1:$TGVOICE_LLM_PORT/v1 (default port 8088;\n\
 start it with scripts/llm-server). Keys come from the environment only and are never logged.\n\n\
 Input events: transcript (final=true starts a reply; a preview, final=false with preview=true,\n\
@@ -89,11 +96,16 @@ in current-conversation) and continues after a restart; call-start begins a new 
 pub struct Args {
     #[command(flatten)]
     pub link: LinkArgs,
+    /// Read tts-writer's playback reports (`reply-progress`, `reply-played`: the played.frames
+    /// link) from this FIFO, so "is a reply playing?" is known, not guessed from its length.
+    /// Without it the relay estimates (12 characters a second plus 1.5 s).
+    #[arg(long, value_name = "PATH")]
+    pub played: Option<std::path::PathBuf>,
     /// Which LLM to talk to.
     #[arg(long, value_enum, env = "TGVOICE_LLM_PROVIDER", default_value = "auto")]
     pub provider: ProviderChoice,
-    /// Model name [default: claude-haiku-4-5 (Anthropic), gpt-4o-mini (OpenAI),
-    /// SmolLM2-135M-Instruct (local)].
+    /// Model name [default: claude-haiku-4-5 (Anthropic), gpt-4o-mini (OpenAI with a key), the
+    /// first model a keyless --base-url server lists, SmolLM2-135M-Instruct (local)].
     #[arg(long, env = "TGVOICE_LLM_MODEL")]
     pub model: Option<String>,
     /// API root: for Anthropic the host (default https://api.anthropic.com, or
@@ -218,11 +230,14 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
     let choice = match args.provider {
         ProviderChoice::Auto if anthropic_key.is_some() => ProviderChoice::Anthropic,
         ProviderChoice::Auto if openai_key.is_some() => ProviderChoice::Openai,
+        // A server of the user's own (Ollama, LM Studio, vLLM): no key needed, and not the
+        // local model, whose prompt, temperature and budgets suit SmolLM2-135M only.
+        ProviderChoice::Auto if args.base_url.is_some() => ProviderChoice::Openai,
         ProviderChoice::Auto => ProviderChoice::Local,
         c => c,
     };
     let local_url = format!("http://127.0.0.1:{}/v1", args.local_port);
-    let history_tokens = args.history_tokens.unwrap_or(if choice == ProviderChoice::Local { 1200 } else { 3000 });
+
     let (kind, base_url, api_key, model) = match choice {
         ProviderChoice::Anthropic => {
             let Some(key) = anthropic_key else {
@@ -246,7 +261,13 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
                 .clone()
                 .or_else(|| env_nonempty("OPENAI_BASE_URL"))
                 .unwrap_or_else(|| "https://api.openai.com/v1".into());
-            (ProviderKind::OpenAi, base, openai_key, args.model.clone().unwrap_or_else(|| DEFAULT_OPENAI_MODEL.into()))
+            // Without a key and a model name, the user's server is asked which model it serves.
+            let keyless_server = openai_key.is_none() && args.base_url.is_some();
+            let model = args.model.clone().unwrap_or_else(|| if keyless_server { String::new() } else { DEFAULT_OPENAI_MODEL.into() });
+            if keyless_server {
+                log::info!("no API key; using the OpenAI-compatible server at {base} without one");
+            }
+            (ProviderKind::OpenAi, base, openai_key, model)
         }
         _ => {
             let base = args.base_url.clone().unwrap_or(local_url);
@@ -262,9 +283,12 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
             format!("the LLM base URL must start with http:// or https://, not {base_url:?}"),
         ));
     }
-    // The local defaults suit SmolLM2-135M only; another model on an OpenAI-compatible server
-    // (Ollama, LM Studio…) gets the general ones.
-    let small_local_model = choice == ProviderChoice::Local && model == DEFAULT_LOCAL_MODEL;
+    // The local defaults suit SmolLM2-135M only, wherever it is served (the local server, or
+    // one shared by several instances and named with TGVOICE_LLM_MODEL); another model on an
+    // OpenAI-compatible server (Ollama, LM Studio…) gets the general ones.
+    let small_local_model = model == DEFAULT_LOCAL_MODEL;
+    let local_server = choice == ProviderChoice::Local || small_local_model;
+    let history_tokens = args.history_tokens.unwrap_or(if local_server { 1200 } else { 3000 });
     let provider = Provider {
         kind,
         base_url,
@@ -275,6 +299,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         system_prompt: args.system_prompt.clone().unwrap_or_else(|| {
             if small_local_model { DEFAULT_LOCAL_SYSTEM_PROMPT } else { DEFAULT_SYSTEM_PROMPT }.into()
         }),
+        served_model: Default::default(),
     };
     log::info!("LLM: {}", provider.describe());
     let stream = StreamOptions {
@@ -283,7 +308,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         connect_timeout: secs("connect-timeout", args.connect_timeout)?,
         first_token_timeout: secs(
             "first-token-timeout",
-            args.first_token_timeout.unwrap_or(if choice == ProviderChoice::Local { 20.0 } else { 8.0 }),
+            args.first_token_timeout.unwrap_or(if local_server { 20.0 } else { 8.0 }),
         )?,
         idle_timeout: secs("idle-timeout", args.idle_timeout)?,
     };

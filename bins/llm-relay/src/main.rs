@@ -23,7 +23,8 @@ fn main() {
         let source = FrameSource::open(args.link.input())?;
         let sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::JsonLines)?;
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let inputs = bridge_inputs(source);
+        let played = args.played.as_ref().map(|p| FrameSource::open(tgvoice::Endpoint::Path(p.clone()))).transpose()?;
+        let inputs = bridge_inputs(source, played);
         let relay = relay::Relay::new(cfg.relay, sink.handle(), conversation)?;
         runtime.block_on(relay.run(inputs))?;
         let stats = sink.finish();
@@ -36,10 +37,28 @@ fn main() {
     })
 }
 
-/// FrameSource reads on its own thread; hand its frames to the async loop.
-fn bridge_inputs(source: FrameSource) -> tokio::sync::mpsc::UnboundedReceiver<tgvoice::Frame> {
+/// FrameSource reads on its own thread; hand its frames to the async loop. tts-writer's
+/// playback reports (`--played`) join them; only the main input's end ends the loop.
+fn bridge_inputs(source: FrameSource, played: Option<FrameSource>) -> tokio::sync::mpsc::UnboundedReceiver<tgvoice::Frame> {
     let rx = source.spawn();
     let (tx, out) = tokio::sync::mpsc::unbounded_channel();
+    if let Some(played) = played {
+        let reports = played.spawn();
+        let weak = tx.downgrade();
+        std::thread::Builder::new()
+            .name("played bridge".into())
+            .spawn(move || {
+                for input in reports {
+                    if let Input::Frame(f @ tgvoice::Frame::Event(_)) = input {
+                        let Some(tx) = weak.upgrade() else { break };
+                        if tx.send(f).is_err() {
+                            break;
+                        }
+                    }
+                }
+            })
+            .expect("spawn played bridge");
+    }
     std::thread::Builder::new()
         .name("input bridge".into())
         .spawn(move || {

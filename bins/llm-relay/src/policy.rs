@@ -117,35 +117,69 @@ const MERGE_WAIT_NO_END: Duration = Duration::from_secs(60);
 /// Most caller turns awaiting their transcript at once (a real caller has one or two).
 const MAX_PENDING_TURNS: usize = 32;
 
-/// Might the caller be hearing a reply? A guess today: llm-relay has no feedback from
-/// tts-writer, so each chunk handed on is assumed to play at [`SPOKEN_CHARS_PER_S`] after the
-/// previous one, plus [`PLAYBACK_SLACK`]. The policy asks only [`Playback::may_be_playing`];
-/// facts from tts-writer (`reply-played`) can replace the guess here alone.
+/// Might the caller be hearing a reply? Facts where tts-writer reports them (`reply-progress`
+/// while a reply's audio is written, `reply-played` when it ended or was cut: the `played.frames`
+/// link, `--played`), else a guess: each chunk handed on is assumed to play at
+/// [`SPOKEN_CHARS_PER_S`] after the previous one, plus [`PLAYBACK_SLACK`]. A reply reported
+/// played is over whatever the guess says; one reported progressing is playing. The policy asks
+/// only [`Playback::may_be_playing`].
 #[derive(Debug, Default)]
 pub struct Playback {
     /// Estimated end of the audio of the reply in progress (None until a chunk is handed on).
     current_until: Option<Instant>,
     /// Estimated end of the last finished reply's audio.
     last_until: Option<Instant>,
+    /// The turn of the last chunk handed on.
+    last_turn: Option<u64>,
+    /// The newest turn tts-writer reported played (to its end or cut off); earlier ones are
+    /// over too, as it plays replies in order.
+    played_through: Option<u64>,
+    /// The last `reply-progress`: (turn, when).
+    progress: Option<(u64, Instant)>,
 }
+
+/// tts-writer reports progress every [`PROGRESS_EVERY`] of audio written; a report older than
+/// this means its audio stopped (paused, or the writer is gone).
+const PROGRESS_FRESH: Duration = Duration::from_millis(1200);
+/// How often tts-writer reports a reply's progress (its side of the contract, for the tests).
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 impl Playback {
     /// `spoken`: some of the reply in progress was handed on; `streaming`: a reply is in
     /// progress at all (then only its own chunks count).
     pub fn may_be_playing(&self, now: Instant, streaming: bool, spoken: bool) -> bool {
-        if streaming {
-            return spoken;
+        if streaming && !spoken {
+            return false;
         }
-        self.last_until.is_some_and(|t| now < t + PLAYBACK_SLACK)
+        if let Some(turn) = self.last_turn {
+            if self.played_through.is_some_and(|p| p >= turn) {
+                return false; // reported played or cut: over
+            }
+            if self.progress.is_some_and(|(t, at)| t == turn && now < at + PROGRESS_FRESH) {
+                return true;
+            }
+        }
+        streaming || self.last_until.is_some_and(|t| now < t + PLAYBACK_SLACK)
+    }
+
+    /// tts-writer wrote audio of `turn` (`reply-progress`).
+    pub fn progressed(&mut self, now: Instant, turn: u64) {
+        self.progress = Some((turn, now));
+    }
+
+    /// tts-writer's `reply-played` for `turn`: its audio ended or was cut off.
+    pub fn played(&mut self, turn: u64) {
+        self.played_through = Some(self.played_through.map_or(turn, |p| p.max(turn)));
     }
 
     fn reply_started(&mut self) {
         self.current_until = None;
     }
 
-    fn handed_on(&mut self, now: Instant, text: &str) {
+    fn handed_on(&mut self, now: Instant, turn: u64, text: &str) {
         let starts = self.current_until.map_or(now, |t| t.max(now));
         self.current_until = Some(starts + Duration::from_secs_f64(text.chars().count() as f64 / SPOKEN_CHARS_PER_S));
+        self.last_turn = Some(turn);
     }
 
     fn reply_finished(&mut self) {
@@ -166,6 +200,7 @@ impl Playback {
     /// tts-writer drops what it paused, or the call changed: nothing plays.
     fn silenced(&mut self) {
         self.last_until = None;
+        self.progress = None;
     }
 }
 
@@ -436,6 +471,18 @@ impl Policy {
                 }
                 host.run(Command::Forward(event));
             }
+            // tts-writer's playback reports (`--played`): facts for `may_be_playing`, not
+            // for anyone downstream.
+            kind::REPLY_PROGRESS => {
+                if let Some(turn) = event.turn {
+                    self.playback.progressed(now, turn);
+                }
+            }
+            kind::REPLY_PLAYED => {
+                if let Some(turn) = event.turn {
+                    self.playback.played(turn);
+                }
+            }
             _ => host.run(Command::Forward(event)),
         }
     }
@@ -463,7 +510,7 @@ impl Policy {
     fn hand_on(&mut self, now: Instant, text: String, host: &mut dyn Host) {
         let Some(a) = self.active.as_mut() else { return };
         host.run(Command::Chunk { reply: a.id, turn: a.turn, seq: a.seq, text: text.clone() });
-        self.playback.handed_on(now, &text);
+        self.playback.handed_on(now, a.turn, &text);
         a.spoken.push((a.seq, text));
         a.seq += 1;
     }
@@ -1272,6 +1319,61 @@ mod tests {
         };
         assert!(playing(2_400));
         assert!(!playing(2_500));
+    }
+
+    // ---- playback facts from tts-writer (`--played`) ----
+
+    fn progress(c: &mut Call, turn: u64) -> Vec<String> {
+        c.event(Event::new(kind::REPLY_PROGRESS).with_turn(turn))
+    }
+
+    fn played(c: &mut Call, turn: u64) -> Vec<String> {
+        c.event(Event::new(kind::REPLY_PLAYED).with_turn(turn).with("cancelled", false))
+    }
+
+    #[test]
+    fn a_question_after_the_reply_was_reported_played_is_not_speech_over_it() {
+        let mut c = Call::new();
+        answered_once(&mut c); // the guess: audible until ~2.42 s
+        c.at(300);
+        assert!(progress(&mut c, 1).is_empty(), "playback reports go to no one");
+        c.at(1_000);
+        assert!(played(&mut c, 1).is_empty());
+        c.at(1_200); // within the guess, but tts-writer said the reply is over
+        assert_eq!(
+            c.speech_start(2),
+            [forwarded("speech-start", 2)],
+            "not paused-and-decided, and no cancel: nothing plays"
+        );
+        assert_eq!(c.said(2, "What about tomorrow?"), ["start #2 turn 2"]);
+    }
+
+    #[test]
+    fn a_reply_reported_progressing_is_playing_after_the_guess_ran_out() {
+        let mut c = Call::new();
+        answered_once(&mut c); // the guess ends at ~2.42 s; a slow machine plays it later
+        for ms in [2_000, 2_500, 3_000] {
+            c.at(ms);
+            progress(&mut c, 1);
+        }
+        c.at(3_400);
+        assert_eq!(c.speech_start(2), [forwarded("speech-start", 2)]);
+        assert_eq!(c.said(2, "Yeah."), ["resume 2"], "a backchannel over a reply still playing resumes it");
+        // No report for longer than a report's interval allows: the guess decides again.
+        c.at(6_000);
+        assert_eq!(c.speech_start(3), [forwarded("speech-start", 3)]);
+        assert_eq!(c.said(3, "Yeah."), ["start #2 turn 3"]);
+    }
+
+    #[test]
+    fn a_report_of_an_older_reply_says_nothing_of_the_newer_one() {
+        let mut c = Call::new();
+        answered_once(&mut c);
+        c.turn(2, "And tomorrow?");
+        c.chunk(2, "Rain.");
+        played(&mut c, 1);
+        assert_eq!(c.speech_start(3), [forwarded("speech-start", 3)]);
+        assert_eq!(c.said(3, "Mm-hmm."), ["resume 3"], "reply 2 may still be playing");
     }
 
     #[test]

@@ -50,10 +50,13 @@ pub struct Provider {
     /// Anthropic: the API root (`https://api.anthropic.com`); OpenAI: the `/v1` root.
     pub base_url: String,
     pub api_key: Option<String>,
+    /// Empty: ask the server (`GET {base}/models`) before the first request, see [`Self::with_model`].
     pub model: String,
     pub max_tokens: u32,
     pub temperature: Option<f32>,
     pub system_prompt: String,
+    /// The model a server without a configured one said it serves, asked once.
+    pub served_model: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -98,7 +101,38 @@ impl Provider {
             ProviderKind::Anthropic => "Anthropic Messages API",
             ProviderKind::OpenAi => "OpenAI-compatible Chat Completions",
         };
-        format!("{kind} at {} (model {})", self.url(), self.model)
+        let model = if self.model.is_empty() { "the first one it lists" } else { &self.model };
+        format!("{kind} at {} (model {model})", self.url())
+    }
+
+    /// This provider with a model to name: its own, else the one its server lists first at
+    /// `GET {base}/models` (asked once; OpenAI, Ollama, LM Studio, vLLM and llama.cpp's
+    /// server all answer it). The error is one line saying what to set.
+    pub async fn with_model(&self, client: &reqwest::Client) -> Result<Provider, String> {
+        if !self.model.is_empty() {
+            return Ok(self.clone());
+        }
+        let model = match self.served_model.get() {
+            Some(m) => m.clone(),
+            None => {
+                let url = format!("{}/models", self.base_url.trim_end_matches('/'));
+                let mut req = client.get(&url);
+                if let Some(key) = &self.api_key {
+                    req = req.bearer_auth(key);
+                }
+                let what = |e: String| format!("cannot learn the model from {url} ({e}); set TGVOICE_LLM_MODEL or --model");
+                let resp = req.send().await.map_err(|e| what(e.to_string()))?;
+                if !resp.status().is_success() {
+                    return Err(what(format!("HTTP {}", resp.status())));
+                }
+                let list: Value = resp.json().await.map_err(|e| what(e.to_string()))?;
+                let first = list["data"].get(0).and_then(|m| m["id"].as_str()).or_else(|| list["models"].get(0).and_then(|m| m["name"].as_str()));
+                let model = first.ok_or_else(|| what("it lists no model".into()))?.to_string();
+                log::info!("{url} serves {model:?}; using it");
+                self.served_model.get_or_init(|| model).clone()
+            }
+        };
+        Ok(Provider { model, ..self.clone() })
     }
 
     /// The JSON body of a streaming request for `messages` (oldest first).
@@ -247,6 +281,7 @@ mod tests {
             max_tokens: 100,
             temperature: None,
             system_prompt: "be brief".into(),
+            served_model: Default::default(),
         }
     }
 

@@ -73,6 +73,11 @@ pub async fn stream_reply(
 ) -> Result<u32, ReplyError> {
     let mut attempt = 0;
     let first_deadline = tokio::time::Instant::now() + opts.first_token_timeout;
+    let no_model = |message: String| ReplyError { message, attempts: 1, partial: false };
+    let provider = &tokio::time::timeout_at(first_deadline, provider.with_model(client))
+        .await
+        .map_err(|_| no_model(format!("no answer from {} within {:?}", provider.base_url, opts.first_token_timeout)))?
+        .map_err(no_model)?;
     loop {
         attempt += 1;
         let mut delivered = false;

@@ -66,6 +66,11 @@ impl Ledger {
         }
     }
 
+    /// Samples of `turn` written so far.
+    pub fn played_samples(&self, turn: u64) -> usize {
+        self.turns.get(&turn).map_or(0, |t| t.chunks.values().map(|c| c.played).sum())
+    }
+
     /// `n` written samples of the chunk go back to be written again (a replay, a take-back).
     pub fn unplayed(&mut self, turn: u64, seq: u64, n: usize) {
         if let Some(c) = self.turns.get_mut(&turn).and_then(|t| t.chunks.get_mut(&seq)) {

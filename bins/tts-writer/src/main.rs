@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tgvoice::cli::{self, exit, fail, LinkArgs, LogArgs};
 use tgvoice::fifo::{is_fifo, FifoWriter, Tap};
+use tgvoice::{FrameSink, TapFormat};
 use tts_writer::engine::{self, EngineConfig, EngineKind};
 use tts_writer::player::{FifoOut, Player, PlayerConfig};
 use tts_writer::report::Reporter;
@@ -107,6 +108,12 @@ struct Args {
     /// `reply-played` event after each reply's last audio, so a reader knows where a reply ends.
     #[arg(long, value_enum, default_value = "raw", value_name = "FORMAT")]
     output_format: OutputFormat,
+    /// Report playback to llm-relay on this FIFO (the played.frames link): `reply-progress
+    /// {turn, played_ms}` at each reply's first audio and every 500 ms of its audio, and
+    /// `reply-played` when it ended or was cut off, so the relay knows whether a reply is
+    /// playing instead of guessing. Dropped while nobody reads it.
+    #[arg(long, value_name = "PATH")]
+    played: Option<PathBuf>,
     /// Where metrics.jsonl goes [default: ~/.local/state/tgvoice/default].
     #[arg(long, value_name = "DIR", env = "TGVOICE_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -168,6 +175,11 @@ fn speak(args: Args) -> anyhow::Result<()> {
         reporter,
         barrier.clone(),
     );
+    let played = args.played.as_ref().map(|p| FrameSink::open(tgvoice::Endpoint::Path(p.clone()), None, TapFormat::JsonLines)).transpose()?;
+    let player = match &played {
+        Some(sink) => player.with_playback_reports(sink.handle()),
+        None => player,
+    };
 
     let (job_tx, job_rx) = unbounded();
     let (player_tx, player_rx) = unbounded();

@@ -27,11 +27,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tgvoice::fifo::{FifoWriter, Tap, WriteOutcome};
 use tgvoice::frame::encode;
+use tgvoice::event::kind;
+use tgvoice::sink::SinkHandle;
 use tgvoice::{AudioFrame, Event, Frame, TurnTrace};
 
 pub const RATE: u32 = tgvoice::audio::RATE;
 /// The most a late writer catches up (see [`Player::write_samples`]).
 const MAX_DEBT: Duration = Duration::from_millis(100);
+/// A `reply-progress` every 500 ms of a reply's audio (llm-relay takes a reply whose last
+/// report is older than 1.2 s for stopped).
+const PROGRESS_EVERY_SAMPLES: usize = RATE as usize / 2;
 
 /// The player's monotonic time: [`SystemClock`] in the program, a hand-moved clock in tests.
 pub trait Clock: Send {
@@ -208,6 +213,10 @@ pub struct Player {
     paused: Option<Pause>,
     /// The most recent written audio as (turn, seq, samples), oldest first.
     played_tail: VecDeque<(u64, u64, Vec<i16>)>,
+    /// llm-relay's `--played` link: progress and end of each reply.
+    playback_reports: Option<SinkHandle>,
+    /// The turn of the last `reply-progress` sent, and the audio written for it since (samples).
+    progress: Option<(u64, usize)>,
 }
 
 impl Player {
@@ -228,6 +237,32 @@ impl Player {
             out_index: 0,
             paused: None,
             played_tail: VecDeque::new(),
+            playback_reports: None,
+            progress: None,
+        }
+    }
+
+    /// Send `reply-progress` and `reply-played` events to `sink` (the played.frames link).
+    pub fn with_playback_reports(mut self, sink: SinkHandle) -> Self {
+        self.playback_reports = Some(sink);
+        self
+    }
+
+    /// `n` samples of `turn` were written: a `reply-progress` at its first audio and every
+    /// [`PROGRESS_EVERY_SAMPLES`] after.
+    fn report_progress(&mut self, turn: u64, n: usize) {
+        let Some(sink) = &self.playback_reports else { return };
+        let due = match &mut self.progress {
+            Some((t, since)) if *t == turn => {
+                *since += n;
+                *since >= PROGRESS_EVERY_SAMPLES
+            }
+            _ => true,
+        };
+        if due {
+            self.progress = Some((turn, 0));
+            let ms = self.ledger.played_samples(turn) as f64 * 1000.0 / RATE as f64;
+            sink.send(Frame::Event(Event::new(kind::REPLY_PROGRESS).with_turn(turn).with("played_ms", ms.round() as u64)));
         }
     }
 
@@ -597,6 +632,7 @@ impl Player {
         for (turn, seq, n) in played {
             self.ledger.played(turn, seq, n);
             self.keep_for_replay(turn, seq, &frame[at..at + n]);
+            self.report_progress(turn, n);
             at += n;
         }
     }
@@ -656,6 +692,12 @@ impl Player {
     /// say so right after its last audio.
     fn reply_done(&mut self, played: Played) {
         self.reporter.played(&played);
+        if let Some(sink) = &self.playback_reports {
+            match serde_json::from_value::<Event>(played.record()) {
+                Ok(event) => sink.send(Frame::Event(event)),
+                Err(e) => log::error!("reply-played record is not an event: {e}"),
+            }
+        }
         if self.cfg.frames {
             match serde_json::from_value::<Event>(played.record()) {
                 Ok(event) => {

@@ -26,6 +26,11 @@ pub mod kind {
     /// audio, play it only when the same `reply-chunk` follows.
     pub const REPLY_AHEAD: &str = "reply-ahead";
     pub const REPLY_END: &str = "reply-end";
+    /// tts-writer on `played.frames`: audio of the reply of `turn` is being written (sent at
+    /// its first audio and every 500 ms of audio after).
+    pub const REPLY_PROGRESS: &str = "reply-progress";
+    /// tts-writer: the reply of `turn` ended or was cut off, with what was played.
+    pub const REPLY_PLAYED: &str = "reply-played";
     pub const CANCEL: &str = "cancel";
     pub const ERROR: &str = "error";
 }

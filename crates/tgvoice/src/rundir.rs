@@ -14,6 +14,7 @@ pub const LINKS: &[&str] = &[
     "text.frames",
     "reply.frames",
     "tg_output.raw",
+    "played.frames",
 ];
 
 /// The default run directory of `instance` ([`crate::paths::run_dir`]).
