@@ -24,6 +24,8 @@ struct Case {
     stdin: Vec<u8>,
     /// Send SIGTERM after this long (for a program that runs until stopped).
     term_after: Option<Duration>,
+    /// What the error line must name (a flag, an environment variable).
+    says: Option<&'static str>,
 }
 
 fn case(code: i32, why: &'static str, args: &[&str]) -> Case {
@@ -32,7 +34,7 @@ fn case(code: i32, why: &'static str, args: &[&str]) -> Case {
 
 impl Case {
     fn new(code: i32, why: &'static str, args: Vec<String>) -> Self {
-        Case { code, why, args, env: vec![], stdin: vec![], term_after: None }
+        Case { code, why, args, env: vec![], stdin: vec![], term_after: None, says: None }
     }
     fn term_after(mut self, d: Duration) -> Self {
         self.term_after = Some(d);
@@ -40,6 +42,10 @@ impl Case {
     }
     fn env(mut self, var: &'static str, value: impl Into<String>) -> Self {
         self.env.push((var, value.into()));
+        self
+    }
+    fn says(mut self, text: &'static str) -> Self {
+        self.says = Some(text);
         self
     }
     fn stdin(mut self, bytes: Vec<u8>) -> Self {
@@ -138,6 +144,9 @@ fn check(program: &str, cases: Vec<Case>) {
             // An error is one clear line (fifo-layout.md §4), never a panic or a backtrace.
             assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{program} {}: {err}", c.why);
         }
+        if let Some(text) = c.says.filter(|t| code == Some(c.code) && !err.contains(t)) {
+            failures.push(format!("{program} {} ({}): the error does not name {text}; stderr:\n{err}", c.args.join(" "), c.why));
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     let provoked: BTreeSet<i32> = cases.iter().map(|c| c.code).chain([exit::SOFTWARE]).collect();
@@ -212,6 +221,11 @@ fn vadseg_exit_codes() {
     let s = Scratch::new();
     let mut cases = link_stage_cases(&s, &[], "VADSEG_THRESHOLD");
     cases.push(case(69, "ONNX Runtime missing", &[]).env("ORT_DYLIB_PATH", s.path("no-such-libonnxruntime.so")));
+    // Values that parse but fail vadseg's own checks: 78 naming the variable when they come
+    // from the environment, 2 naming the flag when given as flags (fifo-layout.md §4).
+    cases.push(case(78, "eot-complete over eot-incomplete, from the environment", &[]).env("VADSEG_EOT_COMPLETE_MS", "5000").says("VADSEG_EOT_COMPLETE_MS"));
+    cases.push(case(78, "max segment out of range, from the environment", &[]).env("VADSEG_MAX_SEGMENT_S", "1000").says("VADSEG_MAX_SEGMENT_S"));
+    cases.push(case(2, "eot-complete over eot-incomplete, as a flag", &["--eot-complete", "5000"]).says("--eot-complete"));
     check("vadseg", cases);
 }
 

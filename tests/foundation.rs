@@ -369,3 +369,59 @@ fn tgcat_survives_raw_writer_restart() {
     kill9(&mut w2);
     kill9(&mut tgcat);
 }
+
+/// Everything a FIFO delivers while `stop` is unset, read non-blocking (as tgcat, or a
+/// `voicecall tap` listener, would: the reader is there before the writer).
+fn fifo_reader(path: PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path).unwrap();
+        let (mut got, mut buf) = (vec![], vec![0u8; 65536]);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match f.read(&mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => std::thread::sleep(Duration::from_millis(5)), // no writer yet, or nothing new
+            }
+        }
+        got
+    })
+}
+
+/// `voicecall tap tg_input` on a callsim call (issue 25): callsim writes tg_input.raw, so it
+/// fills tg_input.tap too, while someone reads it — the caller's audio, sample for sample what
+/// the link carried. (phone-bridge writes tg_input.raw with the same RawInputWriter.)
+#[test]
+fn callsim_fills_the_tg_input_tap() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    let (raw, tap) = (mkfifo(run, "tg_input.raw"), mkfifo(run, "tg_input.tap"));
+    mkfifo(run, "tg_output.raw");
+    let wav = run.join("caller.wav");
+    write_wav(&wav, 48_000, 1, &tone(48_000, 1.0, 1));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (link_reader, tap_reader) = (fifo_reader(raw, stop.clone()), fifo_reader(tap, stop.clone()));
+    let t0 = Instant::now();
+    let out = Command::new(bin_path("callsim"))
+        .arg("--run-dir")
+        .arg(run)
+        .args(["--no-call-events", "--lead-in", "0.8", "--reply-timeout", "1", "--reply-silence", "0.5"])
+        .arg(&wav)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "callsim failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(t0.elapsed() < Duration::from_secs(15), "callsim took {:?}", t0.elapsed());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = |b: Vec<u8>| -> Vec<i16> { b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect() };
+    let (link, tapped) = (samples(link_reader.join().unwrap()), samples(tap_reader.join().unwrap()));
+    // The caller's words without the silence around them (the two readers may attach a tick apart).
+    let voiced = |v: &[i16]| -> Vec<i16> {
+        let first = v.iter().position(|&s| s != 0).unwrap_or(0);
+        let last = v.iter().rposition(|&s| s != 0).map_or(0, |i| i + 1);
+        v[first..last.max(first)].to_vec()
+    };
+    let (link_voice, tap_voice) = (voiced(&link), voiced(&tapped));
+    assert!(link_voice.len() >= 47_000, "tg_input.raw carried {} voiced samples, expected ~48000", link_voice.len());
+    assert!(tap_voice.len() >= 47_000, "tg_input.tap carried {} voiced samples of the caller's 1 s tone ({} samples in all)", tap_voice.len(), tapped.len());
+    assert!(tap_voice == link_voice, "tg_input.tap differs from what tg_input.raw carried");
+}

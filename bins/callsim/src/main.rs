@@ -1,6 +1,7 @@
 //! callsim — a simulated caller. It stands where tg-bridge stands: every 10 ms it writes one
-//! chunk of the caller's voice (or silence) into `$RUN/tg_input.raw` without ever blocking,
-//! and polls `$RUN/tg_output.raw` for the assistant's voice. It says each WAV of its script,
+//! chunk of the caller's voice (or silence) into `$RUN/tg_input.raw` without ever blocking
+//! (mirrored into `tg_input.tap` while someone reads it, so `voicecall tap tg_input` works in
+//! `demo`), and polls `$RUN/tg_output.raw` for the assistant's voice. It says each WAV of its script,
 //! waits for the reply, and reports per turn what was heard and answered and how long the
 //! assistant took (voice-to-voice), plus barge-in stop times. Used by `voicecall demo`, the
 //! fault and barge-in tests and the end-to-end benchmark.

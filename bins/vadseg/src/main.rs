@@ -104,10 +104,13 @@ fn main() {
     let args: Args = tgvoice::cli::parse_args();
     cli::run("vadseg", &args.log.clone(), move || {
         if !(1.0..=600.0).contains(&args.max_segment) || args.eot_silence == 0 {
-            return Err(cli::fail(cli::exit::USAGE, "--max-segment must be 1–600 s and --eot-silence above 0"));
+            return Err(cli::bad_value::<Args>(&["--max-segment", "--eot-silence"], "--max-segment must be 1–600 s and --eot-silence above 0"));
         }
         if !(args.turn_check <= args.eot_complete && args.eot_complete <= args.eot_incomplete) || args.turn_check == 0 {
-            return Err(cli::fail(cli::exit::USAGE, "need 0 < --turn-check ≤ --eot-complete ≤ --eot-incomplete"));
+            return Err(cli::bad_value::<Args>(
+                &["--turn-check", "--eot-complete", "--eot-incomplete"],
+                "need 0 < --turn-check ≤ --eot-complete ≤ --eot-incomplete",
+            ));
         }
         let vad = silero::SileroVad::load()?;
         let turn_model = load_turn_model(&args)?;
@@ -133,7 +136,10 @@ fn main() {
         let mut stage = stage::VadStage::new(vad, SpeechSegmenter::new(cfg), worker, answer_timeout);
         if args.level_onset == "on" {
             if !(-90.0..=0.0).contains(&args.onset_level) || !(0.0..=60.0).contains(&args.onset_above_floor) {
-                return Err(cli::fail(cli::exit::USAGE, "--onset-level must be −90–0 dBFS and --onset-above-floor 0–60 dB"));
+                return Err(cli::bad_value::<Args>(
+                    &["--onset-level", "--onset-above-floor"],
+                    "--onset-level must be −90–0 dBFS and --onset-above-floor 0–60 dB",
+                ));
             }
             let cfg = onset::OnsetConfig::from_db(args.onset_level, args.onset_above_floor);
             stage = stage.with_level_onset(onset::LevelOnset::new(cfg));

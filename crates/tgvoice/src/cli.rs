@@ -170,6 +170,76 @@ pub fn fail(code: i32, message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(ExitError { code, message: message.into() })
 }
 
+/// A value that parsed but fails a check of the program's own (a range, or an order between
+/// flags), as fifo-layout.md §4 says: exit 2 (usage) when one of `flags` was given on the
+/// command line, else, when one came from its environment variable, exit 78 (config) naming
+/// the variable. `flags` are the long names involved (`"--eot-silence"`).
+pub fn bad_value<T: clap::CommandFactory>(flags: &[&str], message: impl Into<String>) -> anyhow::Error {
+    bad_value_from::<T, _, _>(std::env::args_os(), flags, message)
+}
+
+fn bad_value_from<T, I, A>(argv: I, flags: &[&str], message: impl Into<String>) -> anyhow::Error
+where
+    T: clap::CommandFactory,
+    I: IntoIterator<Item = A>,
+    A: Into<std::ffi::OsString> + Clone,
+{
+    use clap::parser::ValueSource;
+    let message = message.into();
+    let cmd = T::command();
+    // Parsed again, only to learn where each value came from (the first parse succeeded).
+    let matches = cmd.clone().try_get_matches_from(argv).ok();
+    let (mut vars, mut on_command_line) = (vec![], false);
+    for flag in flags {
+        let long = flag.trim_start_matches('-');
+        let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(long)) else { continue };
+        match matches.as_ref().and_then(|m| m.value_source(arg.get_id().as_str())) {
+            Some(ValueSource::CommandLine) => on_command_line = true,
+            Some(ValueSource::EnvVariable) => vars.extend(arg.get_env().map(|v| v.to_string_lossy().into_owned())),
+            _ => {}
+        }
+    }
+    match (vars.is_empty(), on_command_line) {
+        (true, _) => fail(exit::USAGE, message),
+        (false, true) => fail(exit::USAGE, format!("{message} (also from the environment: {})", vars.join(", "))),
+        (false, false) => fail(exit::CONFIG, format!("{message} (from the environment variable {}; fix or unset it)", vars.join(", "))),
+    }
+}
+
+#[cfg(test)]
+mod bad_value_tests {
+    use super::*;
+
+    #[derive(clap::Parser, Debug)]
+    struct Args {
+        #[arg(long, default_value_t = 1, env = "TGVOICE_TEST_BAD_VALUE_LOW")]
+        low: u32,
+        #[arg(long, default_value_t = 2)]
+        high: u32,
+    }
+
+    fn code_and_message(argv: &[&str]) -> (i32, String) {
+        let e = bad_value_from::<Args, _, _>(argv.iter().copied(), &["--low", "--high"], "need --low ≤ --high");
+        let x = e.downcast_ref::<ExitError>().unwrap();
+        (x.code, x.message.clone())
+    }
+
+    #[test]
+    fn a_value_from_the_environment_is_a_config_error_naming_the_variable() {
+        // One test touches the variable, so no other test sees it.
+        std::env::set_var("TGVOICE_TEST_BAD_VALUE_LOW", "5");
+        let from_env = code_and_message(&["prog"]);
+        let flag_too = code_and_message(&["prog", "--high", "3"]);
+        std::env::remove_var("TGVOICE_TEST_BAD_VALUE_LOW");
+        let flags_only = code_and_message(&["prog", "--low", "5"]);
+        assert_eq!(from_env.0, exit::CONFIG, "{from_env:?}");
+        assert!(from_env.1.contains("TGVOICE_TEST_BAD_VALUE_LOW") && from_env.1.starts_with("need --low"), "{from_env:?}");
+        assert_eq!(flag_too.0, exit::USAGE, "{flag_too:?}");
+        assert!(flag_too.1.contains("TGVOICE_TEST_BAD_VALUE_LOW"), "{flag_too:?}");
+        assert_eq!(flags_only, (exit::USAGE, "need --low ≤ --high".to_string()));
+    }
+}
+
 /// Common `main`: logging, signals (SIGPIPE ignored; SIGTERM/SIGINT/SIGHUP exit 0 with a log
 /// line), then `body`; an error is printed as one line (with its causes) and sets the exit code.
 pub fn run(program: &'static str, log: &LogArgs, body: impl FnOnce() -> anyhow::Result<()>) -> ! {

@@ -43,9 +43,9 @@ fn xdg_state_base() -> PathBuf {
     env_dir("XDG_STATE_HOME").unwrap_or_else(|| home().join(".local/state")).join("tgvoice")
 }
 
-/// A stage's own state (conversation, metrics.jsonl): `$TGVOICE_STATE_DIR`, which the
-/// supervisor sets to `<state base>/<instance>`; run by hand, `~/.local/state/tgvoice/<instance>`
-/// (`$XDG_STATE_HOME` honoured).
+/// A stage's own state (conversation, metrics.jsonl) when it has no `--state-dir` (the
+/// supervisor passes `--state-dir <state base>/<instance>`): `$TGVOICE_STATE_DIR`, else
+/// `~/.local/state/tgvoice/<instance>` (`$XDG_STATE_HOME` honoured).
 pub fn instance_state_dir(instance: &str) -> PathBuf {
     env_dir("TGVOICE_STATE_DIR").unwrap_or_else(|| xdg_state_base().join(instance))
 }

@@ -1,6 +1,7 @@
 //! The bridge's side of a pipeline instance, with the bridge's rules (fifo-layout.md §3): the
 //! call's media path never waits on a FIFO. [`RawInputWriter`] writes `tg_input.raw`
-//! non-blocking (no reader or full pipe: drop and count); [`RawOutputReader`] polls
+//! non-blocking (no reader or full pipe: drop and count) and, as the link's writer, mirrors the
+//! caller's audio into its tap `tg_input.tap` while someone reads it; [`RawOutputReader`] polls
 //! `tg_output.raw` non-blocking (nothing there: the caller hears silence); [`TapLines`] follows
 //! a JSON-lines tap (`text.tap`, `reply.tap`) non-blocking. Used by callsim and phone-bridge.
 
@@ -11,10 +12,13 @@ use std::path::PathBuf;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use serde_json::Value;
+use crate::fifo::Tap;
 
 pub struct RawInputWriter {
     path: PathBuf,
     file: Option<File>,
+    /// `tg_input.tap`: `voicecall tap tg_input` plays the caller as the pipeline got it.
+    tap: Tap,
     next_try: Instant,
     pub dropped_chunks: u64,
     /// Longest wall time one write took (includes being preempted by other processes).
@@ -35,6 +39,7 @@ fn voluntary_switches() -> i64 {
 impl RawInputWriter {
     pub fn new(path: PathBuf) -> Self {
         RawInputWriter {
+            tap: Tap::new(Tap::path_for(&path)),
             path,
             file: None,
             next_try: Instant::now(),
@@ -68,6 +73,9 @@ impl RawInputWriter {
             self.blocking_writes += 1;
             self.worst_blocking_write = self.worst_blocking_write.max(took);
         }
+        // What the caller said, whether or not tgcat took it (as tg-bridge's tap does). Never
+        // blocks: one stat every 250 ms while nobody taps, whole chunks dropped for a slow reader.
+        self.tap.mirror(bytes);
     }
 }
 

@@ -9,6 +9,7 @@ import sys
 import time
 
 from . import __version__, exit_codes, paths
+from .msgpipeline import ProgramsNotFound
 from .telegram import ConfigError, SessionMissing
 
 # The codes tg-bridge uses, by their names in the one table.
@@ -32,7 +33,8 @@ EXIT_CODES = exit_codes_help({
     EXIT_OK: "SIGTERM/SIGINT, or (--call) the call ended",
     EXIT_FAILURE: "e.g. the call could not be placed or joined",
     EXIT_USAGE: "",
-    EXIT_UNAVAILABLE: "no session (run `tg-bridge login`), or py-tgcalls/ntgcalls/kurigram not installed (run scripts/setup)",
+    EXIT_UNAVAILABLE: "no session (run `tg-bridge login`), py-tgcalls/ntgcalls/kurigram not installed (run scripts/setup), "
+                      "or (--voice-messages) the stage programs not found (set TGVOICE_BIN)",
     EXIT_CONFIG: "API credentials missing or malformed, or an unsafe run directory",
 })
 
@@ -41,6 +43,8 @@ ENVIRONMENT = """environment:
   TGVOICE_TG_SESSION       session file (default ~/.local/state/tgvoice/telegram.session)
   TGVOICE_RUN_DIR          the FIFO directory ($RUN)
   TGVOICE_ALLOW            comma-separated user ids/@usernames allowed to call (run)
+  TGVOICE_BIN              where vadseg, sttd, llm-relay, tts-writer are (--voice-messages; default:
+                           the checkout's target/release recorded by scripts/setup, else PATH)
   TGVOICE_LOG              debug|info|warn|error"""
 
 
@@ -157,6 +161,9 @@ def main(argv=None):
         return EXIT_CONFIG
     except SessionMissing as e:
         log.error("%s", e)
+        return EXIT_UNAVAILABLE
+    except ProgramsNotFound as e:
+        log.error("voice messages: %s", e)
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return EXIT_OK

@@ -30,7 +30,9 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -72,28 +74,83 @@ class Answer:
     steps: dict = field(default_factory=dict)   # ms per step
 
 
-def default_bin_dir():
-    env = os.environ.get("TGVOICE_BIN")
-    if env:
-        return Path(env)
-    root = Path(__file__).resolve().parents[4]         # bins/tg-bridge/src/tgvoice_bridge → repo
-    return root / "target" / "release"
+# Where scripts/setup (provision/80-bridge.sh) records, inside the venv it installs this package
+# into, the directory of the checkout's built programs: an installed package cannot find the
+# checkout from its own path (it lives in the venv's site-packages).
+RECORDED_BIN_DIR = Path("share") / "tgvoice" / "bin-dir"
 
 
-def stage_commands(bin_dir=None, overrides=()):
-    """argv per stage: the built program (``$TGVOICE_BIN``, else target/release, else PATH), or
-    an override ``STAGE=COMMAND LINE`` (e.g. ``sttd=sttd --model ggml-base.en.bin``)."""
-    bin_dir = Path(bin_dir) if bin_dir else default_bin_dir()
+class ProgramsNotFound(PipelineError):
+    pass
+
+
+def _executable(path):
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def find_stage_programs(stages=STAGES, env=None, prefix=None, package_file=None):
+    """The path of each stage program, from the first place that has them all: ``$TGVOICE_BIN``
+    (if set, the only place looked at), the directory scripts/setup recorded in the venv
+    (``<sys.prefix>/share/tgvoice/bin-dir``), ``PATH``, then ``target/release`` of the checkout
+    this file is in (a bridge run from its sources). Raises ProgramsNotFound naming
+    ``TGVOICE_BIN`` and every place tried."""
+    env = os.environ if env is None else env
+    stages = list(stages)
+    if not stages:
+        return {}
+    explicit = env.get("TGVOICE_BIN")
+    if explicit:
+        d = Path(explicit).expanduser()
+        missing = [s for s in stages if not _executable(d / s)]
+        if missing:
+            raise ProgramsNotFound(
+                f"TGVOICE_BIN={explicit} has no {', '.join(missing)}: point TGVOICE_BIN at the directory of the "
+                f"built programs (<checkout>/target/release) or build them there (scripts/setup build)")
+        return {s: str(d / s) for s in stages}
+    tried = []
+    record = Path(sys.prefix if prefix is None else prefix) / RECORDED_BIN_DIR
+    try:
+        recorded = Path(record.read_text().strip())
+    except OSError:
+        recorded = None
+        tried.append(f"{record} (not there: scripts/setup did not install this bridge)")
+    if recorded is not None:
+        if all(_executable(recorded / s) for s in stages):
+            return {s: str(recorded / s) for s in stages}
+        tried.append(f"{recorded} (recorded in {record}; not built there)")
+    on_path = {s: shutil.which(s, path=env.get("PATH", os.defpath)) for s in stages}
+    if all(on_path.values()):
+        return on_path
+    tried.append("PATH")
+    # bins/tg-bridge/src/tgvoice_bridge/msgpipeline.py → the checkout's target/release
+    here = Path(package_file or __file__).resolve()
+    if len(here.parents) > 4:
+        guess = here.parents[4] / "target" / "release"
+        if all(_executable(guess / s) for s in stages):
+            return {s: str(guess / s) for s in stages}
+        tried.append(str(guess))
+    raise ProgramsNotFound(
+        f"cannot find the stage programs {', '.join(stages)} (looked in: {'; '.join(tried)}): set TGVOICE_BIN "
+        f"to the directory that has them (<checkout>/target/release), or run scripts/setup in the checkout")
+
+
+def stage_commands(bin_dir=None, overrides=(), env=None, prefix=None, package_file=None):
+    """argv per stage: an override ``STAGE=COMMAND LINE`` (e.g. ``sttd=sttd --model
+    ggml-base.en.bin``), else the program in ``bin_dir``, else the one find_stage_programs finds.
+    Raises ValueError for a bad override, ProgramsNotFound when a program is nowhere."""
     cmds = {}
-    for stage in STAGES:
-        built = bin_dir / stage
-        cmds[stage] = [str(built)] if built.exists() else [stage]
     for spec in overrides:
         stage, sep, cmdline = spec.partition("=")
         if not sep or stage not in STAGES or not cmdline.strip():
             raise ValueError(f"--voice-stage {spec!r}: expected STAGE=COMMAND with STAGE one of {', '.join(STAGES)}")
         cmds[stage] = shlex.split(cmdline)
-    return cmds
+    rest = [s for s in STAGES if s not in cmds]
+    if bin_dir is not None:
+        cmds.update({s: [str(Path(bin_dir) / s)] for s in rest})
+    else:
+        found = find_stage_programs(rest, env=env, prefix=prefix, package_file=package_file)
+        cmds.update({s: [found[s]] for s in rest})
+    return {s: cmds[s] for s in STAGES}
 
 
 def _nice(n):
@@ -159,7 +216,7 @@ class MessagePipeline:
                                     preexec_fn=_nice(self.niceness), **popen)
         except FileNotFoundError:
             raise PipelineError(f"{self.commands[stage][0]} not found: build it (cargo build --release -p {stage}) "
-                                f"or set TGVOICE_BIN") from None
+                                f"or set TGVOICE_BIN to the directory of the built programs") from None
         finally:
             logf.close()
 
