@@ -432,7 +432,8 @@ fn transcript(turn: u64, text: &str) -> Vec<u8> {
 }
 
 /// Case 6, hung LLM: a server that accepts and never answers gave 61.6 s of silence (3 × 20 s
-/// first-token timeouts). Now the apology comes within the default 8 s first-token budget.
+/// first-token timeouts). Now the apology comes within the default 8 s first-token budget,
+/// after the holding phrase at 3 s (issue 25: never more than ~3 s of silence).
 #[test]
 fn case6_hung_llm_apologises_within_seconds() {
     let _s = serial();
@@ -441,9 +442,14 @@ fn case6_hung_llm_apologises_within_seconds() {
     let mut relay = Stage::spawn(&mut llm_relay(port, dir.path()));
     let t0 = Instant::now();
     relay.send(&transcript(now_ms(), "hello are you there"));
+    let holding = relay.wait_event("reply-chunk", Duration::from_secs(15));
+    let held_at = t0.elapsed();
+    let holding = holding.unwrap_or_else(|| panic!("no holding phrase within 15 s; {}", relay.stderr()));
+    assert!(holding.text.unwrap_or_default().starts_with("One moment"));
+    assert!(held_at < Duration::from_millis(3500), "holding phrase after {held_at:?}");
     let chunk = relay.wait_event("reply-chunk", Duration::from_secs(15));
     let elapsed = t0.elapsed();
-    println!("hung LLM: apology after {} ms", elapsed.as_millis());
+    println!("hung LLM: holding phrase after {} ms, apology after {} ms", held_at.as_millis(), elapsed.as_millis());
     let chunk = chunk.unwrap_or_else(|| panic!("no apology within 15 s; {}", relay.stderr()));
     assert!(chunk.text.unwrap_or_default().starts_with("Sorry"));
     assert!(elapsed < Duration::from_secs(10), "apology after {elapsed:?}");

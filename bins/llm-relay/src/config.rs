@@ -43,6 +43,7 @@ pub const DEFAULT_LOCAL_SYSTEM_PROMPT: &str =
 pub const DEFAULT_LOCAL_TEMPERATURE: f32 = 0.0;
 
 pub const DEFAULT_APOLOGY: &str = "Sorry, I can't answer right now. Please try again in a moment.";
+pub const DEFAULT_HOLDING_PHRASE: &str = "One moment, please.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProviderChoice {
@@ -129,6 +130,14 @@ pub struct Args {
     /// Spoken when the LLM fails before saying anything ("" = stay silent).
     #[arg(long, env = "TGVOICE_LLM_APOLOGY", default_value = DEFAULT_APOLOGY)]
     pub apology: String,
+    /// Spoken once when the LLM has said nothing --holding-after ms after the caller's message
+    /// ("" = stay silent until the answer or the apology).
+    #[arg(long, env = "TGVOICE_LLM_HOLDING_PHRASE", default_value = DEFAULT_HOLDING_PHRASE)]
+    pub holding_phrase: String,
+    /// How long a caller may wait in silence for the first words of a reply before the
+    /// holding phrase (ms; 0 = never say it).
+    #[arg(long, env = "TGVOICE_LLM_HOLDING_AFTER_MS", default_value_t = 3000, value_name = "MS")]
+    pub holding_after: u64,
     /// Where the conversation is kept [default: $TGVOICE_STATE_DIR, else
     /// ~/.local/state/tgvoice/<instance> ($XDG_STATE_HOME honoured)].
     #[arg(long, value_name = "DIR")]
@@ -148,8 +157,8 @@ pub struct Args {
     pub retries: u32,
     /// Seconds from sending the request to the first token, retries included; then the
     /// apology is spoken (a hung server costs the caller this long, not retries × this)
-    /// [default: 8; 20 for the local server, whose CPU-bound first token took 13 s on a
-    /// 2-core machine at load average 8].
+    /// [default: 8; 10 for the local server, whose CPU-bound first token can take seconds on
+    /// a busy 2-core machine; the holding phrase (--holding-after) fills the wait].
     #[arg(long, env = "TGVOICE_LLM_FIRST_TOKEN_TIMEOUT")]
     pub first_token_timeout: Option<f64>,
     /// Seconds of silence mid-stream before giving up.
@@ -308,7 +317,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         connect_timeout: secs("connect-timeout", args.connect_timeout)?,
         first_token_timeout: secs(
             "first-token-timeout",
-            args.first_token_timeout.unwrap_or(if local_server { 20.0 } else { 8.0 }),
+            args.first_token_timeout.unwrap_or(if local_server { 10.0 } else { 8.0 }),
         )?,
         idle_timeout: secs("idle-timeout", args.idle_timeout)?,
     };
@@ -322,6 +331,9 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
             policy: PolicyConfig {
                 budget: Budget { max_messages: args.history_messages.max(1), max_tokens: history_tokens.max(1) },
                 apology: crate::speakable::clean_for_speech(&args.apology),
+                holding: crate::speakable::clean_for_speech(&args.holding_phrase)
+                    .filter(|_| args.holding_after > 0)
+                    .map(|p| (Duration::from_millis(args.holding_after.min(60_000)), p)),
                 merge_wait: std::time::Duration::from_secs_f64(args.merge_wait.clamp(0.0, 3600.0)),
                 pause_first: args.barge_in == BargeIn::Pause,
                 backchannels: crate::backchannel::Backchannels::parse(&args.backchannels),

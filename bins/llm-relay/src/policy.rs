@@ -24,6 +24,9 @@ pub struct PolicyConfig {
     pub budget: Budget,
     /// Spoken (already speakable) when a reply fails before anything was said; None = silence.
     pub apology: Option<String>,
+    /// Spoken once when a reply has said nothing this long after it was asked for, so the
+    /// caller is not left in silence; None = never (`--holding-after`, `--holding-phrase`).
+    pub holding: Option<(Duration, String)>,
     /// See `--merge-wait` ([`Waiting`]).
     pub merge_wait: Duration,
     /// Barge-in pauses first and decides after (false: speech-start cancels at once).
@@ -212,8 +215,12 @@ struct Reply {
     /// The user message this reply answers (for merging when it is dropped unheard).
     user_text: String,
     seq: u64,
-    /// (seq, text) of every chunk handed on.
+    /// (seq, text) of every chunk of the LLM's handed on (not the holding phrase).
     spoken: Vec<(u64, String)>,
+    /// When the caller's message was answered (the holding phrase counts from then).
+    asked: Instant,
+    /// The holding phrase was handed on.
+    held_on: bool,
 }
 
 /// A reply started from a preview, held until the final transcript.
@@ -362,6 +369,11 @@ impl Policy {
             }
             wakes.push(i.since + INTERRUPTION_FORGET);
         }
+        if let (Some(a), Some((after, _))) = (&self.active, &self.cfg.holding) {
+            if a.spoken.is_empty() && !a.held_on {
+                wakes.push(a.asked + *after);
+            }
+        }
         wakes.into_iter().min()
     }
 
@@ -371,6 +383,7 @@ impl Policy {
             Input::Chunk { reply, text } => self.chunk(now, reply, text, host),
             Input::Done { reply, failure } => self.reply_done(reply, failure, host),
             Input::Tick => {
+                self.hold_on_if_silent(now, host);
                 self.interruptions_still_talking(now, host);
                 self.answer_if_caller_done(now, None, host);
             }
@@ -515,6 +528,21 @@ impl Policy {
         a.seq += 1;
     }
 
+    /// The reply has said nothing for `--holding-after` since it was asked for: say the holding
+    /// phrase (once; spoken, not part of the conversation), so the caller hears that the
+    /// answer is coming. The apology still comes if the LLM then fails.
+    fn hold_on_if_silent(&mut self, now: Instant, host: &mut dyn Host) {
+        let Some((after, phrase)) = &self.cfg.holding else { return };
+        let Some(a) = self.active.as_mut().filter(|a| a.spoken.is_empty() && !a.held_on && now >= a.asked + *after) else {
+            return;
+        };
+        log::info!("turn {}: nothing from the LLM after {} ms; saying {phrase:?}", a.turn, after.as_millis());
+        host.run(Command::Chunk { reply: a.id, turn: a.turn, seq: a.seq, text: phrase.clone() });
+        a.seq += 1;
+        a.held_on = true;
+        self.playback.handed_on(now, a.turn, phrase);
+    }
+
     /// The interruption of `turn` was a false alarm: the paused reply goes on.
     fn false_alarm(&mut self, now: Instant, turn: u64, since: Instant, what: &str, host: &mut dyn Host) {
         log::info!("turn {turn}: {what} over the reply: a false alarm; resuming it");
@@ -611,7 +639,7 @@ impl Policy {
                     h.chunks.len()
                 );
                 host.run(Command::Release { reply: h.id, trace });
-                self.active = Some(Reply { id: h.id, turn, user_text: text, seq: 0, spoken: vec![] });
+                self.active = Some(Reply { id: h.id, turn, user_text: text, seq: 0, spoken: vec![], asked: now, held_on: false });
                 self.playback.reply_started();
                 for chunk in h.chunks {
                     self.hand_on(now, chunk, host);
@@ -626,7 +654,7 @@ impl Policy {
         }
         let reply = self.new_id();
         host.run(Command::Start { reply, turn, messages, trace, held: false });
-        self.active = Some(Reply { id: reply, turn, user_text: text, seq: 0, spoken: vec![] });
+        self.active = Some(Reply { id: reply, turn, user_text: text, seq: 0, spoken: vec![], asked: now, held_on: false });
         self.playback.reply_started();
     }
 
@@ -812,6 +840,7 @@ mod tests {
         PolicyConfig {
             budget: Budget { max_messages: 24, max_tokens: 3000 },
             apology: Some("Sorry, try again.".into()),
+            holding: None,
             merge_wait: Duration::from_secs(20),
             pause_first: true,
             backchannels: Backchannels::parse(crate::backchannel::DEFAULT_BACKCHANNELS),
@@ -988,6 +1017,56 @@ mod tests {
         assert!(c.at(60_000).is_empty());
         c.turn(2, "Hello?");
         assert_eq!(c.asked(2), ["user: What time is it? Hello?"]);
+    }
+
+    // ---- never more than a few seconds of silence ----
+
+    fn holding() -> Call {
+        Call::with(|cfg| cfg.holding = Some((Duration::from_millis(3000), "One moment.".into())))
+    }
+
+    #[test]
+    fn a_reply_silent_for_3_s_says_the_holding_phrase_once_and_not_into_the_history() {
+        let mut c = holding();
+        c.turn(1, "What is the weather on Mars?");
+        assert!(c.at(2_999).is_empty());
+        assert_eq!(c.at(3_000), ["chunk #1 turn 1 seq 0 One moment."]);
+        assert!(c.at(8_000).is_empty(), "said once");
+        assert_eq!(c.chunk(1, "Cold and dusty."), ["chunk #1 turn 1 seq 1 Cold and dusty."]);
+        c.done(1);
+        assert_eq!(c.history(), ["user: What is the weather on Mars?", "assistant: Cold and dusty."]);
+    }
+
+    #[test]
+    fn after_the_holding_phrase_a_failure_still_gets_the_apology() {
+        let mut c = holding();
+        c.turn(1, "Are you there?");
+        c.at(3_000);
+        assert_eq!(
+            c.input(Input::Done { reply: 1, failure: Some("no reply token within 10 s".into()) }),
+            [
+                "failed #1: no reply token within 10 s",
+                "chunk #1 turn 1 seq 1 Sorry, try again.",
+                "end #1 turn 1 error"
+            ]
+        );
+        assert_eq!(c.history(), ["user: Are you there?"]);
+    }
+
+    #[test]
+    fn a_reply_that_speaks_in_time_gets_no_holding_phrase() {
+        let mut c = holding();
+        c.turn(1, "What time is it?");
+        c.at(2_000);
+        c.chunk(1, "It is noon.");
+        assert!(c.at(10_000).is_empty());
+        // A released held reply counts from its final transcript, not from its preview.
+        c.done(1);
+        c.preview(2, "And tomorrow?");
+        c.at(14_000);
+        c.said(2, "And tomorrow?");
+        assert!(c.at(16_999).is_empty());
+        assert_eq!(c.at(17_000), ["chunk #2 turn 2 seq 0 One moment."]);
     }
 
     #[test]
