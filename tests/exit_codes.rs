@@ -243,6 +243,12 @@ fn llm_relay_exit_codes() {
     let s = Scratch::new();
     let mut cases = link_stage_cases(&s, &[], "TGVOICE_LLM_MAX_TOKENS");
     cases.push(case(78, "anthropic without a key", &["--provider", "anthropic"]));
+    cases.push(case(2, "first-token timeout out of range", &["--first-token-timeout", "0"]));
+    cases.push(
+        case(78, "first-token timeout out of range, from the environment", &[])
+            .env("TGVOICE_LLM_FIRST_TOKEN_TIMEOUT", "0")
+            .says("TGVOICE_LLM_FIRST_TOKEN_TIMEOUT"),
+    );
     check("llm-relay", cases);
 }
 

@@ -228,7 +228,8 @@ fn env_nonempty(name: &str) -> Option<String> {
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
     if !(v > 0.0 && v < 3600.0) {
-        return Err(fail(exit::USAGE, format!("--{name} must be between 0 and 3600 seconds, not {v}")));
+        // exit 2 for a flag, 78 naming the variable for TGVOICE_LLM_FIRST_TOKEN_TIMEOUT
+        return Err(tgvoice::cli::bad_value::<Args>(&[&format!("--{name}")], format!("--{name} must be between 0 and 3600 seconds, not {v}")));
     }
     Ok(Duration::from_secs_f64(v))
 }
