@@ -137,6 +137,22 @@ impl Conversation {
         Ok(())
     }
 
+    /// The interrupted reply of `turn` was heard only up to `text` (tts-writer's `reply-played`):
+    /// the last assistant message, if it is that reply, keeps what was heard. Rewritten like
+    /// [`Self::replace_last_user`].
+    pub fn heard_only(&mut self, turn: u64, text: &str) -> Result<()> {
+        let Some(last) = self.entries.iter_mut().rev().find(|e| e.role == Role::Assistant) else { return Ok(()) };
+        if last.turn != Some(turn) || !last.interrupted || text.is_empty() || last.text == text {
+            return Ok(());
+        }
+        log::info!("turn {turn}: the caller heard {text:?} of the reply before they cut it off");
+        last.text = text.to_string();
+        if let Err(e) = self.rewrite() {
+            self.save_errors.log(log::Level::Warn, "cannot save", format_args!("{e:#}; the conversation goes on from memory"));
+        }
+        Ok(())
+    }
+
     fn rewrite(&mut self) -> Result<()> {
         let path = self.path();
         let tmp = path.with_extension("jsonl.tmp");
@@ -339,6 +355,21 @@ mod tests {
         // change it 8 times over these 12 turns.
         let changes = firsts.windows(2).filter(|w| w[0] != w[1]).count();
         assert!(changes <= 3, "the window start moved {changes} times: {firsts:?}");
+    }
+
+    #[test]
+    fn what_was_heard_of_an_interrupted_reply_replaces_it_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Conversation::open(dir.path()).unwrap();
+        c.append(Role::User, "Tell me a story.", Some(1), false).unwrap();
+        c.append(Role::Assistant, "Once upon a time. There was a cat.", Some(1), true).unwrap();
+        c.heard_only(7, "Once").unwrap(); // another turn's report: nothing changes
+        c.heard_only(1, "Once upon a").unwrap();
+        c.append(Role::User, "Stop.", Some(2), false).unwrap();
+        drop(c);
+        let c = Conversation::open(dir.path()).unwrap();
+        let texts: Vec<(&str, bool)> = c.entries().iter().map(|e| (e.text.as_str(), e.interrupted)).collect();
+        assert_eq!(texts, vec![("Tell me a story.", false), ("Once upon a", true), ("Stop.", false)]);
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub trait Host {
     fn append(&mut self, role: Role, text: &str, turn: Option<u64>, interrupted: bool);
     /// Replace the last user message (the caller went on before its reply was heard).
     fn replace_last_user(&mut self, text: &str, turn: Option<u64>);
+    /// The reply of `turn`, recorded as interrupted, was heard only up to `text` (tts-writer's
+    /// account): the history keeps that, not every chunk handed on.
+    fn heard_only(&mut self, turn: u64, text: &str);
     /// The request the history makes now.
     fn messages(&mut self, budget: Budget) -> Vec<ChatMessage>;
     /// The request it would make once the caller's `text` is recorded (`merge`: replacing the
@@ -494,6 +497,15 @@ impl Policy {
             kind::REPLY_PLAYED => {
                 if let Some(turn) = event.turn {
                     self.playback.played(turn);
+                    if event.get_bool("cancelled") == Some(true) {
+                        let played = event.get_str("played_text").unwrap_or("");
+                        // The holding phrase is tts-writer's to speak, not the LLM's to remember.
+                        let phrase = self.cfg.holding.as_ref().map(|(_, p)| p.as_str()).unwrap_or("");
+                        let heard = played.strip_prefix(phrase).filter(|_| !phrase.is_empty()).unwrap_or(played).trim();
+                        if !heard.is_empty() {
+                            host.heard_only(turn, heard);
+                        }
+                    }
                 }
             }
             _ => host.run(Command::Forward(event)),
@@ -821,6 +833,11 @@ mod tests {
             match self.history.last_mut() {
                 Some(last) if last.0 == Role::User => last.1 = text.to_string(),
                 _ => self.append(Role::User, text, turn, false),
+            }
+        }
+        fn heard_only(&mut self, _turn: u64, text: &str) {
+            if let Some(last) = self.history.iter_mut().rev().find(|h| h.0 == Role::Assistant).filter(|h| h.2) {
+                last.1 = text.to_string();
             }
         }
         fn messages(&mut self, _budget: Budget) -> Vec<ChatMessage> {
@@ -1519,6 +1536,30 @@ mod tests {
         assert_eq!(c.cancel(None), ["forward cancel", "stop #1", "end #1 turn 1 cancelled"]);
         assert!(c.chunk(1, "It was grey.").is_empty(), "nothing of a cancelled reply is written");
         assert_eq!(c.history(), ["user: Tell me a story.", "assistant: Once upon a time. [interrupted]"]);
+    }
+
+    #[test]
+    fn the_history_keeps_what_tts_writer_says_was_heard_of_a_cut_reply() {
+        let mut c = Call::with(|cfg| cfg.holding = Some((Duration::from_millis(3000), "One moment.".into())));
+        c.turn(1, "Tell me a story.");
+        c.at(3_000); // the holding phrase went out first
+        c.chunk(1, "Once upon a time, in a small village by the sea.");
+        c.chunk(1, "There lived a cat.");
+        c.speech_start(2);
+        assert_eq!(c.said(2, "Stop."), ["stop #1", "end #1 turn 1 cancelled", "cancel up to 1", "start #2 turn 2"]);
+        assert_eq!(c.history()[1], "assistant: Once upon a time, in a small village by the sea. There lived a cat. [interrupted]");
+        let played = Event::new(kind::REPLY_PLAYED)
+            .with_turn(1)
+            .with("cancelled", true)
+            .with("played_text", "One moment. Once upon a time, in a small");
+        assert!(c.event(played).is_empty());
+        assert_eq!(c.history()[1], "assistant: Once upon a time, in a small [interrupted]");
+        // A reply played whole, or cut with nothing heard, leaves the history as it is.
+        let whole = Event::new(kind::REPLY_PLAYED).with_turn(1).with("cancelled", false).with("played_text", "Once");
+        c.event(whole);
+        let nothing = Event::new(kind::REPLY_PLAYED).with_turn(1).with("cancelled", true).with("played_text", "");
+        c.event(nothing);
+        assert_eq!(c.history()[1], "assistant: Once upon a time, in a small [interrupted]");
     }
 
     #[test]

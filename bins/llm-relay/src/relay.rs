@@ -372,6 +372,12 @@ impl Host for Outside {
         }
     }
 
+    fn heard_only(&mut self, turn: u64, text: &str) {
+        if let Err(e) = self.conversation.heard_only(turn, text) {
+            log::error!("cannot record what was heard: {e:#}");
+        }
+    }
+
     fn messages(&mut self, budget: Budget) -> Vec<ChatMessage> {
         self.conversation.messages(budget)
     }
