@@ -777,6 +777,33 @@ mod rules {
     }
 
     #[test]
+    fn partial_transcripts_of_a_long_turn_and_the_last_one_reused_as_final() {
+        let mut h = Harness::new(EarlySettings { speculate_after: None, partial_every: Some(Duration::from_secs(1)), preview: true });
+        h.feed(event(kind::SPEECH_START, 2));
+        h.feed_all(tone(2, 512));
+        assert!(h.idle(), "under a second of speech: no partial yet");
+        h.feed_all(tone(2, 488));
+        assert_eq!(h.running(), (2, JobKind::Early, 16_000), "due at a second of speech");
+        h.say("Book a table");
+        h.feed_all(tone(2, 1024));
+        assert!(h.idle(), "the next partial a second after the last");
+        h.wait(1000);
+        assert_eq!(h.running(), (2, JobKind::Early, 16_000 + 16_384));
+        h.say("Book a table for two");
+        h.feed(event(kind::SPEECH_END, 2));
+        assert!(h.idle(), "nothing was said since the last partial: it is the final result");
+        let t: Vec<_> = h.transcripts().iter().map(|e| summary(e)).collect();
+        assert_eq!(
+            t,
+            [
+                (Some(2), "Book a table".into(), Some(false), None),
+                (Some(2), "Book a table for two".into(), Some(false), None),
+                (Some(2), "Book a table for two".into(), Some(true), None)
+            ]
+        );
+    }
+
+    #[test]
     fn the_oldest_open_turn_is_decoded_early_first() {
         let mut h = Harness::new(early(150, true));
         // Turn 30's speech-start overtook turn 10's audio (urgent events go first); both pause.
