@@ -1,6 +1,7 @@
 //! sttd's parts, as a library so the benchmarks and tests can drive the real decoder:
 //! [`engine`] (whisper.cpp and the decoding policy), [`guard`] (hallucinations and loops),
-//! [`stage`] (the turn logic) and [`worker`] (the Whisper thread). `main.rs` is the program.
+//! [`stage`] (the turn logic) and [`worker`] (the [`worker::Transcriber`] seam and its
+//! thread). `main.rs` is the program.
 
 pub mod config;
 pub mod engine;

@@ -26,6 +26,7 @@ fn main() {
         let guard = guard::HallucinationGuard::new(args.guard_settings());
         let source = FrameSource::open(args.link.input())?;
         let sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::JsonLines)?;
+        // Ready: the model is loaded and warm, the input and output are open.
         let worker = worker::TranscriptionWorker::spawn(engine)?;
         let mut stage = stage::SttStage::new(sink, worker, guard, args.early_settings());
         stage.run(source.spawn(), cli::graceful_stop());

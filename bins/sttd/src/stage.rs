@@ -18,12 +18,18 @@
 //! * End of input, or the upstream writer going away mid-turn (vadseg restarted), ends the
 //!   open turns as they are: what the caller said so far is transcribed, not lost.
 //! * audio of a turn we never saw start (sttd restarted mid-turn) is ignored: that turn is lost.
+//! * When the worker is free and no final transcript is waiting, the oldest open turn (lowest
+//!   turn id: vadseg's ids are onset times) that is due gets the early decode.
+//!
+//! The stage is generic over its output, runs any [`crate::worker::Transcriber`] through the
+//! worker and reads time from an injectable clock, so these rules are unit-tested with a
+//! scripted transcriber and frames collected in a `Vec` (tests below).
 
 use crate::engine::{speech_extent, SpeechExtent, SAMPLE_RATE};
 use crate::guard::HallucinationGuard;
 use crate::worker::{Job, JobDone, JobKind, TranscriptionWorker};
 use crossbeam_channel::{select, Receiver};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,9 +105,10 @@ pub struct SttStage<O: Output> {
     worker: TranscriptionWorker,
     guard: HallucinationGuard,
     early: EarlySettings,
-    open: HashMap<u64, OpenTurn>,
+    /// Ordered by turn id, so the early decode's pick does not depend on hashing.
+    open: BTreeMap<u64, OpenTurn>,
     /// Ended turns' traces, until their transcript is emitted or dropped.
-    ended: HashMap<u64, TurnTrace>,
+    ended: BTreeMap<u64, TurnTrace>,
     queue: VecDeque<FinalRequest>,
     in_flight: Option<InFlight>,
     dropped: HashSet<u64>,
@@ -110,6 +117,8 @@ pub struct SttStage<O: Output> {
     /// A flood of cancels costs a few lines, not one per turn.
     drop_log: tgvoice::log::LogLimit,
     wrong_rate_logged: HashSet<u64>,
+    /// The time the pause and partial timers run on (the wall clock; a test's own in tests).
+    clock: Box<dyn Fn() -> Instant + Send>,
     pub stats: StageStats,
 }
 
@@ -138,8 +147,8 @@ impl<O: Output> SttStage<O> {
             worker,
             guard,
             early,
-            open: HashMap::new(),
-            ended: HashMap::new(),
+            open: BTreeMap::new(),
+            ended: BTreeMap::new(),
             queue: VecDeque::new(),
             in_flight: None,
             dropped: HashSet::new(),
@@ -147,8 +156,19 @@ impl<O: Output> SttStage<O> {
             unknown_turns_logged: HashSet::new(),
             drop_log: Default::default(),
             wrong_rate_logged: HashSet::new(),
+            clock: Box::new(Instant::now),
             stats: StageStats::default(),
         }
+    }
+
+    /// Read the time from `clock` instead of the wall clock (tests step it by hand).
+    pub fn with_clock(mut self, clock: impl Fn() -> Instant + Send + 'static) -> Self {
+        self.clock = Box::new(clock);
+        self
+    }
+
+    fn now(&self) -> Instant {
+        (self.clock)()
     }
 
     pub fn into_output(self) -> O {
@@ -217,12 +237,13 @@ impl<O: Output> SttStage<O> {
                 };
                 self.stats.turns += 1;
                 self.dropped.remove(&turn);
+                let now = self.now();
                 self.open.insert(
                     turn,
                     OpenTurn {
                         samples: Vec::with_capacity(SAMPLE_RATE as usize * 5),
                         trace,
-                        last_audio: Instant::now(),
+                        last_audio: now,
                         early_covers: 0,
                         early: None,
                         last_partial: None,
@@ -246,7 +267,7 @@ impl<O: Output> SttStage<O> {
             kind::CALL_START | kind::CALL_END => {
                 let why = if e.is(kind::CALL_START) { "a new call started" } else { "the call ended" };
                 self.out.send(Frame::Event(e));
-                let turns: HashSet<u64> = self.open.keys().chain(self.ended.keys()).copied().collect();
+                let turns: BTreeSet<u64> = self.open.keys().chain(self.ended.keys()).copied().collect();
                 for t in turns {
                     self.drop_turn(t, why);
                 }
@@ -269,6 +290,7 @@ impl<O: Output> SttStage<O> {
             }
             return;
         }
+        let now = self.now();
         let Some(t) = self.open.get_mut(&a.turn) else {
             if !self.ended.contains_key(&a.turn) && remember_once(&mut self.unknown_turns_logged, a.turn) {
                 log::warn!("turn {}: audio without its speech-start (sttd started mid-turn?); this turn is skipped", a.turn);
@@ -286,7 +308,7 @@ impl<O: Output> SttStage<O> {
             }
         }
         t.samples.extend_from_slice(&samples);
-        t.last_audio = Instant::now();
+        t.last_audio = now;
     }
 
     fn end_turn(&mut self, turn: u64, trace: TurnTrace) {
@@ -360,8 +382,7 @@ impl<O: Output> SttStage<O> {
     /// End every open turn as it is (no speech-end will come for it), oldest first, so what
     /// the caller said so far is transcribed.
     fn end_open_turns(&mut self, why: &str) {
-        let mut turns: Vec<u64> = self.open.keys().copied().collect();
-        turns.sort_unstable();
+        let turns: Vec<u64> = self.open.keys().copied().collect();
         for turn in turns {
             log::info!("turn {turn}: {why}; transcribing what was heard");
             self.end_turn(turn, TurnTrace::default());
@@ -378,7 +399,7 @@ impl<O: Output> SttStage<O> {
 
     fn on_done(&mut self, d: JobDone) {
         let Some(f) = self.in_flight.take_if(|f| f.id == d.id) else { return };
-        let elapsed = f.started.elapsed();
+        let elapsed = self.now().saturating_duration_since(f.started);
         log::debug!("job {} (turn {}, {:?}) done in {:.0} ms", d.id, d.turn, f.kind, elapsed.as_secs_f64() * 1e3);
         let result = match d.result {
             Ok(None) => None, // aborted
@@ -469,7 +490,7 @@ impl<O: Output> SttStage<O> {
             self.start_job(req.turn, JobKind::Final, req.samples);
             return;
         }
-        let now = Instant::now();
+        let now = self.now();
         let mut pick = None;
         for (turn, t) in &self.open {
             if t.samples.len() < SAMPLE_RATE as usize / 2 || t.samples.len() == t.early_covers {
@@ -509,9 +530,468 @@ impl<O: Output> SttStage<O> {
         let id = self.next_job;
         self.next_job += 1;
         let abort = Arc::new(AtomicBool::new(false));
-        self.in_flight = Some(InFlight { id, turn, kind, speculative: false, abort: abort.clone(), started: Instant::now() });
+        self.in_flight = Some(InFlight { id, turn, kind, speculative: false, abort: abort.clone(), started: self.now() });
         self.worker.submit(Job { id, turn, samples, abort });
         id
+    }
+}
+
+/// The stage's rules with a scripted transcriber and a hand-stepped clock: the test starts
+/// each decode (`schedule`), sees what it was given, and says when it ends and with what text.
+#[cfg(test)]
+mod rules {
+    use super::*;
+    use crate::engine::Transcription;
+    use crate::guard::GuardSettings;
+    use crate::worker::Transcriber;
+    use crossbeam_channel::{unbounded, Sender};
+    use std::sync::Mutex;
+
+    /// Each call reports its input length, then waits for the test's scripted reply (the
+    /// scripted delay); a call whose abort flag is set by then returns `aborted`.
+    struct FakeWhisper {
+        calls: Sender<usize>,
+        replies: Receiver<Result<Transcription, String>>,
+    }
+
+    impl Transcriber for FakeWhisper {
+        fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription> {
+            let _ = self.calls.send(samples.len());
+            let mut t = self.replies.recv().unwrap_or_else(|_| Ok(Transcription::default())).map_err(anyhow::Error::msg)?;
+            t.aborted = abort.is_some_and(|a| a.load(Ordering::Relaxed));
+            Ok(t)
+        }
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    struct Harness {
+        s: SttStage<Vec<Frame>>,
+        calls: Receiver<usize>,
+        replies: Sender<Result<Transcription, String>>,
+        now: Arc<Mutex<Instant>>,
+    }
+
+    fn early(speculate_ms: u64, preview: bool) -> EarlySettings {
+        EarlySettings { speculate_after: Some(Duration::from_millis(speculate_ms)), partial_every: None, preview }
+    }
+
+    fn no_early() -> EarlySettings {
+        EarlySettings { speculate_after: None, partial_every: None, preview: false }
+    }
+
+    impl Harness {
+        fn new(early: EarlySettings) -> Self {
+            let (calls_tx, calls) = unbounded();
+            let (replies, replies_rx) = unbounded();
+            let worker = TranscriptionWorker::spawn(FakeWhisper { calls: calls_tx, replies: replies_rx }).unwrap();
+            let now = Arc::new(Mutex::new(Instant::now()));
+            let clock = now.clone();
+            let s = SttStage::new(Vec::new(), worker, HallucinationGuard::new(GuardSettings::default()), early)
+                .with_clock(move || *clock.lock().unwrap());
+            Harness { s, calls, replies, now }
+        }
+
+        /// One input frame, then the scheduling the event loop does after it.
+        fn feed(&mut self, f: Frame) {
+            self.s.on_frame(f);
+            self.s.schedule();
+        }
+
+        fn feed_all(&mut self, frames: Vec<Frame>) {
+            for f in frames {
+                self.feed(f);
+            }
+        }
+
+        /// `ms` pass without input.
+        fn wait(&mut self, ms: u64) {
+            *self.now.lock().unwrap() += Duration::from_millis(ms);
+            self.s.schedule();
+        }
+
+        /// The turn and kind of the running decode, and the samples the transcriber got.
+        fn running(&self) -> (u64, JobKind, usize) {
+            let f = self.s.in_flight.as_ref().expect("a decode is running");
+            let len = self.calls.recv_timeout(WAIT).expect("the transcriber was called");
+            (f.turn, f.kind, len)
+        }
+
+        /// The running decode ends with `reply`; the stage handles it and schedules again.
+        fn reply(&mut self, reply: Result<Transcription, String>) {
+            self.replies.send(reply).unwrap();
+            let done = self.s.worker.done.recv_timeout(WAIT).expect("the decode ends");
+            self.s.on_done(done);
+            self.s.schedule();
+        }
+
+        fn say(&mut self, text: &str) {
+            self.reply(Ok(words(text)));
+        }
+
+        fn idle(&self) -> bool {
+            self.s.in_flight.is_none() && self.calls.is_empty()
+        }
+
+        fn transcripts(&self) -> Vec<&Event> {
+            self.s.out.iter().filter_map(|f| if let Frame::Event(e) = f { Some(e) } else { None }).filter(|e| e.is(kind::TRANSCRIPT)).collect()
+        }
+    }
+
+    /// A confident result.
+    fn words(text: &str) -> Transcription {
+        Transcription { text: text.into(), no_speech_prob: 0.01, avg_logprob: -0.2, n_tokens: 5, ..Default::default() }
+    }
+
+    /// `ms` of a 220 Hz tone (speech, as far as the stage's level checks go) as 20 ms frames.
+    /// A decode is reused only for the same speech extent, counted in vadseg's 512-sample
+    /// chunks: the turns that test it are whole chunks long (1024 ms), as vadseg's are.
+    fn tone(turn: u64, ms: usize) -> Vec<Frame> {
+        let n = ms * 16;
+        let s: Vec<i16> = (0..n).map(|i| (8000.0 * (2.0 * std::f64::consts::PI * 220.0 * i as f64 / 16_000.0).sin()) as i16).collect();
+        frames(turn, &s)
+    }
+
+    fn silence(turn: u64, ms: usize) -> Vec<Frame> {
+        frames(turn, &vec![0; ms * 16])
+    }
+
+    fn frames(turn: u64, samples: &[i16]) -> Vec<Frame> {
+        samples
+            .chunks(320)
+            .map(|c| Frame::Audio(AudioFrame { sample_rate: SAMPLE_RATE, channels: 1, turn, capture_us: 0, sample_index: 0, samples: c.to_vec() }))
+            .collect()
+    }
+
+    fn event(kind: &str, turn: u64) -> Frame {
+        Frame::Event(Event::new(kind).with_turn(turn))
+    }
+
+    fn summary(e: &Event) -> (Option<u64>, String, Option<bool>, Option<bool>) {
+        (e.turn, e.text.clone().unwrap_or_default(), e.get_bool("final"), e.get_bool("preview"))
+    }
+
+    #[test]
+    fn a_finished_turn_is_decoded_once_and_gets_its_final_transcript() {
+        let mut h = Harness::new(no_early());
+        h.feed(event(kind::SPEECH_START, 7));
+        h.feed_all(tone(7, 1000));
+        h.wait(2000);
+        assert!(h.idle(), "no early decode when speculation is off");
+        h.feed(event(kind::SPEECH_END, 7));
+        assert_eq!(h.running(), (7, JobKind::Final, 16_000));
+        h.say("What time is it?");
+        let t = h.transcripts();
+        assert_eq!(t.iter().map(|e| summary(e)).collect::<Vec<_>>(), [(Some(7), "What time is it?".into(), Some(true), None)]);
+        assert!(t[0].trace.get(trace_key::TRANSCRIPT).is_some());
+        assert_eq!(h.s.stats.transcripts, 1);
+        assert!(h.idle());
+    }
+
+    #[test]
+    fn a_decode_at_a_pause_is_a_preview_and_the_final_result_when_only_silence_follows() {
+        let mut h = Harness::new(early(150, true));
+        h.feed(event(kind::SPEECH_START, 8));
+        h.feed_all(tone(8, 1024));
+        h.wait(100);
+        assert!(h.idle(), "not yet a pause");
+        h.wait(50);
+        assert_eq!(h.running(), (8, JobKind::Early, 16_384));
+        h.say("What is the capital of France?");
+        assert_eq!(h.transcripts().iter().map(|e| summary(e)).collect::<Vec<_>>(), [(Some(8), "What is the capital of France?".into(), Some(false), Some(true))]);
+        // Silence (vadseg's post-roll) and the end of the turn: no second decode.
+        h.feed_all(silence(8, 300));
+        h.wait(1000);
+        h.feed(event(kind::SPEECH_END, 8));
+        assert!(h.idle(), "the decode at the pause is reused");
+        let t = h.transcripts();
+        assert_eq!(summary(t[1]), (Some(8), "What is the capital of France?".into(), Some(true), None));
+        assert_eq!(h.s.stats.early_reused, 1);
+    }
+
+    #[test]
+    fn without_preview_the_decode_at_a_pause_is_not_sent_but_still_reused() {
+        let mut h = Harness::new(early(150, false));
+        h.feed(event(kind::SPEECH_START, 8));
+        h.feed_all(tone(8, 1024));
+        h.wait(150);
+        assert_eq!(h.running().1, JobKind::Early);
+        h.say("Hello there.");
+        assert!(h.transcripts().is_empty());
+        h.feed(event(kind::SPEECH_END, 8));
+        assert!(h.idle());
+        assert_eq!(h.transcripts().iter().map(|e| summary(e)).collect::<Vec<_>>(), [(Some(8), "Hello there.".into(), Some(true), None)]);
+    }
+
+    #[test]
+    fn a_decode_at_a_pause_is_not_reused_when_speech_went_on() {
+        let mut h = Harness::new(early(150, true));
+        h.feed(event(kind::SPEECH_START, 8));
+        h.feed_all(tone(8, 1024));
+        h.wait(150);
+        h.running();
+        h.say("What is the capital");
+        // The caller goes on: the preview was not the final result.
+        h.feed_all(tone(8, 512));
+        h.feed(event(kind::SPEECH_END, 8));
+        assert_eq!(h.running(), (8, JobKind::Final, 16_384 + 8_192));
+        h.say("What is the capital of France?");
+        let t = h.transcripts();
+        assert_eq!(t.len(), 2);
+        assert_eq!(summary(t[1]), (Some(8), "What is the capital of France?".into(), Some(true), None));
+        assert_eq!(h.s.stats.early_reused, 0);
+    }
+
+    #[test]
+    fn a_running_decode_at_a_pause_becomes_the_final_one() {
+        let mut h = Harness::new(early(150, true));
+        h.feed(event(kind::SPEECH_START, 8));
+        h.feed_all(tone(8, 1024));
+        h.wait(150);
+        assert_eq!(h.running().1, JobKind::Early);
+        h.feed_all(silence(8, 200));
+        h.feed(event(kind::SPEECH_END, 8));
+        assert_eq!(h.s.in_flight.as_ref().map(|f| f.kind), Some(JobKind::Final), "the same decode, now the final one");
+        h.say("Is it raining?");
+        // No preview: the result is already the final transcript.
+        assert_eq!(h.transcripts().iter().map(|e| summary(e)).collect::<Vec<_>>(), [(Some(8), "Is it raining?".into(), Some(true), None)]);
+        assert!(h.idle());
+        assert_eq!(h.s.stats.early_reused, 1);
+    }
+
+    #[test]
+    fn speech_after_the_pause_aborts_the_running_early_decode() {
+        let mut h = Harness::new(early(150, true));
+        h.feed(event(kind::SPEECH_START, 8));
+        h.feed_all(tone(8, 1024));
+        h.wait(150);
+        h.running();
+        h.feed_all(tone(8, 200));
+        assert!(h.s.in_flight.as_ref().unwrap().abort.load(Ordering::Relaxed), "the worker is freed");
+        h.say("What is");
+        assert!(h.transcripts().is_empty(), "an aborted decode sends no preview");
+        h.feed(event(kind::SPEECH_END, 8));
+        assert_eq!(h.running(), (8, JobKind::Final, 16_384 + 3_200));
+        h.say("What is the time?");
+        assert_eq!(h.transcripts().iter().map(|e| summary(e)).collect::<Vec<_>>(), [(Some(8), "What is the time?".into(), Some(true), None)]);
+    }
+
+    #[test]
+    fn partial_transcripts_of_a_long_turn_and_the_last_one_reused_as_final() {
+        let mut h = Harness::new(EarlySettings { speculate_after: None, partial_every: Some(Duration::from_secs(1)), preview: true });
+        h.feed(event(kind::SPEECH_START, 2));
+        h.feed_all(tone(2, 512));
+        assert!(h.idle(), "under a second of speech: no partial yet");
+        h.feed_all(tone(2, 488));
+        assert_eq!(h.running(), (2, JobKind::Early, 16_000), "due at a second of speech");
+        h.say("Book a table");
+        h.feed_all(tone(2, 1024));
+        assert!(h.idle(), "the next partial a second after the last");
+        h.wait(1000);
+        assert_eq!(h.running(), (2, JobKind::Early, 16_000 + 16_384));
+        h.say("Book a table for two");
+        h.feed(event(kind::SPEECH_END, 2));
+        assert!(h.idle(), "nothing was said since the last partial: it is the final result");
+        let t: Vec<_> = h.transcripts().iter().map(|e| summary(e)).collect();
+        assert_eq!(
+            t,
+            [
+                (Some(2), "Book a table".into(), Some(false), None),
+                (Some(2), "Book a table for two".into(), Some(false), None),
+                (Some(2), "Book a table for two".into(), Some(true), None)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_oldest_open_turn_is_decoded_early_first() {
+        let mut h = Harness::new(early(150, true));
+        // Turn 30's speech-start overtook turn 10's audio (urgent events go first); both pause.
+        for turn in [30, 10, 20] {
+            h.feed(event(kind::SPEECH_START, turn));
+        }
+        for turn in [30, 20, 10] {
+            h.feed_all(tone(turn, 600 + turn as usize));
+        }
+        h.wait(150);
+        let mut order = vec![];
+        for _ in 0..3 {
+            order.push(h.running().0);
+            h.say("Yes.");
+            h.wait(150);
+        }
+        assert_eq!(order, [10, 20, 30]);
+    }
+
+    #[test]
+    fn ended_turns_are_decoded_in_speech_end_order_before_early_work() {
+        let mut h = Harness::new(early(150, false));
+        for turn in [1, 2, 3] {
+            h.feed(event(kind::SPEECH_START, turn));
+            h.feed_all(tone(turn, 1000));
+        }
+        h.feed(event(kind::SPEECH_END, 3));
+        h.feed(event(kind::SPEECH_END, 1));
+        h.wait(150);
+        let mut order = vec![];
+        for _ in 0..3 {
+            let (turn, kind, _) = h.running();
+            order.push((turn, kind));
+            h.say("Fine.");
+        }
+        assert_eq!(order, [(3, JobKind::Final), (1, JobKind::Final), (2, JobKind::Early)]);
+    }
+
+    #[test]
+    fn a_silent_turn_gets_an_empty_final_transcript_without_a_decode() {
+        let mut h = Harness::new(early(150, true));
+        h.feed(event(kind::SPEECH_START, 5));
+        h.feed_all(silence(5, 1000));
+        h.wait(500);
+        assert!(h.idle(), "silence is never decoded early");
+        h.feed(event(kind::SPEECH_END, 5));
+        assert!(h.idle(), "nor at the end");
+        let t = h.transcripts();
+        assert_eq!(summary(t[0]), (Some(5), String::new(), Some(true), None));
+        assert!(t[0].get_str("no_speech").is_some_and(|why| why.contains("silent")), "{:?}", t[0]);
+        assert_eq!(h.s.stats.rejected, 1);
+    }
+
+    #[test]
+    fn a_hallucination_is_no_preview_and_an_empty_final_transcript() {
+        let mut h = Harness::new(early(150, true));
+        h.feed(event(kind::SPEECH_START, 5));
+        h.feed_all(tone(5, 1024));
+        h.wait(150);
+        h.running();
+        let invented = Transcription { text: "Thank you.".into(), no_speech_prob: 0.95, avg_logprob: -1.5, ..Default::default() };
+        h.reply(Ok(invented.clone()));
+        assert!(h.transcripts().is_empty(), "the guard rejects the preview");
+        h.feed(event(kind::SPEECH_END, 5));
+        let t = h.transcripts();
+        assert_eq!(summary(t[0]), (Some(5), String::new(), Some(true), None));
+        assert!(t[0].get_str("no_speech").is_some_and(|why| why.contains("no speech")), "{:?}", t[0]);
+        // Tags alone are no words either; a loop the engine cut is passed on as it is.
+        let mut h = Harness::new(no_early());
+        for (turn, t) in [(1, Transcription { text: "[BLANK_AUDIO]".into(), ..words("") }), (2, Transcription { loop_cut: true, ..words("I want to go home.") })] {
+            h.feed(event(kind::SPEECH_START, turn));
+            h.feed_all(tone(turn, 1000));
+            h.feed(event(kind::SPEECH_END, turn));
+            h.running();
+            h.reply(Ok(t));
+        }
+        let t = h.transcripts();
+        assert_eq!(t.iter().map(|e| summary(e)).collect::<Vec<_>>(), [(Some(1), String::new(), Some(true), None), (Some(2), "I want to go home.".into(), Some(true), None)]);
+        assert_eq!(t[0].get_str("no_speech"), Some("no words in the result"));
+    }
+
+    #[test]
+    fn a_failed_decode_still_ends_the_turn() {
+        let mut h = Harness::new(no_early());
+        h.feed(event(kind::SPEECH_START, 4));
+        h.feed_all(tone(4, 1000));
+        h.feed(event(kind::SPEECH_END, 4));
+        h.running();
+        h.reply(Err("whisper broke".into()));
+        let t = h.transcripts();
+        assert_eq!(summary(t[0]), (Some(4), String::new(), Some(true), None));
+        assert!(t[0].get_str("no_speech").is_some_and(|why| why.contains("whisper broke")), "{:?}", t[0]);
+    }
+
+    #[test]
+    fn a_failed_early_decode_is_retried_at_the_end() {
+        let mut h = Harness::new(early(150, true));
+        h.feed(event(kind::SPEECH_START, 4));
+        h.feed_all(tone(4, 1000));
+        h.wait(150);
+        h.running();
+        h.reply(Err("whisper broke".into()));
+        assert!(h.transcripts().is_empty());
+        h.feed(event(kind::SPEECH_END, 4));
+        assert_eq!(h.running().1, JobKind::Final);
+        h.say("Second try.");
+        assert_eq!(summary(h.transcripts()[0]), (Some(4), "Second try.".into(), Some(true), None));
+    }
+
+    #[test]
+    fn a_cancel_aborts_its_turns_decode_and_the_next_turn_goes_on() {
+        let mut h = Harness::new(no_early());
+        for turn in [1, 2] {
+            h.feed(event(kind::SPEECH_START, turn));
+            h.feed_all(tone(turn, 1000));
+            h.feed(event(kind::SPEECH_END, turn));
+        }
+        assert_eq!(h.running().0, 1);
+        h.feed(event(kind::CANCEL, 1));
+        assert!(h.s.in_flight.as_ref().unwrap().abort.load(Ordering::Relaxed));
+        h.say("Tell me a story.");
+        assert_eq!(h.running().0, 2);
+        h.say("How are you?");
+        let t = h.transcripts();
+        assert_eq!(t.iter().map(|e| e.turn).collect::<Vec<_>>(), [Some(2)], "the cancelled turn gets nothing");
+        assert!(h.s.out.iter().any(|f| matches!(f, Frame::Event(e) if e.is(kind::CANCEL) && e.turn == Some(1))), "the cancel is forwarded");
+        // Its late audio and speech-end change nothing.
+        h.feed_all(tone(1, 500));
+        h.feed(event(kind::SPEECH_END, 1));
+        assert!(h.idle());
+        assert_eq!(h.s.stats.dropped, 1);
+    }
+
+    #[test]
+    fn a_call_boundary_drops_open_queued_and_running_turns() {
+        let mut h = Harness::new(early(150, true));
+        for turn in [1, 2, 3] {
+            h.feed(event(kind::SPEECH_START, turn));
+            h.feed_all(tone(turn, 1000));
+        }
+        h.feed(event(kind::SPEECH_END, 1));
+        h.feed(event(kind::SPEECH_END, 2));
+        assert_eq!(h.running().0, 1);
+        h.feed(Frame::Event(Event::new(kind::CALL_END)));
+        h.say("Goodbye.");
+        h.wait(1000);
+        assert!(h.idle(), "nothing of the old call is decoded");
+        assert!(h.transcripts().is_empty());
+        assert_eq!(h.s.stats.dropped, 3);
+        // The next call's turn is transcribed.
+        h.feed(event(kind::SPEECH_START, 4));
+        h.feed_all(tone(4, 1000));
+        h.feed(event(kind::SPEECH_END, 4));
+        assert_eq!(h.running().0, 4);
+    }
+
+    #[test]
+    fn the_writer_going_away_ends_the_open_turns_oldest_first() {
+        let mut h = Harness::new(no_early());
+        for turn in [9, 3] {
+            h.feed(event(kind::SPEECH_START, turn));
+            h.feed_all(tone(turn, 700));
+        }
+        h.s.on_writer_gone();
+        h.s.schedule();
+        let mut order = vec![];
+        for _ in 0..2 {
+            let (turn, kind, _) = h.running();
+            order.push((turn, kind));
+            h.say("Partly said.");
+        }
+        assert_eq!(order, [(3, JobKind::Final), (9, JobKind::Final)]);
+        assert_eq!(h.transcripts().len(), 2);
+    }
+
+    #[test]
+    fn the_event_loop_transcribes_what_was_said_when_the_input_ends() {
+        let mut h = Harness::new(no_early());
+        h.replies.send(Ok(words("Where is the station?"))).unwrap();
+        let (tx, rx) = unbounded();
+        tx.send(Input::Frame(event(kind::SPEECH_START, 6))).unwrap();
+        for f in tone(6, 1000) {
+            tx.send(Input::Frame(f)).unwrap();
+        }
+        drop(tx);
+        let (_stop, stop_rx) = crossbeam_channel::bounded(1);
+        h.s.run(rx, stop_rx);
+        assert_eq!(h.transcripts().iter().map(|e| summary(e)).collect::<Vec<_>>(), [(Some(6), "Where is the station?".into(), Some(true), None)]);
     }
 }
 

@@ -1,11 +1,33 @@
-//! [`TranscriptionWorker`]: the thread that owns the [`WhisperEngine`]. The stage hands it one
-//! [`Job`] at a time and keeps forwarding urgent events while Whisper runs; a job can be
-//! aborted mid-way through its abort flag (whisper.cpp polls it between graph steps).
+//! [`TranscriptionWorker`]: the thread that owns the [`Transcriber`] (the [`WhisperEngine`] in
+//! the program). The stage hands it one [`Job`] at a time and keeps forwarding urgent events
+//! while Whisper runs; a job can be aborted mid-way through its abort flag (whisper.cpp polls
+//! it between graph steps).
 
 use crate::engine::{Transcription, WhisperEngine};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// Speech to text, as the stage needs it: the seam between the turn logic and whisper.cpp, so
+/// the stage's rules are unit-tested with a scripted fake.
+pub trait Transcriber: Send + 'static {
+    /// Transcribe a turn's 16 kHz mono samples; `abort` set by another thread stops the call
+    /// early (the result is then marked `aborted`).
+    fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription>;
+    /// Prepare the next call's state; run between jobs, off the stage's clock.
+    fn fresh_state(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transcriber for WhisperEngine {
+    fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription> {
+        WhisperEngine::transcribe(self, samples, abort)
+    }
+    fn fresh_state(&mut self) -> anyhow::Result<()> {
+        WhisperEngine::fresh_state(self)
+    }
+}
 
 /// Why a job was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +59,7 @@ pub struct TranscriptionWorker {
 }
 
 impl TranscriptionWorker {
-    pub fn spawn(mut engine: WhisperEngine) -> std::io::Result<Self> {
+    pub fn spawn(mut engine: impl Transcriber) -> std::io::Result<Self> {
         let (jobs, job_rx) = unbounded::<Job>();
         let (done_tx, done) = unbounded();
         std::thread::Builder::new().name("whisper".into()).spawn(move || {

@@ -87,6 +87,15 @@ impl SileroVad {
     }
 }
 
+impl crate::stage::Vad for SileroVad {
+    fn probability(&mut self, chunk: &[i16]) -> Result<f32> {
+        SileroVad::probability(self, chunk)
+    }
+    fn reset(&mut self) {
+        SileroVad::reset(self)
+    }
+}
+
 /// `ORT_DYLIB_PATH`, or the place scripts/setup puts the library.
 fn locate_onnx_runtime() -> Result<PathBuf> {
     let path = match std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {

@@ -71,6 +71,18 @@ impl SmartTurn {
     }
 }
 
+/// An end-of-turn model: the probability that the caller has finished, given the turn's
+/// recent 16 kHz audio. [`SmartTurn`] in the program; a scripted fake in the stage's tests.
+pub trait TurnModel: Send + 'static {
+    fn p_complete(&mut self, audio: &[i16]) -> Result<f32>;
+}
+
+impl TurnModel for SmartTurn {
+    fn p_complete(&mut self, audio: &[i16]) -> Result<f32> {
+        SmartTurn::p_complete(self, audio)
+    }
+}
+
 /// A question for the turn model.
 pub struct Job {
     pub pause: u64,
@@ -93,7 +105,7 @@ pub struct TurnWorker {
 }
 
 impl TurnWorker {
-    pub fn spawn(mut model: SmartTurn) -> Self {
+    pub fn spawn(mut model: impl TurnModel) -> Self {
         let (jobs, job_rx) = crossbeam_channel::unbounded::<Job>();
         let (answer_tx, answers) = crossbeam_channel::unbounded();
         std::thread::Builder::new()
