@@ -84,31 +84,21 @@ impl Pipeline {
         self.wait_llm_ready();
     }
 
-    /// Each stage reads its input link: its log says `reading <link>` once everything slow
-    /// (model loading and warm-up) is done. sttd, for one, needs seconds for that, and a call
-    /// placed before loses its first turn (vadseg drops speech while sttd is not there).
+    /// Each stage is ready (fifo-layout.md §5): it signalled on its notification fd once
+    /// everything slow (model loading and warm-up) was done and its input open, and the
+    /// supervisor recorded it (`supervise/<stage>/ready` holding its current pid), whatever the
+    /// log level. sttd, for one, needs seconds for that, and a call placed before loses its
+    /// first turn (vadseg drops speech while sttd is not there).
     fn wait_stages_reading(&self) {
-        let links = [
-            ("tgcat", "tg_input.raw"),
-            ("vadseg", "audio.frames"),
-            ("sttd", "speech.frames"),
-            ("llm-relay", "text.frames"),
-            ("tts-writer", "reply.frames"),
-        ];
+        let stages = ["tgcat", "vadseg", "sttd", "llm-relay", "tts-writer"];
         let deadline = std::time::Instant::now() + Duration::from_secs(180);
-        for (stage, link) in links {
-            let line = format!("reading {}", self.run_dir.join(link).display());
-            loop {
-                let ready = self.stage_pid(stage).is_some_and(|pid| {
-                    let me = format!("{stage}[{pid}]");
-                    self.log(stage).lines().any(|l| l.contains(&me) && l.ends_with(&line))
-                });
-                if ready {
-                    break;
-                }
-                assert!(std::time::Instant::now() < deadline, "{stage} never started reading {link}; see {}", self.logs().display());
-                std::thread::sleep(Duration::from_millis(100));
+        loop {
+            let missing = tgvoice::ready::unready(&self.run_dir, &stages);
+            if missing.is_empty() {
+                return;
             }
+            assert!(std::time::Instant::now() < deadline, "not ready after 180 s: {missing:?}; see {}", self.logs().display());
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 

@@ -53,6 +53,8 @@ fn main() {
             trailing_silence_s: args.trailing_silence,
         };
         let input = Endpoint::from_arg(Some(&args.input));
+        // Ready (fifo-layout.md §5): no model to load; the input is opened next.
+        cli::notify_ready();
         let stats = pcm_input::frame_input(input, &opts, |f| {
             sink.send(Frame::Audio(f));
             !sink.is_closed()

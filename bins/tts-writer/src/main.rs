@@ -194,6 +194,8 @@ fn speak(args: Args) -> anyhow::Result<()> {
     let playing = std::thread::Builder::new().name("player".into()).spawn(move || player.run(player_rx))?;
 
     let reading = tts_writer::input::spawn(args.link.input(), move |item| controller.handle(item))?;
+    // Ready (fifo-layout.md §5): the voice is loaded and the input open.
+    tgvoice::cli::notify_ready();
     // The player finishes when input ended and everything was spoken, or when stdout closed.
     let finished = playing.join().map_err(|_| anyhow::anyhow!("player thread panicked"))?;
     if finished {
