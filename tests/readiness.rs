@@ -20,6 +20,16 @@ fn ort_dylib() -> PathBuf {
     std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("onnxruntime/libonnxruntime.so.1.22.1"))
 }
 
+/// In the child before exec: `w` becomes fd 5, kept across exec (dup2 clears FD_CLOEXEC on
+/// the copy; when `w` already is fd 5, dup2 does nothing and the flag is cleared by hand).
+fn give_fd(w: RawFd) -> std::io::Result<()> {
+    let r = if w == FD { unsafe { libc::fcntl(FD, libc::F_SETFD, 0) } } else { unsafe { libc::dup2(w, FD) } };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Start `program` with the write end of a pipe as fd 5 and `TGVOICE_NOTIFY_FD=5`, its input
 /// on an open stdin; return what it wrote on fd 5 until it closed it (or `limit` passed), and
 /// whether it was still running then.
@@ -41,13 +51,7 @@ fn readiness(program: &str, args: &[&str], env: &[(&str, &str)], limit: Duration
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     unsafe {
-        cmd.pre_exec(move || {
-            // dup2 clears FD_CLOEXEC on the copy: the child keeps fd 5 only.
-            if libc::dup2(w, FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || give_fd(w));
     }
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
     unsafe { libc::close(w) };
@@ -99,7 +103,7 @@ fn without_the_variable_fd_5_is_left_alone() {
     let mut cmd = Command::new(bin_path("tgcat"));
     cmd.arg("-").env("TGVOICE_STATE_DIR", state.path()).env_remove("TGVOICE_NOTIFY_FD").stdin(Stdio::piped()).stdout(Stdio::null());
     unsafe {
-        cmd.pre_exec(move || if libc::dup2(w, FD) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        cmd.pre_exec(move || give_fd(w));
     }
     let mut child = cmd.spawn().unwrap();
     unsafe { libc::close(w) };
