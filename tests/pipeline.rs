@@ -66,8 +66,9 @@ impl Pipeline {
         let instance = format!("{instance}-{}", std::process::id());
         let llm_port = llm_port.unwrap_or_else(|| local_llm_port(&instance, state.path()));
         let mut p = Pipeline { instance, state, run_dir: PathBuf::new(), env, llm_port };
-        let out = p.voicecall(&["start"]);
-        assert!(out.status.success(), "voicecall start: {}", String::from_utf8_lossy(&out.stderr));
+        // --wait: back once every stage (llm-server too, when it runs one) is ready (fifo-layout.md §5).
+        let out = p.voicecall(&["start", "--wait", "240"]);
+        assert!(out.status.success(), "voicecall start --wait: {}", String::from_utf8_lossy(&out.stderr));
         let rd = Command::new(bin_path("tgvoice-rundir")).args(["--instance", &p.instance, "-q"]).env_remove("TGVOICE_RUN_DIR").output().unwrap();
         p.run_dir = PathBuf::from(String::from_utf8(rd.stdout).unwrap().trim());
         p.wait_ready();
@@ -82,6 +83,12 @@ impl Pipeline {
     fn wait_ready(&self) {
         self.wait_stages_reading();
         self.wait_llm_ready();
+        // `voicecall status` says so too, stage by stage.
+        let status = String::from_utf8_lossy(&self.voicecall(&["status"]).stdout).into_owned();
+        for stage in ["tgcat", "vadseg", "sttd", "llm-relay", "tts-writer"] {
+            let row = status.lines().find(|l| l.split_whitespace().next() == Some(stage));
+            assert!(row.is_some_and(|r| r.split_whitespace().nth(4) == Some("yes")), "voicecall status does not show {stage} ready:\n{status}");
+        }
     }
 
     /// Each stage is ready (fifo-layout.md §5): it signalled on its notification fd once
