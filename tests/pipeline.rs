@@ -66,8 +66,9 @@ impl Pipeline {
         let instance = format!("{instance}-{}", std::process::id());
         let llm_port = llm_port.unwrap_or_else(|| local_llm_port(&instance, state.path()));
         let mut p = Pipeline { instance, state, run_dir: PathBuf::new(), env, llm_port };
-        let out = p.voicecall(&["start"]);
-        assert!(out.status.success(), "voicecall start: {}", String::from_utf8_lossy(&out.stderr));
+        // --wait: back once every stage (llm-server too, when it runs one) is ready (fifo-layout.md §5).
+        let out = p.voicecall(&["start", "--wait", "240"]);
+        assert!(out.status.success(), "voicecall start --wait: {}", String::from_utf8_lossy(&out.stderr));
         let rd = Command::new(bin_path("tgvoice-rundir")).args(["--instance", &p.instance, "-q"]).env_remove("TGVOICE_RUN_DIR").output().unwrap();
         p.run_dir = PathBuf::from(String::from_utf8(rd.stdout).unwrap().trim());
         p.wait_ready();
@@ -82,33 +83,29 @@ impl Pipeline {
     fn wait_ready(&self) {
         self.wait_stages_reading();
         self.wait_llm_ready();
+        // `voicecall status` says so too, stage by stage.
+        let status = String::from_utf8_lossy(&self.voicecall(&["status"]).stdout).into_owned();
+        for stage in ["tgcat", "vadseg", "sttd", "llm-relay", "tts-writer"] {
+            let row = status.lines().find(|l| l.split_whitespace().next() == Some(stage));
+            assert!(row.is_some_and(|r| r.split_whitespace().nth(4) == Some("yes")), "voicecall status does not show {stage} ready:\n{status}");
+        }
     }
 
-    /// Each stage reads its input link: its log says `reading <link>` once everything slow
-    /// (model loading and warm-up) is done. sttd, for one, needs seconds for that, and a call
-    /// placed before loses its first turn (vadseg drops speech while sttd is not there).
+    /// Each stage is ready (fifo-layout.md §5): it signalled on its notification fd once
+    /// everything slow (model loading and warm-up) was done and its input open, and the
+    /// supervisor recorded it (`supervise/<stage>/ready` holding its current pid), whatever the
+    /// log level. sttd, for one, needs seconds for that, and a call placed before loses its
+    /// first turn (vadseg drops speech while sttd is not there).
     fn wait_stages_reading(&self) {
-        let links = [
-            ("tgcat", "tg_input.raw"),
-            ("vadseg", "audio.frames"),
-            ("sttd", "speech.frames"),
-            ("llm-relay", "text.frames"),
-            ("tts-writer", "reply.frames"),
-        ];
+        let stages = ["tgcat", "vadseg", "sttd", "llm-relay", "tts-writer"];
         let deadline = std::time::Instant::now() + Duration::from_secs(180);
-        for (stage, link) in links {
-            let line = format!("reading {}", self.run_dir.join(link).display());
-            loop {
-                let ready = self.stage_pid(stage).is_some_and(|pid| {
-                    let me = format!("{stage}[{pid}]");
-                    self.log(stage).lines().any(|l| l.contains(&me) && l.ends_with(&line))
-                });
-                if ready {
-                    break;
-                }
-                assert!(std::time::Instant::now() < deadline, "{stage} never started reading {link}; see {}", self.logs().display());
-                std::thread::sleep(Duration::from_millis(100));
+        loop {
+            let missing = tgvoice::ready::unready(&self.run_dir, &stages);
+            if missing.is_empty() {
+                return;
             }
+            assert!(std::time::Instant::now() < deadline, "not ready after 180 s: {missing:?}; see {}", self.logs().display());
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 

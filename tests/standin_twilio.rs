@@ -74,6 +74,12 @@ pub struct PhoneFront {
 
 impl PhoneFront {
     pub fn start(name: &str, pool: usize, max_calls: usize) -> PhoneFront {
+        Self::start_with(name, pool, max_calls, &[])
+    }
+
+    /// [`PhoneFront::start`] with more environment for the front and its lines (e.g.
+    /// `TGVOICE_LOG=warn`).
+    pub fn start_with(name: &str, pool: usize, max_calls: usize, env: &[(&str, &str)]) -> PhoneFront {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let front = PhoneFront { instance: format!("{name}-{}", std::process::id()), state: tempfile::tempdir().unwrap(), port };
         let keep = root().join("target/pipeline-logs").join(&front.instance);
@@ -81,7 +87,9 @@ impl PhoneFront {
             "--listen 127.0.0.1:{port} --public-url http://127.0.0.1:{port} --pool {pool} --max-calls {max_calls} --keep-logs {}",
             keep.display()
         );
-        let out = front.voicecall(&["start"], &[("TGVOICE_PHONE", "1"), ("TWILIO_AUTH_TOKEN", TOKEN), ("TGVOICE_PHONE_ARGS", &args)]);
+        let mut vars = vec![("TGVOICE_PHONE", "1"), ("TWILIO_AUTH_TOKEN", TOKEN), ("TGVOICE_PHONE_ARGS", args.as_str())];
+        vars.extend_from_slice(env);
+        let out = front.voicecall(&["start"], &vars);
         assert!(out.status.success(), "voicecall start: {}", String::from_utf8_lossy(&out.stderr));
         front
     }

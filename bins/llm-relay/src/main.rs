@@ -26,6 +26,8 @@ fn main() {
         let played = args.played.as_ref().map(|p| FrameSource::open(tgvoice::Endpoint::Path(p.clone()))).transpose()?;
         let inputs = bridge_inputs(source, played);
         let relay = relay::Relay::new(cfg.relay, sink.handle(), conversation)?;
+        // Ready (fifo-layout.md §5): configured, inputs open.
+        cli::notify_ready();
         runtime.block_on(relay.run(inputs))?;
         let stats = sink.finish();
         log::info!(

@@ -171,6 +171,9 @@ async fn serve(args: Args, token: signature::AuthToken) -> anyhow::Result<()> {
         args.pool.min(args.max_calls),
         args.max_calls
     );
+    // Ready (fifo-layout.md §5): listening; signalled before the pool starts its lines, so
+    // their `voicecall start` never holds the notification fd.
+    cli::notify_ready();
     pool.refill();
     let mut shutdown_rx = stop_rx.clone();
     let server = axum::serve(listener, server::router(app).into_make_service_with_connect_info::<SocketAddr>())

@@ -10,15 +10,12 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 use crate::call::CallLinks;
 
-/// Each framed stage and its input link: a stage logs `reading <run dir>/<link>` once
-/// everything slow (model loading, warm-up) is done and it reads its input. Until then its
-/// upstream writer drops what it writes (sttd's warm-up took 7 s with three lines starting).
-const READY_LINKS: &[(&str, &str)] = &[
-    ("vadseg", "audio.frames"),
-    ("sttd", "speech.frames"),
-    ("llm-relay", "text.frames"),
-    ("tts-writer", "reply.frames"),
-];
+/// The framed stages a line needs ready before a call is put through: each signals readiness
+/// (fifo-layout.md §5) once everything slow (model loading, warm-up) is done and its input is
+/// open, and the line's supervisor records it in `<run dir>/supervise/<stage>/ready`, whatever
+/// the log level. Until then its upstream writer drops what it writes (sttd's warm-up took 7 s
+/// with three lines starting).
+const READY_STAGES: &[&str] = &["vadseg", "sttd", "llm-relay", "tts-writer"];
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -41,7 +38,6 @@ pub struct PoolConfig {
 pub struct Instance {
     pub name: String,
     pub run_dir: PathBuf,
-    pub state_dir: PathBuf,
     pub started: Instant,
     /// Its links, opened once it was ready (so the FIFOs' writers are attached before a call).
     pub links: Option<CallLinks>,
@@ -244,19 +240,10 @@ impl Pool {
             Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
             _ => bail!("tgvoice-rundir --instance {name} failed (is target/release on PATH?)"),
         };
-        let state_dir = instance_state_dir(name);
-        let mut inst = Instance { name: name.to_string(), run_dir, state_dir, started, links: None };
+        let mut inst = Instance { name: name.to_string(), run_dir, started, links: None };
         let deadline = started + self.cfg.ready_timeout;
         loop {
-            let missing: Vec<&str> = READY_LINKS
-                .iter()
-                .filter(|(stage, link)| {
-                    let mark = format!("reading {}", inst.run_dir.join(link).display());
-                    !std::fs::read_to_string(inst.state_dir.join("logs").join(format!("{stage}.log")))
-                        .is_ok_and(|log| log.lines().any(|l| l.ends_with(&mark)))
-                })
-                .map(|(stage, _)| *stage)
-                .collect();
+            let missing = tgvoice::ready::unready(&inst.run_dir, READY_STAGES);
             if missing.is_empty() {
                 inst.links = Some(CallLinks::open(&inst.run_dir)?);
                 return Ok(inst);

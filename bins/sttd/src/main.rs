@@ -29,6 +29,8 @@ fn main() {
         // Ready: the model is loaded and warm, the input and output are open.
         let worker = worker::TranscriptionWorker::spawn(engine)?;
         let mut stage = stage::SttStage::new(sink, worker, guard, args.early_settings());
+        // Ready (fifo-layout.md §5): model loaded and warmed up, input open.
+        cli::notify_ready();
         stage.run(source.spawn(), cli::graceful_stop());
         let stats = stage.stats.clone();
         let sink_stats = stage.into_output().finish();

@@ -15,7 +15,7 @@ use tgvoice::{Endpoint, Frame, FrameSink, FrameSource, TapFormat};
 #[command(
     version,
     about = "Frame raw 48 kHz PCM or a WAV file into tgvoice audio frames",
-    after_help = exit::after_help("Examples:\n  tgcat question.wav | framecat\n  tgcat --realtime question.wav | vadseg | sttd\n  sox -d -t raw -r 48000 -e signed -b 16 -c 1 - | tgcat - | vadseg | sttd\n  tgcat --control $RUN/control.frames -o $RUN/audio.frames $RUN/tg_input.raw\n\nRaw input must be s16le, 48 kHz, mono. WAV input may have any rate and channel count;\nit is mixed to mono and resampled to 48 kHz.", &[(exit::FAILURE, ""), (exit::DATA, "the input is already frames"), (exit::CONFIG, "an unsafe link path")])
+    after_help = exit::after_help("Examples:\n  tgcat question.wav | framecat\n  tgcat --realtime question.wav | vadseg | sttd\n  sox -d -t raw -r 48000 -e signed -b 16 -c 1 - | tgcat - | vadseg | sttd\n  tgcat --control $RUN/control.frames -o $RUN/audio.frames $RUN/tg_input.raw\n\nRaw input must be s16le, 48 kHz, mono. WAV input may have any rate and channel count;\nit is mixed to mono and resampled to 48 kHz.\n\nReadiness (fifo-layout.md §5): with TGVOICE_NOTIFY_FD=N (scripts/supervise sets it), one\nnewline on fd N, then fd N closed, once its output is open and it starts reading its input; at any log level.", &[(exit::FAILURE, ""), (exit::DATA, "the input is already frames"), (exit::CONFIG, "an unsafe link path")])
 )]
 struct Args {
     /// Raw PCM or WAV: a file, a named FIFO, or "-" for stdin.
@@ -53,6 +53,8 @@ fn main() {
             trailing_silence_s: args.trailing_silence,
         };
         let input = Endpoint::from_arg(Some(&args.input));
+        // Ready (fifo-layout.md §5): no model to load; the input is opened next.
+        cli::notify_ready();
         let stats = pcm_input::frame_input(input, &opts, |f| {
             sink.send(Frame::Audio(f));
             !sink.is_closed()

@@ -38,7 +38,7 @@ Examples:
 
 Each reply logs one latency line at its first audio (end of speech → transcript → first LLM
 token → first chunk → first audio) and appends it, and what was played of each reply, as JSON
-lines to <state dir>/metrics.jsonl.", &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "the engine is missing"), (exit::CONFIG, "an unsafe link path or a bad TGVOICE_TTS_ENGINE value")])
+lines to <state dir>/metrics.jsonl.\n\nReadiness (fifo-layout.md §5): with TGVOICE_NOTIFY_FD=N (scripts/supervise sets it), one\nnewline on fd N, then fd N closed, once the voice is loaded and its input is open; at any log level.", &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "the engine is missing"), (exit::CONFIG, "an unsafe link path or a bad TGVOICE_TTS_ENGINE value")])
 )]
 struct Args {
     #[command(flatten)]
@@ -194,6 +194,8 @@ fn speak(args: Args) -> anyhow::Result<()> {
     let playing = std::thread::Builder::new().name("player".into()).spawn(move || player.run(player_rx))?;
 
     let reading = tts_writer::input::spawn(args.link.input(), move |item| controller.handle(item))?;
+    // Ready (fifo-layout.md §5): the voice is loaded and the input open.
+    tgvoice::cli::notify_ready();
     // The player finishes when input ended and everything was spoken, or when stdout closed.
     let finished = playing.join().map_err(|_| anyhow::anyhow!("player thread panicked"))?;
     if finished {

@@ -43,6 +43,8 @@ fn main() {
         let stop = cli::graceful_stop();
         // The reader runs on its own thread, so reading never waits on inference.
         let inputs = source.spawn();
+        // Ready (fifo-layout.md §5): models loaded, input open.
+        cli::notify_ready();
         loop {
             crossbeam_channel::select! {
                 recv(inputs) -> input => match input {

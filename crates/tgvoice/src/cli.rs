@@ -359,3 +359,10 @@ pub fn install_signal_handlers() {
             .ok();
     }
 }
+
+/// Tell the supervisor this stage is ready (its model loaded, its input open): one newline on
+/// the fd named by `TGVOICE_NOTIFY_FD`, then closed; nothing without the variable. Each stage
+/// calls it once, whatever the log level (fifo-layout.md §5, [`crate::ready`]).
+pub fn notify_ready() {
+    crate::ready::notify()
+}

@@ -109,7 +109,7 @@ impl ByteInput {
             Endpoint::Path(p) => {
                 check_link_path(p)?;
                 fifo = is_fifo(p);
-                // Also the stage's "ready" line: everything slow (models) is loaded by now.
+                // Informational only: readiness is signalled on the notification fd (fifo-layout.md §5).
                 log::info!("reading {}", p.display());
                 if fifo {
                     None // opened lazily: opening a FIFO blocks until a writer appears

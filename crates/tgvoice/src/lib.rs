@@ -23,6 +23,7 @@ pub mod log;
 pub mod logmel;
 pub mod mulaw;
 pub mod paths;
+pub mod ready;
 pub mod raw_link;
 pub mod resample;
 pub mod rundir;
