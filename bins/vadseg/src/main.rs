@@ -37,7 +37,6 @@ fn main() {
                 .map_err(|e| cli::fail(cli::exit::CONFIG, format!("{e:#}")))?;
             stage = stage.with_echo_gate(gate);
         }
-        // Ready: the models are loaded, the output and the input are open.
         // SIGTERM closes the open turn (a speech-end goes out) before vadseg exits, so the
         // caller's last words still reach sttd.
         let stop = cli::graceful_stop();
