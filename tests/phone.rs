@@ -46,11 +46,10 @@ async fn ask(call: &PhoneCall, question: &[i16], timeout: Duration) -> Option<f6
     Some(ms(reply - last))
 }
 
-#[test]
-fn phone_calls_through_a_stand_in_twilio() {
-    // The stand-in plays Twilio and the phone network, which are not on this machine's CPU:
-    // like callsim, its threads run ahead of the pipeline's bulk compute when permitted (the
-    // pipeline itself, started from the main thread, keeps normal priority).
+/// The stand-in plays Twilio and the phone network, which are not on this machine's CPU:
+/// like callsim, its threads run ahead of the pipeline's bulk compute when permitted (the
+/// pipeline itself, started from the main thread, keeps normal priority).
+fn stand_in_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -59,36 +58,37 @@ fn phone_calls_through_a_stand_in_twilio() {
         })
         .build()
         .unwrap()
-        .block_on(phone_calls());
+}
+
+/// Each test runs a phone front with its warm lines; on 2 cores they must not overlap.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn phone_calls_through_a_stand_in_twilio() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    stand_in_runtime().block_on(phone_calls());
 }
 
 /// The issue 25 "Must show": with `TGVOICE_LOG=warn` (no stage logs `reading <link>`), the
 /// pool still finds its lines ready (fifo-layout.md §5) and a call is greeted and answered.
 #[test]
 fn phone_answers_a_call_at_log_level_warn() {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .on_thread_start(|| unsafe {
-            libc::setpriority(libc::PRIO_PROCESS, 0, -10);
-        })
-        .build()
-        .unwrap()
-        .block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let q_france = espeak_8k(dir.path(), "france", "What is the capital of France?");
-            let front = PhoneFront::start_with("phonewarn", 1, 1, &[("TGVOICE_LOG", "warn")]);
-            front.wait_warm(1, Duration::from_secs(240)).await;
-            let call = PhoneCall::dial(&front.base_url(), "+15550003001").await;
-            let greeting = call.voice_after(call.started, Duration::from_secs(10)).await.expect("no greeting");
-            call.quiet_after(greeting, Duration::from_millis(600), Duration::from_secs(10)).await;
-            let v2v = ask(&call, &q_france, Duration::from_secs(30)).await.expect("the question was not answered at TGVOICE_LOG=warn");
-            println!("TGVOICE_LOG=warn: voice-to-voice {v2v:.0} ms");
-            let log = front.log();
-            assert!(!log.contains(" info: "), "phone-bridge logged at info level with TGVOICE_LOG=warn:\n{log}");
-            call.hang_up().await;
-            front.stop();
-        });
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    stand_in_runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let q_france = espeak_8k(dir.path(), "france", "What is the capital of France?");
+        let front = PhoneFront::start_with("phonewarn", 1, 1, &[("TGVOICE_LOG", "warn")]);
+        front.wait_warm(1, Duration::from_secs(240)).await;
+        let call = PhoneCall::dial(&front.base_url(), "+15550003001").await;
+        let greeting = call.voice_after(call.started, Duration::from_secs(10)).await.expect("no greeting");
+        call.quiet_after(greeting, Duration::from_millis(600), Duration::from_secs(10)).await;
+        let v2v = ask(&call, &q_france, Duration::from_secs(30)).await.expect("the question was not answered at TGVOICE_LOG=warn");
+        println!("TGVOICE_LOG=warn: voice-to-voice {v2v:.0} ms");
+        let log = front.log();
+        assert!(!log.contains(" info: "), "phone-bridge logged at info level with TGVOICE_LOG=warn:\n{log}");
+        call.hang_up().await;
+        front.stop();
+    });
 }
 
 async fn phone_calls() {
