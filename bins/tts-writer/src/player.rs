@@ -692,21 +692,18 @@ impl Player {
     /// say so right after its last audio.
     fn reply_done(&mut self, played: Played) {
         self.reporter.played(&played);
-        if let Some(sink) = &self.playback_reports {
-            match serde_json::from_value::<Event>(played.record()) {
-                Ok(event) => sink.send(Frame::Event(event)),
-                Err(e) => log::error!("reply-played record is not an event: {e}"),
-            }
+        if self.playback_reports.is_none() && !self.cfg.frames {
+            return;
         }
-        if self.cfg.frames {
-            match serde_json::from_value::<Event>(played.record()) {
-                Ok(event) => {
-                    if self.out.write_chunk(&encode(&Frame::Event(event))) == WriteOutcome::Closed {
-                        self.closed = true;
-                    }
-                }
-                Err(e) => log::error!("reply-played record is not an event: {e}"),
-            }
+        let event = match serde_json::from_value::<Event>(played.record()) {
+            Ok(event) => Frame::Event(event),
+            Err(e) => return log::error!("reply-played record is not an event: {e}"),
+        };
+        if self.cfg.frames && self.out.write_chunk(&encode(&event)) == WriteOutcome::Closed {
+            self.closed = true;
+        }
+        if let Some(sink) = &self.playback_reports {
+            sink.send(event);
         }
     }
 
