@@ -14,6 +14,10 @@ use std::sync::Arc;
 pub enum Replies {
     /// The replies in turn, starting again after the last.
     Cycle(Vec<String>),
+    /// By the last user message: the reply of the first rule whose needle it contains
+    /// (lowercased), else `otherwise`. For calls whose turns are not all sent to the LLM (a
+    /// false alarm over a reply is not), where a cycle would fall out of step.
+    Match { rules: Vec<(String, String)>, otherwise: String },
     /// Accept each request and never answer (a hung server).
     Never,
 }
@@ -38,7 +42,7 @@ impl StandInLlm {
                 let (replies, counter) = (replies.clone(), counter.clone());
                 match &*replies {
                     Replies::Never => held.push(conn),
-                    Replies::Cycle(_) => {
+                    Replies::Cycle(_) | Replies::Match { .. } => {
                         std::thread::spawn(move || serve(conn, &replies, &counter));
                     }
                 }
@@ -54,7 +58,6 @@ impl StandInLlm {
 }
 
 fn serve(mut conn: TcpStream, replies: &Replies, counter: &AtomicUsize) {
-    let Replies::Cycle(list) = replies else { return };
     let mut r = BufReader::new(conn.try_clone().unwrap());
     let mut request_line = String::new();
     if r.read_line(&mut request_line).unwrap_or(0) == 0 {
@@ -85,7 +88,14 @@ fn serve(mut conn: TcpStream, replies: &Replies, counter: &AtomicUsize) {
         return;
     }
     let n = counter.fetch_add(1, Ordering::SeqCst);
-    let text = &list[n % list.len()];
+    let text = match replies {
+        Replies::Cycle(list) => list[n % list.len()].clone(),
+        Replies::Match { rules, otherwise } => {
+            let asked = last_user_message(&body).to_lowercase();
+            rules.iter().find(|(needle, _)| asked.contains(needle.as_str())).map_or(otherwise, |r| &r.1).clone()
+        }
+        Replies::Never => return,
+    };
     let _ = write!(conn, "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n");
     // A few words per event, as a real server streams tokens.
     let words: Vec<&str> = text.split_inclusive(' ').collect();
@@ -98,4 +108,16 @@ fn serve(mut conn: TcpStream, replies: &Replies, counter: &AtomicUsize) {
     }
     let done = serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
     let _ = write!(conn, "data: {done}\n\ndata: [DONE]\n\n");
+}
+
+/// The text of the last `user` message of a chat request body ("" if none).
+fn last_user_message(body: &[u8]) -> String {
+    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let messages = request["messages"].as_array().cloned().unwrap_or_default();
+    let last = messages.iter().rev().find(|m| m["role"] == "user");
+    last.map(|m| match &m["content"] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+    .unwrap_or_default()
 }
