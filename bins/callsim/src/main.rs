@@ -3,7 +3,7 @@
 //! (mirrored into `tg_input.tap` while someone reads it, so `voicecall tap tg_input` works in
 //! `demo`), and polls `$RUN/tg_output.raw` for the assistant's voice. It says each WAV of its script,
 //! waits for the reply, and reports per turn what was heard and answered and how long the
-//! assistant took (voice-to-voice), plus barge-in stop times. Used by `voicecall demo`, the
+//! assistant took (voice-to-voice), plus barge-in stop and resume times. Used by `voicecall demo`, the
 //! fault and barge-in tests and the end-to-end benchmark.
 
 mod timeline;

@@ -304,6 +304,15 @@ impl Caller {
             if let Some(b) = barge_in_ms {
                 barge.push(b);
             }
+            // After a barge-in went silent: from the caller's last sound to the assistant's
+            // next audio (a false alarm's reply resuming; after a real interruption, its answer).
+            let resume_ms = match (plan.barge_after_ms, l.onset_tick, l.end_tick) {
+                (Some(_), Some(onset), Some(end)) => self.stop_after(onset).and_then(|stop| {
+                    let next = (stop..self.assistant_voiced.len()).find(|t| self.assistant_voiced[*t])?;
+                    Some((next as f64 - end as f64) * 10.0)
+                }),
+                _ => None,
+            };
             turns.push(json!({
                 "turn": i + 1,
                 "wav": plan.wav.display().to_string(),
@@ -313,6 +322,7 @@ impl Caller {
                 "reply_start_ms": ms(l.reply_start_tick),
                 "voice_to_voice_ms": voice_to_voice,
                 "barge_in_stop_ms": barge_in_ms,
+                "barge_in_resume_ms": resume_ms,
                 "heard": l.heard.join(" "),
                 "answer": l.answer.join(" "),
             }));

@@ -332,6 +332,9 @@ pub struct Policy {
     waiting: Waiting,
     /// Caller turns that started while a reply may have been playing, awaiting the decision.
     interruptions: BTreeMap<u64, Interruption>,
+    /// Interruptions resumed on a backchannel preview, before their final transcript: other
+    /// words in that transcript still make them real (see [`Policy::backchannel_preview`]).
+    resumed_on_preview: BTreeMap<u64, Instant>,
     playback: Playback,
 }
 
@@ -344,6 +347,7 @@ impl Policy {
             held: None,
             waiting: Waiting::default(),
             interruptions: BTreeMap::new(),
+            resumed_on_preview: BTreeMap::new(),
             playback: Playback::default(),
         }
     }
@@ -405,7 +409,9 @@ impl Policy {
                 let text = event.text.as_deref().unwrap_or("").trim().to_string();
                 let turn = event.turn.unwrap_or(0);
                 if event.get_bool("final") == Some(false) {
-                    if event.get_bool("preview") == Some(true) && self.cfg.preempt {
+                    if event.get_bool("preview") == Some(true) && self.backchannel_preview(now, turn, &text, host) {
+                        // resumed: nothing to start from it
+                    } else if event.get_bool("preview") == Some(true) && self.cfg.preempt {
                         self.preview(now, turn, text, event.trace, host);
                     } else {
                         log::debug!("ignoring a partial transcript: {text:?}");
@@ -415,20 +421,29 @@ impl Policy {
                     // answer in it, but a message held back for it can be answered now.
                     log::debug!("turn {turn}: no words");
                     self.drop_held_of(turn, "the turn had no words after all", host);
+                    self.resumed_on_preview.remove(&turn);
                     if let Some(i) = self.interruptions.remove(&turn) {
                         self.false_alarm(now, turn, i.since, "no words", host);
                     }
                     self.waiting.transcribed(now, turn);
                     self.answer_if_caller_done(now, Some((turn, event.trace)), host);
-                } else if self.interruptions.contains_key(&turn) && self.cfg.backchannels.matches(&text) {
-                    let i = self.interruptions.remove(&turn).expect("checked");
+                } else if (self.interruptions.contains_key(&turn) || self.resumed_on_preview.contains_key(&turn))
+                    && self.cfg.backchannels.matches(&text)
+                {
                     self.drop_held_of(turn, "the turn was a backchannel after all", host);
-                    self.false_alarm(now, turn, i.since, &format!("{text:?}, a backchannel"), host);
+                    if let Some(i) = self.interruptions.remove(&turn) {
+                        self.false_alarm(now, turn, i.since, &format!("{text:?}, a backchannel"), host);
+                    } else {
+                        self.resumed_on_preview.remove(&turn);
+                        log::debug!("turn {turn}: {text:?} confirms the backchannel already resumed on its preview");
+                    }
                     self.waiting.transcribed(now, turn);
                     self.answer_if_caller_done(now, None, host);
                 } else {
                     if self.interruptions.remove(&turn).is_some() {
                         self.interrupted(turn, &format!("the caller said {text:?}"), host);
+                    } else if self.resumed_on_preview.remove(&turn).is_some() {
+                        self.interrupted(turn, &format!("the caller went on past the backchannel: {text:?}"), host);
                     }
                     self.waiting.transcribed(now, turn);
                     self.cancel_reply("a new transcript", true, host);
@@ -479,6 +494,7 @@ impl Policy {
                 self.cancel_reply(why, false, host);
                 self.waiting = Waiting::default();
                 self.interruptions.clear();
+                self.resumed_on_preview.clear();
                 self.playback.silenced();
                 if start {
                     host.run(Command::NewConversation { call: event.get_str("call").map(str::to_string) });
@@ -553,6 +569,22 @@ impl Policy {
         a.seq += 1;
         a.held_on = true;
         self.playback.handed_on(now, a.turn, phrase);
+    }
+
+    /// A preview of an interruption that is a backchannel ("Uh-huh.", sttd's decode at the
+    /// caller's first pause) resumes the reply now, not at the final transcript: the caller
+    /// hears the reply go on within a few hundred ms of their last sound instead of after the
+    /// end of their turn and a second decode (1.3–2.1 s). If the final transcript has other
+    /// words after all ("Yeah, but stop."), it is an interruption then. True if it resumed.
+    fn backchannel_preview(&mut self, now: Instant, turn: u64, text: &str, host: &mut dyn Host) -> bool {
+        if !self.interruptions.contains_key(&turn) || !self.cfg.backchannels.matches(text) {
+            return false;
+        }
+        let i = self.interruptions.remove(&turn).expect("checked");
+        self.false_alarm(now, turn, i.since, &format!("preview {text:?}, a backchannel"), host);
+        self.resumed_on_preview.insert(turn, now);
+        self.resumed_on_preview.retain(|_, at| now < *at + INTERRUPTION_FORGET);
+        true
     }
 
     /// The interruption of `turn` was a false alarm: the paused reply goes on.
@@ -1343,6 +1375,57 @@ mod tests {
     }
 
     #[test]
+    fn a_backchannel_preview_resumes_the_reply_before_the_final_transcript() {
+        let mut c = Call::new();
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        c.speech_start(2);
+        // sttd's decode at the caller's first pause: the reply goes on at once...
+        assert_eq!(c.preview(2, "Uh-huh."), ["resume 2"]);
+        c.speech_end(2);
+        // ...and the final transcript that confirms it changes nothing.
+        assert!(c.said(2, "Uh-huh.").is_empty());
+        assert_eq!(c.chunk(1, "There was a cat."), ["chunk #1 turn 1 seq 1 There was a cat."]);
+        c.done(1);
+        assert_eq!(c.history(), ["user: Tell me a story.", "assistant: Once upon a time. There was a cat."]);
+    }
+
+    #[test]
+    fn a_backchannel_preview_followed_by_other_words_is_an_interruption_after_all() {
+        let mut c = Call::new();
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        c.speech_start(2);
+        assert_eq!(c.preview(2, "Yeah."), ["resume 2"]);
+        c.speech_end(2);
+        assert_eq!(
+            c.said(2, "Yeah, but stop."),
+            ["stop #1", "end #1 turn 1 cancelled", "cancel up to 1", "start #2 turn 2"]
+        );
+    }
+
+    #[test]
+    fn a_preview_of_other_words_over_a_reply_decides_nothing_before_the_final_transcript() {
+        let mut c = Call::new();
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        c.speech_start(2);
+        assert!(c.preview(2, "Stop.").is_empty(), "the reply stays paused");
+        assert!(c.preview(2, "Stop.").is_empty());
+        c.speech_end(2);
+        assert_eq!(c.said(2, "Stop."), ["stop #1", "end #1 turn 1 cancelled", "cancel up to 1", "start #2 turn 2"]);
+    }
+
+    #[test]
+    fn a_backchannel_preview_with_preempt_off_still_resumes() {
+        let mut c = Call::with(|cfg| cfg.preempt = false);
+        c.turn(1, "Tell me a story.");
+        c.chunk(1, "Once upon a time.");
+        c.speech_start(2);
+        assert_eq!(c.preview(2, "Mm-hmm."), ["resume 2"]);
+    }
+
+    #[test]
     fn no_words_over_a_playing_reply_resume_it() {
         let mut c = Call::new();
         c.turn(1, "Tell me a story.");
@@ -1514,13 +1597,13 @@ mod tests {
     }
 
     #[test]
-    fn over_a_playing_reply_a_backchannel_preview_starts_nothing_and_other_words_start_early() {
+    fn over_a_playing_reply_a_backchannel_preview_resumes_it_and_other_words_start_early() {
         let mut c = Call::new();
         c.turn(1, "Tell me a story.");
         c.chunk(1, "Once upon a time.");
         c.done(1);
         c.speech_start(2);
-        assert!(c.preview(2, "Uh-huh.").is_empty());
+        assert_eq!(c.preview(2, "Uh-huh."), ["resume 2"], "a backchannel starts no reply: it resumes the one paused");
         assert_eq!(c.preview(2, "Stop, tell me a joke."), ["start #2 turn 2 held"]);
     }
 
