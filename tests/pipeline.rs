@@ -1011,7 +1011,7 @@ fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
             cancelled += 1;
         }
     }
-    let mut resumed = 0;
+    let (mut noises_resumed, mut backchannels_resumed, mut misheard) = (0, 0, vec![]);
     let mut sounds: Vec<(String, PathBuf)> = noises().into_iter().map(|(n, s)| (n.to_string(), wav16k(dir.path(), n, &s))).collect();
     for (i, words) in BACKCHANNELS.iter().enumerate() {
         sounds.push((words.to_string(), piper_wav(dir.path(), &format!("backchannel-{i}"), words)));
@@ -1025,11 +1025,14 @@ fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
             "false alarm {name}: heard {:?}, reply cancelled {}, played whole {whole}; stop {:?} ms, resumed {gap:?} ms after the caller's last sound",
             turns[1]["heard"], reply["cancelled"], turns[1]["barge_in_stop_ms"]
         );
-        if whole {
-            resumed += 1;
-            if BACKCHANNELS.contains(&name.as_str()) {
-                backchannel_gaps.extend(gap);
-            }
+        let is_backchannel = BACKCHANNELS.contains(&name.as_str());
+        if whole && is_backchannel {
+            backchannels_resumed += 1;
+            backchannel_gaps.extend(gap);
+        } else if whole {
+            noises_resumed += 1;
+        } else if is_backchannel {
+            misheard.push(format!("{name} heard as {}", turns[1]["heard"]));
         }
     }
     stops.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -1049,9 +1052,19 @@ fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
         percentile(&backchannel_gaps, 0.5),
         percentile(&backchannel_gaps, 0.9)
     );
-    println!("interruptions cancelled: {cancelled}/10; false alarms resumed and played whole: {resumed}/{}", sounds.len());
+    let n_noises = sounds.len() - BACKCHANNELS.len();
+    println!(
+        "interruptions cancelled: {cancelled}/10; noises resumed and played whole: {noises_resumed}/{n_noises}; \
+         backchannels: {backchannels_resumed}/{}; cancelled by a mishearing: {misheard:?}",
+        BACKCHANNELS.len()
+    );
     assert!(cancelled >= 9, "only {cancelled} of 10 one-/two-word interruptions stopped the reply");
-    assert!(resumed * 10 >= sounds.len() * 9, "only {resumed} of {} false alarms let the reply play to its end", sounds.len());
+    // A cough, click or breath has no words to mishear: every one must give the reply back.
+    assert_eq!(noises_resumed, n_noises, "a noise with no words stopped the reply for good");
+    // A backchannel is words, and whisper tiny.en mishears a short one now and then ("Mhm." as
+    // "and may Chen.", "Got it." as "That is."), which reads as an interruption. Issue 24 asks
+    // for ≥ 8/10 backchannels resumed; the ears, not the policy, are what is missing above it.
+    assert!(backchannels_resumed * 10 >= BACKCHANNELS.len() * 8, "only {backchannels_resumed} of {} backchannels let the reply play to its end: {misheard:?}", BACKCHANNELS.len());
     // A backchannel resumes the reply on sttd's preview at the caller's first pause, not after
     // the end of their turn and a second decode (1.3–2.1 s before, issue 24).
     assert!(percentile(&backchannel_gaps, 0.5) <= 600.0, "a backchannel left a hole in the reply: {backchannel_gaps:?}");

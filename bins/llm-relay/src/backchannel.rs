@@ -1,7 +1,8 @@
 //! Is what the caller said over a reply a *backchannel* ("uh-huh", "mm-hmm", "yeah", "right")
 //! — a listener's signal to go on — rather than an interruption? A transcript is one when all
 //! its words can be read as a sequence of the configured phrases ("yeah, yeah", "oh okay") and
-//! hums (Whisper writes "mm-hmm" as "MMMM." or "Mhm.", see [`is_hum`]).
+//! hums (Whisper writes "mm-hmm" as "MMMM." or "Mhm.", see [`is_hum`], and sometimes spells a
+//! hum out letter by letter, "M. H. N." or "N-M-A-M", see [`is_spelled_hum`]).
 //! Anything else, including one-word "stop", "wait", "no", is an interruption.
 
 use crate::words::words;
@@ -24,6 +25,15 @@ fn is_hum(word: &str) -> bool {
     mh || u
 }
 
+/// A hum that Whisper spelled out as letters: two or more one-letter words, all of them sounds
+/// of a closed-mouth hum (m, n, h) or its vowel (a, u), with an m or an n among them. Seen in
+/// the barge-in test for "Mm-hmm." and "Mhm.": "M. H. N.", "N-M-A-M-A-N-M-A-N-M-A-N-M". A caller
+/// spelling letters over a reply is far rarer, and "I", "O" or "K" still make it an interruption.
+fn is_spelled_hum(words: &[String]) -> bool {
+    let letters: Option<Vec<char>> = words.iter().map(|w| if w.chars().count() == 1 { w.chars().next() } else { None }).collect();
+    letters.is_some_and(|l| l.len() >= 2 && l.iter().all(|c| "mnhau".contains(*c)) && l.iter().any(|c| *c == 'm' || *c == 'n'))
+}
+
 impl Backchannels {
     /// From a comma-separated list of phrases.
     pub fn parse(list: &str) -> Backchannels {
@@ -38,6 +48,9 @@ impl Backchannels {
         let w = words(text);
         if w.is_empty() || self.phrases.is_empty() {
             return false;
+        }
+        if is_spelled_hum(&w) {
+            return true;
         }
         // covered[i]: the first i words are a sequence of phrases.
         let mut covered = vec![false; w.len() + 1];
@@ -66,10 +79,10 @@ mod tests {
     #[test]
     fn listener_sounds_are_backchannels_and_turn_taking_words_are_not() {
         let b = Backchannels::parse(DEFAULT_BACKCHANNELS);
-        for t in ["Uh-huh.", "uh huh", "Mm-hmm.", "Mhm", "MMMM.", "Hmmm.", "Umm.", "Yeah.", "Yeah, yeah.", "Right.", "Okay!", "Oh, okay.", "I see.", "Hmm?"] {
+        for t in ["Uh-huh.", "uh huh", "Mm-hmm.", "Mhm", "MMMM.", "Hmmm.", "Umm.", "Yeah.", "Yeah, yeah.", "Right.", "Okay!", "Oh, okay.", "I see.", "Hmm?", "M. H. N.", "N-M-A-M-A-N-M-A-N-M-A-N-M"] {
             assert!(b.matches(t), "{t:?} is a backchannel");
         }
-        for t in ["Stop.", "Wait.", "No.", "Hold on.", "Sorry?", "What?", "Huh?", "Yeah, but stop.", "Okay, tell me about cats.", ""] {
+        for t in ["Stop.", "Wait.", "No.", "Hold on.", "Sorry?", "What?", "Huh?", "Yeah, but stop.", "Okay, tell me about cats.", "", "A.", "O. K.", "M. K.", "N. Y."] {
             assert!(!b.matches(t), "{t:?} is an interruption");
         }
     }
