@@ -74,8 +74,9 @@ pub struct Args {
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub partial_every: u64,
     /// Send the speculative decode's text as a preview ("final": false, "preview": true): the
-    /// final transcript if only silence follows. llm-relay starts the reply from it, held
-    /// until the final transcript confirms it. "off": no previews.
+    /// final transcript if only silence follows; also a first pass Whisper was unsure of,
+    /// before it is decoded again. llm-relay starts the reply from it, held until the final
+    /// transcript confirms it (or resumes a reply on a backchannel). "off": no previews.
     #[arg(long, default_value = "on", env = "STTD_PREVIEW", value_parser = ["on", "off"])]
     pub preview: String,
     /// Segments quieter than this (dBFS RMS) are silence and never reach Whisper.

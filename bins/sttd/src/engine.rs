@@ -260,6 +260,18 @@ impl WhisperEngine {
     /// both cut to its first copy (a loop never leaves sttd). `abort` set by another thread
     /// stops the call early (the result is then marked `aborted`).
     pub fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> Result<Transcription> {
+        self.transcribe_reporting_first_pass(samples, abort, &mut |_| {})
+    }
+
+    /// [`transcribe`](Self::transcribe), handing `first_pass` the first pass's result when the
+    /// model was unsure of its words, before the re-decode (which takes ~1 s on 2 cores for a short
+    /// turn: its full window costs far more than the first pass).
+    pub fn transcribe_reporting_first_pass(
+        &mut self,
+        samples: &[f32],
+        abort: Option<Arc<AtomicBool>>,
+        first_pass: &mut dyn FnMut(&Transcription),
+    ) -> Result<Transcription> {
         let t0 = Instant::now();
         self.fresh_state()?;
         self.state_used = true;
@@ -270,6 +282,12 @@ impl WhisperEngine {
         if !out.aborted {
             if let Some(problem) = quality_problem(&out, &limits) {
                 if let Some(redecode) = self.settings.redecode.filter(|r| *r != first) {
+                    // Only words the model was unsure of; a loop is not worth showing.
+                    if matches!(problem, Problem::Unsure { .. }) {
+                        out.redecoded = Some(problem.clone());
+                        out.elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
+                        first_pass(&out);
+                    }
                     let again = self.run_pass(&audio, redecode, abort.as_ref())?;
                     // Keep the re-decode unless it is worse: still broken while the first
                     // was only unsure.

@@ -398,6 +398,9 @@ impl<O: Output> SttStage<O> {
     }
 
     fn on_done(&mut self, d: JobDone) {
+        if d.first_pass {
+            return self.on_first_pass(d);
+        }
         let Some(f) = self.in_flight.take_if(|f| f.id == d.id) else { return };
         let elapsed = self.now().saturating_duration_since(f.started);
         log::debug!("job {} (turn {}, {:?}) done in {:.0} ms", d.id, d.turn, f.kind, elapsed.as_secs_f64() * 1e3);
@@ -442,6 +445,28 @@ impl<O: Output> SttStage<O> {
                 }
                 early.state = EarlyState::Done(result);
             }
+        }
+    }
+
+    /// An unsure first pass of the running decode, sent as a preview while whisper decodes the
+    /// turn again (~1 s for a short turn on 2 cores). Over a reply this is what lets llm-relay
+    /// resume it on "Uh-huh" at once; for a question, start the answer early. The final
+    /// transcript still decides.
+    fn on_first_pass(&mut self, d: JobDone) {
+        if !(self.early.preview && self.in_flight.as_ref().is_some_and(|f| f.id == d.id)) {
+            return;
+        }
+        let Ok(Some(t)) = &d.result else { return };
+        let trace = match (self.open.get(&d.turn), self.ended.get(&d.turn)) {
+            (Some(open), _) => open.trace.clone(),
+            (None, Some(ended)) => ended.clone(),
+            (None, None) => return,
+        };
+        if let Ok(text) = self.guard.accept(t, &d.samples) {
+            log::info!("turn {}: first pass {text:?} is unsure (logprob {:.2}); sent as a preview while it is decoded again", d.turn, t.avg_logprob);
+            let mut e = Event::new(kind::TRANSCRIPT).with_turn(d.turn).with_text(text).with("final", false).with("preview", true);
+            e.trace = trace;
+            self.out.send(Frame::Event(e));
         }
     }
 
@@ -542,7 +567,7 @@ impl<O: Output> SttStage<O> {
 mod rules {
     use super::*;
     use crate::engine::Transcription;
-    use crate::guard::GuardSettings;
+    use crate::guard::{GuardSettings, Problem};
     use crate::worker::Transcriber;
     use crossbeam_channel::{unbounded, Sender};
     use std::sync::Mutex;
@@ -561,6 +586,25 @@ mod rules {
             t.aborted = abort.is_some_and(|a| a.load(Ordering::Relaxed));
             Ok(t)
         }
+
+        /// A scripted result marked `redecoded` is an unsure first pass: it is reported, and
+        /// the next scripted result is the re-decode's.
+        fn transcribe_reporting_first_pass(
+            &mut self,
+            samples: &[f32],
+            abort: Option<Arc<AtomicBool>>,
+            first_pass: &mut dyn FnMut(&Transcription),
+        ) -> anyhow::Result<Transcription> {
+            let t = self.transcribe(samples, abort.clone())?;
+            if t.redecoded.is_none() || t.aborted {
+                return Ok(t);
+            }
+            first_pass(&t);
+            let mut again = self.replies.recv().unwrap_or_else(|_| Ok(Transcription::default())).map_err(anyhow::Error::msg)?;
+            again.aborted = abort.is_some_and(|a| a.load(Ordering::Relaxed));
+            again.redecoded = t.redecoded;
+            Ok(again)
+        }
     }
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -578,6 +622,10 @@ mod rules {
 
     fn no_early() -> EarlySettings {
         EarlySettings { speculate_after: None, partial_every: None, preview: false }
+    }
+
+    fn no_early_but_previews() -> EarlySettings {
+        EarlySettings { speculate_after: None, partial_every: None, preview: true }
     }
 
     impl Harness {
@@ -622,6 +670,16 @@ mod rules {
             self.replies.send(reply).unwrap();
             let done = self.s.worker.done.recv_timeout(WAIT).expect("the decode ends");
             self.s.on_done(done);
+            self.s.schedule();
+        }
+
+        /// The running decode's first pass is `text`, unsure; the stage handles the report.
+        fn unsure_first_pass(&mut self, text: &str) {
+            let t = Transcription { avg_logprob: -1.3, redecoded: Some(Problem::Unsure { avg_logprob: -1.3 }), ..words(text) };
+            self.replies.send(Ok(t)).unwrap();
+            let first = self.s.worker.done.recv_timeout(WAIT).expect("the first pass is reported");
+            assert!(first.first_pass);
+            self.s.on_done(first);
             self.s.schedule();
         }
 
@@ -686,6 +744,35 @@ mod rules {
         assert!(t[0].trace.get(trace_key::TRANSCRIPT).is_some());
         assert_eq!(h.s.stats.transcripts, 1);
         assert!(h.idle());
+    }
+
+    #[test]
+    fn an_unsure_first_pass_is_a_preview_while_the_turn_is_decoded_again() {
+        let mut h = Harness::new(no_early_but_previews());
+        h.feed(event(kind::SPEECH_START, 9));
+        h.feed_all(tone(9, 700));
+        h.feed(event(kind::SPEECH_END, 9));
+        assert_eq!(h.running(), (9, JobKind::Final, 11_200));
+        h.unsure_first_pass("Uh-huh.");
+        assert_eq!(h.transcripts().iter().map(|e| summary(e)).collect::<Vec<_>>(), [(Some(9), "Uh-huh.".into(), Some(false), Some(true))]);
+        assert!(!h.idle(), "the re-decode is still running");
+        h.say("Uh-huh.");
+        let t: Vec<_> = h.transcripts().iter().map(|e| summary(e)).collect();
+        assert_eq!(t.last(), Some(&(Some(9), "Uh-huh.".into(), Some(true), None)), "the re-decode is the final transcript");
+        assert_eq!(h.s.stats.transcripts, 1);
+    }
+
+    #[test]
+    fn with_previews_off_an_unsure_first_pass_is_not_sent() {
+        let mut h = Harness::new(no_early());
+        h.feed(event(kind::SPEECH_START, 9));
+        h.feed_all(tone(9, 700));
+        h.feed(event(kind::SPEECH_END, 9));
+        h.running();
+        h.unsure_first_pass("Uh-huh.");
+        assert!(h.transcripts().is_empty());
+        h.say("Uh-huh.");
+        assert_eq!(h.transcripts().iter().map(|e| summary(e)).collect::<Vec<_>>(), [(Some(9), "Uh-huh.".into(), Some(true), None)]);
     }
 
     #[test]

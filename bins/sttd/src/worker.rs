@@ -14,6 +14,17 @@ pub trait Transcriber: Send + 'static {
     /// Transcribe a turn's 16 kHz mono samples; `abort` set by another thread stops the call
     /// early (the result is then marked `aborted`).
     fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription>;
+    /// [`transcribe`](Self::transcribe), handing `first_pass` an early result that the engine
+    /// is about to decode again (an unsure first pass), so the stage can preview it.
+    fn transcribe_reporting_first_pass(
+        &mut self,
+        samples: &[f32],
+        abort: Option<Arc<AtomicBool>>,
+        first_pass: &mut dyn FnMut(&Transcription),
+    ) -> anyhow::Result<Transcription> {
+        let _ = first_pass;
+        self.transcribe(samples, abort)
+    }
     /// Prepare the next call's state; run between jobs, off the stage's clock.
     fn fresh_state(&mut self) -> anyhow::Result<()> {
         Ok(())
@@ -23,6 +34,14 @@ pub trait Transcriber: Send + 'static {
 impl Transcriber for WhisperEngine {
     fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription> {
         WhisperEngine::transcribe(self, samples, abort)
+    }
+    fn transcribe_reporting_first_pass(
+        &mut self,
+        samples: &[f32],
+        abort: Option<Arc<AtomicBool>>,
+        first_pass: &mut dyn FnMut(&Transcription),
+    ) -> anyhow::Result<Transcription> {
+        WhisperEngine::transcribe_reporting_first_pass(self, samples, abort, first_pass)
     }
     fn fresh_state(&mut self) -> anyhow::Result<()> {
         WhisperEngine::fresh_state(self)
@@ -51,6 +70,8 @@ pub struct JobDone {
     pub samples: Arc<Vec<f32>>,
     /// `Ok(None)`: aborted before or during the run.
     pub result: Result<Option<Transcription>, String>,
+    /// Not the job's end: its unsure first pass, sent while the re-decode runs.
+    pub first_pass: bool,
 }
 
 pub struct TranscriptionWorker {
@@ -67,13 +88,17 @@ impl TranscriptionWorker {
                 let result = if job.abort.load(Ordering::Relaxed) {
                     Ok(None)
                 } else {
-                    match engine.transcribe(&job.samples, Some(job.abort.clone())) {
+                    let mut first_pass = |t: &Transcription| {
+                        let early = JobDone { id: job.id, turn: job.turn, samples: job.samples.clone(), result: Ok(Some(t.clone())), first_pass: true };
+                        let _ = done_tx.send(early);
+                    };
+                    match engine.transcribe_reporting_first_pass(&job.samples, Some(job.abort.clone()), &mut first_pass) {
                         Ok(t) if t.aborted => Ok(None),
                         Ok(t) => Ok(Some(t)),
                         Err(e) => Err(format!("{e:#}")),
                     }
                 };
-                let msg = JobDone { id: job.id, turn: job.turn, samples: job.samples, result };
+                let msg = JobDone { id: job.id, turn: job.turn, samples: job.samples, result, first_pass: false };
                 if done_tx.send(msg).is_err() {
                     break;
                 }
