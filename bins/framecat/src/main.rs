@@ -49,11 +49,7 @@ fn inspect(args: &Args) -> anyhow::Result<()> {
                 out.write_all(&a.pcm_bytes())
             }
             (Item::Frame(Frame::Audio(_)), false) if args.events_only => Ok(()),
-            (Item::Frame(Frame::Audio(a)), false) => {
-                let line = summarise(a);
-                writeln!(out, "{line}")
-            }
-            (Item::Frame(Frame::Event(e)), false) => writeln!(out, "{}", e.to_json_line()),
+            (Item::Frame(f), false) => writeln!(out, "{}", tgvoice::render::json_line(f)),
             (Item::Frame(Frame::Event(_)), true) | (Item::WriterGone | Item::Line(_), _) => Ok(()),
         };
         if written.is_err() {
@@ -66,20 +62,4 @@ fn inspect(args: &Args) -> anyhow::Result<()> {
     }
     let _ = out.flush(); // a closed stdout at the end is still a quiet end
     Ok(())
-}
-
-fn summarise(a: &tgvoice::AudioFrame) -> String {
-    let rms = tgvoice::audio::rms_i16(&a.samples);
-    serde_json::json!({
-        "type": "audio",
-        "rate": a.sample_rate,
-        "channels": a.channels,
-        "samples": a.samples.len() / a.channels.max(1) as usize,
-        "ms": a.duration_us() as f64 / 1000.0,
-        "turn": a.turn,
-        "capture_us": a.capture_us,
-        "index": a.sample_index,
-        "rms": (rms * 10.0).round() / 10.0,
-    })
-    .to_string()
 }
