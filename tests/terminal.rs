@@ -64,6 +64,35 @@ fn into_a_pipe_a_fifo_or_framecat_the_chain_writes_the_frame_stream() {
 }
 
 #[test]
+fn jsonl_parses_line_by_line_and_text_is_the_transcripts_alone() {
+    let dir = examples_dir();
+    let jsonl = run("sttd --format jsonl < speech.frames", dir, &[], Stdout::Pipe, T);
+    jsonl.assert_ok();
+    let lines: Vec<serde_json::Value> = jsonl
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a --format jsonl line is not JSON ({e}): {l:?}")))
+        .collect();
+    let frames = frames_of(&std::fs::read(dir.join("text.frames")).unwrap(), "text.frames");
+    assert_eq!(lines.len(), frames.len(), "one line per frame:\n{}", jsonl.text());
+    assert!(lines.iter().any(|l| l["type"] == "transcript" && l["text"] == heard().as_str() && l["final"] == true));
+    assert!(lines.iter().any(|l| l["type"] == "speech-start"), "events are forwarded as their JSON");
+
+    // The flag wins over the variable.
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("transcript.txt");
+    let text = run(&format!("sttd --format text < speech.frames > {}", file.display()), dir, &[("STTD_FORMAT", "jsonl")], Stdout::Terminal, T);
+    text.assert_ok();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{}\n", heard()), "--format text is the transcripts alone");
+
+    let bad_env = run("sttd < speech.frames", dir, &[("STTD_FORMAT", "binary")], Stdout::Pipe, T);
+    assert_eq!(bad_env.code, Some(78), "a bad STTD_FORMAT is a configuration error\n{}", bad_env.stderr);
+    assert!(bad_env.stderr.contains("STTD_FORMAT"), "{}", bad_env.stderr);
+    let bad_flag = run("sttd --format binary < speech.frames", dir, &[], Stdout::Pipe, T);
+    assert_eq!(bad_flag.code, Some(2), "{}", bad_flag.stderr);
+}
+
+#[test]
 fn tts_writer_refuses_raw_audio_on_a_terminal_and_plays_into_a_pipe() {
     let dir = examples_dir();
     let refused = run("echo hello | tts-writer", dir, &[], Stdout::Terminal, T);
