@@ -109,6 +109,11 @@ fn tts_writer_refuses_raw_audio_on_a_terminal_and_plays_into_a_pipe() {
     assert!(piped.out.len() > 48_000, "{} bytes of audio for \"hello\"", piped.out.len());
     assert_eq!(piped.out.len() % 2, 0);
 
+    // framecat --pcm refuses too, naming the rate of the audio it was given (vadseg's 16 kHz).
+    let framecat = run("framecat --pcm < speech.frames", dir, &[], Stdout::Terminal, T);
+    assert_eq!(framecat.code, Some(2), "{}", framecat.stderr);
+    assert!(framecat.out.is_empty() && framecat.stderr.contains("| ffplay -nodisp -autoexit -f s16le -ar 16000 -ac 1 -"), "{}", framecat.stderr);
+
     // --format is for the framed output only.
     let raw_format = run("echo hello | tts-writer --format text", dir, &[], Stdout::Pipe, T);
     assert_eq!(raw_format.code, Some(2), "{}", raw_format.stderr);

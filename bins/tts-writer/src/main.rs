@@ -131,11 +131,6 @@ enum OutputFormat {
     Frames,
 }
 
-/// Why raw audio is not written to a terminal, and what to run instead (one line).
-const RAW_TO_TERMINAL: &str = "not writing raw audio to a terminal; play it with \
-`tts-writer | ffplay -nodisp -autoexit -f s16le -ar 48000 -ac 1 -` or sox's \
-`tts-writer | play -t raw -r 48000 -e signed -b 16 -c 1 -`, or save it with `> reply.raw`";
-
 fn main() {
     let args: Args = tgvoice::cli::parse_args();
     cli::run("tts-writer", &args.log.clone(), move || speak(args))
@@ -163,7 +158,7 @@ fn speak(args: Args) -> anyhow::Result<()> {
         OutputFormat::Raw if args.link.format.is_some() => {
             return Err(cli::bad_value::<Args>(&["--format"], "--format applies to --output-format frames; raw audio has one format"));
         }
-        OutputFormat::Raw if out.is_terminal() => return Err(fail(exit::USAGE, RAW_TO_TERMINAL)),
+        OutputFormat::Raw if out.is_terminal() => return Err(tgvoice::render::raw_audio_refused("tts-writer", tts_writer::player::RATE)),
         OutputFormat::Raw => None,
     };
     let engine = engine::select(&cfg)?;

@@ -66,6 +66,19 @@ pub fn output_help(view: TextView) -> String {
     )
 }
 
+/// Raw audio is never written to a terminal (it would fill it with noise): the one-line refusal
+/// (exit 2) that names what to run instead, for the command line `pipeline` writing s16le mono
+/// at `rate` Hz.
+pub fn raw_audio_refused(pipeline: &str, rate: u32) -> anyhow::Error {
+    crate::cli::fail(
+        crate::cli::exit::USAGE,
+        format!(
+            "not writing raw audio to a terminal; play it with `{pipeline} | ffplay -nodisp -autoexit -f s16le -ar {rate} -ac 1 -` \
+             or sox's `{pipeline} | play -t raw -r {rate} -e signed -b 16 -c 1 -`, or save it with `> audio.raw`"
+        ),
+    )
+}
+
 /// An audio frame as one JSON object, without its samples (jsonl, framecat).
 pub fn audio_summary(a: &AudioFrame) -> serde_json::Value {
     let rms = crate::audio::rms_i16(&a.samples);
