@@ -19,7 +19,8 @@ struct Args {
     /// Frame stream to read: a file, a named FIFO, or "-" for stdin.
     #[arg(default_value = "-")]
     input: PathBuf,
-    /// Write audio payloads as raw s16le PCM instead of JSON lines (events are skipped).
+    /// Write audio payloads as raw s16le PCM instead of JSON lines (events are skipped); never
+    /// to a terminal (exit 2, naming the player to pipe it into).
     #[arg(long, conflicts_with = "events_only")]
     pcm: bool,
     /// Print only events (no audio lines).
@@ -39,9 +40,14 @@ fn inspect(args: &Args) -> anyhow::Result<()> {
     let mut source = FrameSource::open_with(Endpoint::from_arg(Some(&args.input)), Mode::FramesStrict)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut pcm_rate: Option<u32> = None;
+    // Raw audio to a terminal is refused at the first audio frame, whose rate the advice names.
+    let to_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     while let Some(item) = source.try_next_item()? {
         let written = match (&item, args.pcm) {
             (Item::Frame(Frame::Audio(a)), true) => {
+                if pcm_rate.is_none() && to_terminal {
+                    return Err(tgvoice::render::raw_audio_refused("framecat --pcm", a.sample_rate));
+                }
                 if pcm_rate.is_some_and(|r| r != a.sample_rate) {
                     log::warn!("sample rate changed to {} Hz mid-stream", a.sample_rate);
                 }
@@ -49,11 +55,7 @@ fn inspect(args: &Args) -> anyhow::Result<()> {
                 out.write_all(&a.pcm_bytes())
             }
             (Item::Frame(Frame::Audio(_)), false) if args.events_only => Ok(()),
-            (Item::Frame(Frame::Audio(a)), false) => {
-                let line = summarise(a);
-                writeln!(out, "{line}")
-            }
-            (Item::Frame(Frame::Event(e)), false) => writeln!(out, "{}", e.to_json_line()),
+            (Item::Frame(f), false) => writeln!(out, "{}", tgvoice::render::json_line(f)),
             (Item::Frame(Frame::Event(_)), true) | (Item::WriterGone | Item::Line(_), _) => Ok(()),
         };
         if written.is_err() {
@@ -66,20 +68,4 @@ fn inspect(args: &Args) -> anyhow::Result<()> {
     }
     let _ = out.flush(); // a closed stdout at the end is still a quiet end
     Ok(())
-}
-
-fn summarise(a: &tgvoice::AudioFrame) -> String {
-    let rms = tgvoice::audio::rms_i16(&a.samples);
-    serde_json::json!({
-        "type": "audio",
-        "rate": a.sample_rate,
-        "channels": a.channels,
-        "samples": a.samples.len() / a.channels.max(1) as usize,
-        "ms": a.duration_us() as f64 / 1000.0,
-        "turn": a.turn,
-        "capture_us": a.capture_us,
-        "index": a.sample_index,
-        "rms": (rms * 10.0).round() / 10.0,
-    })
-    .to_string()
 }

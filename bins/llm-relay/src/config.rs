@@ -68,8 +68,9 @@ pub enum BargeIn {
 #[derive(Parser, Debug)]
 #[command(
     version,
+    mut_arg("format", |a| a.env("TGVOICE_LLM_FORMAT")),
     about = "Stream LLM replies to final transcripts as speakable sentence chunks (tgvoice stage)",
-    after_help = exit::after_help("Examples:\n  \
+    after_help = exit::after_help(&format!("{}\n\n{}", "Examples:\n  \
   sttd < speech.frames | llm-relay | tts-writer\n  \
   llm-relay -i $RUN/text.frames -o $RUN/reply.frames\n  \
   ANTHROPIC_API_KEY=... llm-relay --model claude-haiku-4-5 < text.frames | framecat\n  \
@@ -92,7 +93,7 @@ before the reply reached TTS said one message: the parts are merged and answered
 text, trace} per sentence (the first one may end at a clause boundary), then reply-end {turn,\n\
 cancelled, trace} (error=true when the LLM failed and the apology was spoken).\n\n\
 The conversation is kept as JSONL under --state-dir (conversations/<id>.jsonl, the current id\n\
-in current-conversation) and continues after a restart; call-start begins a new one.\n\nReadiness (fifo-layout.md §5): with TGVOICE_NOTIFY_FD=N (scripts/supervise sets it), one\nnewline on fd N, then fd N closed, once its configuration is resolved and its inputs are open; at any log level.", &[(exit::FAILURE, ""), (exit::CONFIG, "bad configuration (e.g. --provider anthropic without ANTHROPIC_API_KEY, a bad TGVOICE_LLM_* value) or an unsafe link path")])
+in current-conversation) and continues after a restart; call-start begins a new one.\n\nReadiness (fifo-layout.md §5): with TGVOICE_NOTIFY_FD=N (scripts/supervise sets it), one\nnewline on fd N, then fd N closed, once its configuration is resolved and its inputs are open; at any log level.", tgvoice::render::output_help(tgvoice::TextView::Reply)), &[(exit::FAILURE, ""), (exit::CONFIG, "bad configuration (e.g. --provider anthropic without ANTHROPIC_API_KEY, a bad TGVOICE_LLM_* value) or an unsafe link path")])
 )]
 pub struct Args {
     #[command(flatten)]

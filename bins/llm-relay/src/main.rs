@@ -7,7 +7,7 @@ use llm_relay::{config, conversation, relay};
 
 use tgvoice::cli;
 use tgvoice::source::Input;
-use tgvoice::{FrameSink, FrameSource, TapFormat};
+use tgvoice::{FrameSource, TapFormat, TextView};
 
 fn main() {
     let args: config::Args = tgvoice::cli::parse_args();
@@ -21,7 +21,7 @@ fn main() {
             cfg.state_dir.display()
         );
         let source = FrameSource::open(args.link.input())?;
-        let sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::JsonLines)?;
+        let sink = args.link.open_output(TapFormat::JsonLines, TextView::Reply)?;
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let played = args.played.as_ref().map(|p| FrameSource::open(tgvoice::Endpoint::Path(p.clone()))).transpose()?;
         let inputs = bridge_inputs(source, played);

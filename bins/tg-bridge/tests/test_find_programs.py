@@ -105,3 +105,13 @@ def test_cli_voice_messages_without_programs_exits_69_naming_tgvoice_bin(install
     assert rc == 69
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and " error: voice messages: " in lines[0] and "TGVOICE_BIN" in lines[0], lines
+
+
+def test_stage_output_format_variables_never_reach_the_message_pipeline(tmp_path, monkeypatch):
+    """A shell's `export STTD_FORMAT=text` (for sttd run by hand) would make the voice-message
+    sttd write text into the pipe llm-relay reads frames from (issue 29)."""
+    monkeypatch.setenv("STTD_FORMAT", "text")
+    monkeypatch.setenv("TGVOICE_TTS_FORMAT", "jsonl")
+    p = msgpipeline.MessagePipeline(tmp_path, commands={s: [s] for s in STAGES}, env={"VADSEG_FORMAT": "text", "TGVOICE_LLM_PORT": "1"})
+    assert not [k for k in p.env if k.endswith("_FORMAT")]
+    assert p.env["TGVOICE_LLM_PORT"] == "1"

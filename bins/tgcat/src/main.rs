@@ -9,13 +9,14 @@ use clap::Parser;
 use std::path::PathBuf;
 use tgvoice::cli::{self, exit, LinkArgs, LogArgs};
 use tgvoice::sink::SinkHandle;
-use tgvoice::{Endpoint, Frame, FrameSink, FrameSource, TapFormat};
+use tgvoice::{Endpoint, Frame, FrameSource, TapFormat, TextView};
 
 #[derive(Parser, Debug)]
 #[command(
     version,
+    mut_arg("format", |a| a.env("TGCAT_FORMAT")),
     about = "Frame raw 48 kHz PCM or a WAV file into tgvoice audio frames",
-    after_help = exit::after_help("Examples:\n  tgcat question.wav | framecat\n  tgcat --realtime question.wav | vadseg | sttd\n  sox -d -t raw -r 48000 -e signed -b 16 -c 1 - | tgcat - | vadseg | sttd\n  tgcat --control $RUN/control.frames -o $RUN/audio.frames $RUN/tg_input.raw\n\nRaw input must be s16le, 48 kHz, mono. WAV input may have any rate and channel count;\nit is mixed to mono and resampled to 48 kHz.\n\nReadiness (fifo-layout.md §5): with TGVOICE_NOTIFY_FD=N (scripts/supervise sets it), one\nnewline on fd N, then fd N closed, once its output is open and it starts reading its input; at any log level.", &[(exit::FAILURE, ""), (exit::DATA, "the input is already frames"), (exit::CONFIG, "an unsafe link path")])
+    after_help = exit::after_help(&format!("{}\n\n{}", "Examples:\n  tgcat question.wav | framecat\n  tgcat --realtime question.wav | vadseg | sttd\n  sox -d -t raw -r 48000 -e signed -b 16 -c 1 - | tgcat - | vadseg | sttd\n  tgcat --control $RUN/control.frames -o $RUN/audio.frames $RUN/tg_input.raw\n\nRaw input must be s16le, 48 kHz, mono. WAV input may have any rate and channel count;\nit is mixed to mono and resampled to 48 kHz.\n\nReadiness (fifo-layout.md §5): with TGVOICE_NOTIFY_FD=N (scripts/supervise sets it), one\nnewline on fd N, then fd N closed, once its output is open and it starts reading its input; at any log level.", tgvoice::render::output_help(TextView::Events)), &[(exit::FAILURE, ""), (exit::DATA, "the input is already frames"), (exit::CONFIG, "an unsafe link path")])
 )]
 struct Args {
     /// Raw PCM or WAV: a file, a named FIFO, or "-" for stdin.
@@ -43,7 +44,7 @@ struct Args {
 fn main() {
     let args: Args = tgvoice::cli::parse_args();
     cli::run("tgcat", &args.log.clone(), move || {
-        let sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::Pcm)?;
+        let sink = args.link.open_output(TapFormat::Pcm, TextView::Events)?;
         if let Some(control) = &args.control {
             spawn_control_merge(control.clone(), sink.handle())?;
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tgvoice::cli::{self, exit, fail, LinkArgs, LogArgs};
 use tgvoice::fifo::{is_fifo, FifoWriter, Tap};
-use tgvoice::{FrameSink, TapFormat};
+use tgvoice::{Format, FrameSink, TapFormat};
 use tts_writer::engine::{self, EngineConfig, EngineKind};
 use tts_writer::player::{FifoOut, Player, PlayerConfig};
 use tts_writer::report::Reporter;
@@ -19,8 +19,9 @@ use tts_writer::turns::TurnController;
 #[derive(Parser, Debug)]
 #[command(
     version,
+    mut_arg("format", |a| a.env("TGVOICE_TTS_FORMAT")),
     about = "Speak reply chunks (frames or text lines) as raw s16le 48 kHz mono, paced in real time",
-    after_help = exit::after_help("\
+    after_help = exit::after_help(&format!("{}\n\n{}", "\
 Engines:
   piper      the Piper voice en_US-joe-medium run through ONNX Runtime (scripts/setup installs it)
   espeak-ng  espeak-ng through libespeak-ng, or the espeak-ng program (zero setup)
@@ -38,7 +39,9 @@ Examples:
 
 Each reply logs one latency line at its first audio (end of speech → transcript → first LLM
 token → first chunk → first audio) and appends it, and what was played of each reply, as JSON
-lines to <state dir>/metrics.jsonl.\n\nReadiness (fifo-layout.md §5): with TGVOICE_NOTIFY_FD=N (scripts/supervise sets it), one\nnewline on fd N, then fd N closed, once the voice is loaded and its input is open; at any log level.", &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "the engine is missing"), (exit::CONFIG, "an unsafe link path or a bad TGVOICE_TTS_ENGINE value")])
+lines to <state dir>/metrics.jsonl.\n\nReadiness (fifo-layout.md §5): with TGVOICE_NOTIFY_FD=N (scripts/supervise sets it), one\nnewline on fd N, then fd N closed, once the voice is loaded and its input is open; at any log level.\n\n\
+Raw audio goes to a pipe, FIFO or file; to a terminal tts-writer refuses (exit 2) and names\n\
+the player command to pipe it into. --format applies to --output-format frames.", tgvoice::render::output_help(tgvoice::TextView::Events)), &[(exit::FAILURE, ""), (exit::USAGE, "raw audio to a terminal, or --format without --output-format frames"), (exit::UNAVAILABLE, "the engine is missing"), (exit::CONFIG, "an unsafe link path or a bad TGVOICE_TTS_ENGINE value")])
 )]
 struct Args {
     #[command(flatten)]
@@ -104,8 +107,9 @@ struct Args {
     /// pipeline); --lead-ms no longer applies.
     #[arg(long)]
     unpaced: bool,
-    /// raw: s16le 48 kHz mono (for the call). frames: 48 kHz audio frames with the turn id and a
-    /// `reply-played` event after each reply's last audio, so a reader knows where a reply ends.
+    /// raw: s16le 48 kHz mono (for the call; never to a terminal). frames: 48 kHz audio frames
+    /// with the turn id and a `reply-played` event after each reply's last audio, so a reader
+    /// knows where a reply ends (written as --format says).
     #[arg(long, value_enum, default_value = "raw", value_name = "FORMAT")]
     output_format: OutputFormat,
     /// Report playback to llm-relay on this FIFO (the played.frames link): `reply-progress
@@ -147,10 +151,18 @@ fn speak(args: Args) -> anyhow::Result<()> {
         command_arg: args.command_arg,
         command_raw_rate: args.command_raw_rate,
     };
+    // The output is checked before the voice is loaded, so a refusal comes at once.
+    let out = FifoWriter::open(args.link.output())?;
+    let frames = match args.output_format {
+        OutputFormat::Frames => Some(Format::resolve(args.link.format, out.is_terminal())),
+        OutputFormat::Raw if args.link.format.is_some() => {
+            return Err(cli::bad_value::<Args>(&["--format"], "--format applies to --output-format frames; raw audio has one format"));
+        }
+        OutputFormat::Raw if out.is_terminal() => return Err(tgvoice::render::raw_audio_refused("tts-writer", tts_writer::player::RATE)),
+        OutputFormat::Raw => None,
+    };
     let engine = engine::select(&cfg)?;
     log::info!("speaking with {}", engine.name());
-
-    let out = FifoWriter::open(args.link.output())?;
     let tap_path = args.link.tap.clone().or_else(|| {
         let p = args.link.output.as_ref().filter(|p| is_fifo(p))?;
         let tap = Tap::path_for(p);
@@ -166,7 +178,7 @@ fn speak(args: Args) -> anyhow::Result<()> {
             fade: Duration::from_millis(args.fade_ms),
             fill_silence: args.fill_silence,
             unpaced: args.unpaced,
-            frames: args.output_format == OutputFormat::Frames,
+            frames,
             pause_timeout: Duration::from_millis(args.pause_timeout),
             replay: Duration::from_millis(args.resume_replay),
         },

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tgvoice::fifo::{FifoWriter, Tap, WriteOutcome};
-use tgvoice::frame::encode;
+use tgvoice::render::{Format, Renderer, TextView};
 use tgvoice::event::kind;
 use tgvoice::sink::SinkHandle;
 use tgvoice::{AudioFrame, Event, Frame, TurnTrace};
@@ -167,8 +167,9 @@ pub struct PlayerConfig {
     /// voice-message pipeline, where nobody listens in real time.
     pub unpaced: bool,
     /// Write frames — 48 kHz audio frames carrying the turn id, and a `reply-played` event
-    /// after the last audio of each reply — instead of raw PCM.
-    pub frames: bool,
+    /// after the last audio of each reply — instead of raw PCM, in this format (frames, or
+    /// JSON lines or text for a person: [`tgvoice::render`]).
+    pub frames: Option<Format>,
     /// A pause neither resumed nor cancelled within this becomes a cancel.
     pub pause_timeout: Duration,
     /// On resume, this much of what was played before the pause is played again.
@@ -207,7 +208,9 @@ pub struct Player {
     closed: bool,
     /// Largest FIFO backlog seen (bytes), for the log and tests.
     pub max_unread: usize,
-    /// Framed output: the turn of the audio being written, and the running sample index.
+    /// Framed output: how frames are written, the turn of the audio being written, and the
+    /// running sample index.
+    renderer: Renderer,
     out_turn: u64,
     out_index: u64,
     paused: Option<Pause>,
@@ -221,6 +224,7 @@ pub struct Player {
 
 impl Player {
     pub fn new(cfg: PlayerConfig, out: Box<dyn AudioOut>, tap: Option<Tap>, reporter: Reporter, barrier: Arc<AtomicU64>) -> Self {
+        let renderer = Renderer::new(cfg.frames.unwrap_or(Format::Frames), TextView::Events);
         Player {
             cfg,
             out,
@@ -233,6 +237,7 @@ impl Player {
             play_head: Instant::now(),
             closed: false,
             max_unread: 0,
+            renderer,
             out_turn: 0,
             out_index: 0,
             paused: None,
@@ -311,7 +316,10 @@ impl Player {
                 }
             }
             match self.poll(inputs_open) {
-                Poll::Stop(finished) => return finished,
+                Poll::Stop(finished) => {
+                    self.finish_output();
+                    return finished;
+                }
                 Poll::Wrote => {}
                 Poll::Wait(w) if inputs_open => match rx.recv_timeout(w) {
                     Ok(m) => self.handle(m),
@@ -525,7 +533,7 @@ impl Player {
         if !playing {
             return 0;
         }
-        if !self.cfg.frames {
+        if self.cfg.frames.is_none() {
             let taken = self.out.take_back(self.lead_bytes() + self.cfg.frame * 4, 2).len() / 2;
             if taken > 0 {
                 let rewound = self.rewind(taken, |turn| turn < below);
@@ -665,7 +673,7 @@ impl Player {
             }
         }
         self.play_head += Duration::from_secs_f64(samples.len() as f64 / RATE as f64);
-        let outcome = if self.cfg.frames {
+        let outcome = if self.cfg.frames.is_some() {
             let frame = Frame::Audio(AudioFrame {
                 sample_rate: RATE,
                 channels: 1,
@@ -675,7 +683,7 @@ impl Player {
                 samples: samples.to_vec(),
             });
             self.out_index += samples.len() as u64;
-            self.out.write_chunk(&encode(&frame))
+            self.render(&frame)
         } else {
             self.out.write_chunk(&bytes)
         };
@@ -688,18 +696,39 @@ impl Player {
         }
     }
 
+    /// Write a frame of the framed output in its format (text may hold it back, or show nothing).
+    fn render(&mut self, frame: &Frame) -> WriteOutcome {
+        let mut bytes = vec![];
+        if let Err(e) = self.renderer.render(frame, &mut bytes) {
+            log::warn!("dropped a frame for {}: {e}", self.out.label());
+        }
+        if bytes.is_empty() {
+            return WriteOutcome::Delivered;
+        }
+        self.out.write_chunk(&bytes)
+    }
+
+    /// The end of the output: what the text format still holds (the last audio summary).
+    fn finish_output(&mut self) {
+        let mut bytes = vec![];
+        self.renderer.finish(&mut bytes);
+        if !bytes.is_empty() && !self.closed {
+            self.out.write_chunk(&bytes);
+        }
+    }
+
     /// A reply is over (all its audio written, or cut off): record it and, on a framed output,
     /// say so right after its last audio.
     fn reply_done(&mut self, played: Played) {
         self.reporter.played(&played);
-        if self.playback_reports.is_none() && !self.cfg.frames {
+        if self.playback_reports.is_none() && self.cfg.frames.is_none() {
             return;
         }
         let event = match serde_json::from_value::<Event>(played.record()) {
             Ok(event) => Frame::Event(event),
             Err(e) => return log::error!("reply-played record is not an event: {e}"),
         };
-        if self.cfg.frames && self.out.write_chunk(&encode(&event)) == WriteOutcome::Closed {
+        if self.cfg.frames.is_some() && self.render(&event) == WriteOutcome::Closed {
             self.closed = true;
         }
         if let Some(sink) = &self.playback_reports {
@@ -809,7 +838,7 @@ mod tests {
                 fade: Duration::from_millis(4),
                 fill_silence: false,
                 unpaced: false,
-                frames: true,
+                frames: Some(Format::Frames),
                 pause_timeout: Duration::from_secs(4),
                 replay: Duration::from_millis(300),
             };

@@ -12,8 +12,9 @@ use tgvoice::cli::{self, exit, LinkArgs, LogArgs};
 #[derive(Parser, Debug)]
 #[command(
     version,
+    mut_arg("format", |a| a.env("VADSEG_FORMAT")),
     about = "Cut speech out of an audio frame stream with Silero VAD: speech-start / 16 kHz segment / speech-end",
-    after_help = exit::after_help("Examples:\n  tgcat question.wav | vadseg | framecat\n  tgcat --realtime call.wav | vadseg | sttd\n  vadseg -i $RUN/audio.frames -o $RUN/speech.frames\n  ffplay -f s16le -ar 16000 -ac 1 -nodisp $RUN/speech.tap     # listen to the segments\n\nNeeds ONNX Runtime 1.22.1: ORT_DYLIB_PATH=…/libonnxruntime.so.1.22.1 (scripts/env.sh sets it;\nscripts/setup installs it). Turn ids are the speech onset capture time in ms since the epoch.", &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "ONNX Runtime or the Silero model is missing"), (exit::CONFIG, "an unsafe link path, a bad VADSEG_* value or a named --turn-model missing")])
+    after_help = exit::after_help(&format!("{}\n\n{}", "Examples:\n  tgcat question.wav | vadseg | framecat\n  tgcat --realtime call.wav | vadseg | sttd\n  vadseg -i $RUN/audio.frames -o $RUN/speech.frames\n  ffplay -f s16le -ar 16000 -ac 1 -nodisp $RUN/speech.tap     # listen to the segments\n\nNeeds ONNX Runtime 1.22.1: ORT_DYLIB_PATH=…/libonnxruntime.so.1.22.1 (scripts/env.sh sets it;\nscripts/setup installs it). Turn ids are the speech onset capture time in ms since the epoch.", tgvoice::render::output_help(tgvoice::TextView::Events)), &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "ONNX Runtime or the Silero model is missing"), (exit::CONFIG, "an unsafe link path, a bad VADSEG_* value or a named --turn-model missing")])
 )]
 pub struct Args {
     #[command(flatten)]

@@ -15,7 +15,7 @@ mod turn_model;
 use config::Args;
 use segmenter::SpeechSegmenter;
 use tgvoice::cli;
-use tgvoice::{FrameSink, FrameSource, TapFormat};
+use tgvoice::{FrameSource, TapFormat, TextView};
 
 fn main() {
     let args: Args = tgvoice::cli::parse_args();
@@ -25,7 +25,7 @@ fn main() {
         let turn_model = load_turn_model(&args)?;
         let cfg = args.segmenter_config(turn_model.is_some());
         log::debug!("{cfg:?}");
-        let mut sink = FrameSink::open(args.link.output(), args.link.tap.clone(), TapFormat::Pcm)?;
+        let mut sink = args.link.open_output(TapFormat::Pcm, TextView::Events)?;
         let source = FrameSource::open(args.link.input())?;
         let worker = turn_model.map(turn_model::TurnWorker::spawn);
         let mut stage = stage::VadStage::new(vad, SpeechSegmenter::new(cfg), worker, args.answer_timeout());

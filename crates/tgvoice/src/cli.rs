@@ -19,6 +19,11 @@ pub struct LinkArgs {
     /// [default: <output stem>.tap beside a FIFO output, if it exists].
     #[arg(long, value_name = "PATH")]
     pub tap: Option<PathBuf>,
+    /// How the output is written: frames (the binary stream the next stage reads), jsonl (one
+    /// JSON object per frame per line, audio summarised) or text (lines for a person)
+    /// [default: text when the output is a terminal, else frames].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<crate::render::Format>,
 }
 
 impl LinkArgs {
@@ -27,6 +32,12 @@ impl LinkArgs {
     }
     pub fn output(&self) -> Endpoint {
         Endpoint::from_arg(self.output.as_deref())
+    }
+
+    /// The framed output, written in `--format` (else text to a terminal, frames to anything
+    /// else), showing `view` as text.
+    pub fn open_output(&self, tap_format: crate::sink::TapFormat, view: crate::render::TextView) -> anyhow::Result<crate::sink::FrameSink> {
+        crate::sink::FrameSink::open_as(self.output(), self.tap.clone(), tap_format, self.format, view)
     }
 }
 
@@ -84,7 +95,7 @@ pub mod exit {
     pub const TABLE: &[Code] = &[
         Code { code: OK, name: "ok", meaning: "done: end of input on stdin or a file, a closed stdout, or SIGTERM/SIGINT/SIGHUP (a stage that has work in hand finishes it first, at most 3 s)" },
         Code { code: FAILURE, name: "failure", meaning: "a runtime failure not covered below (e.g. an input that cannot be opened)" },
-        Code { code: USAGE, name: "usage", meaning: "a bad flag, or a bad value given as a flag" },
+        Code { code: USAGE, name: "usage", meaning: "a bad flag, a bad value given as a flag, or an output the program will not write to (raw audio to a terminal)" },
         Code { code: DATA, name: "dataerr", meaning: "the input is not what was expected (e.g. framecat given raw PCM)" },
         Code { code: UNAVAILABLE, name: "unavailable", meaning: "a required engine, library or model is missing (the message says how to install it)" },
         Code { code: SOFTWARE, name: "software", meaning: "an internal error: a panic on any thread ends the process, so its supervisor restarts it" },

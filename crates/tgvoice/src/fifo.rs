@@ -218,6 +218,17 @@ impl FifoWriter {
         self.fifo
     }
 
+    /// True if this output is a terminal: stdout on one, or a path such as `/dev/tty`. A named
+    /// FIFO never is, whatever stdout is (a supervised stage's stdout is its log).
+    pub fn is_terminal(&self) -> bool {
+        use std::io::IsTerminal;
+        match (&self.stdout, &self.file) {
+            (Some(out), _) => out.is_terminal(),
+            (None, Some(f)) if !self.fifo => f.is_terminal(),
+            _ => false,
+        }
+    }
+
     pub fn is_connected(&self) -> bool {
         self.stdout.is_some() || self.file.is_some()
     }

@@ -11,6 +11,7 @@
 //! * [`paths`] — default cache, model, state and run directories
 //! * [`text`] — where written text may be cut into spoken pieces (chunker and TTS segmenter)
 //! * [`logmel`] — Whisper-style log-mel features (for the turn model)
+//! * [`render`] — how frames are written for their reader: frames, JSON lines, or text on a terminal
 //! * [`cli`] — shared flags, exit codes and the common `main` wrapper; [`log`] — log lines
 
 pub mod audio;
@@ -24,6 +25,7 @@ pub mod logmel;
 pub mod mulaw;
 pub mod paths;
 pub mod ready;
+pub mod render;
 pub mod raw_link;
 pub mod resample;
 pub mod rundir;
@@ -35,5 +37,6 @@ pub mod text;
 pub use event::{Event, TurnTrace};
 pub use fifo::Endpoint;
 pub use frame::{AudioFrame, Frame};
+pub use render::{Format, TextView};
 pub use sink::{FrameSink, Output, TapFormat};
 pub use source::{FrameSource, Input};

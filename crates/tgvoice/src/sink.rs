@@ -7,7 +7,8 @@
 //! have their own bound. Policy documented in fifo-layout.md §3.
 
 use crate::fifo::{Endpoint, FifoWriter, Tap, WriteOutcome};
-use crate::frame::{encode_into, Frame};
+use crate::frame::Frame;
+use crate::render::{Format, Renderer, TextView};
 use crate::log::LogLimit;
 use anyhow::Result;
 use std::collections::VecDeque;
@@ -92,10 +93,22 @@ pub struct SinkHandle {
 }
 
 impl FrameSink {
-    /// Open a framed output. `tap`: explicit tap path, or `None` for the conventional
-    /// `<stem>.tap` beside a FIFO output (used only if that FIFO exists).
+    /// Open a framed output that carries frames whatever it is. `tap`: explicit tap path, or
+    /// `None` for the conventional `<stem>.tap` beside a FIFO output (used only if that FIFO
+    /// exists).
     pub fn open(endpoint: Endpoint, tap: Option<PathBuf>, tap_format: TapFormat) -> Result<Self> {
+        Self::open_as(endpoint, tap, tap_format, Some(Format::Frames), TextView::Events)
+    }
+
+    /// Open a program's output in `format`, or when `None` by what the output is: text (as
+    /// `view`) to a terminal, frames to a pipe, FIFO or file (see [`crate::render`]).
+    pub fn open_as(endpoint: Endpoint, tap: Option<PathBuf>, tap_format: TapFormat, format: Option<Format>, view: TextView) -> Result<Self> {
         let writer = FifoWriter::open(endpoint.clone())?;
+        let format = Format::resolve(format, writer.is_terminal());
+        if format != Format::Frames {
+            log::info!("writing {} as {} (--format frames for the frame stream)", writer.label(), format.name());
+        }
+        let renderer = Renderer::new(format, view);
         let tap_path = tap.or_else(|| match &endpoint {
             Endpoint::Path(p) if writer.is_fifo() => Some(Tap::path_for(p)),
             _ => None,
@@ -109,7 +122,7 @@ impl FrameSink {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("sink {label}"))
-            .spawn(move || writer_loop(thread_shared, writer, tap_path.map(Tap::new), tap_format))?;
+            .spawn(move || writer_loop(thread_shared, writer, renderer, tap_path.map(Tap::new), tap_format))?;
         let handle = SinkHandle { shared, max_audio_bytes: DEFAULT_QUEUE_BYTES, label: label.into() };
         Ok(FrameSink { handle, thread: Some(thread) })
     }
@@ -268,7 +281,7 @@ impl SinkHandle {
     }
 }
 
-fn writer_loop(shared: Arc<Shared>, mut writer: FifoWriter, mut tap: Option<Tap>, tap_format: TapFormat) {
+fn writer_loop(shared: Arc<Shared>, mut writer: FifoWriter, mut renderer: Renderer, mut tap: Option<Tap>, tap_format: TapFormat) {
     let label = writer.label().to_string();
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
@@ -285,9 +298,17 @@ fn writer_loop(shared: Arc<Shared>, mut writer: FifoWriter, mut tap: Option<Tap>
                 q = shared.wake.wait_timeout(q, Duration::from_millis(200)).unwrap().0;
             }
         };
-        let Some(frame) = frame else { return };
+        let Some(frame) = frame else {
+            // What the text format still holds (the last audio summary, an open reply line).
+            buf.clear();
+            renderer.finish(&mut buf);
+            if !buf.is_empty() {
+                writer.write_chunk(&buf);
+            }
+            return;
+        };
         buf.clear();
-        if let Err(e) = encode_into(&frame, &mut buf) {
+        if let Err(e) = renderer.render(&frame, &mut buf) {
             // Input can grow on re-encoding (`9e9` → `9000000000.0`): drop it, keep the link.
             shared.stats.lock().unwrap().dropped_too_large += 1;
             let what = if matches!(frame, Frame::Audio(_)) { "audio frame" } else { "event" };
@@ -309,7 +330,8 @@ fn writer_loop(shared: Arc<Shared>, mut writer: FifoWriter, mut tap: Option<Tap>
             }
         }
         let write_start = std::time::Instant::now();
-        let outcome = writer.write_chunk(&buf);
+        // Text shows some frames only later (audio summaries) or not at all.
+        let outcome = if buf.is_empty() { WriteOutcome::Delivered } else { writer.write_chunk(&buf) };
         {
             let mut s = shared.stats.lock().unwrap();
             s.max_tap_us = s.max_tap_us.max((write_start - tap_start).as_micros() as u64);

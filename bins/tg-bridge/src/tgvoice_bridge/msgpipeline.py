@@ -198,7 +198,9 @@ class MessagePipeline:
         self.call_live = lambda: False
         self.commands = commands or stage_commands()
         self.niceness = niceness
-        self.env = dict(os.environ, **(env or {}))
+        # The stages talk frames on these pipes, whatever a shell exported for pipelines run by
+        # hand (STTD_FORMAT=text …, fifo-layout.md §1 "Output formats").
+        self.env = {k: v for k, v in dict(os.environ, **(env or {})).items() if not k.endswith("_FORMAT")}
         self.reply_timeout_s = reply_timeout_s
         self._front = None
         self._tts = None
