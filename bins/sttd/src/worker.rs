@@ -1,15 +1,17 @@
-//! [`TranscriptionWorker`]: the thread that owns the [`Transcriber`] (the [`WhisperEngine`] in
-//! the program). The stage hands it one [`Job`] at a time and keeps forwarding urgent events
-//! while Whisper runs; a job can be aborted mid-way through its abort flag (whisper.cpp polls
-//! it between graph steps).
+//! [`TranscriptionWorker`]: the thread that owns the [`Transcriber`] (the [`WhisperEngine`] or
+//! the [`MoonshineEngine`] in the program). The stage hands it one [`Job`] at a time and keeps
+//! forwarding urgent events while the model runs; a job can be aborted mid-way through its
+//! abort flag (whisper.cpp polls it between graph steps, Moonshine between decoder steps).
 
 use crate::engine::{Transcription, WhisperEngine};
+use crate::moonshine::MoonshineEngine;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Speech to text, as the stage needs it: the seam between the turn logic and whisper.cpp, so
-/// the stage's rules are unit-tested with a scripted fake.
+/// Speech to text, as the stage needs it: the seam between the turn logic and the engines
+/// (`--engine whisper|moonshine`), so the stage's rules — speculation, previews, the
+/// hallucination guard — hold for both and are unit-tested with a scripted fake.
 pub trait Transcriber: Send + 'static {
     /// Transcribe a turn's 16 kHz mono samples; `abort` set by another thread stops the call
     /// early (the result is then marked `aborted`).
@@ -29,6 +31,15 @@ pub trait Transcriber: Send + 'static {
     fn fresh_state(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
+    /// One line on the model and its settings (logged at start, printed by --check-model).
+    fn describe(&self) -> String {
+        String::new()
+    }
+    /// Decode a second of silence so the first turn does not pay for the engine's buffers;
+    /// returns the milliseconds it took.
+    fn warm_up(&mut self) -> anyhow::Result<f64> {
+        Ok(0.0)
+    }
 }
 
 impl Transcriber for WhisperEngine {
@@ -45,6 +56,40 @@ impl Transcriber for WhisperEngine {
     }
     fn fresh_state(&mut self) -> anyhow::Result<()> {
         WhisperEngine::fresh_state(self)
+    }
+    fn describe(&self) -> String {
+        WhisperEngine::describe(self)
+    }
+    fn warm_up(&mut self) -> anyhow::Result<f64> {
+        WhisperEngine::warm_up(self)
+    }
+}
+
+impl Transcriber for MoonshineEngine {
+    fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription> {
+        MoonshineEngine::transcribe(self, samples, abort)
+    }
+    fn describe(&self) -> String {
+        MoonshineEngine::describe(self)
+    }
+    fn warm_up(&mut self) -> anyhow::Result<f64> {
+        MoonshineEngine::warm_up(self)
+    }
+}
+
+/// The engine `--engine` chose, whichever it is.
+impl Transcriber for Box<dyn Transcriber> {
+    fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription> {
+        (**self).transcribe(samples, abort)
+    }
+    fn fresh_state(&mut self) -> anyhow::Result<()> {
+        (**self).fresh_state()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn warm_up(&mut self) -> anyhow::Result<f64> {
+        (**self).warm_up()
     }
 }
 
@@ -83,7 +128,7 @@ impl TranscriptionWorker {
     pub fn spawn(mut engine: impl Transcriber) -> std::io::Result<Self> {
         let (jobs, job_rx) = unbounded::<Job>();
         let (done_tx, done) = unbounded();
-        std::thread::Builder::new().name("whisper".into()).spawn(move || {
+        std::thread::Builder::new().name("transcriber".into()).spawn(move || {
             for job in job_rx {
                 let result = if job.abort.load(Ordering::Relaxed) {
                     Ok(None)
