@@ -231,9 +231,20 @@ impl MoonshineEngine {
             }
         }
         if !missing.is_empty() {
+            // Name the file(s) and the first few names: a wrong file lacks dozens of them.
+            let mut files: Vec<&str> = missing.iter().filter_map(|m| m.split(' ').next()).collect();
+            files.dedup();
+            let shown = missing.len().min(3);
             return Err(fail(
                 exit::UNAVAILABLE,
-                format!("{} is not Moonshine Base as sttd runs it (missing: {}); {PROVISION_HINT}", self.dir.display(), missing.join(", ")),
+                format!(
+                    "{} in {} is not Moonshine Base as sttd runs it ({} names missing: {}{}); {PROVISION_HINT}",
+                    files.join(" and "),
+                    self.dir.display(),
+                    missing.len(),
+                    missing[..shown].join(", "),
+                    if missing.len() > shown { ", …" } else { "" }
+                ),
             ));
         }
         Ok(())
