@@ -187,38 +187,49 @@ fn main() {
                 println!("  {} {} {}: {:?} → {text:?}", c.set, c.voice, c.variant, c.text);
             }
         }
-        println!("{} clips in {:.0} s (load {})", clips.len(), t0.elapsed().as_secs_f64(), load3());
-        println!("\n| {name} | {} | all |", VARIANTS.join(" | "));
-        println!("|---{}|---|", "|---".repeat(VARIANTS.len()));
-        for ((set, voice), variants) in &table {
-            let cells: Vec<String> = VARIANTS
-                .iter()
-                .map(|v| variants.get(*v).map_or("-".into(), |t| if set == "questions" { format!("{}/{}", t.exact, t.n) } else { format!("WER {:.1} %", t.wer()) }))
-                .collect();
-            let mut all = Tally::default();
-            for t in variants.values() {
-                (all.exact, all.n, all.errors, all.words) = (all.exact + t.exact, all.n + t.n, all.errors + t.errors, all.words + t.words);
+        let mut accuracy = String::new();
+        if !timing_only {
+            println!("{} clips in {:.0} s (load {})", clips.len(), t0.elapsed().as_secs_f64(), load3());
+            println!("\n| {name} | {} | all |", VARIANTS.join(" | "));
+            println!("|---{}|---|", "|---".repeat(VARIANTS.len()));
+            for ((set, voice), variants) in &table {
+                let cells: Vec<String> = VARIANTS
+                    .iter()
+                    .map(|v| variants.get(*v).map_or("-".into(), |t| if set == "questions" { format!("{}/{}", t.exact, t.n) } else { format!("WER {:.1} %", t.wer()) }))
+                    .collect();
+                let mut all = Tally::default();
+                for t in variants.values() {
+                    (all.exact, all.n, all.errors, all.words) = (all.exact + t.exact, all.n + t.n, all.errors + t.errors, all.words + t.words);
+                }
+                let total = if set == "questions" { format!("{:.0} % exact, WER {:.1} %", all.exact_pct(), all.wer()) } else { format!("WER {:.1} %", all.wer()) };
+                println!("| {set} {voice} | {} | {total} |", cells.join(" | "));
             }
-            let total = if set == "questions" { format!("{:.0} % exact, WER {:.1} %", all.exact_pct(), all.wer()) } else { format!("WER {:.1} %", all.wer()) };
-            println!("| {set} {voice} | {} | {total} |", cells.join(" | "));
-        }
-        for set in ["questions", "human"] {
-            let cells: Vec<String> = VARIANTS
-                .iter()
-                .map(|v| by_variant.get(&(set.to_string(), v.to_string())).map_or("-".into(), |t| format!("{:.0} % / {:.1} %", t.exact_pct(), t.wer())))
-                .collect();
-            println!("| {set}, all voices (exact / WER) | {} | |", cells.join(" | "));
-        }
-        let mut q = Tally::default();
-        let mut h = Tally::default();
-        for ((set, _), t) in &by_variant {
-            let x = if set == "questions" { &mut q } else { &mut h };
-            (x.exact, x.n, x.errors, x.words) = (x.exact + t.exact, x.n + t.n, x.errors + t.errors, x.words + t.words);
-        }
-        let (chain, turns, texts) = if timing_only { (f64::NAN, 0, String::new()) } else { chain_wer(name) };
-        println!("long-sentence chain (tgcat | vadseg | sttd --engine {name}, full speed): WER {chain:.1} %, {turns}/12 transcripts");
-        if show {
-            println!("  {texts}");
+            for set in ["questions", "human"] {
+                let cells: Vec<String> = VARIANTS
+                    .iter()
+                    .map(|v| by_variant.get(&(set.to_string(), v.to_string())).map_or("-".into(), |t| format!("{:.0} % / {:.1} %", t.exact_pct(), t.wer())))
+                    .collect();
+                println!("| {set}, all voices (exact / WER) | {} | |", cells.join(" | "));
+            }
+            let mut q = Tally::default();
+            let mut h = Tally::default();
+            for ((set, _), t) in &by_variant {
+                let x = if set == "questions" { &mut q } else { &mut h };
+                (x.exact, x.n, x.errors, x.words) = (x.exact + t.exact, x.n + t.n, x.errors + t.errors, x.words + t.words);
+            }
+            let (chain, turns, texts) = chain_wer(name);
+            println!("long-sentence chain (tgcat | vadseg | sttd --engine {name}, full speed): WER {chain:.1} %, {turns}/12 transcripts");
+            if show {
+                println!("  {texts}");
+            }
+            accuracy = format!(
+                "questions {}/{} exact ({:.1} %), WER {:.1} %; human WER {:.1} %; chain WER {chain:.1} % ({turns}/12); ",
+                q.exact,
+                q.n,
+                q.exact_pct(),
+                q.wer(),
+                h.wer()
+            );
         }
         let mut timing = vec![];
         for (label, turn) in [("2 s", &short_turn), ("5 s", &long_turn)] {
@@ -245,15 +256,7 @@ fn main() {
             println!("{figure}");
             timing.push(figure);
         }
-        summary.push(format!(
-            "{name}: questions {}/{} exact ({:.1} %), WER {:.1} %; human WER {:.1} %; chain WER {chain:.1} % ({turns}/12); {}",
-            q.exact,
-            q.n,
-            q.exact_pct(),
-            q.wer(),
-            h.wer(),
-            timing.join("; ")
-        ));
+        summary.push(format!("{name}: {accuracy}{}", timing.join("; ")));
     }
     println!("\n# summary");
     for s in summary {
