@@ -78,9 +78,19 @@ impl Transcriber for MoonshineEngine {
 }
 
 /// The engine `--engine` chose, whichever it is.
+/// Every method is forwarded: a default body here would hide the engine's own (Whisper's
+/// unsure first pass would never be previewed).
 impl Transcriber for Box<dyn Transcriber> {
     fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription> {
         (**self).transcribe(samples, abort)
+    }
+    fn transcribe_reporting_first_pass(
+        &mut self,
+        samples: &[f32],
+        abort: Option<Arc<AtomicBool>>,
+        first_pass: &mut dyn FnMut(&Transcription),
+    ) -> anyhow::Result<Transcription> {
+        (**self).transcribe_reporting_first_pass(samples, abort, first_pass)
     }
     fn fresh_state(&mut self) -> anyhow::Result<()> {
         (**self).fresh_state()
@@ -160,5 +170,44 @@ impl TranscriptionWorker {
     pub fn submit(&self, job: Job) {
         // The worker only stops when this sender is dropped, so sending cannot fail while we live.
         let _ = self.jobs.send(job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine that reports a first pass and says which of its methods ran.
+    struct Reporting;
+
+    impl Transcriber for Reporting {
+        fn transcribe(&mut self, _: &[f32], _: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription> {
+            Ok(Transcription { text: "plain".into(), ..Default::default() })
+        }
+        fn transcribe_reporting_first_pass(
+            &mut self,
+            _: &[f32],
+            _: Option<Arc<AtomicBool>>,
+            first_pass: &mut dyn FnMut(&Transcription),
+        ) -> anyhow::Result<Transcription> {
+            first_pass(&Transcription { text: "early".into(), ..Default::default() });
+            Ok(Transcription { text: "late".into(), ..Default::default() })
+        }
+        fn describe(&self) -> String {
+            "reporting".into()
+        }
+        fn warm_up(&mut self) -> anyhow::Result<f64> {
+            Ok(7.0)
+        }
+    }
+
+    #[test]
+    fn the_engine_chosen_by_flag_behaves_as_the_engine_itself() {
+        let mut boxed: Box<dyn Transcriber> = Box::new(Reporting);
+        let mut seen = vec![];
+        let t = boxed.transcribe_reporting_first_pass(&[0.0; 160], None, &mut |t| seen.push(t.text.clone())).unwrap();
+        assert_eq!((t.text.as_str(), seen), ("late", vec!["early".to_string()]));
+        assert_eq!(boxed.transcribe(&[0.0; 160], None).unwrap().text, "plain");
+        assert_eq!((boxed.describe(), boxed.warm_up().unwrap()), ("reporting".to_string(), 7.0));
     }
 }
