@@ -55,15 +55,8 @@ fn word_error_rate_through_tgcat_vadseg_sttd_live_and_at_full_speed() {
     // One WAV: every utterance, separated by 1.5 s of silence (vadseg ends a turn after
     // 600 ms, so each is a turn of its own; sttd may still be busy with one when the next
     // starts, which must not lose it).
-    let gap = vec![0i16; RATE as usize * 3 / 2];
-    let mut audio = gap.clone();
-    for text in UTTERANCES {
-        audio.extend(speak_piper(text));
-        audio.extend_from_slice(&gap);
-    }
     let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("utterances.wav");
-    tgvoice::resample::write_wav_mono(&wav, RATE, &audio).unwrap();
+    let (wav, audio) = long_sentence_recording(dir.path());
 
     let mut wers = vec![];
     for realtime in [true, false] {

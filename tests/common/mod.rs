@@ -89,6 +89,21 @@ impl Voice {
     }
 }
 
+/// The long-sentence chain's recording (tests/chain_wer.rs, scripts/bench-stt): the 12
+/// [`UTTERANCES`] in the Piper voice, each followed by 1.5 s of silence (one turn each), written
+/// to `dir`/utterances.wav; returns the file and its samples.
+pub fn long_sentence_recording(dir: &std::path::Path) -> (PathBuf, Vec<i16>) {
+    let gap = vec![0i16; RATE as usize * 3 / 2];
+    let mut audio = gap.clone();
+    for text in UTTERANCES {
+        audio.extend(speak_piper(text));
+        audio.extend_from_slice(&gap);
+    }
+    let wav = dir.join("utterances.wav");
+    tgvoice::resample::write_wav_mono(&wav, RATE, &audio).unwrap();
+    (wav, audio)
+}
+
 /// What `tgcat WAV | vadseg | sttd` gave: sttd's events in order, its log, and the wall time.
 pub struct Chain {
     pub events: Vec<Event>,

