@@ -3,7 +3,8 @@
 //! the auth token), the TwiML answer followed to its `<Connect><Stream>`, a signed WebSocket
 //! upgrade, then Media Streams JSON: `connected`, `start` (callSid, streamSid, customParameters,
 //! mediaFormat), `media` with base64 μ-law 8 kHz in 20 ms frames sent at real time (silence
-//! when the caller says nothing, as a phone line does), `stop`. What comes back is "played" in
+//! when the caller says nothing, as a phone line does, or the line's noise floor when the test
+//! sets one), `stop`. What comes back is "played" in
 //! real time like Twilio's buffer: `mark`s are echoed when played, `clear` drops what is
 //! queued and echoes pending marks. Plus the phone front (`scripts/voicecall` with
 //! TGVOICE_PHONE=1) that the tests and the benchmark run.
@@ -50,9 +51,19 @@ pub fn espeak_8k(dir: &Path, name: &str, text: &str) -> Vec<i16> {
     let path = dir.join(format!("{name}.wav"));
     let ok = Command::new("espeak-ng").args(["-v", "en-us", "-s", "150", "-w"]).arg(&path).arg(text).status();
     assert!(ok.map(|s| s.success()).unwrap_or(false), "espeak-ng failed: run scripts/setup");
-    let (rate, samples) = tgvoice::resample::read_wav_mono(std::fs::File::open(&path).unwrap()).unwrap();
-    let mut r = tgvoice::resample::StreamResampler::new(rate, 8000, 441).unwrap();
-    let mut out = r.process(&samples);
+    wav_8k(&path)
+}
+
+/// A WAV file as 8 kHz samples (what the phone network carries).
+pub fn wav_8k(path: &Path) -> Vec<i16> {
+    let (rate, samples) = tgvoice::resample::read_wav_mono(std::fs::File::open(path).unwrap()).unwrap();
+    to_8k(rate, &samples)
+}
+
+/// `samples` at `rate` resampled to 8 kHz.
+pub fn to_8k(rate: u32, samples: &[i16]) -> Vec<i16> {
+    let mut r = tgvoice::resample::StreamResampler::new(rate, 8000, rate as usize / 50).unwrap();
+    let mut out = r.process(samples);
     out.extend(r.flush());
     out
 }
@@ -251,6 +262,10 @@ pub struct Line {
     pub marks_echoed: usize,
     /// Mark echoes waiting for the next send.
     outbox: Vec<Message>,
+    /// The line's own noise, looped under everything the caller sends (a phone line is never
+    /// digitally silent); empty = none.
+    line_noise: Vec<i16>,
+    line_noise_at: usize,
     pub closed: bool,
 }
 
@@ -312,6 +327,12 @@ impl PhoneCall {
                                 let now = Instant::now();
                                 line.said_first_voice.get_or_insert(now);
                                 line.said_last_voice = Some(now);
+                            }
+                            if !line.line_noise.is_empty() {
+                                for s in f.iter_mut() {
+                                    *s = s.saturating_add(line.line_noise[line.line_noise_at]);
+                                    line.line_noise_at = (line.line_noise_at + 1) % line.line_noise.len();
+                                }
                             }
                             // Echo marks whose audio has been played.
                             let now = Instant::now();
@@ -377,6 +398,13 @@ impl PhoneCall {
                 return (line.said_first_voice.unwrap(), line.said_last_voice.unwrap());
             }
         }
+    }
+
+    /// From now on the caller's side carries `noise` (8 kHz, looped) under what is said.
+    pub fn set_line_noise(&self, noise: Vec<i16>) {
+        let mut line = self.line.lock().unwrap();
+        line.line_noise = noise;
+        line.line_noise_at = 0;
     }
 
     /// Send a raw WebSocket message (malformed input tests).

@@ -186,3 +186,82 @@ pub fn vad_segments(audio: &[i16]) -> Vec<Vec<i16>> {
     }
     turns.into_values().collect()
 }
+
+// ---- barge-in: what the tests say over a reply (tests/pipeline.rs on the Telegram path,
+// tests/phone.rs on a phone line) ----
+
+/// What the barge-in tests say over a reply: one- and two-word interruptions (Piper voice).
+pub const INTERRUPTIONS: [&str; 10] =
+    ["Stop.", "Wait.", "No.", "Hold on.", "Sorry?", "Stop!", "Wait, what?", "No, stop.", "Hang on.", "Excuse me."];
+/// The reply the barge-in tests talk over (two sentences, ~6 s in the Piper voice).
+pub const BARGE_IN_REPLY: &str = "Once upon a time, a brave knight rode across the green valley to find the old dragon. \
+    The dragon was asleep in its cave, so the knight sat down beside it and waited.";
+/// Backchannels (Piper voice) among the false alarms: ten, for the resume gap's median.
+pub const BACKCHANNELS: [&str; 10] = ["Uh-huh.", "Mm-hmm.", "Yeah.", "Right.", "Okay.", "I see.", "Sure.", "Yes.", "Mhm.", "Got it."];
+
+/// Synthesized non-speech at 16 kHz: name and samples (silence around the sound included).
+pub fn noises() -> Vec<(&'static str, Vec<i16>)> {
+    const R: usize = 16;
+    let silence = |ms: usize| vec![0i16; ms * R];
+    let shaped = |ms: usize, amp: f32, seed: u64, env: &dyn Fn(f32) -> f32| -> Vec<i16> {
+        let n = noise(ms * R, 1.0, seed);
+        n.iter().enumerate().map(|(i, &x)| (x as f32 * amp * env(i as f32 / (ms * R) as f32)) as i16).collect()
+    };
+    // A cough: a sharp noise burst decaying over ~150 ms, twice.
+    let cough = |seed: u64| {
+        let burst = shaped(180, 0.45, seed, &|t| (-t * 6.0).exp() * (t * 40.0).min(1.0));
+        [silence(100), burst.clone(), silence(120), burst, silence(100)].concat()
+    };
+    // A click: a 2 ms impulse; a double click.
+    let click = shaped(2, 0.9, 7, &|_| 1.0);
+    // A door bang: a 70 Hz thump with a noise attack, decaying over 300 ms.
+    let thump: Vec<i16> = (0..300 * R)
+        .map(|i| {
+            let t = i as f32 / 16_000.0;
+            (0.7 * 32767.0 * (2.0 * std::f32::consts::PI * 70.0 * t).sin() * (-t * 12.0).exp()) as i16
+        })
+        .zip(shaped(300, 0.4, 11, &|t| (-t * 30.0).exp()))
+        .map(|(a, b)| a.saturating_add(b))
+        .collect();
+    // A breath: soft noise swelling and fading over 700 ms.
+    let breath = shaped(700, 0.06, 13, &|t| (std::f32::consts::PI * t).sin());
+    vec![
+        ("cough", cough(3)),
+        ("cough-2", cough(5)),
+        ("click", [silence(100), click.clone(), silence(300)].concat()),
+        ("double-click", [silence(100), click.clone(), silence(80), click, silence(300)].concat()),
+        ("door-bang", [silence(100), thump, silence(200)].concat()),
+        ("breath", [silence(100), breath, silence(100)].concat()),
+    ]
+}
+
+/// `text` in the Piper voice as a 48 kHz WAV, through the real tts-writer. (sttd's
+/// `speak_piper` refuses anything under half a second, and "Wait." is shorter.)
+pub fn piper_wav(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+    use std::io::Write;
+    let mut child = Command::new(tgvoice::testkit::bin_path("tts-writer"))
+        .args(["--engine", "piper", "-q"])
+        .env("TGVOICE_STATE_DIR", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{text}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let pcm: Vec<i16> = out.stdout.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+    assert!(out.status.success() && pcm.len() > 4_800, "tts-writer --engine piper said nothing for {text:?}: run scripts/setup");
+    let path = dir.join(format!("{name}.wav"));
+    tgvoice::resample::write_wav_mono(&path, 48_000, &pcm).unwrap();
+    path
+}
+
+/// The `p` quantile (0–1) of `sorted`, nearest rank.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The load averages (1, 5, 15 min) as /proc/loadavg gives them, for a timing test's report.
+pub fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}

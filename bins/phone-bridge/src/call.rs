@@ -3,8 +3,8 @@
 //! 48 kHz written to `tg_input.raw` without blocking; whatever `tg_output.raw` holds is read
 //! without blocking, resampled to 8 kHz μ-law and handed to the WebSocket in 20 ms payloads;
 //! `call-start`/`call-end` go to `control.frames`; the instance's `text.tap` and `reply.tap`
-//! tell it when the caller barged in (speech-start, cancel, a cancelled reply-end), so Twilio's
-//! buffer can be cleared at once.
+//! tell it when the caller may have barged in (speech-onset, when tts-writer pauses the reply)
+//! or did (speech-start, cancel, a cancelled reply-end), so Twilio's buffer can be cleared at once.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -30,6 +30,10 @@ const BURST_GAP: Duration = Duration::from_millis(80);
 /// MUTE_MAX.
 const MUTE_GAP: Duration = Duration::from_millis(40);
 const MUTE_MAX: Duration = Duration::from_millis(1500);
+/// After a `speech-onset`, at most this long: tts-writer pauses within a tick or two of it, so
+/// output that goes on is a tts-writer that does not pause at onsets (`--pause-timeout 0`),
+/// whose reply must not lose more than this to a cough.
+const ONSET_MUTE_MAX: Duration = Duration::from_millis(250);
 /// After reply-end, a reply counts as over once the output has been quiet this long.
 const REPLY_TAIL: Duration = Duration::from_millis(1000);
 /// Control events held while tgcat is not reading control.frames (tg-bridge holds 32).
@@ -50,7 +54,8 @@ pub enum ToTwilio {
     Audio(Vec<u8>),
     /// A burst of assistant audio ended here (Twilio echoes the mark when it has played it).
     EndOfBurst,
-    /// The caller started talking or the reply was cancelled: flush Twilio's buffer now.
+    /// The caller may have started talking (speech-onset: the reply is paused), did
+    /// (speech-start), or the reply was cancelled: flush Twilio's buffer now.
     /// `replying`: a reply was in progress (its chunks seen on reply.tap, no reply-end yet).
     /// `onset_ms`: how long ago the caller's speech began (speech-start's trace), if known.
     BargeIn { why: &'static str, replying: bool, onset_ms: Option<f64> },
@@ -98,21 +103,33 @@ pub struct MediaStats {
     pub barge_ins: u64,
 }
 
+/// tg_output.raw's 48 kHz to the line's 8 kHz, in 20 ms blocks.
+fn to_line_rate() -> StreamResampler {
+    StreamResampler::new(tgvoice::audio::RATE, 8_000, 960).expect("48 → 8 kHz")
+}
+
 /// Run the pipeline side until `from_ws` closes; the last events are delivered (≤ 300 ms).
 pub fn run(mut links: CallLinks, from_ws: Receiver<ToPipeline>, to_ws: UnboundedSender<ToTwilio>) -> MediaStats {
     let mut up = StreamResampler::new(8_000, tgvoice::audio::RATE, TWILIO_FRAME).expect("8 → 48 kHz");
-    let mut down = StreamResampler::new(tgvoice::audio::RATE, 8_000, 960).expect("48 → 8 kHz");
+    let mut down = to_line_rate();
     let mut control: VecDeque<Vec<u8>> = VecDeque::new();
     let mut stats = MediaStats::default();
     let mut out_bytes: Vec<u8> = vec![];
     let mut ulaw: Vec<u8> = vec![];
     let mut last_output: Option<Instant> = None;
     let mut in_burst = false;
-    let mut muted_since: Option<Instant> = None;
+    // Output is dropped from this instant until it pauses (MUTE_GAP), for at most the limit.
+    let mut muted_since: Option<(Instant, Duration)> = None;
     // A reply is in progress from its first chunk until llm-relay's reply-end *and* the
     // output has gone quiet (tts-writer may still be speaking the queued sentences).
     let mut replying = false;
     let mut reply_end_at: Option<Instant> = None;
+    // The caller's turn whose speech-onset cleared Twilio's buffer, while nothing has been
+    // sent to Twilio since (the reply is paused): its speech-start needs no second clear.
+    let mut paused_for: Option<u64> = None;
+    // The last turn whose speech-onset / speech-start was acted on: both taps carry them
+    // (llm-relay forwards what sttd sends), and one clear is enough.
+    let (mut onset_seen, mut start_seen): (Option<u64>, Option<u64>) = (None, None);
     let start = Instant::now();
     let mut tick = 0u32;
     let mut closing: Option<Instant> = None;
@@ -168,8 +185,27 @@ pub fn run(mut links: CallLinks, from_ws: Receiver<ToPipeline>, to_ws: Unbounded
 
         // Barge-in and what was said, from the taps.
         for v in links.text_tap.poll().into_iter().chain(links.reply_tap.poll()) {
+            let turn = v["turn"].as_u64();
             let why = match v["type"].as_str() {
-                Some(kind::SPEECH_START) => Some("speech-start"),
+                // The caller may be talking: tts-writer pauses the reply now, so Twilio's
+                // buffer goes too. A false alarm costs nothing: tts-writer replays from a
+                // little before its pause point (`--resume-replay`), more than Twilio held.
+                Some(kind::SPEECH_ONSET) if turn.is_some() && turn == onset_seen => None,
+                Some(kind::SPEECH_ONSET) => {
+                    onset_seen = turn;
+                    paused_for = turn;
+                    Some("speech-onset")
+                }
+                Some(kind::SPEECH_START) if turn.is_some() && turn == start_seen => None,
+                // Cleared at that turn's onset already, and nothing was sent since.
+                Some(kind::SPEECH_START) if turn.is_some() && turn == paused_for => {
+                    start_seen = turn;
+                    None
+                }
+                Some(kind::SPEECH_START) => {
+                    start_seen = turn;
+                    Some("speech-start")
+                }
                 Some(kind::CANCEL) => Some("cancel"),
                 Some(kind::REPLY_END) => {
                     reply_end_at = Some(now);
@@ -193,9 +229,15 @@ pub fn run(mut links: CallLinks, from_ws: Receiver<ToPipeline>, to_ws: Unbounded
                     .as_u64()
                     .map(|t| (tgvoice::clock::now_us().saturating_sub(t)) as f64 / 1e3);
                 let _ = to_ws.send(ToTwilio::BargeIn { why, replying, onset_ms });
-                replying = false;
-                muted_since = Some(now);
+                // A pause is not the end of the reply: it may resume.
+                if why != "speech-onset" {
+                    replying = false;
+                }
+                muted_since = Some((now, if why == "speech-onset" { ONSET_MUTE_MAX } else { MUTE_MAX }));
                 ulaw.clear();
+                // What the resampler still holds is from before the pause (replayed on a
+                // resume) or of a cancelled reply: neither follows what Twilio plays next.
+                down = to_line_rate();
                 in_burst = false;
             }
         }
@@ -211,15 +253,18 @@ pub fn run(mut links: CallLinks, from_ws: Receiver<ToPipeline>, to_ws: Unbounded
             last_output = Some(now);
         }
         let pcm: Vec<i16> = out_bytes.drain(..whole).collect::<Vec<u8>>().chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
-        if let Some(since) = muted_since {
+        if let Some((since, max)) = muted_since {
             let paused = last_output.map_or(true, |t| now - t >= MUTE_GAP);
-            if (paused && now - since >= MUTE_GAP) || now - since > MUTE_MAX {
+            if (paused && now - since >= MUTE_GAP) || now - since > max {
                 muted_since = None;
             } else {
-                continue; // the cancelled reply's tail: dropped
+                continue; // the paused or cancelled reply's tail: dropped
             }
         }
         if !pcm.is_empty() {
+            // Audio after the pause (a resumed reply's replay, the next reply): a later
+            // speech-start is a barge-in of its own again.
+            paused_for = None;
             ulaw.extend(mulaw::encode_all(&down.process(&pcm)));
             in_burst = true;
         } else if in_burst && last_output.is_some_and(|t| now - t >= BURST_GAP) {

@@ -213,6 +213,11 @@ impl Pool {
         c.arg("--instance").arg(name);
         // A line is a plain pipeline: no bridge of its own, the shared LLM server.
         c.env("TGVOICE_PHONE_LINE", "1").env_remove("TGVOICE_PHONE").env_remove("TGVOICE_RUN_DIR");
+        // Its caller comes through an 8 kHz μ-law line: vadseg's settings for that line
+        // (bins/vadseg/README.md "Phone lines"). One the user set for every line is kept.
+        if std::env::var_os("VADSEG_LINE").is_none() {
+            c.env("VADSEG_LINE", "phone");
+        }
         if let Some(url) = &self.cfg.llm_url {
             c.env("TGVOICE_LLM_BASE_URL", url);
         }

@@ -19,14 +19,22 @@ use tgvoice::cli::{self, exit, LinkArgs, LogArgs};
 pub struct Args {
     #[command(flatten)]
     pub link: LinkArgs,
-    /// Speech probability at or above which a 32 ms chunk counts as speech (0–1).
-    #[arg(long, default_value_t = 0.5, env = "VADSEG_THRESHOLD", value_parser = parse_probability)]
-    pub threshold: f32,
+    /// What the caller's audio came through: "wide" (Telegram, a microphone) or "phone" (an
+    /// 8 kHz μ-law line with its noise floor; phone-bridge sets it for its lines). Silero
+    /// scores speech from a phone line lower and shorter, so "phone" lowers the default
+    /// threshold to 0.35 and the default minimum speech to 96 ms (README "Phone lines").
+    #[arg(long, value_enum, default_value_t = Line::Wide, env = "VADSEG_LINE")]
+    pub line: Line,
+    /// Speech probability at or above which a 32 ms chunk counts as speech (0–1). [default: 0.5]
+    /// (0.35 with --line phone)
+    #[arg(long, env = "VADSEG_THRESHOLD", value_parser = parse_probability)]
+    pub threshold: Option<f32>,
     /// Voiced time (ms) before a run becomes a turn (speech-start; sttd transcribes it). Shorter
     /// runs end in speech-void. Lower lets one-word turns ("Stop.") through; higher turns fewer
     /// coughs into turns for sttd. Barge-in pauses at speech-onset, whatever this is.
-    #[arg(long, default_value_t = 128, env = "VADSEG_MIN_SPEECH_MS", value_name = "MS")]
-    pub min_speech: u32,
+    /// [default: 128] (96 with --line phone)
+    #[arg(long, env = "VADSEG_MIN_SPEECH_MS", value_name = "MS")]
+    pub min_speech: Option<u32>,
     /// Silence (ms) after the last speech that ends the turn when there is no turn model (or it failed).
     #[arg(long, default_value_t = 600, env = "VADSEG_EOT_SILENCE_MS", value_name = "MS")]
     pub eot_silence: u32,
@@ -83,6 +91,36 @@ pub struct Args {
     pub log: LogArgs,
 }
 
+/// What the caller's audio came through (`--line`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Line {
+    /// 16 kHz or more: Telegram, a microphone, a file.
+    Wide,
+    /// 8 kHz μ-law from the phone network (phone-bridge's lines).
+    Phone,
+}
+
+impl Line {
+    /// Silero's speech threshold for this line. On a phone line, after seconds of its noise
+    /// floor, some short words score 0.2–0.5 where the same words on a wide line score
+    /// 0.7–1.0 (README "Phone lines").
+    pub fn threshold(self) -> f32 {
+        match self {
+            Line::Wide => 0.5,
+            Line::Phone => 0.35,
+        }
+    }
+
+    /// The minimum speech (ms) for this line: on a phone line Silero's voiced run of a short
+    /// word shrinks (issue 24: "Stop." voiced ~64–128 ms), so the guard is one chunk shorter.
+    pub fn min_speech_ms(self) -> u32 {
+        match self {
+            Line::Wide => 128,
+            Line::Phone => 96,
+        }
+    }
+}
+
 fn parse_probability(s: &str) -> Result<f32, String> {
     let v: f32 = s.parse().map_err(|e| format!("{e}"))?;
     if (0.0..=1.0).contains(&v) {
@@ -111,8 +149,8 @@ impl Args {
     /// The segmenter's settings; `turn_model`: a turn model was loaded.
     pub fn segmenter_config(&self, turn_model: bool) -> SegmenterConfig {
         SegmenterConfig {
-            threshold: self.threshold,
-            min_speech_ms: self.min_speech,
+            threshold: self.threshold.unwrap_or(self.line.threshold()),
+            min_speech_ms: self.min_speech.unwrap_or(self.line.min_speech_ms()),
             eot_silence_ms: self.eot_silence,
             pre_roll_ms: self.pre_roll,
             post_roll_ms: self.post_roll,
@@ -169,5 +207,26 @@ impl Args {
             return Err(cli::fail(cli::exit::CONFIG, format!("turn model {} not found; run scripts/setup, or --turn-model off", path.display())));
         }
         Ok(Some(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> SegmenterConfig {
+        let argv = std::iter::once("vadseg").chain(args.iter().copied());
+        Args::try_parse_from(argv).unwrap().segmenter_config(false)
+    }
+
+    #[test]
+    fn a_phone_line_lowers_the_threshold_and_the_minimum_speech_and_explicit_values_win() {
+        let wide = settings(&[]);
+        assert_eq!((wide.threshold, wide.min_speech_ms), (0.5, 128));
+        let phone = settings(&["--line", "phone"]);
+        assert_eq!((phone.threshold, phone.min_speech_ms), (0.35, 96));
+        let set = settings(&["--line", "phone", "--threshold", "0.6", "--min-speech", "160"]);
+        assert_eq!((set.threshold, set.min_speech_ms), (0.6, 160));
+        assert!(Args::try_parse_from(["vadseg", "--line", "pots"]).is_err());
     }
 }

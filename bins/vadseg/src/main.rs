@@ -25,6 +25,13 @@ fn main() {
         let turn_model = load_turn_model(&args)?;
         let cfg = args.segmenter_config(turn_model.is_some());
         log::debug!("{cfg:?}");
+        if args.line == config::Line::Phone {
+            log::info!(
+                "phone line: a chunk is speech at Silero probability ≥ {}, a turn after {} ms of it (--line phone)",
+                cfg.threshold,
+                cfg.min_speech_ms
+            );
+        }
         let mut sink = args.link.open_output(TapFormat::Pcm, TextView::Events)?;
         let source = FrameSource::open(args.link.input())?;
         let worker = turn_model.map(turn_model::TurnWorker::spawn);
