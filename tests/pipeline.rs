@@ -680,19 +680,36 @@ fn voiced_ticks(record: &Path) -> Vec<(bool, bool)> {
     samples.chunks(tick).map(|t| (voiced(0, t), voiced(1, t))).collect()
 }
 
-/// A caller hesitates inside a turn ("I would like a table for … four people please", a 600 ms
+/// The caller's runs in [`voiced_ticks`]: (first, last tick) of each stretch of voice whose
+/// pauses are under 1.5 s.
+fn caller_runs(ticks: &[(bool, bool)]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = vec![];
+    for (t, (caller, _)) in ticks.iter().enumerate() {
+        if *caller {
+            match runs.last_mut() {
+                Some((_, end)) if t - *end < 150 => *end = t,
+                _ => runs.push((t, t)),
+            }
+        }
+    }
+    runs
+}
+
+/// A caller hesitates inside a turn ("I would like a table … for four people please", a 600 ms
 /// pause; vadseg ends a turn after 1.2 s of silence here, the wait the turn model gives a turn
 /// it judges incomplete). sttd sends the first
 /// part as a preview and llm-relay starts its reply early, held; the caller goes on, so that
 /// reply must be dropped unheard: no assistant audio before the caller's last word, the history
 /// only the final exchange. The early reply is asked of the real local LLM, which answers
 /// within the hesitation on this machine, so its chunks are there to leak if holding failed.
+/// (The first part is one that can stand as a request, with the end judge off: words that stop
+/// mid-sentence, "…a table for", start nothing early.)
 #[test]
 fn a_hesitation_inside_a_turn_drops_the_reply_started_early_unheard() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let first = espeak(dir.path(), "first", "I would like a table for");
-    let second = espeak(dir.path(), "second", "four people please");
+    let first = espeak(dir.path(), "first", "I would like a table");
+    let second = espeak(dir.path(), "second", "for four people please");
     // espeak-ng pads its speech with silence: cut it, so the hesitation is exactly 600 ms.
     let (rate, mut audio) = read_trimmed(&first);
     audio.extend(std::iter::repeat(0i16).take(rate as usize * 6 / 10));
@@ -710,6 +727,7 @@ fn a_hesitation_inside_a_turn_drops_the_reply_started_early_unheard() {
             // reply, not about whether the model hears the hesitation as one.
             ("VADSEG_TURN_MODEL".into(), "off".into()),
             ("VADSEG_EOT_SILENCE_MS".into(), "1200".into()),
+            ("TGVOICE_LLM_END_JUDGE".into(), "off".into()),
         ];
         let p = Pipeline::start_with("hesitate", env, None);
         link.upstream.store(p.llm_port, std::sync::atomic::Ordering::Relaxed);
@@ -809,19 +827,9 @@ fn hesitations_with_um_mid_sentence_are_answered_once_as_a_whole() {
         assert!(has(first) && has(second), "request {i} was not answered as a whole: {said:?}\nvadseg:\n{vad}\nllm-relay:\n{relay}");
         assert!(answered(&turns[i]), "request {i} got no audible answer: {:?}", turns[i]);
     }
-    // Per request: the assistant is silent until the caller's last word (left: caller, right:
-    // assistant; 10 ms ticks).
+    // Per request: the assistant is silent until the caller's last word.
     let ticks = voiced_ticks(&record);
-    // Each caller run: a stretch of voice whose pauses are under 1.5 s.
-    let mut runs: Vec<(usize, usize)> = vec![];
-    for (t, (caller, _)) in ticks.iter().enumerate() {
-        if *caller {
-            match runs.last_mut() {
-                Some((_, end)) if t - *end < 150 => *end = t,
-                _ => runs.push((t, t)),
-            }
-        }
-    }
+    let runs = caller_runs(&ticks);
     assert_eq!(runs.len(), requests.len(), "caller runs in the recording: {runs:?}");
     for (i, (start, end)) in runs.iter().enumerate() {
         if let Some(t) = (*start..=*end).find(|t| ticks[*t].1) {
@@ -837,6 +845,124 @@ fn hesitations_with_um_mid_sentence_are_answered_once_as_a_whole() {
 /// issue 17 asks for 90 %, which tiny.en does not reach on espeak-ng's voices with any
 /// decoding setting measured (74-79 % on the whole set: bins/sttd/README.md "Short
 /// questions"), so 70 % is the regression bound, under the measured rate, not the target.
+/// Run sox (-R: the same input gives the same bytes).
+fn sox(args: &[&std::ffi::OsStr]) {
+    let ok = Command::new("sox").arg("-R").args(args).status();
+    assert!(ok.is_ok_and(|s| s.success()), "sox {args:?} failed: run scripts/setup");
+}
+
+/// One of the corpus's speaker and line variants (scripts/corpus) of `samples`, 16 kHz in and
+/// out, trimmed.
+fn line_variant(dir: &Path, name: &str, samples: &[i16], variant: &str) -> Vec<i16> {
+    let effect: &[&str] = match variant {
+        "clean" => return samples.to_vec(),
+        "tempo90" => &["tempo", "0.9"],
+        "tempo110" => &["tempo", "1.1"],
+        "pitch-2" => &["pitch", "-200"],
+        "pitch+2" => &["pitch", "200"],
+        "phone" => &[],
+        other => panic!("no variant {other}"),
+    };
+    let (src, out) = (dir.join(format!("{name}.src.wav")), dir.join(format!("{name}.wav")));
+    tgvoice::resample::write_wav_mono(&src, 16_000, samples).unwrap();
+    if variant == "phone" {
+        // 8 kHz μ-law and back: the phone band and its companding noise.
+        let line = dir.join(format!("{name}.8k.wav"));
+        sox(&[src.as_os_str(), "-r".as_ref(), "8000".as_ref(), "-e".as_ref(), "u-law".as_ref(), line.as_os_str()]);
+        sox(&[line.as_os_str(), "-r".as_ref(), "16000".as_ref(), "-e".as_ref(), "signed".as_ref(), "-b".as_ref(), "16".as_ref(), out.as_os_str()]);
+    } else {
+        let mut args = vec![src.as_os_str(), out.as_os_str()];
+        args.extend(effect.iter().map(|a| std::ffi::OsStr::new(*a)));
+        sox(&args);
+    }
+    read_trimmed(&out).1
+}
+
+/// Issue 24 part 4: a caller stops to think for 1.2 s after a phrase that cannot stand as a
+/// request, spoken as a sentence of its own (its voice falls, so vadseg's turn model calls it
+/// complete), then says the rest. In the project's voices, one voice no other test uses
+/// (espeak-ng en-gb-scotland+f3) and the corpus's line variants (tempo ±10 %, pitch ±2
+/// semitones, the phone band): each request must be one user message with one answer, and
+/// none of the assistant's voice may be heard in the pause. ≥ 9 of 10. What holds them is
+/// llm-relay's words check and its end judge (README "The end judge"); the phrases were
+/// written for this test, not taken from the judge's measurements.
+#[test]
+fn a_pause_after_a_phrase_spoken_on_its_own_is_one_message_in_any_voice() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    use common::Voice;
+    let scotland = Voice::Espeak { voice: "en-gb-scotland+f3", wpm: 160 };
+    // (first part, rest, voice name, voice, variant, words of the first part, of the rest)
+    let requests: [(&str, &str, &str, Voice, &str, &[&str], &[&str]); 10] = [
+        ("Could you find me.", "A cheap hotel in Rome.", "piper-joe", Voice::Piper, "clean", &["find"], &["hotel", "rome"]),
+        ("I would like to order.", "Two large pizzas.", "espeak-us-165", common::VOICES[1].1, "clean", &["order"], &["pizza"]),
+        ("Can you explain to me.", "How a rainbow forms.", "espeak-gb-140", common::VOICES[2].1, "clean", &["explain"], &["rainbow"]),
+        ("Please tell me.", "The time in Tokyo.", "espeak-scotland", scotland, "clean", &["tell"], &["tokyo", "time"]),
+        ("What is the best time.", "To visit Japan.", "piper-joe", Voice::Piper, "tempo90", &["best"], &["japan", "visit"]),
+        ("I'm trying to remember.", "The name of that song.", "espeak-us-165", common::VOICES[1].1, "pitch+2", &["remember"], &["song", "name"]),
+        ("Could you help me choose.", "A gift for my sister.", "piper-joe", Voice::Piper, "phone", &["choose", "help"], &["gift", "sister"]),
+        ("Do you know.", "Who invented the telephone.", "espeak-gb-140", common::VOICES[2].1, "tempo110", &["know"], &["telephone", "invent"]),
+        ("I need to know.", "How far Paris is from London.", "piper-joe", Voice::Piper, "pitch-2", &["need"], &["paris", "london"]),
+        ("Can you recommend.", "A good movie for tonight.", "espeak-scotland", scotland, "phone", &["recommend"], &["movie", "tonight"]),
+    ];
+    let trim = |s: Vec<i16>| {
+        let loud = |v: &i16| v.unsigned_abs() > 300;
+        let (from, to) = (s.iter().position(loud).unwrap_or(0), s.iter().rposition(loud).map_or(0, |i| i + 1));
+        s[from..to].to_vec()
+    };
+    let mut wavs = vec![];
+    for (i, (a, b, _, voice, variant, _, _)) in requests.iter().enumerate() {
+        let mut audio = line_variant(dir.path(), &format!("a{i}"), &trim(voice.speak(a)), variant);
+        audio.extend(std::iter::repeat(0i16).take(16_000 * 1200 / 1000));
+        audio.extend(line_variant(dir.path(), &format!("b{i}"), &trim(voice.speak(b)), variant));
+        let wav = dir.path().join(format!("request{i}.wav"));
+        tgvoice::resample::write_wav_mono(&wav, 16_000, &audio).unwrap();
+        wavs.push(wav.display().to_string());
+    }
+    let p = Pipeline::start_with("pauses", vec![("TGVOICE_LLM_MAX_TOKENS".into(), "16".into())], None);
+    let record = dir.path().join("call.wav");
+    p.call(&wavs, &["--reply-timeout", "60", "--reply-silence", "2.5", "--record", record.to_str().unwrap()]);
+    let relay = p.log("llm-relay");
+    let users: Vec<String> = p
+        .history()
+        .iter()
+        .filter(|e| e["role"] == "user")
+        .map(|e| e["text"].as_str().unwrap_or("").to_lowercase())
+        .collect();
+    let ticks = voiced_ticks(&record);
+    let runs = caller_runs(&ticks);
+    assert_eq!(runs.len(), requests.len(), "caller runs in the recording: {runs:?}\nllm-relay:\n{relay}");
+    let mut kept = 0;
+    for (i, ((a, b, voice, _, variant, first, second), (start, end))) in requests.iter().zip(&runs).enumerate() {
+        let has = |said: &str, words: &[&str]| words.iter().any(|w| said.contains(w));
+        // One message: the one that starts the request goes on past its first part (what
+        // Whisper makes of the rest in these voices is sttd's business: printed, not judged).
+        let n_words = |t: &str| t.split_whitespace().count();
+        let whole = users.iter().find(|u| has(u, first) && n_words(u) >= n_words(a) + 2);
+        let heard_rest = whole.is_some_and(|u| has(u, second));
+        let spoke_at = (*start..=*end).find(|t| ticks[*t].1);
+        let ok = whole.is_some() && spoke_at.is_none();
+        kept += ok as usize;
+        eprintln!(
+            "{i}: {voice:15} {variant:8} {:4} {a:?} + {b:?}: {}{}{}",
+            if ok { "ok" } else { "FAIL" },
+            whole.map_or("no one message with both parts".to_string(), |u| format!("one message {u:?}")),
+            if whole.is_some() && !heard_rest { " (the rest misheard)" } else { "" },
+            spoke_at.map_or(String::new(), |t| format!("; the assistant spoke {} ms into the request", (t - start) * 10)),
+        );
+    }
+    eprintln!("user messages: {users:?}");
+    eprintln!(
+        "vadseg ended {} turns for 10 requests; llm-relay held {} by the words check and {} by the end judge, and let {} through",
+        p.log("vadseg").matches("s of speech").count(),
+        relay.matches("stops mid-sentence; waiting").count(),
+        relay.matches("wants more").count(),
+        relay.matches("can stand as a request").count()
+    );
+    eprintln!("{kept}/10 requests kept whole with no assistant voice in the pause (load {})", load_average());
+    assert!(kept >= 9, "only {kept} of 10 hesitating requests were one message with a quiet pause\nllm-relay:\n{relay}");
+}
+
 #[test]
 fn short_questions_through_the_supervised_pipeline_are_heard_exactly() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -23,6 +23,9 @@ pub const DEFAULT_ANTHROPIC_MODEL: &str = "claude-haiku-4-5";
 pub const DEFAULT_OPENAI_MODEL: &str = "gpt-4o-mini";
 pub const DEFAULT_LOCAL_MODEL: &str = "SmolLM2-135M-Instruct";
 pub const DEFAULT_LOCAL_PORT: u16 = 8088;
+/// How long a transcript waits for the end judge's verdict before the words alone decide (its
+/// ~60–100 ms, plus a request of its own queued on the server behind a reply started early).
+pub const END_JUDGE_WAIT: Duration = Duration::from_millis(400);
 
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a friendly voice assistant talking to someone on a phone call. \
 Your words are spoken aloud, so answer in one to three short, natural sentences. \
@@ -214,6 +217,13 @@ pub struct Args {
     /// if they do, their next words join it and one reply answers both (0 = answer at once).
     #[arg(long, default_value_t = 1000, env = "TGVOICE_LLM_UNFINISHED_WAIT_MS", value_name = "MS")]
     pub unfinished_wait: u64,
+    /// Ask a language model whether a transcript that passes the words check can stand as a
+    /// whole request ("Can you tell me" cannot; README "The end judge"); if not, it waits
+    /// --unfinished-wait like one that stops on "for". `auto`: the local llama.cpp server, when
+    /// it is the LLM; `off`: the words alone; or the /v1 root of a llama-cpp-python server with
+    /// a ChatML model (e.g. http://127.0.0.1:8088/v1) to use it with any provider.
+    #[arg(long, default_value = "auto", env = "TGVOICE_LLM_END_JUDGE", value_name = "auto|off|URL")]
+    pub end_judge: String,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -323,6 +333,20 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         )?,
         idle_timeout: secs("idle-timeout", args.idle_timeout)?,
     };
+    let end_judge = match args.end_judge.trim() {
+        "off" => None,
+        "auto" | "" => (choice == ProviderChoice::Local).then(|| provider.base_url.clone()),
+        url if url.starts_with("http://") || url.starts_with("https://") => Some(url.to_string()),
+        other => {
+            return Err(tgvoice::cli::bad_value::<Args>(
+                &["--end-judge"],
+                format!("--end-judge must be auto, off or an http(s):// URL, not {other:?}"),
+            ))
+        }
+    };
+    if let Some(url) = &end_judge {
+        log::info!("end judge: {url} (whether words that pass the words check can stand as a request)");
+    }
     let state_dir = args.state_dir.clone().unwrap_or_else(|| tgvoice::paths::instance_state_dir(&args.instance));
     Ok(Config {
         relay: RelayConfig {
@@ -342,7 +366,9 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
                 interrupt_after: Duration::from_millis(args.interrupt_after.clamp(100, 60_000)),
                 preempt: args.preempt == "on",
                 unfinished_wait: Duration::from_millis(args.unfinished_wait.min(60_000)),
+                judge: end_judge.as_ref().map(|_| END_JUDGE_WAIT),
             },
+            end_judge: end_judge.map(|u| crate::judge::EndJudge::new(&u)),
         },
         state_dir,
     })

@@ -6,11 +6,13 @@
 //! * [`provider`], [`stream`] — the LLM protocols and streaming with retries
 //! * [`speakable`] — reply text to speakable chunks
 //! * [`backchannel`], [`unfinished`], [`words`] — what the caller's words mean for the turn
+//! * [`judge`] — the end judge: can the words stand as a whole request (a language model's view)
 //! * [`config`] — flags and environment
 
 pub mod backchannel;
 pub mod config;
 pub mod conversation;
+pub mod judge;
 pub mod policy;
 pub mod provider;
 pub mod relay;

@@ -10,7 +10,7 @@
 use crate::backchannel::Backchannels;
 use crate::conversation::Budget;
 use crate::provider::{ChatMessage, Role};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tgvoice::event::kind;
 use tgvoice::{Event, TurnTrace};
@@ -39,6 +39,10 @@ pub struct PolicyConfig {
     pub preempt: bool,
     /// How long a message that stops mid-sentence waits for the rest (`--unfinished-wait`).
     pub unfinished_wait: Duration,
+    /// Ask the end judge ([`Command::Judge`], `--end-judge`) whether words that pass the words
+    /// check (unfinished.rs) can stand as a whole request; None = the words check alone. The
+    /// duration is how long an answer waits for the verdict before going by the words alone.
+    pub judge: Option<Duration>,
 }
 
 /// What the policy is told.
@@ -56,6 +60,9 @@ pub enum Input {
     EndOfInput,
     /// The output's reader left: stop quietly.
     OutputClosed,
+    /// The end judge's verdict on `text` (the key [`Command::Judge`] gave): can it stand as a
+    /// whole request? None: the judge could not say (it failed or timed out).
+    Judged { text: String, complete: Option<bool> },
 }
 
 /// What the executor does, in the order given.
@@ -85,6 +92,9 @@ pub enum Command {
     CancelUpTo { turn: u64 },
     /// A new call: begin a new conversation (named after `call`).
     NewConversation { call: Option<String> },
+    /// Ask the end judge whether `text` can stand as a whole request; the answer comes back as
+    /// [`Input::Judged`] with the same `text`.
+    Judge { text: String },
 }
 
 /// The policy's view of the world outside: commands are carried out at once and in order,
@@ -122,6 +132,11 @@ const INTERRUPTION_FORGET: Duration = Duration::from_secs(60);
 const MERGE_WAIT_NO_END: Duration = Duration::from_secs(60);
 /// Most caller turns awaiting their transcript at once (a real caller has one or two).
 const MAX_PENDING_TURNS: usize = 32;
+/// Messages shorter than this are not judged: "Yes", "John", "Four people" answer a question,
+/// and the judge, which sees no context, takes a name for the start of a sentence.
+const JUDGE_MIN_WORDS: usize = 3;
+/// Verdicts kept (the words of the last few turns and their previews).
+const MAX_VERDICTS: usize = 64;
 
 /// Might the caller be hearing a reply? Facts where tts-writer reports them (`reply-progress`
 /// while a reply's audio is written, `reply-played` when it ended or was cut: the `played.frames`
@@ -255,13 +270,21 @@ struct Waiting {
     unanswered: Option<(u64, String)>,
     /// `unanswered` still needs a reply (false after an explicit cancel or a failed reply).
     due: bool,
+    /// `unanswered`'s text, when the end judge found it unfinished (its stop is dropped when the
+    /// rest joins it, as for the words check).
+    judged_unfinished: Option<String>,
     /// turn → (speech-start seen at, speech-end seen at).
     turns: BTreeMap<u64, (Instant, Option<Instant>)>,
     /// When the last final transcript arrived (sttd's progress).
     last_transcript: Option<Instant>,
-    /// `unanswered` stops mid-sentence (unfinished.rs): it is not answered before this, unless
-    /// the caller's next words finish it.
+    /// `unanswered` stops mid-sentence (unfinished.rs, or the end judge): it is not answered
+    /// before this, unless the caller's next words finish it.
     unfinished_until: Option<Instant>,
+    /// `unanswered` awaits the end judge's verdict on this key (since the Instant);
+    /// `unfinished_until` is the most it waits for it.
+    judging: Option<(String, Instant)>,
+    /// The newest final transcript's turn and trace, for a reply started after a wait.
+    latest: Option<(u64, TurnTrace)>,
 }
 
 impl Waiting {
@@ -315,7 +338,7 @@ impl Waiting {
         match &self.unanswered {
             // "I'd like a table for." + "Four people." reads as one sentence without the stop
             // Whisper put where the caller paused.
-            Some((first, earlier)) if crate::unfinished::sounds_unfinished(earlier) => {
+            Some((first, earlier)) if crate::unfinished::sounds_unfinished(earlier) || self.judged_unfinished.as_deref() == Some(earlier.as_str()) => {
                 (Some(*first), format!("{} {text}", crate::unfinished::without_trailing_stop(earlier)))
             }
             Some((first, earlier)) => (Some(*first), format!("{earlier} {text}")),
@@ -336,6 +359,25 @@ pub struct Policy {
     /// words in that transcript still make them real (see [`Policy::backchannel_preview`]).
     resumed_on_preview: BTreeMap<u64, Instant>,
     playback: Playback,
+    /// The end judge's verdicts by key ([`judge_key`]): Some(complete), or None while asked.
+    verdicts: HashMap<String, Option<bool>>,
+    /// A preview not used yet because its verdict was being asked (turn, words, trace).
+    judged_preview: Option<(u64, String, TurnTrace)>,
+}
+
+/// What the end judge is asked about `text`: the words without the stop Whisper puts at a
+/// pause ("Can you tell me?" is "Can you tell me" spoken with a falling tone).
+pub fn judge_key(text: &str) -> String {
+    crate::unfinished::without_trailing_stop(text).to_string()
+}
+
+/// Does `text` stop mid-sentence, by the words check and the end judge?
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ending {
+    Finished,
+    Unfinished,
+    /// The judge was asked; its verdict is on its way.
+    Asked,
 }
 
 impl Policy {
@@ -349,6 +391,8 @@ impl Policy {
             interruptions: BTreeMap::new(),
             resumed_on_preview: BTreeMap::new(),
             playback: Playback::default(),
+            verdicts: HashMap::new(),
+            judged_preview: None,
         }
     }
 
@@ -397,9 +441,11 @@ impl Policy {
             Input::EndOfInput => {
                 self.waiting.turns.clear();
                 self.waiting.unfinished_until = None;
+                self.waiting.judging = None;
                 self.answer_if_caller_done(now, None, host);
             }
             Input::OutputClosed => self.cancel_reply("the output closed", false, host),
+            Input::Judged { text, complete } => self.judged(now, text, complete, host),
         }
     }
 
@@ -408,6 +454,10 @@ impl Policy {
             kind::TRANSCRIPT => {
                 let text = event.text.as_deref().unwrap_or("").trim().to_string();
                 let turn = event.turn.unwrap_or(0);
+                if event.get_bool("final") != Some(false) {
+                    // The final words decide now; a preview of this turn awaiting a verdict is moot.
+                    self.judged_preview.take_if(|(t, _, _)| *t <= turn);
+                }
                 if event.get_bool("final") == Some(false) {
                     if event.get_bool("preview") == Some(true) && self.backchannel_preview(now, turn, &text, host) {
                         // resumed: nothing to start from it
@@ -455,6 +505,7 @@ impl Policy {
                     self.waiting.turn_started(now, turn);
                 }
                 self.drop_held("the caller started a new turn", host);
+                self.judged_preview = None;
                 let continued = event.get_u64("continues").is_some();
                 let turn = event.turn;
                 host.run(Command::Forward(event));
@@ -493,6 +544,8 @@ impl Policy {
                 self.drop_held(why, host);
                 self.cancel_reply(why, false, host);
                 self.waiting = Waiting::default();
+                self.verdicts.clear();
+                self.judged_preview = None;
                 self.interruptions.clear();
                 self.resumed_on_preview.clear();
                 self.playback.silenced();
@@ -634,13 +687,28 @@ impl Policy {
             }
         };
         self.waiting.unfinished_until = None;
-        if !self.cfg.unfinished_wait.is_zero() && crate::unfinished::sounds_unfinished(&text) {
-            log::info!(
-                "turn {turn}: {text:?} stops mid-sentence; waiting up to {} ms for the rest",
-                self.cfg.unfinished_wait.as_millis()
-            );
-            self.waiting.unfinished_until = Some(now + self.cfg.unfinished_wait);
+        self.waiting.judging = None;
+        self.waiting.judged_unfinished = None;
+        match self.ending(&text, host) {
+            Ending::Finished => {}
+            Ending::Unfinished => {
+                log::info!(
+                    "turn {turn}: {text:?} stops mid-sentence; waiting up to {} ms for the rest",
+                    self.cfg.unfinished_wait.as_millis()
+                );
+                self.waiting.unfinished_until = Some(now + self.cfg.unfinished_wait);
+                if !crate::unfinished::sounds_unfinished(&text) {
+                    self.waiting.judged_unfinished = Some(text.clone());
+                }
+            }
+            Ending::Asked => {
+                let wait = self.cfg.judge.unwrap_or_default();
+                log::debug!("turn {turn}: asking the end judge about {text:?} (up to {} ms)", wait.as_millis());
+                self.waiting.judging = Some((judge_key(&text), now));
+                self.waiting.unfinished_until = Some(now + wait);
+            }
         }
+        self.waiting.latest = Some((turn, trace.clone()));
         self.waiting.unanswered = Some((turn, text));
         self.waiting.due = true;
         if self.waiting.caller_has_more(now, self.cfg.merge_wait) {
@@ -662,10 +730,17 @@ impl Policy {
                 return;
             }
             self.waiting.unfinished_until = None;
-            log::info!("the caller said no more in {} ms; answering what they said", self.cfg.unfinished_wait.as_millis());
+            if self.waiting.judging.is_none() {
+                log::info!("the caller said no more in {} ms; answering what they said", self.cfg.unfinished_wait.as_millis());
+            }
+        }
+        if let Some((key, _)) = self.waiting.judging.take() {
+            log::info!("the end judge gave no verdict on {key:?} in time; going by the words");
         }
         let Some((turn, text)) = self.waiting.unanswered.clone() else { return };
         self.waiting.due = false;
+        let stored = self.waiting.latest.take();
+        let latest = latest.or(stored);
         let (turn, trace) = match latest {
             Some((t, trace)) if t >= turn => (t, trace),
             _ => (turn, TurnTrace::default()),
@@ -720,6 +795,18 @@ impl Policy {
             return;
         }
         let (merged_with, user_text) = self.waiting.message_with(&text);
+        match self.ending(&user_text, host) {
+            Ending::Finished => {}
+            Ending::Unfinished => {
+                log::debug!("turn {turn}: preview {user_text:?} stops mid-sentence; not starting the reply early");
+                self.drop_held_of(turn, "the caller's words stop mid-sentence", host);
+                return;
+            }
+            Ending::Asked => {
+                self.judged_preview = Some((turn, text, trace));
+                return;
+            }
+        }
         let messages = host.messages_if_user_said(&user_text, merged_with.is_some(), self.cfg.budget);
         if self.held.as_ref().is_some_and(|h| h.turn == turn && h.messages == messages) {
             return;
@@ -729,6 +816,63 @@ impl Policy {
         let reply = self.new_id();
         host.run(Command::Start { reply, turn, messages: messages.clone(), trace, held: true });
         self.held = Some(Held { id: reply, turn, messages, chunks: vec![], done: None, started: now });
+    }
+
+    /// Does `text` stop mid-sentence? The words check first (unfinished.rs); then, for words
+    /// that pass it, the end judge's verdict if one is configured: known, or asked for now.
+    fn ending(&mut self, text: &str, host: &mut dyn Host) -> Ending {
+        if self.cfg.unfinished_wait.is_zero() {
+            return Ending::Finished;
+        }
+        if crate::unfinished::sounds_unfinished(text) {
+            return Ending::Unfinished;
+        }
+        if self.cfg.judge.is_none() || crate::words::words(text).len() < JUDGE_MIN_WORDS {
+            return Ending::Finished;
+        }
+        let key = judge_key(text);
+        match self.verdicts.get(&key) {
+            Some(Some(true)) => Ending::Finished,
+            Some(Some(false)) => Ending::Unfinished,
+            Some(None) => Ending::Asked,
+            None => {
+                if self.verdicts.len() >= MAX_VERDICTS {
+                    self.verdicts.clear();
+                }
+                self.verdicts.insert(key.clone(), None);
+                host.run(Command::Judge { text: key });
+                Ending::Asked
+            }
+        }
+    }
+
+    /// The end judge's verdict on `key`: a message waiting for it is answered now, or waits
+    /// `--unfinished-wait` (from when it was said) for the rest; a preview waiting for it
+    /// starts its reply early or does not.
+    fn judged(&mut self, now: Instant, key: String, complete: Option<bool>, host: &mut dyn Host) {
+        let Some(verdict) = self.verdicts.get_mut(&key) else { return };
+        *verdict = Some(complete.unwrap_or(true));
+        if let Some((_, since)) = self.waiting.judging.take_if(|(k, _)| *k == key) {
+            if complete == Some(false) {
+                log::info!(
+                    "{key:?} cannot stand as a whole request (the end judge); waiting up to {} ms for the rest",
+                    self.cfg.unfinished_wait.as_millis()
+                );
+                self.waiting.unfinished_until = Some(since + self.cfg.unfinished_wait);
+                self.waiting.judged_unfinished = self.waiting.unanswered.as_ref().map(|(_, t)| t.clone());
+            } else {
+                self.waiting.unfinished_until = None;
+            }
+            self.answer_if_caller_done(now, None, host);
+        }
+        let preview = self.judged_preview.take();
+        if let Some((turn, text, trace)) = preview {
+            if judge_key(&self.waiting.message_with(&text).1) == key {
+                self.preview(now, turn, text, trace, host);
+            } else {
+                self.judged_preview = Some((turn, text, trace));
+            }
+        }
     }
 
     fn new_id(&mut self) -> ReplyId {
@@ -896,6 +1040,7 @@ mod tests {
             interrupt_after: Duration::from_millis(2100),
             preempt: true,
             unfinished_wait: Duration::from_millis(1000),
+            judge: None,
         }
     }
 
@@ -1014,6 +1159,7 @@ mod tests {
             Command::Resume { turn } => format!("resume {turn}"),
             Command::CancelUpTo { turn } => format!("cancel up to {turn}"),
             Command::NewConversation { call } => format!("new conversation {}", call.as_deref().unwrap_or("-")),
+            Command::Judge { text } => format!("judge {text}"),
         }
     }
 
@@ -1240,6 +1386,94 @@ mod tests {
     fn with_unfinished_wait_0_a_message_that_stops_mid_sentence_is_answered_at_once() {
         let mut c = Call::with(|cfg| cfg.unfinished_wait = Duration::ZERO);
         assert_eq!(c.said(1, "I'd like a table for."), ["start #1 turn 1"]);
+    }
+
+    // ---- the end judge (--end-judge): words that pass the words check ----
+
+    fn judging() -> Call {
+        Call::with(|cfg| cfg.judge = Some(Duration::from_millis(400)))
+    }
+
+    fn verdict(c: &mut Call, text: &str, complete: Option<bool>) -> Vec<String> {
+        c.input(Input::Judged { text: text.into(), complete })
+    }
+
+    #[test]
+    fn words_the_judge_finds_complete_are_answered_on_its_verdict() {
+        let mut c = judging();
+        let out = c.turn(1, "What is the capital of France?");
+        assert_eq!(out.last().unwrap(), "judge What is the capital of France");
+        c.at(80);
+        assert_eq!(verdict(&mut c, "What is the capital of France", Some(true)), ["start #1 turn 1"]);
+        assert_eq!(c.asked(1), ["user: What is the capital of France?"]);
+    }
+
+    #[test]
+    fn words_the_judge_finds_unfinished_wait_for_the_rest_and_merge_with_it() {
+        let mut c = judging();
+        c.turn(1, "Can you tell me?");
+        c.at(80);
+        assert!(verdict(&mut c, "Can you tell me", Some(false)).is_empty());
+        assert_eq!(c.policy.next_wake(), Some(c.t0 + Duration::from_millis(1000)), "the wait counts from the words");
+        c.at(700);
+        c.speech_start(2);
+        assert!(c.at(3_000).is_empty(), "answered while the caller went on");
+        c.speech_end(2);
+        // The whole is judged again; the stop at the pause is gone.
+        assert_eq!(c.said(2, "The way to the station."), ["judge Can you tell me The way to the station"]);
+        assert_eq!(verdict(&mut c, "Can you tell me The way to the station", Some(true)), ["start #1 turn 2"]);
+        assert_eq!(c.asked(1), ["user: Can you tell me The way to the station."]);
+    }
+
+    #[test]
+    fn words_the_judge_finds_unfinished_are_answered_alone_when_nothing_follows() {
+        let mut c = judging();
+        c.turn(1, "I would like to know.");
+        verdict(&mut c, "I would like to know", Some(false));
+        assert!(c.at(999).is_empty());
+        assert_eq!(c.at(1000), ["start #1 turn 1"]);
+    }
+
+    #[test]
+    fn without_a_verdict_in_time_the_words_decide() {
+        let mut c = judging();
+        c.turn(1, "What is the capital of France?");
+        assert!(c.at(399).is_empty());
+        assert_eq!(c.at(400), ["start #1 turn 1"]);
+        // A late verdict changes nothing.
+        assert!(verdict(&mut c, "What is the capital of France", Some(false)).is_empty());
+        // A judge that fails counts as "complete".
+        let mut c = judging();
+        c.turn(1, "What is the capital of France?");
+        assert_eq!(verdict(&mut c, "What is the capital of France", None), ["start #1 turn 1"]);
+    }
+
+    #[test]
+    fn short_answers_and_words_that_stop_mid_sentence_are_not_judged() {
+        let mut c = judging();
+        assert_eq!(c.said(1, "Paris."), ["start #1 turn 1"]);
+        let mut c = judging();
+        let out = c.turn(1, "I'd like a table for.");
+        assert!(!out.iter().any(|l| l.starts_with("judge") || l.starts_with("start")), "{out:?}");
+        assert_eq!(c.at(1000), ["start #1 turn 1"]);
+    }
+
+    #[test]
+    fn a_preview_starts_its_held_reply_only_once_the_judge_finds_it_complete() {
+        let mut c = judging();
+        c.speech_start(1);
+        assert_eq!(c.preview(1, "What is the capital of France?"), ["judge What is the capital of France"]);
+        assert_eq!(verdict(&mut c, "What is the capital of France", Some(true)), ["start #1 turn 1 held"]);
+        c.speech_end(1);
+        // The final words are the same: known complete, no second question, the held reply stands.
+        assert_eq!(c.said(1, "What is the capital of France?"), ["release #1"]);
+        // A preview the judge finds unfinished starts nothing.
+        let mut c = judging();
+        c.speech_start(1);
+        c.preview(1, "Can you tell me?");
+        assert!(verdict(&mut c, "Can you tell me", Some(false)).is_empty());
+        c.speech_end(1);
+        assert!(c.said(1, "Can you tell me?").is_empty(), "known unfinished: it waits");
     }
 
     // ---- preemption: a preview starts the reply, held ----

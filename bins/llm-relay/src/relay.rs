@@ -31,6 +31,8 @@ pub struct RelayConfig {
     /// A reply ends after this many sentences (`--max-sentences`; 0 = no limit).
     pub max_sentences: usize,
     pub policy: PolicyConfig,
+    /// `--end-judge`: asked when the policy sends [`Command::Judge`].
+    pub end_judge: Option<crate::judge::EndJudge>,
 }
 
 /// What a streaming task reports.
@@ -117,12 +119,15 @@ struct Outside {
     /// The reply stopped last, for its `reply-end` (a cancel stops the stream, then ends it).
     last_stopped: Option<(ReplyId, Running)>,
     streams: UnboundedSender<(ReplyId, StreamMsg)>,
+    /// The end judge's verdicts: (key, complete?).
+    verdicts: UnboundedSender<(String, Option<bool>)>,
 }
 
 pub struct Relay {
     policy: Policy,
     outside: Outside,
     streams: UnboundedReceiver<(ReplyId, StreamMsg)>,
+    verdicts: UnboundedReceiver<(String, Option<bool>)>,
 }
 
 /// Sleeps until `at` (forever when None).
@@ -136,6 +141,7 @@ async fn sleep_until(at: Option<Instant>) {
 enum Step {
     Frame(Option<Frame>),
     Stream(Option<(ReplyId, StreamMsg)>),
+    Verdict(Option<(String, Option<bool>)>),
     Tick,
 }
 
@@ -143,6 +149,7 @@ impl Relay {
     pub fn new(cfg: RelayConfig, sink: SinkHandle, conversation: Conversation) -> anyhow::Result<Self> {
         let client = crate::stream::client(&cfg.stream)?;
         let (tx, streams) = unbounded_channel();
+        let (verdict_tx, verdicts) = unbounded_channel();
         let policy = Policy::new(cfg.policy.clone());
         let outside = Outside {
             cfg: Arc::new(cfg),
@@ -153,8 +160,9 @@ impl Relay {
             stopped: vec![],
             last_stopped: None,
             streams: tx,
+            verdicts: verdict_tx,
         };
-        Ok(Relay { policy, outside, streams })
+        Ok(Relay { policy, outside, streams, verdicts })
     }
 
     /// Run until the input ends (then let the reply in progress finish).
@@ -165,6 +173,7 @@ impl Relay {
                 biased;
                 f = inputs.recv() => Step::Frame(f),
                 m = self.streams.recv() => Step::Stream(m),
+                v = self.verdicts.recv() => Step::Verdict(v),
                 _ = sleep_until(wake), if wake.is_some() => Step::Tick,
             };
             if self.outside.sink.is_closed() {
@@ -178,7 +187,8 @@ impl Relay {
                 Step::Frame(Some(Frame::Event(e))) => self.feed(Input::Event(e)).await,
                 Step::Frame(Some(audio)) => self.outside.sink.send(audio), // not ours: forward unchanged
                 Step::Stream(Some(m)) => self.stream_msg(m).await,
-                Step::Stream(None) => unreachable!("the relay holds a sender"),
+                Step::Stream(None) | Step::Verdict(None) => unreachable!("the relay holds a sender"),
+                Step::Verdict(Some((text, complete))) => self.feed(Input::Judged { text, complete }).await,
                 Step::Tick => self.feed(Input::Tick).await,
             }
         }
@@ -256,6 +266,34 @@ impl Outside {
             };
             let _ = tx.send((reply, StreamMsg::Done(failure)));
         })
+    }
+
+    /// Ask the end judge about `text` in a task of its own; the verdict comes back through
+    /// `verdicts` (None when the judge fails: the words alone decide then).
+    fn judge(&self, text: String) {
+        let (cfg, client, tx) = (self.cfg.clone(), self.client.clone(), self.verdicts.clone());
+        tokio::spawn(async move {
+            let Some(judge) = cfg.end_judge.as_ref() else {
+                let _ = tx.send((text, None));
+                return;
+            };
+            let t0 = Instant::now();
+            let verdict = match judge.complete(&client, &text).await {
+                Ok(complete) => {
+                    log::info!(
+                        "end judge: {text:?} {} ({:.0} ms)",
+                        if complete { "can stand as a request" } else { "wants more" },
+                        t0.elapsed().as_secs_f64() * 1e3
+                    );
+                    Some(complete)
+                }
+                Err(e) => {
+                    log::warn!("end judge: no verdict on {text:?}: {e}; going by the words");
+                    None
+                }
+            };
+            let _ = tx.send((text, verdict));
+        });
     }
 
     /// The held reply stands: `trace` is the final transcript's; the LLM's first token counts
@@ -339,6 +377,7 @@ impl Host for Outside {
             }
             Command::Resume { turn } => self.send(Event::new(kind::RESUME).with_turn(turn)),
             Command::CancelUpTo { turn } => self.send(Event::new(kind::CANCEL).with_turn(turn)),
+            Command::Judge { text } => self.judge(text),
             Command::NewConversation { call } => {
                 if let Err(e) = self.conversation.start_new(call.as_deref()) {
                     log::error!("cannot start a new conversation: {e:#}");

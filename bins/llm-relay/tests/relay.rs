@@ -829,7 +829,8 @@ fn a_preview_the_caller_goes_on_from_is_dropped_without_a_sound_or_a_trace() {
     let state = tempfile::tempdir().unwrap();
     let mut relay = Relay::spawn(anthropic_relay(&server, state.path()));
     relay.send(turn_event("speech-start", 1));
-    relay.send(preview(1, "I'd like a table for"));
+    // (A preview that stops mid-sentence, "I'd like a table for", starts nothing early.)
+    relay.send(preview(1, "I'd like a table"));
     relay.wait_for(Duration::from_secs(5), |e| e.is("reply-ahead"));
     // The caller goes on after the hesitation (same turn): a new preview, then the end.
     relay.send(preview(1, "I'd like a table for four people."));
@@ -842,7 +843,7 @@ fn a_preview_the_caller_goes_on_from_is_dropped_without_a_sound_or_a_trace() {
     assert_eq!(chunks_of(&events, 1), vec!["You said: I'd like a table for four people."]);
     // the dropped reply's first chunk went out ahead (tts-writer keeps it unheard: not asked for)
     let ahead: Vec<_> = events.iter().filter(|e| e.is("reply-ahead")).filter_map(|e| e.text.clone()).collect();
-    assert_eq!(ahead.first().map(String::as_str), Some("You said: I'd like a table for"), "{ahead:?}");
+    assert_eq!(ahead.first().map(String::as_str), Some("You said: I'd like a table"), "{ahead:?}");
     assert!(server.request(0).closed_at.lock().unwrap().is_some(), "the dropped request's stream was not closed");
     assert_eq!(
         conversation_lines(state.path()),
