@@ -6,15 +6,18 @@
 //! is spoken with a falling tone. A language model knows: asked to go on from
 //! `<|im_start|>user\nCan you tell me`, SmolLM2 expects " what"/" a"/" more", while after
 //! `What is the capital of France` it expects "?". So the judge asks the local llama.cpp
-//! server (llama-cpp-python) for one token, greedily, with the tokens that end a message
-//! ("?", ".", "!", `<|im_end|>`) raised by [`END_BIAS`]: the words are complete when an ending
-//! wins, that is when an ending is at least e^-2 (~14 %) as likely as the likeliest next word.
-//! One forward pass of the 135M model, ~60–100 ms on one core. The prompt is ChatML (SmolLM2's
-//! template); the end tokens' ids are read from the server's `/extras/tokenize`.
+//! server (llama-cpp-python) to go on by one token, greedily, from the reply's own prompt cut
+//! at the caller's last word (system prompt, history, their words: [`open_prompt`]), with the
+//! tokens that end a message ("?", ".", "!", `<|im_end|>`) raised by [`END_BIAS`]: the words
+//! are complete when an ending wins, that is when an ending is at least e^-2 (~14 %) as likely
+//! as the likeliest next word. The server has the conversation's prefix cached from the last
+//! reply, so this costs the caller's words' tokens and one step. The prompt is ChatML
+//! (SmolLM2's template); the end tokens' ids are read from the server's `/extras/tokenize`.
 //!
 //! Measured on the model's own judgement of 30 broken-off requests and 30 whole ones, none
 //! of them test sentences: 28/30 and 26/30 right (README "The end judge").
 
+use crate::provider::ChatMessage;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -68,12 +71,14 @@ impl EndJudge {
             .await
     }
 
-    /// Can `text` stand as a whole request? Err says why the judge could not tell.
-    pub async fn complete(&self, client: &reqwest::Client, text: &str) -> Result<bool, String> {
+    /// Can the last message of `messages` (the caller's words) stand as a whole request?
+    /// `system` and the messages before it are the conversation, as the reply would send them.
+    /// Err says why the judge could not tell.
+    pub async fn complete(&self, client: &reqwest::Client, system: &str, messages: &[ChatMessage]) -> Result<bool, String> {
         let ids = self.end_tokens(client).await?;
         let bias: serde_json::Map<String, Value> = ids.iter().map(|id| (id.to_string(), json!(END_BIAS))).collect();
         let request = json!({
-            "prompt": format!("<|im_start|>user\n{}", text.trim()),
+            "prompt": open_prompt(system, messages),
             "max_tokens": 1,
             "temperature": 0,
             "logit_bias": bias,
@@ -85,6 +90,26 @@ impl EndJudge {
         Ok(ends_a_message(next))
     }
 }
+
+/// The conversation in ChatML as the server renders a chat request for SmolLM2 (its GGUF's
+/// template), with the last message left open: the judge's prompt is the reply's prompt up to
+/// the caller's last word, so the server's cache of that prefix serves both. (Another prefix
+/// would make the server evaluate the whole history again for the reply: ~500 ms here.)
+fn open_prompt(system: &str, messages: &[ChatMessage]) -> String {
+    // SmolLM2's template puts its own system line first when a request has none.
+    let system = if system.is_empty() { SMOLLM2_SYSTEM } else { system };
+    let mut prompt = format!("<|im_start|>system\n{system}<|im_end|>\n");
+    for (i, m) in messages.iter().enumerate() {
+        prompt.push_str(&format!("<|im_start|>{}\n{}", m.role.as_str(), m.text));
+        if i + 1 < messages.len() {
+            prompt.push_str("<|im_end|>\n");
+        }
+    }
+    prompt
+}
+
+/// The system line SmolLM2's chat template adds to a request without one.
+const SMOLLM2_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 
 /// The token the model picked ends the message: nothing (the end of turn) or a stop.
 fn ends_a_message(next: &str) -> bool {
@@ -112,6 +137,17 @@ mod tests {
         for t in [" what", " a", ",", ":", " the"] {
             assert!(!super::ends_a_message(t), "{t:?}");
         }
+    }
+
+    #[test]
+    fn the_prompt_is_the_chat_request_up_to_the_callers_last_word() {
+        use crate::provider::{ChatMessage, Role};
+        let m = |role, text: &str| ChatMessage { role, text: text.into() };
+        let messages = [m(Role::User, "Hi."), m(Role::Assistant, "Hello!"), m(Role::User, "Can you tell me")];
+        assert_eq!(
+            super::open_prompt("Be brief.", &messages),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi.<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nCan you tell me"
+        );
     }
 
     #[test]

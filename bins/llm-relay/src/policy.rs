@@ -93,8 +93,10 @@ pub enum Command {
     /// A new call: begin a new conversation (named after `call`).
     NewConversation { call: Option<String> },
     /// Ask the end judge whether `text` can stand as a whole request; the answer comes back as
-    /// [`Input::Judged`] with the same `text`.
-    Judge { text: String },
+    /// [`Input::Judged`] with the same `text`. `messages`: the request a reply to it would make,
+    /// its last message `text` (the judge reads the conversation, and its prompt shares the
+    /// reply's prefix, so the server's cache of that prefix is kept).
+    Judge { text: String, messages: Vec<ChatMessage> },
 }
 
 /// The policy's view of the world outside: commands are carried out at once and in order,
@@ -689,7 +691,7 @@ impl Policy {
         self.waiting.unfinished_until = None;
         self.waiting.judging = None;
         self.waiting.judged_unfinished = None;
-        match self.ending(&text, host) {
+        match self.ending(&text, None, host) {
             Ending::Finished => {}
             Ending::Unfinished => {
                 log::info!(
@@ -795,7 +797,7 @@ impl Policy {
             return;
         }
         let (merged_with, user_text) = self.waiting.message_with(&text);
-        match self.ending(&user_text, host) {
+        match self.ending(&user_text, Some(merged_with.is_some()), host) {
             Ending::Finished => {}
             Ending::Unfinished => {
                 log::debug!("turn {turn}: preview {user_text:?} stops mid-sentence; not starting the reply early");
@@ -820,7 +822,9 @@ impl Policy {
 
     /// Does `text` stop mid-sentence? The words check first (unfinished.rs); then, for words
     /// that pass it, the end judge's verdict if one is configured: known, or asked for now.
-    fn ending(&mut self, text: &str, host: &mut dyn Host) -> Ending {
+    /// `unrecorded`: None when `text` is the history's last user message; Some(merge) for a
+    /// preview's words, not recorded (merge: they would replace the last user message).
+    fn ending(&mut self, text: &str, unrecorded: Option<bool>, host: &mut dyn Host) -> Ending {
         if self.cfg.unfinished_wait.is_zero() {
             return Ending::Finished;
         }
@@ -840,7 +844,14 @@ impl Policy {
                     self.verdicts.clear();
                 }
                 self.verdicts.insert(key.clone(), None);
-                host.run(Command::Judge { text: key });
+                let mut messages = match unrecorded {
+                    None => host.messages(self.cfg.budget),
+                    Some(merge) => host.messages_if_user_said(text, merge, self.cfg.budget),
+                };
+                if let Some(last) = messages.last_mut() {
+                    last.text = key.clone();
+                }
+                host.run(Command::Judge { text: key, messages });
                 Ending::Asked
             }
         }
@@ -1159,7 +1170,10 @@ mod tests {
             Command::Resume { turn } => format!("resume {turn}"),
             Command::CancelUpTo { turn } => format!("cancel up to {turn}"),
             Command::NewConversation { call } => format!("new conversation {}", call.as_deref().unwrap_or("-")),
-            Command::Judge { text } => format!("judge {text}"),
+            Command::Judge { text, messages } => {
+                assert_eq!(messages.last().map(|m| m.text.as_str()), Some(text.as_str()), "the judge reads the request");
+                format!("judge {text}")
+            }
         }
     }
 

@@ -270,7 +270,7 @@ impl Outside {
 
     /// Ask the end judge about `text` in a task of its own; the verdict comes back through
     /// `verdicts` (None when the judge fails: the words alone decide then).
-    fn judge(&self, text: String) {
+    fn judge(&self, text: String, messages: Vec<ChatMessage>) {
         let (cfg, client, tx) = (self.cfg.clone(), self.client.clone(), self.verdicts.clone());
         tokio::spawn(async move {
             let Some(judge) = cfg.end_judge.as_ref() else {
@@ -278,7 +278,7 @@ impl Outside {
                 return;
             };
             let t0 = Instant::now();
-            let verdict = match judge.complete(&client, &text).await {
+            let verdict = match judge.complete(&client, &cfg.provider.system_prompt, &messages).await {
                 Ok(complete) => {
                     log::info!(
                         "end judge: {text:?} {} ({:.0} ms)",
@@ -377,7 +377,7 @@ impl Host for Outside {
             }
             Command::Resume { turn } => self.send(Event::new(kind::RESUME).with_turn(turn)),
             Command::CancelUpTo { turn } => self.send(Event::new(kind::CANCEL).with_turn(turn)),
-            Command::Judge { text } => self.judge(text),
+            Command::Judge { text, messages } => self.judge(text, messages),
             Command::NewConversation { call } => {
                 if let Err(e) = self.conversation.start_new(call.as_deref()) {
                     log::error!("cannot start a new conversation: {e:#}");
