@@ -784,7 +784,8 @@ fn a_hesitation_inside_a_turn_drops_the_reply_started_early_unheard() {
 /// if the reply was not heard yet. Either way each request must get exactly one answer, to
 /// the whole sentence, and none of the assistant's voice may come before the caller's last
 /// word. (Without the "um" the model hears most fragments as finished, and Whisper tends to
-/// finish them too — "a table for it.": that case is not met; bins/vadseg/README.md.)
+/// finish them too — "a table for it."; such pauses are held by llm-relay's end judge instead:
+/// `a_pause_after_a_phrase_spoken_on_its_own_is_one_message_in_any_voice`.)
 #[test]
 fn hesitations_with_um_mid_sentence_are_answered_once_as_a_whole() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
