@@ -139,6 +139,9 @@ const MAX_PENDING_TURNS: usize = 32;
 const JUDGE_MIN_WORDS: usize = 3;
 /// Verdicts kept (the words of the last few turns and their previews).
 const MAX_VERDICTS: usize = 64;
+/// After the end judge failed to give a verdict (its server down, hung or too slow), it is not
+/// asked for this long: each ask would hold a reply back for nothing.
+const JUDGE_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Might the caller be hearing a reply? Facts where tts-writer reports them (`reply-progress`
 /// while a reply's audio is written, `reply-played` when it ended or was cut: the `played.frames`
@@ -365,6 +368,8 @@ pub struct Policy {
     verdicts: HashMap<String, Option<bool>>,
     /// A preview not used yet because its verdict was being asked (turn, words, trace).
     judged_preview: Option<(u64, String, TurnTrace)>,
+    /// The end judge failed; it is not asked again before this.
+    judge_down_until: Option<Instant>,
 }
 
 /// What the end judge is asked about `text`: the words without the stop Whisper puts at a
@@ -395,6 +400,7 @@ impl Policy {
             playback: Playback::default(),
             verdicts: HashMap::new(),
             judged_preview: None,
+            judge_down_until: None,
         }
     }
 
@@ -691,7 +697,7 @@ impl Policy {
         self.waiting.unfinished_until = None;
         self.waiting.judging = None;
         self.waiting.judged_unfinished = None;
-        match self.ending(&text, None, host) {
+        match self.ending(now, &text, None, host) {
             Ending::Finished => {}
             Ending::Unfinished => {
                 log::info!(
@@ -797,7 +803,7 @@ impl Policy {
             return;
         }
         let (merged_with, user_text) = self.waiting.message_with(&text);
-        match self.ending(&user_text, Some(merged_with.is_some()), host) {
+        match self.ending(now, &user_text, Some(merged_with.is_some()), host) {
             Ending::Finished => {}
             Ending::Unfinished => {
                 log::debug!("turn {turn}: preview {user_text:?} stops mid-sentence; not starting the reply early");
@@ -824,14 +830,15 @@ impl Policy {
     /// that pass it, the end judge's verdict if one is configured: known, or asked for now.
     /// `unrecorded`: None when `text` is the history's last user message; Some(merge) for a
     /// preview's words, not recorded (merge: they would replace the last user message).
-    fn ending(&mut self, text: &str, unrecorded: Option<bool>, host: &mut dyn Host) -> Ending {
+    fn ending(&mut self, now: Instant, text: &str, unrecorded: Option<bool>, host: &mut dyn Host) -> Ending {
         if self.cfg.unfinished_wait.is_zero() {
             return Ending::Finished;
         }
         if crate::unfinished::sounds_unfinished(text) {
             return Ending::Unfinished;
         }
-        if self.cfg.judge.is_none() || crate::words::words(text).len() < JUDGE_MIN_WORDS {
+        let judge_down = self.judge_down_until.is_some_and(|until| now < until);
+        if self.cfg.judge.is_none() || judge_down || crate::words::words(text).len() < JUDGE_MIN_WORDS {
             return Ending::Finished;
         }
         let key = judge_key(text);
@@ -863,6 +870,11 @@ impl Policy {
     fn judged(&mut self, now: Instant, key: String, complete: Option<bool>, host: &mut dyn Host) {
         let Some(verdict) = self.verdicts.get_mut(&key) else { return };
         *verdict = Some(complete.unwrap_or(true));
+        if complete.is_none() {
+            log::warn!("the end judge gave no verdict; the words alone decide for the next {} s", JUDGE_RETRY_AFTER.as_secs());
+            self.judge_down_until = Some(now + JUDGE_RETRY_AFTER);
+            self.verdicts.retain(|_, v| v.is_some());
+        }
         if let Some((_, since)) = self.waiting.judging.take_if(|(k, _)| *k == key) {
             if complete == Some(false) {
                 log::info!(
@@ -1460,6 +1472,22 @@ mod tests {
         let mut c = judging();
         c.turn(1, "What is the capital of France?");
         assert_eq!(verdict(&mut c, "What is the capital of France", None), ["start #1 turn 1"]);
+    }
+
+    #[test]
+    fn a_judge_that_fails_is_not_asked_again_for_30_s() {
+        let mut c = judging();
+        c.turn(1, "What is the capital of France?");
+        c.at(100);
+        assert_eq!(verdict(&mut c, "What is the capital of France", None), ["start #1 turn 1"]);
+        c.chunk(1, "Paris.");
+        c.done(1);
+        // The words alone decide: answered at once, no question to the judge.
+        assert_eq!(c.turn(2, "And what about Spain?").last().unwrap(), "start #2 turn 2");
+        c.chunk(2, "Madrid.");
+        c.done(2);
+        c.at(32_000);
+        assert_eq!(c.turn(3, "And what about Italy?").last().unwrap(), "judge And what about Italy");
     }
 
     #[test]
