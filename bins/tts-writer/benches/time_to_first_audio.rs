@@ -38,6 +38,7 @@ fn config(kind: EngineKind, whole_sentences: bool) -> EngineConfig {
         command: None,
         command_arg: false,
         command_raw_rate: None,
+        server: Default::default(),
     }
 }
 

@@ -1,5 +1,5 @@
 //! tts-writer — speaks reply chunks (frames from llm-relay, or plain text lines) with Piper,
-//! espeak-ng or any command, and writes raw s16le 48 kHz mono paced in real time, stopping
+//! espeak-ng, any command or a speech server (OpenAI-compatible, Wyoming, Edge TTS), and writes raw s16le 48 kHz mono paced in real time, stopping
 //! within one frame on barge-in. See bins/tts-writer/README.md.
 
 use clap::Parser;
@@ -28,6 +28,11 @@ Engines:
   command    any program that prints WAV (or raw s16le with --command-raw-rate) for the text
              on its stdin (or as its last argument with --command-arg)
   auto       piper if installed, else espeak-ng (default)
+  openai     an OpenAI-compatible speech server: POST <--tts-url>/audio/speech (OpenAI,
+             Kokoro-FastAPI, LocalAI, openedai-speech), the audio played as it arrives
+  wyoming    a Wyoming service at --tts-url tcp://HOST:PORT (wyoming-piper: port 10200)
+  edge       Microsoft Edge's online voices through the edge-tts program (--edge-voice)
+  openai, wyoming and edge send the reply's text to that server (edge: to Microsoft).
 
 Examples:
   echo 'hello there' | tts-writer | ffplay -nodisp -autoexit -f s16le -ar 48000 -ac 1 -
@@ -35,13 +40,17 @@ Examples:
   tts-writer --input $RUN/reply.frames --output $RUN/tg_output.raw
   tts-writer --engine command --command 'espeak-ng --stdout -v en-gb' < lines.txt > out.raw
   tts-writer --unpaced --output-format frames < reply.frames | framecat   # replies with boundaries
+  tts-writer --engine openai --tts-url http://127.0.0.1:8880/v1 --tts-model kokoro --tts-voice af_heart
+  TGVOICE_TTS_API_KEY=sk-... tts-writer --engine openai --tts-url https://api.openai.com/v1
+  tts-writer --engine wyoming --tts-url tcp://127.0.0.1:10200
+  tts-writer --engine edge --edge-voice en-GB-SoniaNeural
   tts-writer --engine command --command-arg --command 'say -o /dev/stdout --data-format=LEI16@22050' --command-raw-rate 22050
 
 Each reply logs one latency line at its first audio (end of speech → transcript → first LLM
 token → first chunk → first audio) and appends it, and what was played of each reply, as JSON
 lines to <state dir>/metrics.jsonl.\n\nReadiness (fifo-layout.md §5): with TGVOICE_NOTIFY_FD=N (scripts/supervise sets it), one\nnewline on fd N, then fd N closed, once the voice is loaded and its input is open; at any log level.\n\n\
 Raw audio goes to a pipe, FIFO or file; to a terminal tts-writer refuses (exit 2) and names\n\
-the player command to pipe it into. --format applies to --output-format frames.", tgvoice::render::output_help(tgvoice::TextView::Events)), &[(exit::FAILURE, ""), (exit::USAGE, "raw audio to a terminal, or --format without --output-format frames"), (exit::UNAVAILABLE, "the engine is missing"), (exit::CONFIG, "an unsafe link path or a bad TGVOICE_TTS_ENGINE value")])
+the player command to pipe it into. --format applies to --output-format frames.", tgvoice::render::output_help(tgvoice::TextView::Events)), &[(exit::FAILURE, ""), (exit::USAGE, "raw audio to a terminal, or --format without --output-format frames"), (exit::UNAVAILABLE, "the engine is missing, or the Wyoming service is unreachable or lacks the voice"), (exit::CONFIG, "an unsafe link path, a bad TGVOICE_TTS_ENGINE value, or a --tts-key-file others can read")])
 )]
 struct Args {
     #[command(flatten)]
@@ -75,6 +84,37 @@ struct Args {
     /// The command prints raw s16le mono at this rate instead of WAV.
     #[arg(long, value_name = "HZ")]
     command_raw_rate: Option<u32>,
+    /// The server of --engine openai (the API base, e.g. https://api.openai.com/v1 or
+    /// http://127.0.0.1:8880/v1) or --engine wyoming (tcp://HOST:PORT).
+    #[arg(long, value_name = "URL", env = "TGVOICE_TTS_URL")]
+    tts_url: Option<String>,
+    /// --engine openai: the model.
+    #[arg(long, default_value = "tts-1", value_name = "NAME", env = "TGVOICE_TTS_MODEL")]
+    tts_model: String,
+    /// --engine openai: the voice [default: alloy]; --engine wyoming: one the service lists
+    /// [default: the service's own].
+    #[arg(long, value_name = "NAME", env = "TGVOICE_TTS_VOICE")]
+    tts_voice: Option<String>,
+    /// --engine openai: `response_format` asked for: pcm (raw s16le mono at --tts-rate) or wav.
+    #[arg(long, value_enum, default_value = "pcm", value_name = "FORMAT")]
+    tts_format: engine::openai::WireFormat,
+    /// --engine openai: the rate of pcm answers (OpenAI's and Kokoro's: 24000).
+    #[arg(long, default_value_t = 24_000, value_name = "HZ", value_parser = clap::value_parser!(u32).range(8000..=192_000))]
+    tts_rate: u32,
+    /// --engine openai: `speed` (0.25–4.0; not sent unless given).
+    #[arg(long, value_name = "X")]
+    tts_speed: Option<f32>,
+    /// --engine openai: read the API key from this file (mode 0600) instead of
+    /// $TGVOICE_TTS_API_KEY. Without a key no Authorization header is sent.
+    #[arg(long, value_name = "PATH")]
+    tts_key_file: Option<PathBuf>,
+    /// Server engines: the longest wait for a connection, the answer, or the next piece of
+    /// audio (ms); past it the chunk is skipped with one log line.
+    #[arg(long, default_value_t = 4000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    tts_timeout: u64,
+    /// --engine edge: the voice (`edge-tts --list-voices` lists them).
+    #[arg(long, default_value = "en-US-AriaNeural", value_name = "VOICE", env = "TGVOICE_TTS_EDGE_VOICE")]
+    edge_voice: String,
     /// Most audio kept ahead of real time in the output (ms); a cancel is heard within this.
     #[arg(long, default_value_t = 60, value_name = "MS", value_parser = clap::value_parser!(u64).range(20..=1000))]
     lead_ms: u64,
@@ -140,6 +180,10 @@ fn speak(args: Args) -> anyhow::Result<()> {
     if args.engine != EngineKind::Command && (args.command.is_some() || args.command_raw_rate.is_some()) {
         return Err(fail(exit::USAGE, "--command/--command-raw-rate need --engine command"));
     }
+    if !matches!(args.engine, EngineKind::Openai | EngineKind::Wyoming) && args.tts_url.is_some() && std::env::var_os("TGVOICE_TTS_URL").is_none() {
+        return Err(fail(exit::USAGE, "--tts-url needs --engine openai or --engine wyoming"));
+    }
+    let key = if args.engine == EngineKind::Openai { engine::wire::api_key(args.tts_key_file.as_deref())? } else { None };
     let cfg = EngineConfig {
         kind: args.engine,
         piper_model: args.piper_model.clone().unwrap_or_else(engine::default_piper_model),
@@ -150,6 +194,17 @@ fn speak(args: Args) -> anyhow::Result<()> {
         command: args.command.clone(),
         command_arg: args.command_arg,
         command_raw_rate: args.command_raw_rate,
+        server: engine::ServerConfig {
+            url: args.tts_url.clone(),
+            model: args.tts_model.clone(),
+            voice: args.tts_voice.clone(),
+            format: args.tts_format,
+            pcm_rate: args.tts_rate,
+            speed: args.tts_speed,
+            key,
+            timeout: Duration::from_millis(args.tts_timeout),
+            edge_voice: args.edge_voice.clone(),
+        },
     };
     // The output is checked before the voice is loaded, so a refusal comes at once.
     let out = FifoWriter::open(args.link.output())?;

@@ -167,6 +167,9 @@ fn speak(
             complete = false;
             return false;
         }
+        if audio.samples.is_empty() {
+            return true; // an engine waiting on a server asking whether to go on
+        }
         if audio.edges {
             fade_edges(&mut audio.samples, audio.rate);
         }

@@ -3,13 +3,20 @@
 //! * [`piper::PiperEngine`] — a Piper voice through ONNX Runtime (default when installed)
 //! * [`EspeakEngine`] — the `espeak-ng` program (zero setup)
 //! * [`CommandEngine`] — any program that prints WAV (or raw s16le at a declared rate)
+//! * [`openai::OpenAiEngine`] — an OpenAI-compatible `/v1/audio/speech` server, streamed
+//! * [`wyoming::WyomingEngine`] — a Wyoming service (Home Assistant; wyoming-piper)
+//! * [`edge::EdgeEngine`] — Microsoft Edge's online voices through the `edge-tts` program
 //!
 //! [`select`] picks one from the command line, falling back from Piper to espeak-ng when the
 //! voice or ONNX Runtime is missing and the user did not insist on Piper.
 
+pub mod edge;
 pub mod espeak_lib;
+pub mod openai;
 pub mod phonemize;
 pub mod piper;
+pub mod wire;
+pub mod wyoming;
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
@@ -31,7 +38,9 @@ pub struct Audio {
 pub trait SpeechEngine: Send {
     fn name(&self) -> &str;
     /// Speak `text`, handing audio to `emit` as soon as a piece (e.g. a sentence) is ready;
-    /// `emit` returns false to stop early (the reply was cancelled).
+    /// `emit` returns false to stop early (the reply was cancelled). An engine waiting on a
+    /// server may call `emit` with no samples ([`wire::still_wanted`]) to ask without
+    /// handing on audio.
     fn synthesize(&mut self, text: &str, emit: &mut dyn FnMut(Audio) -> bool) -> Result<()>;
 }
 
@@ -45,6 +54,12 @@ pub enum EngineKind {
     EspeakNg,
     /// Any program (--command) that prints WAV, or raw s16le with --command-raw-rate.
     Command,
+    /// An OpenAI-compatible speech server (--tts-url BASE, POST BASE/audio/speech), streamed.
+    Openai,
+    /// A Wyoming text-to-speech service (--tts-url tcp://HOST:PORT; wyoming-piper: 10200).
+    Wyoming,
+    /// Microsoft Edge's online voices through the edge-tts program (--edge-voice).
+    Edge,
 }
 
 /// Engine settings from the command line.
@@ -59,6 +74,39 @@ pub struct EngineConfig {
     pub command: Option<String>,
     pub command_arg: bool,
     pub command_raw_rate: Option<u32>,
+    /// The server engines' settings (openai, wyoming, edge).
+    pub server: ServerConfig,
+}
+
+/// What `--engine openai`, `wyoming` and `edge` need.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub url: Option<String>,
+    pub model: String,
+    /// None: `alloy` for openai, the service's default for Wyoming.
+    pub voice: Option<String>,
+    pub format: openai::WireFormat,
+    pub pcm_rate: u32,
+    pub speed: Option<f32>,
+    pub key: Option<wire::Secret>,
+    pub timeout: std::time::Duration,
+    pub edge_voice: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            url: None,
+            model: "tts-1".into(),
+            voice: None,
+            format: openai::WireFormat::Pcm,
+            pcm_rate: 24_000,
+            speed: None,
+            key: None,
+            timeout: std::time::Duration::from_millis(4000),
+            edge_voice: "en-US-AriaNeural".into(),
+        }
+    }
 }
 
 /// The default Piper voice: `$TGVOICE_MODELS/piper/en_US-joe-medium.onnx`.
@@ -101,6 +149,30 @@ pub fn select(cfg: &EngineConfig) -> Result<Box<dyn SpeechEngine>> {
             };
             Ok(Box::new(CommandEngine { command: cmd, text_as_arg: cfg.command_arg, raw_rate: cfg.command_raw_rate }))
         }
+        EngineKind::Openai => {
+            let s = &cfg.server;
+            let Some(base) = s.url.clone() else {
+                return Err(fail(exit::USAGE, "--engine openai needs --tts-url BASE (e.g. https://api.openai.com/v1, or http://127.0.0.1:8880/v1 for Kokoro-FastAPI)"));
+            };
+            let settings = openai::OpenAiSettings {
+                base,
+                model: s.model.clone(),
+                voice: s.voice.clone().unwrap_or_else(|| "alloy".into()),
+                format: s.format,
+                pcm_rate: s.pcm_rate,
+                speed: s.speed,
+                key: s.key.clone(),
+                timeout: s.timeout,
+            };
+            Ok(Box::new(openai::OpenAiEngine::new(settings).map_err(|e| fail(exit::USAGE, format!("{e:#}")))?))
+        }
+        EngineKind::Wyoming => {
+            let Some(url) = &cfg.server.url else {
+                return Err(fail(exit::USAGE, "--engine wyoming needs --tts-url tcp://HOST:PORT (wyoming-piper listens on 10200)"));
+            };
+            Ok(Box::new(wyoming::WyomingEngine::connect(url, cfg.server.voice.clone(), cfg.server.timeout)?))
+        }
+        EngineKind::Edge => Ok(Box::new(edge::EdgeEngine::new(&cfg.server.edge_voice, cfg.server.timeout)?)),
     }
 }
 
@@ -232,19 +304,7 @@ mod tests {
 
     #[test]
     fn streamed_wav_with_placeholder_sizes_parses() {
-        let mut wav = vec![];
-        wav.extend(b"RIFF");
-        wav.extend(0x7fff_f024u32.to_le_bytes());
-        wav.extend(b"WAVEfmt ");
-        wav.extend(16u32.to_le_bytes());
-        wav.extend(1u16.to_le_bytes());
-        wav.extend(1u16.to_le_bytes());
-        wav.extend(22050u32.to_le_bytes());
-        wav.extend(44100u32.to_le_bytes());
-        wav.extend(2u16.to_le_bytes());
-        wav.extend(16u16.to_le_bytes());
-        wav.extend(b"data");
-        wav.extend(0x7fff_f000u32.to_le_bytes());
+        let mut wav = wire::wav_header(22050, 1, 0x7fff_f024, 0x7fff_f000);
         for s in [1i16, -2, 300] {
             wav.extend(s.to_le_bytes());
         }

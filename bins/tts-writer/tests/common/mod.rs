@@ -11,6 +11,8 @@ use tgvoice::frame::encode;
 use tgvoice::testkit::{bin_path, cache_dir};
 use tgvoice::{Event, Frame};
 
+pub mod standin_tts;
+
 pub const RATE: f64 = 48_000.0;
 
 pub fn tts_writer() -> Command {
