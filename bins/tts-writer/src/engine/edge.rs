@@ -62,10 +62,28 @@ fn collect(stream: Option<impl Read + Send + 'static>) -> std::thread::JoinHandl
     })
 }
 
-/// The last line of a program's complaint (a Python traceback ends with the exception).
+/// The last line of a program's complaint (a Python traceback ends with the exception), with
+/// aiohttp's `ssl:<ssl.SSLContext object at 0x…>` left out.
 fn last_line(stderr: &str) -> String {
-    let line = stderr.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no message");
-    wire::snippet(line.as_bytes())
+    let mut line = stderr.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no message").to_string();
+    if let Some(a) = line.find(" ssl:<") {
+        if let Some(b) = line[a..].find('>') {
+            line.replace_range(a..a + b + 1, "");
+        }
+    }
+    line.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_last_line_of_a_traceback_is_the_cause() {
+        let err = "Traceback (most recent call last):\n  File \"x\", line 1\naiohttp.client_exceptions.ClientConnectorDNSError: Cannot connect to host speech.platform.bing.com:443 ssl:<ssl.SSLContext object at 0x7f26eaea3ec0> [Name or service not known]\n\n";
+        assert_eq!(
+            super::last_line(err),
+            "aiohttp.client_exceptions.ClientConnectorDNSError: Cannot connect to host speech.platform.bing.com:443 [Name or service not known]"
+        );
+    }
 }
 
 struct Running {

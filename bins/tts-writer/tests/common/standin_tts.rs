@@ -517,3 +517,35 @@ impl Drop for Framed {
         let _ = self.child.wait();
     }
 }
+
+/// Barge-in during a long streamed answer (tts-writer on an output FIFO, paced): after 1 s of
+/// playing, a `cancel`. The output stops within one 20 ms frame, the server sees its connection
+/// dropped within 300 ms and never finishes its answer, and tts-writer logs `says` (not an error).
+pub fn barge_in(args: &[&str], seen: &Shared, says: &str) {
+    let mut w = super::LiveWriter::start(args);
+    w.send(&super::chunk(1, 0, "A long answer that streams for four seconds."));
+    let mut got = vec![];
+    w.play_for(&mut got, 1000);
+    w.send(&super::event_bytes(tgvoice::Event::new("cancel").with_turn(1)));
+    let cancelled = Instant::now();
+    let super::LiveWriter { mut reader, child, stdin, .. } = w;
+    let mark = got.len() + reader.unread();
+    while cancelled.elapsed() < Duration::from_millis(600) {
+        reader.read_available(&mut got, Duration::from_millis(5));
+    }
+    drop(stdin);
+    let out = super::wait_with_timeout(child, Duration::from_secs(20));
+    let log = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{log}");
+    assert!(out.status.success());
+    let after = got.len().saturating_sub(mark);
+    assert!(after <= 1920, "{after} bytes ({:.1} ms) written after the barge-in", after as f64 / 96.0);
+    assert!(got.len() > 48_000, "the answer was playing before the barge-in ({} bytes)", got.len());
+    let dropped = seen.lock().unwrap().dropped.clone();
+    assert_eq!(dropped.len(), 1, "the server saw its connection dropped");
+    let took = dropped[0].saturating_duration_since(cancelled);
+    assert!(took < Duration::from_millis(300), "the request was dropped {took:?} after the barge-in");
+    assert!(seen.lock().unwrap().finished.is_empty(), "the answer was not sent to its end");
+    assert!(log.contains(says), "{log}");
+    assert!(!log.contains("could not speak"), "a barge-in is not an error: {log}");
+}
