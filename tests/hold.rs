@@ -575,6 +575,7 @@ impl Voicecall {
             .env("TGVOICE_BIN", bin_path("tgcat").parent().unwrap())
             .env("TGVOICE_TG_SESSION", self.dir.path().join("no-session"))
             .env("ANTHROPIC_API_KEY", SECRET)
+            .env("TGVOICE_TTS_API_KEY", TTS_SECRET)
             .env_remove("OPENAI_API_KEY")
             .env_remove("TGVOICE_LLM_BASE_URL")
             .envs(env.iter().copied())
@@ -599,6 +600,8 @@ impl Drop for Voicecall {
 }
 
 const SECRET: &str = "sk-ant-hold-test-not-a-real-key";
+/// tts-writer's key (for --engine openai): it reaches tts-writer alone.
+const TTS_SECRET: &str = "sk-tts-hold-test-not-a-real-key";
 
 /// Live (non-zombie) members of a process group, read from /proc.
 fn group_members(pgid: i32) -> Vec<i32> {
@@ -655,10 +658,13 @@ fn case5_supervisor_killed_with_sigkill_is_found_and_stopped() {
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
         let has_key = environ.windows(SECRET.len()).any(|w| w == SECRET.as_bytes());
         assert_eq!(has_key, stage == "llm-relay", "{stage}: API key in its environment: {has_key}");
+        let has_tts_key = environ.windows(TTS_SECRET.len()).any(|w| w == TTS_SECRET.as_bytes());
+        assert_eq!(has_tts_key, stage == "tts-writer", "{stage}: TTS key in its environment: {has_tts_key}");
     }
     let sup: i32 = vc.supervise("pid").parse().unwrap();
     let environ = std::fs::read(format!("/proc/{sup}/environ")).unwrap();
     assert!(!environ.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()), "the supervisor carries the key");
+    assert!(!environ.windows(TTS_SECRET.len()).any(|w| w == TTS_SECRET.as_bytes()), "the supervisor carries the TTS key");
 
     unsafe { libc::kill(sup, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(300));
