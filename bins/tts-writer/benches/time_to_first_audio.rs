@@ -6,6 +6,10 @@
 //! * end to end: the built `tts-writer` binary, already running, from writing a text line on
 //!   its stdin to the first byte on its stdout (median of N).
 //!
+//! * over the wire: `--engine openai` and `--engine wyoming` in-process against the loopback
+//!   stand-ins of the tests, each answering after a fixed delay (0 and 200 ms) with 2 s of
+//!   audio: what the protocol and the streaming cost on top of the server's own thinking;
+//!
 //! Run: `cargo bench -p tts-writer` (after `cargo build --release -p tts-writer` and
 //! scripts/setup). Targets on the reference machine: piper < 250 ms, espeak-ng < 50 ms.
 
@@ -14,6 +18,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tgvoice::resample::StreamResampler;
 use tts_writer::engine::{self, Audio, EngineConfig, EngineKind};
+
+#[allow(dead_code)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::standin_tts::{tone, wyoming_piper, Act, Speech, Wyoming, WYOMING_RATE};
 
 const SHORT: &str = "Hello, how can I help you today?";
 const PARAGRAPH: &str = "The weather today is mild, with a light breeze from the west. In the \
@@ -47,7 +56,8 @@ fn first_audio_ms(e: &mut dyn engine::SpeechEngine, text: &str) -> f64 {
     let t = Instant::now();
     let mut first = None;
     e.synthesize(text, &mut |a: Audio| {
-        if first.is_none() {
+        // (an engine waiting on a server asks with no samples whether to go on)
+        if first.is_none() && !a.samples.is_empty() {
             let mut r = StreamResampler::new(a.rate, 48_000, (a.rate / 50) as usize).unwrap();
             let _ = r.process(&a.samples);
             first = Some(t.elapsed().as_secs_f64() * 1000.0);
@@ -62,7 +72,9 @@ fn rtf(e: &mut dyn engine::SpeechEngine, text: &str) -> (f64, f64) {
     let t = Instant::now();
     let mut secs = 0.0;
     e.synthesize(text, &mut |a: Audio| {
-        secs += a.samples.len() as f64 / a.rate as f64;
+        if !a.samples.is_empty() {
+            secs += a.samples.len() as f64 / a.rate as f64;
+        }
         true
     })
     .unwrap();
@@ -157,9 +169,71 @@ fn end_to_end(name: &str, engine: &str) -> Option<f64> {
     Some(med)
 }
 
+/// Time to first audio over the wire: the engine against a stand-in that answers each request
+/// after `delay` with 2 s of audio (median of N after a warm-up).
+fn over_the_wire(name: &str, kind: EngineKind, delay_ms: u64) -> Option<f64> {
+    let script = |rate| (0..=N).map(|_| Act::After(Duration::from_millis(delay_ms), tone(rate, 2000))).collect();
+    let mut cfg = config(kind, false);
+    // the stand-ins are kept alive until the end of the measurement
+    let (_speech, _wyoming);
+    cfg.server.url = Some(match kind {
+        EngineKind::Openai => {
+            _speech = Speech::start(script(24_000));
+            _speech.base_url()
+        }
+        _ => {
+            _wyoming = Wyoming::start(script(WYOMING_RATE));
+            _wyoming.url()
+        }
+    });
+    let mut e = engine::select(&cfg).map_err(|err| println!("{name}: {err:#}")).ok()?;
+    Some(warm_median(e.as_mut(), &format!("{name:<10} over the wire, server delay {delay_ms} ms")))
+}
+
+/// One warm-up (connection, runtime, a server's lazy voice load), then the median of N times
+/// to first audio, printed with `label`.
+fn warm_median(e: &mut dyn engine::SpeechEngine, label: &str) -> f64 {
+    first_audio_ms(e, SHORT);
+    let times: Vec<f64> = (0..N).map(|_| first_audio_ms(e, SHORT)).collect();
+    let med = median(times.clone());
+    println!(
+        "{label}: time to first audio median {med:.1} ms (min {:.1}, max {:.1}, n={N})",
+        times.iter().cloned().fold(f64::MAX, f64::min),
+        times.iter().cloned().fold(0.0, f64::max)
+    );
+    med
+}
+
+/// The same voice served by a real wyoming-piper (Python piper-tts) on 127.0.0.1.
+fn real_wyoming_piper() -> Option<f64> {
+    let data = tempfile::tempdir().ok()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let _service = wyoming_piper(port, data.path());
+    let mut cfg = config(EngineKind::Wyoming, false);
+    cfg.server.url = Some(format!("tcp://127.0.0.1:{port}"));
+    let mut e = engine::select(&cfg).map_err(|err| println!("wyoming-piper: {err:#}")).ok()?;
+    Some(warm_median(e.as_mut(), "wyoming-piper (real, 127.0.0.1)"))
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
+    }
+    println!("load at start: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
+    if std::env::args().any(|a| a == "--wire") {
+        // only the engines over the wire, against Piper in-process
+        in_process("piper", EngineKind::Piper, false);
+        for delay in [0, 200] {
+            over_the_wire("openai", EngineKind::Openai, delay);
+            over_the_wire("wyoming", EngineKind::Wyoming, delay);
+        }
+        real_wyoming_piper();
+        println!("load at end: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
+        return;
+    }
+    for delay in [0, 200] {
+        over_the_wire("openai", EngineKind::Openai, delay);
+        over_the_wire("wyoming", EngineKind::Wyoming, delay);
     }
     let piper = in_process("piper", EngineKind::Piper, false);
     // The same voice without the first-clause split (what a whole-sentence seam such as a

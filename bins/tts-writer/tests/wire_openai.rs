@@ -8,7 +8,6 @@ mod common;
 use common::standin_tts::*;
 use common::*;
 use std::time::{Duration, Instant};
-use tgvoice::Event;
 
 /// 48 kHz samples for `ms` of audio.
 fn at48(ms: u32) -> usize {

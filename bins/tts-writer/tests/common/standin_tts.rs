@@ -28,6 +28,21 @@ pub enum Act {
     CloseAfter { audio: Vec<u8>, bytes: usize },
     /// Read the request and answer nothing for this long.
     Stall(Duration),
+    /// Think for this long (a server's time to its first audio), then send all the audio.
+    After(Duration, Vec<u8>),
+}
+
+impl Act {
+    /// [`Act::After`] waits its delay here and is then plain audio.
+    fn thought_over(self) -> Act {
+        match self {
+            Act::After(delay, audio) => {
+                std::thread::sleep(delay);
+                Act::Audio { audio, first: 0, gate: None }
+            }
+            other => other,
+        }
+    }
 }
 
 /// What the stand-in saw.
@@ -164,7 +179,9 @@ fn http_answer(conn: &mut TcpStream, act: Act, seen: &Shared) -> bool {
     };
     let ctype = "audio/pcm";
     let wrote = (|| -> std::io::Result<bool> {
+        let act = act.thought_over();
         match act {
+            Act::After(..) => unreachable!("made Audio above"),
             Act::Audio { audio, first, gate } => {
                 start(conn, ctype)?;
                 for piece in audio[..first].chunks(4096) {
@@ -310,8 +327,10 @@ fn wyoming_conn(conn: TcpStream, script: Script, seen: &Shared) {
                     }
                     Ok(())
                 };
+                let act = act.thought_over();
                 let r = (|| -> std::io::Result<bool> {
                     match act {
+                        Act::After(..) => unreachable!("made Audio above"),
                         Act::Audio { audio, first, gate } => {
                             conn.write_all(&wyoming_event("audio-start", format.clone(), &[]))?;
                             audio_events(&mut conn, &audio[..first], None)?;
@@ -549,3 +568,44 @@ pub fn barge_in(args: &[&str], seen: &Shared, says: &str) {
     assert!(log.contains(says), "{log}");
     assert!(!log.contains("could not speak"), "a barge-in is not an error: {log}");
 }
+
+// ---------------------------------------------------------------------------------------
+// A real Wyoming service: wyoming-piper (PyPI 2.5.2) from the project's venv.
+
+use std::process::Command;
+
+/// A wyoming-piper a test or the bench started, stopped (by its handle) when dropped.
+pub struct Service(pub Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// wyoming-piper from the project's venv serving the Piper voice scripts/setup installs, on
+/// 127.0.0.1:`port`; returns once it accepts connections.
+pub fn wyoming_piper(port: u16, data: &std::path::Path) -> Service {
+    let venv = std::env::var_os("TGVOICE_VENV").map(std::path::PathBuf::from).unwrap_or_else(|| tgvoice::testkit::cache_dir().join("venv"));
+    let program = venv.join("bin/wyoming-piper");
+    assert!(program.exists(), "{} missing: run scripts/setup venv (PyPI wyoming-piper==2.5.2)", program.display());
+    let mut child = Service(Command::new(program)
+        .args(["--uri", &format!("tcp://127.0.0.1:{port}"), "--voice", super::piper_model().to_str().unwrap(), "--data-dir"])
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("wyoming-piper exited ({status}) before listening");
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "wyoming-piper did not listen within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
