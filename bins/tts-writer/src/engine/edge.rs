@@ -108,7 +108,8 @@ impl SpeechEngine for EdgeEngine {
 
     fn synthesize(&mut self, text: &str, emit: &mut dyn FnMut(Audio) -> bool) -> Result<()> {
         let mut edge = Command::new(&self.program)
-            .args(["--voice", &self.voice, "--write-media", "-", "--text", text])
+            // `--text=…`: a reply starting with "-" is not taken for an option
+            .args(["--voice", &self.voice, "--write-media", "-", &format!("--text={text}")])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -274,3 +274,33 @@ impl WyomingEngine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_taken_whole_however_the_bytes_arrive() {
+        let mut stream = encode("audio-start", &json!({ "rate": 22050, "width": 2, "channels": 1 }), &[]);
+        stream.extend(encode("audio-chunk", &json!({ "rate": 22050 }), &[0, 1, 0xff, b'\n', 7, 0]));
+        // data inline in the header line, as older services write it
+        stream.extend(b"{\"type\": \"audio-stop\", \"data\": {\"timestamp\": 5}}\n");
+        for step in [1, 3, 7, stream.len()] {
+            let mut buf = vec![];
+            let mut events = vec![];
+            for piece in stream.chunks(step) {
+                buf.extend_from_slice(piece);
+                while let Some(ev) = decode(&mut buf).unwrap() {
+                    events.push(ev);
+                }
+            }
+            assert!(buf.is_empty());
+            let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+            assert_eq!(kinds, ["audio-start", "audio-chunk", "audio-stop"], "step {step}");
+            assert_eq!(events[0].data["rate"], 22050);
+            assert_eq!(events[1].payload, [0, 1, 0xff, b'\n', 7, 0], "a newline inside the payload is payload");
+            assert_eq!(events[2].data["timestamp"], 5);
+        }
+        assert!(decode(&mut b"<html>\n".to_vec()).is_err());
+    }
+}
