@@ -5,8 +5,9 @@
 //! Each decode is one request: the turn's audio as a 16 kHz mono 16-bit WAV in a
 //! multipart/form-data body (`file`, `model`, `language`, `prompt`, `response_format=json`),
 //! answered by `{"text": ...}`. The request runs on a single-threaded tokio runtime owned by
-//! the worker thread, raced against the budget and the abort flag: a superseded decode drops
-//! the request's future, which closes its connection (the server sees the client go).
+//! the worker thread, raced against the budget and the abort flag: a decode superseded or out
+//! of time drops the request and the runtime that ran its connection, so the connection is
+//! closed at once (the server sees the client go).
 //! The rules of the budget and the retry are [`crate::wire`]'s.
 
 use crate::engine::Transcription;
@@ -53,18 +54,22 @@ impl OpenAiEngine {
                 return Err(fail(exit::USAGE, format!("{name}: a carriage return cannot be sent in a form field")));
             }
         }
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let client = {
-            let _in_rt = rt.enter();
-            reqwest::Client::builder()
-                .connect_timeout(settings.timeout.min(Duration::from_secs(3)))
-                // One connection is kept between turns; a cancelled request's is closed.
-                .pool_max_idle_per_host(1)
-                .pool_idle_timeout(Duration::from_secs(50))
-                .user_agent(concat!("tgvoice-sttd/", env!("CARGO_PKG_VERSION")))
-                .build()?
-        };
+        let (rt, client) = runtime_and_client(settings.timeout)?;
         Ok(OpenAiEngine { rt, client, endpoint: format!("{base}/audio/transcriptions"), settings, key })
+    }
+
+    /// A new runtime and client for the next request: the old runtime is dropped, and with it
+    /// every task it still had, so the connection of a request given up on is closed now
+    /// (hyper runs a connection as a task of the runtime, which only runs inside `block_on`:
+    /// left alone, that socket would stay open until the next turn).
+    fn close_connections(&mut self) {
+        match runtime_and_client(self.settings.timeout) {
+            Ok((rt, client)) => {
+                self.client = client;
+                drop(std::mem::replace(&mut self.rt, rt));
+            }
+            Err(e) => log::warn!("cannot make a new HTTP client ({e:#}); the old one's connection stays open"),
+        }
     }
 
     /// The form, as OpenAI's API documents it.
@@ -112,9 +117,9 @@ impl OpenAiEngine {
         }
     }
 
-    fn attempt(&self, audio: &[i16], budget: &Budget) -> Attempt {
+    fn attempt(&mut self, audio: &[i16], budget: &Budget) -> Attempt {
         let body = self.body(&wire::wav_bytes(audio));
-        self.rt.block_on(async {
+        let attempt = self.rt.block_on(async {
             let abort = async {
                 while !budget.aborted() {
                     tokio::time::sleep(wire::ABORT_POLL).await;
@@ -129,12 +134,16 @@ impl OpenAiEngine {
                 _ = tokio::time::sleep_until(budget.deadline.into()) => Attempt::TimedOut,
                 _ = abort => Attempt::Aborted,
             }
-        })
+        });
+        if matches!(attempt, Attempt::TimedOut | Attempt::Aborted) {
+            self.close_connections();
+        }
+        attempt
     }
 
     pub fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription> {
-        let server = format!("speech-to-text server {}", self.endpoint);
-        wire::transcribe_with_retry(&server, self.settings.timeout, samples, abort, |audio, budget| self.attempt(audio, budget))
+        let (server, timeout) = (format!("speech-to-text server {}", self.endpoint), self.settings.timeout);
+        wire::transcribe_with_retry(&server, timeout, samples, abort, |audio, budget| self.attempt(audio, budget))
     }
 
     pub fn describe(&self) -> String {
@@ -146,6 +155,21 @@ impl OpenAiEngine {
             self.settings.timeout.as_secs_f64()
         )
     }
+}
+
+fn runtime_and_client(timeout: Duration) -> anyhow::Result<(tokio::runtime::Runtime, reqwest::Client)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = {
+        let _in_rt = rt.enter();
+        reqwest::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            // One connection is kept between turns; a cancelled request's is closed.
+            .pool_max_idle_per_host(1)
+            .pool_idle_timeout(Duration::from_secs(50))
+            .user_agent(concat!("tgvoice-sttd/", env!("CARGO_PKG_VERSION")))
+            .build()?
+    };
+    Ok((rt, client))
 }
 
 /// reqwest's error and its causes on one line ("error sending request: … Connection refused").
