@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! The stand-in speech-to-text servers (`standin_stt.py` beside the tests: an OpenAI-style
 //! HTTP server that parses the multipart body and the WAV, and a Wyoming service on the
 //! protocol's own Python package) as a running process the test reads and steers. Used by
