@@ -575,6 +575,7 @@ impl Voicecall {
             .env("TGVOICE_BIN", bin_path("tgcat").parent().unwrap())
             .env("TGVOICE_TG_SESSION", self.dir.path().join("no-session"))
             .env("ANTHROPIC_API_KEY", SECRET)
+            .env("TGVOICE_STT_API_KEY", STT_SECRET)
             .env_remove("OPENAI_API_KEY")
             .env_remove("TGVOICE_LLM_BASE_URL")
             .envs(env.iter().copied())
@@ -599,6 +600,8 @@ impl Drop for Voicecall {
 }
 
 const SECRET: &str = "sk-ant-hold-test-not-a-real-key";
+/// The speech-to-text server's key (sttd --engine openai), which reaches sttd alone.
+const STT_SECRET: &str = "sk-stt-hold-test-not-a-real-key";
 
 /// Live (non-zombie) members of a process group, read from /proc.
 fn group_members(pgid: i32) -> Vec<i32> {
@@ -617,7 +620,7 @@ fn group_members(pgid: i32) -> Vec<i32> {
 
 /// Cases 5, 6 (STT unavailable) and 8 (secrets): the supervisor cannot be lost.
 /// * `start` with the whisper model missing fails fast, naming sttd and the model.
-/// * The API key is in llm-relay's environment and no other stage's.
+/// * The API key is in llm-relay's environment and no other stage's; the STT key in sttd's alone.
 /// * After `kill -9` of the supervisor, `status` reports the orphans, a second `start`
 ///   refuses, and `stop` ends every process of the instance promptly.
 #[test]
@@ -655,10 +658,13 @@ fn case5_supervisor_killed_with_sigkill_is_found_and_stopped() {
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
         let has_key = environ.windows(SECRET.len()).any(|w| w == SECRET.as_bytes());
         assert_eq!(has_key, stage == "llm-relay", "{stage}: API key in its environment: {has_key}");
+        let has_stt_key = environ.windows(STT_SECRET.len()).any(|w| w == STT_SECRET.as_bytes());
+        assert_eq!(has_stt_key, stage == "sttd", "{stage}: STT key in its environment: {has_stt_key}");
     }
     let sup: i32 = vc.supervise("pid").parse().unwrap();
     let environ = std::fs::read(format!("/proc/{sup}/environ")).unwrap();
     assert!(!environ.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()), "the supervisor carries the key");
+    assert!(!environ.windows(STT_SECRET.len()).any(|w| w == STT_SECRET.as_bytes()), "the supervisor carries the STT key");
 
     unsafe { libc::kill(sup, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(300));
