@@ -201,11 +201,17 @@ impl Args {
         })
     }
 
+    /// The server of --engine openai|wyoming, checked for its scheme (exit 2, or 78 naming
+    /// STTD_STT_URL when it came from there).
     fn stt_url(&self) -> anyhow::Result<String> {
-        self.stt_url.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
-            let example = if self.engine == Engine::Wyoming { "tcp://127.0.0.1:10300" } else { "http://127.0.0.1:8000/v1" };
-            cli::bad_value::<Args>(&["--engine"], format!("--engine {:?} needs the server: --stt-url {example} (or STTD_STT_URL)", self.engine).to_lowercase())
-        })
+        let wyoming = self.engine == Engine::Wyoming;
+        let Some(url) = self.stt_url.clone().filter(|u| !u.is_empty()) else {
+            let (engine, example) = if wyoming { ("wyoming", "tcp://127.0.0.1:10300") } else { ("openai", "http://127.0.0.1:8000/v1") };
+            return Err(cli::bad_value::<Args>(&["--engine"], format!("--engine {engine} needs the server: --stt-url {example} (or STTD_STT_URL)")));
+        };
+        let checked = if wyoming { crate::wyoming::host_port(&url).map(|_| ()) } else { crate::openai::check_url(&url) };
+        checked.map_err(|e| cli::bad_value::<Args>(&["--stt-url"], e))?;
+        Ok(url)
     }
 
     fn stt_timeout(&self) -> anyhow::Result<Duration> {

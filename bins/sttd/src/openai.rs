@@ -42,13 +42,8 @@ const BOUNDARY: &str = "tgvoice-sttd-7d1f0c9e4b2a4f3c8e6a";
 
 impl OpenAiEngine {
     pub fn new(settings: OpenAiSettings, key: Option<String>) -> anyhow::Result<Self> {
+        check_url(&settings.base_url).map_err(|e| fail(exit::USAGE, e))?;
         let base = settings.base_url.trim_end_matches('/');
-        let url = reqwest::Url::parse(base).map_err(|e| {
-            fail(exit::USAGE, format!("--stt-url {base:?}: {e}; expected the API's base URL, such as http://127.0.0.1:8000/v1 or https://api.openai.com/v1"))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(fail(exit::USAGE, format!("--stt-url {base:?}: --engine openai speaks HTTP; expected http:// or https:// (tcp:// is for --engine wyoming)")));
-        }
         for (name, v) in [("--stt-model", Some(&settings.model)), ("--language", settings.language.as_ref()), ("--prompt", settings.prompt.as_ref())] {
             if v.is_some_and(|v| v.contains(BOUNDARY) || v.contains('\r')) {
                 return Err(fail(exit::USAGE, format!("{name}: a carriage return cannot be sent in a form field")));
@@ -155,6 +150,17 @@ impl OpenAiEngine {
             self.settings.timeout.as_secs_f64()
         )
     }
+}
+
+/// Is `base` an http(s) URL? The message says what is expected if not.
+pub fn check_url(base: &str) -> Result<(), String> {
+    let base = base.trim_end_matches('/');
+    let url = reqwest::Url::parse(base)
+        .map_err(|e| format!("--stt-url {base:?}: {e}; expected the API's base URL, such as http://127.0.0.1:8000/v1 or https://api.openai.com/v1"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("--stt-url {base:?}: --engine openai speaks HTTP; expected http:// or https:// (tcp:// is for --engine wyoming)"));
+    }
+    Ok(())
 }
 
 fn runtime_and_client(timeout: Duration) -> anyhow::Result<(tokio::runtime::Runtime, reqwest::Client)> {

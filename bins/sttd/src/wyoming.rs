@@ -148,13 +148,13 @@ pub struct WyomingEngine {
     pub models: Vec<String>,
 }
 
-/// `host:port` of a `tcp://host:port` URL.
-fn host_port(url: &str) -> anyhow::Result<&str> {
+/// `host:port` of a `tcp://host:port` URL, or what is expected instead.
+pub fn host_port(url: &str) -> Result<&str, String> {
     let hint = "expected tcp://HOST:PORT, such as tcp://127.0.0.1:10300 (wyoming-faster-whisper's port)";
-    let rest = url.strip_prefix("tcp://").ok_or_else(|| fail(exit::USAGE, format!("--stt-url {url:?}: --engine wyoming speaks TCP; {hint}")))?;
+    let rest = url.strip_prefix("tcp://").ok_or_else(|| format!("--stt-url {url:?}: --engine wyoming speaks TCP; {hint}"))?;
     let rest = rest.trim_end_matches('/');
     if rest.rsplit_once(':').map_or(true, |(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
-        return Err(fail(exit::USAGE, format!("--stt-url {url:?}: {hint}")));
+        return Err(format!("--stt-url {url:?}: {hint}"));
     }
     Ok(rest)
 }
@@ -162,7 +162,7 @@ fn host_port(url: &str) -> anyhow::Result<&str> {
 impl WyomingEngine {
     /// Connect, ask the service what it offers (`describe` → `info`) and keep the connection.
     pub fn connect(settings: WyomingSettings) -> anyhow::Result<Self> {
-        let hp = host_port(&settings.url)?;
+        let hp = host_port(&settings.url).map_err(|e| fail(exit::USAGE, e))?;
         let addr = hp
             .to_socket_addrs()
             .ok()
@@ -351,7 +351,7 @@ mod tests {
     fn the_url_must_be_tcp_host_port() {
         assert_eq!(host_port("tcp://127.0.0.1:10300").unwrap(), "127.0.0.1:10300");
         for bad in ["http://127.0.0.1:10300", "tcp://127.0.0.1", "tcp://:10300", "tcp://h:port"] {
-            assert!(host_port(bad).unwrap_err().to_string().contains("tcp://"), "{bad}");
+            assert!(host_port(bad).unwrap_err().contains("tcp://"), "{bad}");
         }
     }
 }

@@ -233,6 +233,11 @@ def serve_openai(args, texts):
 
 
 def serve_wyoming(args, texts):
+    try:
+        import wyoming  # noqa: F401
+    except ImportError:
+        sys.exit("standin_stt.py: the wyoming package is not in this Python; run scripts/setup "
+                 "(its venv step installs scripts/provision/sttd.pip) and use the venv's python")
     from wyoming.asr import Transcribe, Transcript
     from wyoming.audio import AudioChunk, AudioStart, AudioStop
     from wyoming.error import Error

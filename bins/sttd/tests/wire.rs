@@ -334,3 +334,24 @@ fn wyoming_reconnects_after_the_service_restarted_between_turns() {
     assert!(log.iter().all(|l| !l.contains(" error: ") && !l.contains(" warn: ")), "{log:#?}");
     assert_eq!(server.reports("request").len(), 1);
 }
+
+/// A server flag that cannot work is one line and exit 2 (a flag) or 78 (its variable, named).
+#[test]
+fn a_missing_or_wrong_server_url_is_refused_with_what_to_give() {
+    let sttd = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(tgvoice::testkit::bin_path("sttd")).args(args).envs(env.iter().copied()).stdin(Stdio::null()).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).trim().to_string())
+    };
+    let (code, err) = sttd(&["--engine", "openai"], &[]);
+    assert_eq!(code, Some(tgvoice::cli::exit::USAGE), "{err}");
+    assert!(err.contains("--stt-url http://127.0.0.1:8000/v1") && err.contains("STTD_STT_URL"), "{err}");
+    let (code, err) = sttd(&["--engine", "wyoming", "--stt-url", "http://127.0.0.1:10300"], &[]);
+    assert_eq!(code, Some(tgvoice::cli::exit::USAGE), "{err}");
+    assert!(err.contains("tcp://HOST:PORT"), "{err}");
+    let (code, err) = sttd(&["--engine", "openai"], &[("STTD_STT_URL", "tcp://127.0.0.1:10300")]);
+    assert_eq!(code, Some(tgvoice::cli::exit::CONFIG), "{err}");
+    assert!(err.contains("--engine wyoming") && err.contains("STTD_STT_URL"), "{err}");
+    let (code, err) = sttd(&["--engine", "openai", "--stt-url", "http://127.0.0.1:9/v1", "--stt-timeout", "0"], &[]);
+    assert_eq!(code, Some(tgvoice::cli::exit::USAGE), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
