@@ -576,6 +576,7 @@ impl Voicecall {
             .env("TGVOICE_TG_SESSION", self.dir.path().join("no-session"))
             .env("ANTHROPIC_API_KEY", SECRET)
             .env("TGVOICE_TTS_API_KEY", TTS_SECRET)
+            .env("TGVOICE_STT_API_KEY", STT_SECRET)
             .env_remove("OPENAI_API_KEY")
             .env_remove("TGVOICE_LLM_BASE_URL")
             .envs(env.iter().copied())
@@ -602,6 +603,8 @@ impl Drop for Voicecall {
 const SECRET: &str = "sk-ant-hold-test-not-a-real-key";
 /// tts-writer's key (for --engine openai): it reaches tts-writer alone.
 const TTS_SECRET: &str = "sk-tts-hold-test-not-a-real-key";
+/// The speech-to-text server's key (sttd --engine openai), which reaches sttd alone.
+const STT_SECRET: &str = "sk-stt-hold-test-not-a-real-key";
 
 /// Live (non-zombie) members of a process group, read from /proc.
 fn group_members(pgid: i32) -> Vec<i32> {
@@ -620,7 +623,7 @@ fn group_members(pgid: i32) -> Vec<i32> {
 
 /// Cases 5, 6 (STT unavailable) and 8 (secrets): the supervisor cannot be lost.
 /// * `start` with the whisper model missing fails fast, naming sttd and the model.
-/// * The API key is in llm-relay's environment and no other stage's.
+/// * The API key is in llm-relay's environment and no other stage's; the STT key in sttd's alone.
 /// * After `kill -9` of the supervisor, `status` reports the orphans, a second `start`
 ///   refuses, and `stop` ends every process of the instance promptly.
 #[test]
@@ -660,11 +663,14 @@ fn case5_supervisor_killed_with_sigkill_is_found_and_stopped() {
         assert_eq!(has_key, stage == "llm-relay", "{stage}: API key in its environment: {has_key}");
         let has_tts_key = environ.windows(TTS_SECRET.len()).any(|w| w == TTS_SECRET.as_bytes());
         assert_eq!(has_tts_key, stage == "tts-writer", "{stage}: TTS key in its environment: {has_tts_key}");
+        let has_stt_key = environ.windows(STT_SECRET.len()).any(|w| w == STT_SECRET.as_bytes());
+        assert_eq!(has_stt_key, stage == "sttd", "{stage}: STT key in its environment: {has_stt_key}");
     }
     let sup: i32 = vc.supervise("pid").parse().unwrap();
     let environ = std::fs::read(format!("/proc/{sup}/environ")).unwrap();
     assert!(!environ.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()), "the supervisor carries the key");
     assert!(!environ.windows(TTS_SECRET.len()).any(|w| w == TTS_SECRET.as_bytes()), "the supervisor carries the TTS key");
+    assert!(!environ.windows(STT_SECRET.len()).any(|w| w == STT_SECRET.as_bytes()), "the supervisor carries the STT key");
 
     unsafe { libc::kill(sup, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(300));

