@@ -68,7 +68,8 @@ pub struct Args {
     /// ggml Whisper model [default: $TGVOICE_MODELS/ggml-tiny.en.bin, i.e. ~/.cache/tgvoice/models/].
     #[arg(short, long, env = "STTD_MODEL", value_name = "PATH")]
     pub model: Option<PathBuf>,
-    /// Load the model, transcribe one second of silence, print a summary and exit.
+    /// Load the model, transcribe one second of silence, print a summary and exit (with a
+    /// server engine: send a second of a quiet tone to the server; exit 69 if it does not answer).
     #[arg(long)]
     pub check_model: bool,
     /// CPU threads for whisper.cpp or ONNX Runtime.

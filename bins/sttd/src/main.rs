@@ -16,7 +16,7 @@ fn main() {
         let (mut engine, model) = args.load_engine()?;
         log::info!("loaded {} in {:.0} ms: {}", model.display(), t0.elapsed().as_secs_f64() * 1e3, engine.describe());
         if args.check_model {
-            let ms = engine.warm_up()?;
+            let ms = engine.check()?;
             println!("ok: {} loads and runs ({ms:.0} ms for 1 s of silence; {})", model.display(), engine.describe());
             return Ok(());
         }

@@ -40,6 +40,24 @@ pub trait Transcriber: Send + 'static {
     fn warm_up(&mut self) -> anyhow::Result<f64> {
         Ok(0.0)
     }
+    /// What `--check-model` runs: the warm-up for an engine in this process; a server engine
+    /// overrides it with a real request, so "ok" means the server answered.
+    fn check(&mut self) -> anyhow::Result<f64> {
+        self.warm_up()
+    }
+}
+
+/// A server engine's check: one second of a quiet 220 Hz tone sent as a turn (a server has no
+/// warm-up of ours to run, and a settings check that never reached it would say "ok" to a
+/// mistyped URL; pure silence is refused by some servers as no audio).
+fn check_by_request(engine: &mut dyn Transcriber) -> anyhow::Result<f64> {
+    let rate = crate::engine::SAMPLE_RATE as f32;
+    let tone: Vec<f32> = (0..crate::engine::SAMPLE_RATE).map(|i| 0.05 * (std::f32::consts::TAU * 220.0 * i as f32 / rate).sin()).collect();
+    let t0 = std::time::Instant::now();
+    engine.transcribe(&tone, None).map_err(|e| {
+        tgvoice::cli::fail(tgvoice::cli::exit::UNAVAILABLE, format!("{e:#}; check --stt-url and that the server is running"))
+    })?;
+    Ok(t0.elapsed().as_secs_f64() * 1e3)
 }
 
 impl Transcriber for WhisperEngine {
@@ -84,6 +102,9 @@ impl Transcriber for crate::openai::OpenAiEngine {
     fn describe(&self) -> String {
         crate::openai::OpenAiEngine::describe(self)
     }
+    fn check(&mut self) -> anyhow::Result<f64> {
+        check_by_request(self)
+    }
 }
 
 impl Transcriber for crate::wyoming::WyomingEngine {
@@ -92,6 +113,9 @@ impl Transcriber for crate::wyoming::WyomingEngine {
     }
     fn describe(&self) -> String {
         crate::wyoming::WyomingEngine::describe(self)
+    }
+    fn check(&mut self) -> anyhow::Result<f64> {
+        check_by_request(self)
     }
 }
 
@@ -118,6 +142,9 @@ impl Transcriber for Box<dyn Transcriber> {
     }
     fn warm_up(&mut self) -> anyhow::Result<f64> {
         (**self).warm_up()
+    }
+    fn check(&mut self) -> anyhow::Result<f64> {
+        (**self).check()
     }
 }
 

@@ -355,3 +355,32 @@ fn a_missing_or_wrong_server_url_is_refused_with_what_to_give() {
     assert_eq!(code, Some(tgvoice::cli::exit::USAGE), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// `--check-model` with a server engine asks the server (a check that never reached it would
+/// say "ok" to a mistyped URL): ok and its time when it answers, one line and exit 69 when not.
+#[test]
+fn check_model_with_a_server_engine_sends_a_request_and_fails_when_none_answers() {
+    for protocol in ["openai", "wyoming"] {
+        let mut server = StandIn::start(protocol, &["--texts", "Checked."]);
+        let url = server.url();
+        let out = Command::new(tgvoice::testkit::bin_path("sttd")).args(server.sttd_args()).arg("--check-model").stdin(Stdio::null()).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{protocol}: {stdout}{stderr}");
+        assert!(stdout.starts_with("ok: ") && stdout.contains(&url), "{protocol}: {stdout}");
+        let samples = server.wait("request", WAIT)["samples"].as_u64().unwrap_or(0);
+        assert!(samples >= 16_000, "{protocol}: the server got {samples} samples, not the second sent");
+        drop(server);
+        if protocol == "wyoming" {
+            continue; // a Wyoming service that is not there is refused at start (test above)
+        }
+        let out = Command::new(tgvoice::testkit::bin_path("sttd"))
+            .args(["--engine", "openai", "--stt-url", &url, "--stt-timeout", "1.5", "--check-model"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(tgvoice::cli::exit::UNAVAILABLE), "{stderr}");
+        assert!(stderr.contains(&url) && stderr.contains("check --stt-url"), "{stderr}");
+        assert_eq!(stderr.lines().filter(|l| l.contains(" error: ") || l.starts_with("sttd: ")).count(), 1, "{stderr}");
+    }
+}
