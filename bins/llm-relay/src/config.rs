@@ -226,6 +226,29 @@ pub struct Args {
     /// a ChatML model (e.g. http://127.0.0.1:8088/v1) to use it with any provider.
     #[arg(long, default_value = "auto", env = "TGVOICE_LLM_END_JUDGE", value_name = "auto|off|URL")]
     pub end_judge: String,
+    /// MCP servers whose tools the LLM may call: a JSON file in the Claude Desktop format
+    /// (README "Tools") [default: $XDG_CONFIG_HOME/tgvoice/mcp.json (~/.config/…) if it
+    /// exists; "off" = no tools]. No file, no tools.
+    #[arg(long, env = "TGVOICE_LLM_TOOLS", value_name = "FILE|off")]
+    pub tools: Option<String>,
+    /// Requests with tool results per reply, at most; the last asks the LLM for words.
+    #[arg(long, default_value_t = 4)]
+    pub max_tool_rounds: usize,
+    /// Tool calls per reply, at most; more are answered with an error.
+    #[arg(long, default_value_t = 8)]
+    pub max_tool_calls: usize,
+    /// Seconds one tool call may run; then the LLM is told it timed out.
+    #[arg(long, default_value_t = 10.0)]
+    pub tool_timeout: f64,
+    /// Seconds an MCP server has to answer initialize and tools/list when it starts.
+    #[arg(long, default_value_t = 5.0)]
+    pub tool_start_timeout: f64,
+    /// A tool call running this long gets the holding phrase, once per turn (ms; 0 = never).
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub tool_holding_after: u64,
+    /// Tool results longer than this many bytes are cut, with a note, before the LLM sees them.
+    #[arg(long, default_value_t = 16384)]
+    pub tool_result_max: usize,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -233,6 +256,9 @@ pub struct Args {
 pub struct Config {
     pub relay: RelayConfig,
     pub state_dir: PathBuf,
+    /// The MCP servers of the tools file (started by main, in its runtime).
+    pub tool_servers: Vec<crate::tools::ServerConfig>,
+    pub tool_options: crate::tools::ToolOptions,
 }
 
 fn env_nonempty(name: &str) -> Option<String> {
@@ -350,7 +376,27 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         log::info!("end judge: {url} (whether words that pass the words check can stand as a request)");
     }
     let state_dir = args.state_dir.clone().unwrap_or_else(|| tgvoice::paths::instance_state_dir(&args.instance));
+    let tools_file = match args.tools.as_deref().map(str::trim) {
+        Some("off") | Some("") => None,
+        Some(f) => Some(PathBuf::from(f)),
+        None => Some(tgvoice::paths::config_dir().join("mcp.json")).filter(|p| p.exists()),
+    };
+    let tool_servers = match &tools_file {
+        None => vec![],
+        Some(f) => crate::tools::load(f).map_err(|e| fail(exit::CONFIG, format!("{e:#}; fix it, or --tools off")))?,
+    };
+    if let Some(f) = &tools_file {
+        let names: Vec<&str> = tool_servers.iter().map(|s| s.name.as_str()).collect();
+        log::info!("tools: {} MCP server(s) from {}: {}", names.len(), f.display(), names.join(", "));
+    }
+    let tool_options = crate::tools::ToolOptions {
+        timeout: secs("tool-timeout", args.tool_timeout)?,
+        start_timeout: secs("tool-start-timeout", args.tool_start_timeout)?,
+        max_result_bytes: args.tool_result_max.max(256),
+    };
     Ok(Config {
+        tool_servers,
+        tool_options,
         relay: RelayConfig {
             provider,
             stream,
@@ -362,6 +408,9 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
                 holding: crate::speakable::clean_for_speech(&args.holding_phrase)
                     .filter(|_| args.holding_after > 0)
                     .map(|p| (Duration::from_millis(args.holding_after.min(60_000)), p)),
+                tool_holding: crate::speakable::clean_for_speech(&args.holding_phrase)
+                    .filter(|_| args.tool_holding_after > 0)
+                    .map(|p| (Duration::from_millis(args.tool_holding_after.min(60_000)), p)),
                 merge_wait: std::time::Duration::from_secs_f64(args.merge_wait.clamp(0.0, 3600.0)),
                 pause_first: args.barge_in == BargeIn::Pause,
                 backchannels: crate::backchannel::Backchannels::parse(&args.backchannels),
@@ -371,6 +420,9 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
                 judge: end_judge.as_ref().map(|_| END_JUDGE_WAIT),
             },
             end_judge: end_judge.map(|u| crate::judge::EndJudge::new(&u)),
+            tools: None,
+            max_tool_rounds: args.max_tool_rounds,
+            max_tool_calls: args.max_tool_calls,
         },
         state_dir,
     })

@@ -7,7 +7,13 @@
 //! <state>/conversations/<id>.jsonl     one message per line:
 //!     {"role":"user","text":"…","turn":3,"t":1700000000000000}
 //!     {"role":"assistant","text":"…","turn":3,"t":…,"interrupted":true}
+//!     {"role":"assistant","text":"","turn":4,"t":…,"calls":[{"id":"…","name":"get_current_time","input":{…}}]}
+//!     {"role":"user","text":"","turn":4,"t":…,"results":[{"id":"…","content":"…","is_error":true}]}
 //! ```
+//!
+//! A tool exchange is two lines: the assistant's calls, then a user message with their
+//! results (the Claude Messages shape; provider.rs turns it into `tool` messages for
+//! OpenAI-compatible servers, or into plain text when no tools are declared).
 //!
 //! A `call-start` begins a new conversation (new file, `current` updated); the files are
 //! append-only, so they double as a transcript log. What is *sent* to the model is trimmed to a
@@ -20,7 +26,7 @@
 //! interrupted assistant message holds only what was handed to TTS and is sent with
 //! " [interrupted]" appended, so the model knows the caller cut it off.
 
-use crate::provider::{ChatMessage, Role};
+use crate::provider::{ChatMessage, Role, ToolCall, ToolResult};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -39,6 +45,12 @@ pub struct Entry {
     pub t: u64,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub interrupted: bool,
+    /// Tool calls made in this (assistant) message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<ToolCall>,
+    /// Results of the calls of the message before (a user message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<ToolResult>,
 }
 
 /// How much history goes into a request.
@@ -102,7 +114,19 @@ impl Conversation {
     /// directory is logged (a few lines, not one per turn) and the call goes on from memory,
     /// since the caller is better served by an answer than by a stage that exits.
     pub fn append(&mut self, role: Role, text: &str, turn: Option<u64>, interrupted: bool) -> Result<()> {
-        let entry = Entry { role, text: text.to_string(), turn, t: tgvoice::clock::now_us(), interrupted };
+        let entry = Entry { role, text: text.to_string(), turn, t: tgvoice::clock::now_us(), interrupted, calls: vec![], results: vec![] };
+        self.push(entry)
+    }
+
+    /// Record a tool exchange of `turn`: the assistant's calls, then their results (a user
+    /// message). Saved like [`Self::append`].
+    pub fn append_tools(&mut self, calls: Vec<ToolCall>, results: Vec<ToolResult>, turn: Option<u64>) -> Result<()> {
+        let t = tgvoice::clock::now_us();
+        self.push(Entry { role: Role::Assistant, text: String::new(), turn, t, interrupted: false, calls, results: vec![] })?;
+        self.push(Entry { role: Role::User, text: String::new(), turn, t, interrupted: false, calls: vec![], results })
+    }
+
+    fn push(&mut self, entry: Entry) -> Result<()> {
         let mut line = serde_json::to_string(&entry)?;
         line.push('\n');
         self.entries.push(entry);
@@ -122,7 +146,7 @@ impl Conversation {
     /// (temporary file + rename), so a crash leaves the old or the new version, never half.
     /// Falls back to appending when the last message is not the user's.
     pub fn replace_last_user(&mut self, text: &str, turn: Option<u64>) -> Result<()> {
-        if self.entries.last().map(|e| e.role) != Some(Role::User) {
+        if self.entries.last().is_none_or(|e| e.role != Role::User || !e.results.is_empty()) {
             return self.append(Role::User, text, turn, false);
         }
         let last = self.entries.last_mut().unwrap();
@@ -181,9 +205,9 @@ impl Conversation {
     /// request turns out the same.
     pub fn messages_if_user_said(&self, text: &str, merge: bool, budget: Budget) -> Vec<ChatMessage> {
         let mut entries = self.entries.clone();
-        let entry = Entry { role: Role::User, text: text.to_string(), turn: None, t: 0, interrupted: false };
+        let entry = Entry { role: Role::User, text: text.to_string(), turn: None, t: 0, interrupted: false, calls: vec![], results: vec![] };
         match entries.last_mut() {
-            Some(last) if merge && last.role == Role::User => *last = entry,
+            Some(last) if merge && last.role == Role::User && last.results.is_empty() => *last = entry,
             _ => entries.push(entry),
         }
         Self::window(&entries, self.window_start.get(), budget).0
@@ -191,7 +215,7 @@ impl Conversation {
 
     /// The window of `entries` to send from `start` on, and where the window starts now.
     fn window(entries: &[Entry], start: usize, budget: Budget) -> (Vec<ChatMessage>, usize) {
-        let texts: Vec<(Role, String)> = entries
+        let msgs: Vec<ChatMessage> = entries
             .iter()
             .map(|e| {
                 let text = if e.interrupted && e.role == Role::Assistant {
@@ -199,37 +223,44 @@ impl Conversation {
                 } else {
                     e.text.trim().to_string()
                 };
-                (e.role, text)
+                ChatMessage { role: e.role, text, calls: e.calls.clone(), results: e.results.clone() }
             })
             .collect();
-        let fits = |from: usize, max_messages: usize, max_chars: usize| {
-            let kept: Vec<&(Role, String)> = texts[from..].iter().filter(|(_, t)| !t.is_empty()).collect();
-            kept.len() <= max_messages && kept.iter().map(|(_, t)| t.len()).sum::<usize>() <= max_chars
+        let empty = |m: &ChatMessage| m.text.is_empty() && m.calls.is_empty() && m.results.is_empty();
+        let size = |m: &ChatMessage| {
+            m.text.len()
+                + m.calls.iter().map(|c| c.name.len() + c.input.to_string().len()).sum::<usize>()
+                + m.results.iter().map(|r| r.content.len()).sum::<usize>()
         };
-        let mut start = start.min(texts.len());
+        let fits = |from: usize, max_messages: usize, max_chars: usize| {
+            let kept: Vec<&ChatMessage> = msgs[from..].iter().filter(|m| !empty(m)).collect();
+            kept.len() <= max_messages && kept.iter().map(|m| size(m)).sum::<usize>() <= max_chars
+        };
+        let mut start = start.min(msgs.len());
         if !fits(start, budget.max_messages, budget.max_tokens * 4) {
             // Over budget: jump to where the rest fits half of it (always keeping the newest).
             let (half_messages, half_chars) = ((budget.max_messages / 2).max(1), budget.max_tokens * 4 / 2);
-            while start + 1 < texts.len() && !fits(start, half_messages, half_chars) {
+            while start + 1 < msgs.len() && !fits(start, half_messages, half_chars) {
                 start += 1;
             }
         }
-        let mut picked: Vec<ChatMessage> = texts[start..]
-            .iter()
-            .rev()
-            .filter(|(_, t)| !t.is_empty())
-            .map(|(role, text)| ChatMessage { role: *role, text: text.clone() })
-            .collect();
-        picked.reverse();
-        while picked.first().is_some_and(|m| m.role != Role::User) {
+        let mut picked: Vec<ChatMessage> = msgs[start..].iter().filter(|m| !empty(m)).cloned().collect();
+        // Start with the caller's words: not an answer, nor the results of calls cut off.
+        while picked.first().is_some_and(|m| m.role != Role::User || !m.results.is_empty()) {
             picked.remove(0);
         }
         let mut merged: Vec<ChatMessage> = vec![];
         for m in picked {
             match merged.last_mut() {
                 Some(last) if last.role == m.role => {
-                    last.text.push('\n');
-                    last.text.push_str(&m.text);
+                    if !m.text.is_empty() {
+                        if !last.text.is_empty() {
+                            last.text.push('\n');
+                        }
+                        last.text.push_str(&m.text);
+                    }
+                    last.calls.extend(m.calls);
+                    last.results.extend(m.results);
                 }
                 _ => merged.push(m),
             }
@@ -403,6 +434,40 @@ mod tests {
         c.append(Role::Assistant, "", None, false).unwrap();
         c.append(Role::User, "two", None, false).unwrap();
         let m = c.messages(Budget { max_messages: 10, max_tokens: 100 });
-        assert_eq!(m, vec![ChatMessage { role: Role::User, text: "one\ntwo".into() }]);
+        assert_eq!(m, vec![ChatMessage::text(Role::User, "one\ntwo")]);
+    }
+
+    #[test]
+    fn tool_exchanges_survive_reopen_and_the_window_never_starts_with_results() {
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Conversation::open(dir.path()).unwrap();
+        c.append(Role::User, "What time is it in Paris?", Some(1), false).unwrap();
+        let call = ToolCall { id: "t1".into(), name: "get_current_time".into(), input: json!({"timezone": "Europe/Paris"}) };
+        let result = ToolResult { id: "t1".into(), content: "{\"datetime\": \"…\"}".into(), is_error: false };
+        c.append_tools(vec![call.clone()], vec![result.clone()], Some(1)).unwrap();
+        c.append(Role::Assistant, "It is noon.", Some(1), false).unwrap();
+        drop(c);
+        let mut c = Conversation::open(dir.path()).unwrap();
+        let m = c.messages(Budget { max_messages: 10, max_tokens: 1000 });
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert_eq!((m[1].role, &m[1].calls), (Role::Assistant, &vec![call.clone()]));
+        assert_eq!((m[2].role, &m[2].results), (Role::User, &vec![result.clone()]));
+        assert_eq!(m[3].text, "It is noon.");
+        // A reply cancelled after its tools, before any words: the next words join the
+        // results' message (Claude: tool_result blocks, then the text).
+        let call2 = ToolCall { id: "t2".into(), ..call.clone() };
+        let result2 = ToolResult { id: "t2".into(), ..result.clone() };
+        c.append_tools(vec![call2.clone()], vec![result2.clone()], Some(2)).unwrap();
+        c.append(Role::User, "And in Tokyo?", Some(3), false).unwrap();
+        let m = c.messages(Budget { max_messages: 10, max_tokens: 1000 });
+        // (the turn-2 calls join the answer before them: text, then tool_use)
+        assert_eq!(m.len(), 5, "{m:?}");
+        assert_eq!((m[3].text.as_str(), &m[3].calls), ("It is noon.", &vec![call2]));
+        assert_eq!((m[4].text.as_str(), &m[4].results), ("And in Tokyo?", &vec![result2]));
+        // A window that would start at the results skips them (no result without its call).
+        let c = Conversation::open(dir.path()).unwrap();
+        let m = c.messages(Budget { max_messages: 4, max_tokens: 1000 });
+        assert_eq!(m, vec![ChatMessage::text(Role::User, "And in Tokyo?")]);
     }
 }

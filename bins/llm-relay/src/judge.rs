@@ -142,7 +142,7 @@ mod tests {
     #[test]
     fn the_prompt_is_the_chat_request_up_to_the_callers_last_word() {
         use crate::provider::{ChatMessage, Role};
-        let m = |role, text: &str| ChatMessage { role, text: text.into() };
+        let m = |role, text: &str| ChatMessage::text(role, text);
         let messages = [m(Role::User, "Hi."), m(Role::Assistant, "Hello!"), m(Role::User, "Can you tell me")];
         assert_eq!(
             super::open_prompt("Be brief.", &messages),

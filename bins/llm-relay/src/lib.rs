@@ -7,6 +7,7 @@
 //! * [`speakable`] — reply text to speakable chunks
 //! * [`backchannel`], [`unfinished`], [`words`] — what the caller's words mean for the turn
 //! * [`judge`] — the end judge: can the words stand as a whole request (a language model's view)
+//! * [`tools`] — tools for the LLM from MCP servers
 //! * [`config`] — flags and environment
 
 pub mod backchannel;
@@ -18,5 +19,6 @@ pub mod provider;
 pub mod relay;
 pub mod speakable;
 pub mod stream;
+pub mod tools;
 pub mod unfinished;
 pub mod words;

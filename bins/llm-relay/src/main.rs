@@ -12,7 +12,7 @@ use tgvoice::{FrameSource, TapFormat, TextView};
 fn main() {
     let args: config::Args = tgvoice::cli::parse_args();
     cli::run("llm-relay", &args.log.clone(), move || {
-        let cfg = config::resolve(&args)?;
+        let mut cfg = config::resolve(&args)?;
         let conversation = conversation::Conversation::open(&cfg.state_dir)?;
         log::info!(
             "conversation {} ({} earlier message(s)) in {}",
@@ -25,6 +25,11 @@ fn main() {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let played = args.played.as_ref().map(|p| FrameSource::open(tgvoice::Endpoint::Path(p.clone()))).transpose()?;
         let inputs = bridge_inputs(source, played);
+        if !cfg.tool_servers.is_empty() {
+            // In the background: the first reply never waits for a server.
+            let _in_runtime = runtime.enter();
+            cfg.relay.tools = Some(llm_relay::tools::Toolbox::start(cfg.tool_servers, cfg.tool_options));
+        }
         let relay = relay::Relay::new(cfg.relay, sink.handle(), conversation)?;
         // Ready (fifo-layout.md §5): configured, inputs open.
         cli::notify_ready();

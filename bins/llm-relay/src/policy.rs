@@ -27,6 +27,9 @@ pub struct PolicyConfig {
     /// Spoken once when a reply has said nothing this long after it was asked for, so the
     /// caller is not left in silence; None = never (`--holding-after`, `--holding-phrase`).
     pub holding: Option<(Duration, String)>,
+    /// Spoken once per turn when a tool call has run this long (`--tool-holding-after`), even
+    /// if the reply has already said something; None = never.
+    pub tool_holding: Option<(Duration, String)>,
     /// See `--merge-wait` ([`Waiting`]).
     pub merge_wait: Duration,
     /// Barge-in pauses first and decides after (false: speech-start cancels at once).
@@ -54,6 +57,8 @@ pub enum Input {
     Chunk { reply: ReplyId, text: String },
     /// Reply `reply`'s stream ended: complete (`failure` None) or failed (why).
     Done { reply: ReplyId, failure: Option<String> },
+    /// Reply `reply` started (`running`) or finished running tool calls.
+    Tools { reply: ReplyId, running: bool },
     /// Time passed (the executor wakes at [`Policy::next_wake`]).
     Tick,
     /// The input ended: nothing more will come to merge with.
@@ -244,6 +249,8 @@ struct Reply {
     asked: Instant,
     /// The holding phrase was handed on.
     held_on: bool,
+    /// Since when the reply's tool calls have been running.
+    tools_since: Option<Instant>,
 }
 
 /// A reply started from a preview, held until the final transcript.
@@ -433,6 +440,11 @@ impl Policy {
                 wakes.push(a.asked + *after);
             }
         }
+        if let (Some(a), Some((after, _))) = (&self.active, &self.cfg.tool_holding) {
+            if let (Some(since), false) = (a.tools_since, a.held_on) {
+                wakes.push(since + *after);
+            }
+        }
         wakes.into_iter().min()
     }
 
@@ -441,6 +453,12 @@ impl Policy {
             Input::Event(e) => self.event(now, e, host),
             Input::Chunk { reply, text } => self.chunk(now, reply, text, host),
             Input::Done { reply, failure } => self.reply_done(reply, failure, host),
+            Input::Tools { reply, running } => {
+                if let Some(a) = self.active.as_mut().filter(|a| a.id == reply) {
+                    a.tools_since = running.then_some(now);
+                }
+                self.hold_on_if_silent(now, host);
+            }
             Input::Tick => {
                 self.hold_on_if_silent(now, host);
                 self.interruptions_still_talking(now, host);
@@ -617,15 +635,20 @@ impl Policy {
         a.seq += 1;
     }
 
-    /// The reply has said nothing for `--holding-after` since it was asked for: say the holding
-    /// phrase (once; spoken, not part of the conversation), so the caller hears that the
+    /// The reply has said nothing for `--holding-after` since it was asked for, or its tool
+    /// calls have run `--tool-holding-after` (even after some words): say the holding phrase
+    /// (once per reply; spoken, not part of the conversation), so the caller hears that the
     /// answer is coming. The apology still comes if the LLM then fails.
     fn hold_on_if_silent(&mut self, now: Instant, host: &mut dyn Host) {
-        let Some((after, phrase)) = &self.cfg.holding else { return };
-        let Some(a) = self.active.as_mut().filter(|a| a.spoken.is_empty() && !a.held_on && now >= a.asked + *after) else {
-            return;
+        let Some(a) = self.active.as_mut().filter(|a| !a.held_on) else { return };
+        let silent = self.cfg.holding.as_ref().filter(|(after, _)| a.spoken.is_empty() && now >= a.asked + *after);
+        let tools = self.cfg.tool_holding.as_ref().filter(|(after, _)| a.tools_since.is_some_and(|t| now >= t + *after));
+        let (why, (after, phrase)) = match (silent, tools) {
+            (Some(h), _) => ("nothing from the LLM", h),
+            (None, Some(h)) => ("a tool call has run", h),
+            (None, None) => return,
         };
-        log::info!("turn {}: nothing from the LLM after {} ms; saying {phrase:?}", a.turn, after.as_millis());
+        log::info!("turn {}: {why} after {} ms; saying {phrase:?}", a.turn, after.as_millis());
         host.run(Command::Chunk { reply: a.id, turn: a.turn, seq: a.seq, text: phrase.clone() });
         a.seq += 1;
         a.held_on = true;
@@ -766,7 +789,7 @@ impl Policy {
                     h.chunks.len()
                 );
                 host.run(Command::Release { reply: h.id, trace });
-                self.active = Some(Reply { id: h.id, turn, user_text: text, seq: 0, spoken: vec![], asked: now, held_on: false });
+                self.active = Some(Reply { id: h.id, turn, user_text: text, seq: 0, spoken: vec![], asked: now, held_on: false, tools_since: None });
                 self.playback.reply_started();
                 for chunk in h.chunks {
                     self.hand_on(now, chunk, host);
@@ -781,7 +804,7 @@ impl Policy {
         }
         let reply = self.new_id();
         host.run(Command::Start { reply, turn, messages, trace, held: false });
-        self.active = Some(Reply { id: reply, turn, user_text: text, seq: 0, spoken: vec![], asked: now, held_on: false });
+        self.active = Some(Reply { id: reply, turn, user_text: text, seq: 0, spoken: vec![], asked: now, held_on: false, tools_since: None });
         self.playback.reply_started();
     }
 
@@ -1004,9 +1027,8 @@ mod tests {
     fn window(history: &[(Role, String, bool)]) -> Vec<ChatMessage> {
         history
             .iter()
-            .map(|(role, text, interrupted)| ChatMessage {
-                role: *role,
-                text: if *interrupted { format!("{text} [interrupted]") } else { text.clone() },
+            .map(|(role, text, interrupted)| {
+                ChatMessage::text(*role, if *interrupted { format!("{text} [interrupted]") } else { text.clone() })
             })
             .collect()
     }
@@ -1057,6 +1079,7 @@ mod tests {
             budget: Budget { max_messages: 24, max_tokens: 3000 },
             apology: Some("Sorry, try again.".into()),
             holding: None,
+            tool_holding: None,
             merge_wait: Duration::from_secs(20),
             pause_first: true,
             backchannels: Backchannels::parse(crate::backchannel::DEFAULT_BACKCHANNELS),
@@ -1103,6 +1126,9 @@ mod tests {
             out
         }
 
+        fn now_ms(&self) -> u64 {
+            (self.now - self.t0).as_millis() as u64
+        }
         fn input(&mut self, input: Input) -> Vec<String> {
             self.policy.handle(self.now, input, &mut self.host);
             self.host.commands.drain(..).map(|c| line(&c)).collect()
@@ -1256,6 +1282,35 @@ mod tests {
         assert_eq!(c.chunk(1, "Cold and dusty."), ["chunk #1 turn 1 seq 1 Cold and dusty."]);
         c.done(1);
         assert_eq!(c.history(), ["user: What is the weather on Mars?", "assistant: Cold and dusty."]);
+    }
+
+    #[test]
+    fn a_tool_call_running_1_s_gets_the_holding_phrase_once_even_after_words() {
+        let mut c = Call::with(|cfg| {
+            cfg.holding = Some((Duration::from_millis(3000), "One moment.".into()));
+            cfg.tool_holding = Some((Duration::from_millis(1000), "One moment.".into()));
+        });
+        c.turn(1, "What time is it in Paris?");
+        assert_eq!(c.chunk(1, "Let me look."), ["chunk #1 turn 1 seq 0 Let me look."]);
+        c.at(200);
+        assert!(c.input(Input::Tools { reply: 1, running: true }).is_empty());
+        assert!(c.at(1_199).is_empty());
+        assert_eq!(c.at(1_200), ["chunk #1 turn 1 seq 1 One moment."]);
+        assert!(c.input(Input::Tools { reply: 1, running: false }).is_empty());
+        // A second round of tools in the same reply: said once only.
+        assert!(c.input(Input::Tools { reply: 1, running: true }).is_empty());
+        assert!(c.at(5_000).is_empty(), "said once");
+        c.input(Input::Tools { reply: 1, running: false });
+        assert_eq!(c.chunk(1, "It is noon."), ["chunk #1 turn 1 seq 2 It is noon."]);
+        c.done(1);
+        assert_eq!(c.history(), ["user: What time is it in Paris?", "assistant: Let me look. It is noon."]);
+        // A tool call that ends in time gets none.
+        c.turn(2, "And in Tokyo?");
+        let t = c.now_ms();
+        c.input(Input::Tools { reply: 2, running: true });
+        c.at(t + 900);
+        assert!(c.input(Input::Tools { reply: 2, running: false }).is_empty());
+        assert!(c.at(t + 2_000).is_empty());
     }
 
     #[test]

@@ -9,9 +9,10 @@
 
 use crate::conversation::{Budget, Conversation};
 use crate::policy::{Command, Host, Input, Policy, PolicyConfig, ReplyId};
-use crate::provider::{ChatMessage, Provider, Role};
+use crate::provider::{ChatMessage, Offer, Provider, Role, ToolCall, ToolResult};
 use crate::speakable::{clean_for_speech, CodeFenceFilter, SentenceSplitter};
-use crate::stream::{stream_reply, StreamOptions};
+use crate::stream::{stream_turn, StreamOptions};
+use crate::tools::Toolbox;
 use futures_util::FutureExt;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -33,6 +34,13 @@ pub struct RelayConfig {
     pub policy: PolicyConfig,
     /// `--end-judge`: asked when the policy sends [`Command::Judge`].
     pub end_judge: Option<crate::judge::EndJudge>,
+    /// The tools offered to the LLM (None: no tools file, no tools).
+    pub tools: Option<Arc<Toolbox>>,
+    /// Requests with tool results per reply, at most (`--max-tool-rounds`); the last one
+    /// asks for words.
+    pub max_tool_rounds: usize,
+    /// Tool calls per reply, at most (`--max-tool-calls`); more are answered with an error.
+    pub max_tool_calls: usize,
 }
 
 /// What a streaming task reports.
@@ -42,6 +50,10 @@ enum StreamMsg {
     Chunk(String),
     /// The stream ended: complete, or failed (why).
     Done(Option<String>),
+    /// Tool calls started (true) or ended (false).
+    Tools(bool),
+    /// A tool exchange to record: the calls and their results.
+    Exchange(Vec<ToolCall>, Vec<ToolResult>),
 }
 
 /// Turns one reply's text deltas into speakable chunks, and ends the reply after
@@ -105,6 +117,11 @@ struct Running {
     chunks: u64,
     /// For a reply started early: the first token counts from the transcript on.
     first_token_floor: Option<u64>,
+    turn: u64,
+    /// Started from a preview and not released yet: its tool exchanges wait in `exchanges`
+    /// until the caller's message is recorded (at the release).
+    held: bool,
+    exchanges: Vec<(Vec<ToolCall>, Vec<ToolResult>)>,
 }
 
 /// Everything the policy reaches through [`Host`].
@@ -219,6 +236,15 @@ impl Relay {
             }
             StreamMsg::Chunk(text) => self.feed(Input::Chunk { reply, text }).await,
             StreamMsg::Done(failure) => self.feed(Input::Done { reply, failure }).await,
+            StreamMsg::Tools(running) => self.feed(Input::Tools { reply, running }).await,
+            StreamMsg::Exchange(calls, results) => {
+                let Some(r) = self.outside.running.get_mut(&reply) else { return };
+                if r.held {
+                    r.exchanges.push((calls, results));
+                } else if let Err(e) = self.outside.conversation.append_tools(calls, results, Some(r.turn)) {
+                    log::error!("cannot record a tool exchange: {e:#}");
+                }
+            }
         }
     }
 }
@@ -228,8 +254,10 @@ impl Outside {
         self.sink.send(Frame::Event(event));
     }
 
-    /// Stream a reply to `messages` in a task of its own; it reports through `streams`.
-    fn spawn_reply(&self, reply: ReplyId, turn: u64, messages: Vec<ChatMessage>) -> JoinHandle<()> {
+    /// Stream a reply to `messages` in a task of its own; it reports through `streams`. With
+    /// tools, the model's calls are run and their results sent back, round after round, until
+    /// it answers in words (bounded by `--max-tool-rounds` and `--max-tool-calls`).
+    fn spawn_reply(&self, reply: ReplyId, turn: u64, mut messages: Vec<ChatMessage>) -> JoinHandle<()> {
         let (cfg, client, tx) = (self.cfg.clone(), self.client.clone(), self.streams.clone());
         tokio::spawn(async move {
             let mut speaker = Speaker {
@@ -239,19 +267,62 @@ impl Outside {
                 max_sentences: cfg.max_sentences,
                 sentences: 0,
             };
-            let mut out = |text: String| {
-                let _ = tx.send((reply, StreamMsg::Chunk(text)));
+            let chunk_tx = tx.clone();
+            let mut out = move |text: String| {
+                let _ = chunk_tx.send((reply, StreamMsg::Chunk(text)));
             };
             let mut first = true;
-            let result = AssertUnwindSafe(stream_reply(&client, &cfg.provider, &messages, &cfg.stream, |t| {
-                if first {
-                    first = false;
-                    let _ = tx.send((reply, StreamMsg::FirstToken(tgvoice::clock::now_us())));
+            let mut calls_made = 0;
+            let mut round = 0;
+            let result = loop {
+                let defs = cfg.tools.as_ref().map(|t| t.defs()).unwrap_or_default();
+                let offer = Offer { tools: &defs, allow: round < cfg.max_tool_rounds };
+                let mut said_enough = false;
+                let result = AssertUnwindSafe(stream_turn(&client, &cfg.provider, &messages, offer, &cfg.stream, |t| {
+                    if first {
+                        first = false;
+                        let _ = tx.send((reply, StreamMsg::FirstToken(tgvoice::clock::now_us())));
+                    }
+                    let flow = speaker.push(t, &mut out);
+                    said_enough = flow.is_break();
+                    flow
+                }))
+                .catch_unwind()
+                .await;
+                let (Ok(Ok((_, calls))), Some(tools)) = (&result, cfg.tools.as_ref()) else { break result };
+                if calls.is_empty() || said_enough || defs.is_empty() {
+                    break result;
                 }
-                speaker.push(t, &mut out)
-            }))
-            .catch_unwind()
-            .await;
+                // What was said before the calls is complete: out it goes before the wait.
+                speaker.finish(&mut out);
+                round += 1;
+                let mut results = vec![None; calls.len()];
+                let mut runs = vec![];
+                for (i, (call, bad)) in calls.iter().enumerate() {
+                    if let Some(why) = bad {
+                        log::warn!("turn {turn}: the LLM's call of {:?} is unusable ({why}); told it so", call.name);
+                        results[i] = Some(ToolResult { id: call.id.clone(), content: format!("Not called: {why}."), is_error: true });
+                    } else if calls_made >= cfg.max_tool_calls {
+                        log::warn!("turn {turn}: more than {} tool calls (--max-tool-calls); {:?} not called", cfg.max_tool_calls, call.name);
+                        let content = "Not called: too many tool calls for one answer; answer with what you have.".into();
+                        results[i] = Some(ToolResult { id: call.id.clone(), content, is_error: true });
+                    } else {
+                        calls_made += 1;
+                        runs.push((i, call));
+                    }
+                }
+                let _ = tx.send((reply, StreamMsg::Tools(true)));
+                let done = futures_util::future::join_all(runs.iter().map(|(_, c)| tools.call(c))).await;
+                let _ = tx.send((reply, StreamMsg::Tools(false)));
+                for ((i, _), r) in runs.iter().zip(done) {
+                    results[*i] = Some(r);
+                }
+                let calls: Vec<ToolCall> = calls.iter().map(|(c, _)| c.clone()).collect();
+                let results: Vec<ToolResult> = results.into_iter().flatten().collect();
+                let _ = tx.send((reply, StreamMsg::Exchange(calls.clone(), results.clone())));
+                messages.push(ChatMessage { role: Role::Assistant, text: String::new(), calls, results: vec![] });
+                messages.push(ChatMessage { role: Role::User, text: String::new(), calls: vec![], results });
+            };
             // The last sentence is complete now (also for a held reply: it can go out ahead).
             speaker.finish(&mut out);
             let failure = match result {
@@ -323,7 +394,10 @@ impl Host for Outside {
                 }
                 trace.mark_now(trace_key::LLM_REQUEST);
                 let task = self.spawn_reply(reply, turn, messages);
-                self.running.insert(reply, Running { task: Some(task), trace, chunks: 0, first_token_floor: None });
+                self.running.insert(
+                    reply,
+                    Running { task: Some(task), trace, chunks: 0, first_token_floor: None, turn, held, exchanges: vec![] },
+                );
             }
             Command::Stop { reply } => {
                 if let Some(mut r) = self.running.remove(&reply) {
@@ -340,6 +414,13 @@ impl Host for Outside {
             Command::Release { reply, trace } => {
                 if let Some(r) = self.running.get_mut(&reply) {
                     Self::release(r, trace);
+                    // The caller's message is recorded now: the tool exchanges follow it.
+                    r.held = false;
+                    for (calls, results) in std::mem::take(&mut r.exchanges) {
+                        if let Err(e) = self.conversation.append_tools(calls, results, Some(r.turn)) {
+                            log::error!("cannot record a tool exchange: {e:#}");
+                        }
+                    }
                 }
             }
             Command::Chunk { reply, turn, seq, text } => {

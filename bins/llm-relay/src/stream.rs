@@ -5,7 +5,7 @@
 //!
 //! Cancelling is done by the caller dropping this future: reqwest then drops the connection.
 
-use crate::provider::{ChatMessage, Provider, StreamItem};
+use crate::provider::{ChatMessage, Offer, Provider, StreamItem, ToolAssembler, ToolCall};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use std::ops::ControlFlow;
@@ -69,8 +69,21 @@ pub async fn stream_reply(
     provider: &Provider,
     messages: &[ChatMessage],
     opts: &StreamOptions,
-    mut on_text: impl FnMut(&str) -> ControlFlow<()> + Send,
+    on_text: impl FnMut(&str) -> ControlFlow<()> + Send,
 ) -> Result<u32, ReplyError> {
+    stream_turn(client, provider, messages, Offer::NONE, opts, on_text).await.map(|(attempts, _)| attempts)
+}
+
+/// [`stream_reply`] with tools offered: also returns the tool calls the model made (each with
+/// why its arguments are unusable, if they are), in order.
+pub async fn stream_turn(
+    client: &reqwest::Client,
+    provider: &Provider,
+    messages: &[ChatMessage],
+    offer: Offer<'_>,
+    opts: &StreamOptions,
+    mut on_text: impl FnMut(&str) -> ControlFlow<()> + Send,
+) -> Result<(u32, Vec<(ToolCall, Option<String>)>), ReplyError> {
     let mut attempt = 0;
     let first_deadline = tokio::time::Instant::now() + opts.first_token_timeout;
     let no_model = |message: String| ReplyError { message, attempts: 1, partial: false };
@@ -81,13 +94,15 @@ pub async fn stream_reply(
     loop {
         attempt += 1;
         let mut delivered = false;
-        let result = one_attempt(client, provider, messages, opts, first_deadline, &mut |t: &str| {
+        let mut tools = ToolAssembler::default();
+        let result = one_attempt(client, provider, messages, offer, opts, first_deadline, &mut tools, &mut |t: &str| {
             delivered = true;
             on_text(t)
         })
         .await;
+        let delivered = delivered || !tools.is_empty();
         match result {
-            Ok(()) => return Ok(attempt),
+            Ok(()) => return Ok((attempt, tools.finish())),
             Err(e) if delivered => {
                 return Err(ReplyError { message: e.message, attempts: attempt, partial: true });
             }
@@ -115,12 +130,14 @@ async fn one_attempt(
     client: &reqwest::Client,
     provider: &Provider,
     messages: &[ChatMessage],
+    offer: Offer<'_>,
     opts: &StreamOptions,
     first_deadline: tokio::time::Instant,
+    tools: &mut ToolAssembler,
     on_text: &mut (dyn FnMut(&str) -> ControlFlow<()> + Send),
 ) -> Result<(), AttemptError> {
     let url = provider.url();
-    let send = provider.request(client, messages).send();
+    let send = provider.request(client, messages, offer).send();
     let response = match tokio::time::timeout_at(first_deadline, send).await {
         Err(_) => return Err(retry(format!("no response from {url} within {:?}", opts.first_token_timeout))),
         Ok(Err(e)) => return Err(transport_error(&url, e)),
@@ -181,6 +198,17 @@ async fn one_attempt(
                 got_text = true;
                 if on_text(&t).is_break() {
                     return Ok(());
+                }
+            }
+            Ok(StreamItem::Tools { text, deltas }) => {
+                got_text = true;
+                for d in deltas {
+                    tools.push(d);
+                }
+                if let Some(t) = text {
+                    if on_text(&t).is_break() {
+                        return Ok(());
+                    }
                 }
             }
             Ok(StreamItem::Done) => return Ok(()),

@@ -21,6 +21,12 @@ pub fn cache_dir() -> PathBuf {
     env_dir("TGVOICE_CACHE").unwrap_or_else(|| env_dir("XDG_CACHE_HOME").unwrap_or_else(|| home().join(".cache")).join("tgvoice"))
 }
 
+/// Hand-written configuration (llm-relay's tools file, `mcp.json`): `$XDG_CONFIG_HOME/tgvoice`,
+/// else `~/.config/tgvoice`.
+pub fn config_dir() -> PathBuf {
+    env_dir("XDG_CONFIG_HOME").unwrap_or_else(|| home().join(".config")).join("tgvoice")
+}
+
 /// `$TGVOICE_MODELS`, else `<cache>/models`.
 pub fn models_dir() -> PathBuf {
     env_dir("TGVOICE_MODELS").unwrap_or_else(|| cache_dir().join("models"))
