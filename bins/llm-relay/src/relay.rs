@@ -274,15 +274,26 @@ impl Outside {
             let mut first = true;
             let mut calls_made = 0;
             let mut round = 0;
+            let mut defs: Vec<crate::provider::ToolDef> = vec![];
             let result = loop {
-                let defs = cfg.tools.as_ref().map(|t| t.defs()).unwrap_or_default();
+                // A tool offered earlier in this reply stays declared (its call is in the
+                // messages) even if its server went away meanwhile (calling it then gives an error).
+                let mut now_on_offer = cfg.tools.as_ref().map(|t| t.defs()).unwrap_or_default();
+                for d in std::mem::take(&mut defs) {
+                    if !now_on_offer.iter().any(|n| n.name == d.name) {
+                        now_on_offer.push(d);
+                    }
+                }
+                defs = now_on_offer;
                 let offer = Offer { tools: &defs, allow: round < cfg.max_tool_rounds };
                 let mut said_enough = false;
+                let mut round_text = String::new();
                 let result = AssertUnwindSafe(stream_turn(&client, &cfg.provider, &messages, offer, &cfg.stream, |t| {
                     if first {
                         first = false;
                         let _ = tx.send((reply, StreamMsg::FirstToken(tgvoice::clock::now_us())));
                     }
+                    round_text.push_str(t);
                     let flow = speaker.push(t, &mut out);
                     said_enough = flow.is_break();
                     flow
@@ -320,7 +331,10 @@ impl Outside {
                 let calls: Vec<ToolCall> = calls.iter().map(|(c, _)| c.clone()).collect();
                 let results: Vec<ToolResult> = results.into_iter().flatten().collect();
                 let _ = tx.send((reply, StreamMsg::Exchange(calls.clone(), results.clone())));
-                messages.push(ChatMessage { role: Role::Assistant, text: String::new(), calls, results: vec![] });
+                // The model's own turn as it was (its words before the calls, then the calls);
+                // the conversation file keeps the words in the answer it records at the end.
+                let text = round_text.trim().to_string();
+                messages.push(ChatMessage { role: Role::Assistant, text, calls, results: vec![] });
                 messages.push(ChatMessage { role: Role::User, text: String::new(), calls: vec![], results });
             };
             // The last sentence is complete now (also for a held reply: it can go out ahead).

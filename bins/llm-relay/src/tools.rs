@@ -224,7 +224,7 @@ impl Toolbox {
         let is_error = result.is_error == Some(true);
         let content = truncate(parts.join("\n"), self.opts.max_result_bytes, &call.name);
         log::info!("tool {:?} (MCP server {server:?}): {}{} bytes in {ms} ms", call.name, if is_error { "error, " } else { "" }, content.len());
-        log::debug!("tool {:?} result: {content}", call.name);
+        log::debug!("tool {:?} result: {content:?}", call.name); // quoted: one line
         ToolResult { id: call.id.clone(), content, is_error }
     }
 }

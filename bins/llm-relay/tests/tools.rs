@@ -1,0 +1,390 @@
+//! Tools (README "Tools"): llm-relay against the stand-in Claude and OpenAI-compatible servers
+//! (real SSE, tool calls whose JSON arguments are split across events and across TCP writes)
+//! with real MCP servers over stdio: the reference `mcp-server-time` from PyPI, and a small
+//! test server on the official `mcp` SDK (tests/data/mcp_test_server.py) with a slow, a
+//! crashing and a 1 MiB tool. Both come from the project's venv (scripts/provision/llm-tools.pip).
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tgvoice::Event;
+
+fn venv_bin(name: &str) -> PathBuf {
+    let venv =
+        std::env::var_os("TGVOICE_VENV").map(PathBuf::from).unwrap_or_else(|| tgvoice::testkit::cache_dir().join("venv"));
+    let bin = venv.join("bin").join(name);
+    assert!(bin.exists(), "{} is missing: run `scripts/setup venv` (scripts/provision/llm-tools.pip)", bin.display());
+    bin
+}
+
+fn test_server(record: &Path) -> Value {
+    let script = repo_root().join("bins/llm-relay/tests/data/mcp_test_server.py");
+    json!({"command": venv_bin("python"), "args": [script], "env": {"MCP_TEST_RECORD": record}})
+}
+
+fn time_server() -> Value {
+    json!({"command": venv_bin("mcp-server-time"), "args": ["--local-timezone", "UTC"], "tools": ["get_current_time"]})
+}
+
+fn tools_file(dir: &Path, servers: Value) -> PathBuf {
+    let path = dir.join("mcp.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json!({"mcpServers": servers})).unwrap()).unwrap();
+    path
+}
+
+/// Cut an SSE body every `every` bytes, written 1 ms apart: events, JSON strings and the
+/// partial JSON of the arguments all arrive in awkward pieces.
+fn awkward(body: &str, every: usize) -> Vec<Piece> {
+    body.as_bytes().chunks(every).map(|c| Piece { delay: Duration::from_millis(1), bytes: c.to_vec() }).collect()
+}
+
+/// Split `s` in three at character boundaries.
+fn thirds(s: &str) -> [String; 3] {
+    let cut = |n: usize| (n..=s.len()).find(|&i| s.is_char_boundary(i)).unwrap();
+    let (a, b) = (cut(s.len() / 3), cut(2 * s.len() / 3));
+    [s[..a].into(), s[a..b].into(), s[b..].into()]
+}
+
+/// A Claude turn that says `before`, then calls tools (id, name, raw JSON arguments, each sent
+/// as three `input_json_delta`s), ending with `stop_reason: tool_use`.
+fn anthropic_tool_sse(before: &str, calls: &[(&str, &str, &str)]) -> String {
+    let mut s = anthropic_sse_head();
+    if !before.is_empty() {
+        s.push_str(&anthropic_delta(before));
+    }
+    s.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
+    for (i, (id, name, args)) in calls.iter().enumerate() {
+        let index = i + 1;
+        let start = json!({"type": "content_block_start", "index": index,
+            "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}});
+        s.push_str(&format!("event: content_block_start\ndata: {start}\n\n"));
+        for part in thirds(args) {
+            let d = json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": part}});
+            s.push_str(&format!("event: content_block_delta\ndata: {d}\n\n"));
+        }
+        s.push_str(&format!("event: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":{index}}}\n\n"));
+    }
+    s.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":30}}\n\n");
+    s.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+    s
+}
+
+/// An OpenAI-compatible turn calling tools: `delta.tool_calls` with the id and name first,
+/// then the arguments in three fragments, `finish_reason: tool_calls`, `[DONE]`.
+fn openai_tool_sse(calls: &[(&str, &str, &str)]) -> String {
+    let chunk = |delta: Value, finish: Value| {
+        let c = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {c}\n\n")
+    };
+    let mut s = chunk(json!({"role": "assistant", "content": null}), Value::Null);
+    for (i, (id, name, args)) in calls.iter().enumerate() {
+        s.push_str(&chunk(
+            json!({"tool_calls": [{"index": i, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        ));
+        for part in thirds(args) {
+            s.push_str(&chunk(json!({"tool_calls": [{"index": i, "function": {"arguments": part}}]}), Value::Null));
+        }
+    }
+    s.push_str(&chunk(json!({}), json!("tool_calls")));
+    s.push_str("data: [DONE]\n\n");
+    s
+}
+
+/// Wait until the relay's log has `needle` (the relay logs at debug level in tests).
+fn wait_log(relay: &Relay, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = relay.stderr();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no log line with {needle:?} within {timeout:?}:\n{log}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Wait until the test server's record file has `line`.
+fn wait_record(record: &Path, line: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(record).unwrap_or_default();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the test MCP server never recorded {line:?}; it recorded:\n{text}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The conversation file's lines.
+fn conversation(state: &Path) -> Vec<Value> {
+    let dir = state.join("conversations");
+    let file = std::fs::read_dir(&dir).unwrap().next().expect("a conversation file").unwrap().path();
+    std::fs::read_to_string(file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The text of the last user message of a request (Claude: its string content).
+fn last_user_text(body: &Value) -> String {
+    let last = body["messages"].as_array().unwrap().iter().rev().find(|m| m["role"] == "user").unwrap();
+    match &last["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join(" "),
+        _ => String::new(),
+    }
+}
+
+fn claude_relay(server: &StandIn, state: &Path, tools: &Path) -> std::process::Command {
+    let mut cmd = relay_command(state);
+    cmd.env("ANTHROPIC_API_KEY", "sk-ant-test")
+        .arg("--base-url")
+        .arg(server.base())
+        .args(["--model", "claude-test", "--tools"])
+        .arg(tools);
+    cmd
+}
+
+#[test]
+fn claude_calls_the_real_time_server_and_speaks_the_answer_and_the_history_keeps_it() {
+    let server = StandIn::start(|i, body| {
+        let sse = match i {
+            0 => anthropic_tool_sse("Let me check.", &[("toolu_01", "get_current_time", r#"{"timezone": "Europe/Paris"}"#)]),
+            1 => anthropic_sse(&["It is noon ", "in Paris."]),
+            _ => anthropic_sse(&[&format!("You said: {}", last_user_text(body))]),
+        };
+        Response::sse(awkward(&sse, 23), true)
+    });
+    let state = tempfile::tempdir().unwrap();
+    let tools = tools_file(state.path(), json!({"time": time_server()}));
+    let mut cmd = claude_relay(&server, state.path(), &tools);
+    cmd.args(["--tool-holding-after", "0"]);
+    let mut relay = Relay::spawn(cmd);
+    wait_log(&relay, "MCP server \"time\" ready: 1 tool(s) on offer: get_current_time", Duration::from_secs(20));
+    relay.send(transcript(1, "What time is it in Paris?"));
+    relay.wait_reply_end(1);
+    relay.send(transcript(2, "Thanks."));
+    relay.wait_reply_end(2);
+    let (events, stderr) = relay.finish();
+    assert_eq!(chunks_of(&events, 1), ["Let me check.", "It is noon in Paris."]);
+    assert_eq!(chunks_of(&events, 2), ["You said: Thanks."]);
+
+    // The first request offers the tool; the second carries the call and the real result.
+    let first = server.request(0).body;
+    assert_eq!(first["tools"][0]["name"], "get_current_time");
+    assert!(first["tools"][0]["input_schema"]["properties"]["timezone"].is_object(), "{}", first["tools"]);
+    let second = server.request(1).body;
+    let msgs = second["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 3, "{msgs:#?}");
+    assert_eq!(msgs[1]["content"][0], json!({"type": "text", "text": "Let me check."}));
+    assert_eq!(
+        msgs[1]["content"][1],
+        json!({"type": "tool_use", "id": "toolu_01", "name": "get_current_time", "input": {"timezone": "Europe/Paris"}})
+    );
+    let result = &msgs[2]["content"][0];
+    assert_eq!((&result["type"], &result["tool_use_id"]), (&json!("tool_result"), &json!("toolu_01")));
+    let content: Value = serde_json::from_str(result["content"].as_str().unwrap()).expect("mcp-server-time answers JSON");
+    assert_eq!(content["timezone"], "Europe/Paris", "{content}");
+    assert!(content["datetime"].as_str().is_some_and(|d| d.contains('T')), "{content}");
+    assert!(result.get("is_error").is_none());
+
+    // The next turn's request holds the exchange in the Claude shape.
+    let third = server.request(2).body;
+    let roles: Vec<&str> = third["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant", "user", "assistant", "user"]);
+    assert_eq!(third["messages"][1]["content"][0]["type"], "tool_use");
+    assert_eq!(third["messages"][2]["content"][0]["tool_use_id"], "toolu_01");
+    assert_eq!(third["messages"][3]["content"], "Let me check. It is noon in Paris.");
+
+    // The conversation file: the caller, the call, its result, the answer.
+    let lines = conversation(state.path());
+    assert_eq!(lines[0]["text"], "What time is it in Paris?");
+    assert_eq!(lines[1]["calls"][0]["input"], json!({"timezone": "Europe/Paris"}));
+    assert!(lines[2]["results"][0]["content"].as_str().unwrap().contains("Europe/Paris"));
+    assert_eq!(lines[3]["text"], "Let me check. It is noon in Paris.");
+    // Arguments and results are logged at debug level only.
+    assert!(stderr.lines().filter(|l| l.contains("Europe/Paris")).all(|l| l.contains(" debug: ")), "{stderr}");
+
+    // Restarted without tools, the relay sends the exchange as text (valid without `tools`).
+    let mut relay = Relay::spawn({
+        let mut cmd = claude_relay(&server, state.path(), Path::new("off"));
+        cmd.args(["--tool-holding-after", "0"]);
+        cmd
+    });
+    relay.send(transcript(3, "Bye."));
+    relay.wait_reply_end(3);
+    relay.finish();
+    let fourth = server.request(3).body;
+    assert!(fourth.get("tools").is_none());
+    let texts: Vec<&str> = fourth["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert!(texts[1].starts_with("[called tool get_current_time with {\"timezone\":\"Europe/Paris\"}]"), "{texts:?}");
+    assert!(texts[2].starts_with("[tool result: {"), "{texts:?}");
+}
+
+#[test]
+fn openai_compatible_tool_calls_reach_the_time_server_and_come_back_as_tool_messages() {
+    let server = StandIn::start(|i, _| {
+        let sse = match i {
+            0 => openai_tool_sse(&[
+                ("call_a", "get_current_time", r#"{"timezone": "Europe/Paris"}"#),
+                ("call_b", "get_current_time", r#"{"timezone": "Asia/Tokyo"}"#),
+            ]),
+            _ => openai_sse(&["Paris is at noon, ", "Tokyo at seven."]),
+        };
+        Response::sse(awkward(&sse, 17), true)
+    });
+    let state = tempfile::tempdir().unwrap();
+    let tools = tools_file(state.path(), json!({"time": time_server()}));
+    let mut cmd = relay_command(state.path());
+    cmd.env("OPENAI_API_KEY", "sk-test").arg("--base-url").arg(format!("{}/v1", server.base()));
+    cmd.args(["--model", "m", "--tool-holding-after", "0", "--tools"]).arg(&tools);
+    let mut relay = Relay::spawn(cmd);
+    wait_log(&relay, "MCP server \"time\" ready", Duration::from_secs(20));
+    relay.send(transcript(1, "Time in Paris and Tokyo?"));
+    relay.wait_reply_end(1);
+    let (events, _) = relay.finish();
+    assert_eq!(chunks_of(&events, 1), ["Paris is at noon,", "Tokyo at seven."]);
+    let first = server.request(0).body;
+    assert_eq!(first["tools"][0]["type"], "function");
+    assert_eq!(first["tools"][0]["function"]["name"], "get_current_time");
+    let msgs = server.request(1).body["messages"].as_array().unwrap().clone();
+    let roles: Vec<&str> = msgs.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["system", "user", "assistant", "tool", "tool"]);
+    let calls = &msgs[2]["tool_calls"];
+    assert_eq!(calls[0]["id"], "call_a");
+    assert_eq!(serde_json::from_str::<Value>(calls[1]["function"]["arguments"].as_str().unwrap()).unwrap(), json!({"timezone": "Asia/Tokyo"}));
+    for (msg, (id, zone)) in msgs[3..].iter().zip([("call_a", "Europe/Paris"), ("call_b", "Asia/Tokyo")]) {
+        assert_eq!(msg["tool_call_id"], id);
+        let content: Value = serde_json::from_str(msg["content"].as_str().unwrap()).unwrap();
+        assert_eq!(content["timezone"], zone);
+    }
+    let lines = conversation(state.path());
+    assert_eq!(lines[1]["calls"].as_array().unwrap().len(), 2);
+    assert_eq!(lines[2]["results"].as_array().unwrap().len(), 2);
+    assert_eq!(lines[3]["text"], "Paris is at noon, Tokyo at seven.");
+}
+
+#[test]
+fn a_slow_tool_gets_the_holding_phrase_and_a_cancel_cancels_it_at_the_server() {
+    let server = StandIn::start(|_, body| {
+        let sse = match last_user_text(body).as_str() {
+            "Wait for it." => anthropic_tool_sse("", &[("toolu_slow", "slow", r#"{"seconds": 3}"#)]),
+            // The cancelled reply said nothing the caller heard: its message is still
+            // unanswered, and the next words join it (one user message).
+            "Wait for it. Something else." => anthropic_sse(&["Something else, then."]),
+            other => anthropic_sse(&[&format!("Unexpected request after: {other}")]),
+        };
+        Response::sse(awkward(&sse, 29), true)
+    });
+    let state = tempfile::tempdir().unwrap();
+    let record = state.path().join("record.txt");
+    let tools = tools_file(state.path(), json!({"test": test_server(&record)}));
+    let mut relay = Relay::spawn(claude_relay(&server, state.path(), &tools));
+    wait_log(&relay, "MCP server \"test\" ready", Duration::from_secs(20));
+    let t0 = Instant::now();
+    relay.send(transcript(1, "Wait for it."));
+    let (t, _) = relay.wait_for(Duration::from_secs(5), |e| e.is("reply-chunk") && e.text.as_deref() == Some("One moment, please."));
+    let after = t.duration_since(t0);
+    assert!(after < Duration::from_millis(1500), "the holding phrase came {after:?} after the turn");
+    wait_record(&record, "slow started", Duration::from_secs(5));
+    relay.send(Event::new("cancel").with_turn(1));
+    let (_, end) = relay.wait_for(Duration::from_secs(5), |e| e.is("reply-end") && e.turn == Some(1));
+    assert_eq!(end.get_bool("cancelled"), Some(true));
+    // The server saw MCP's notifications/cancelled (its tool's scope was cancelled).
+    wait_record(&record, "slow cancelled", Duration::from_secs(5));
+    // The next turn is answered; nothing more of turn 1 came, and the LLM was never asked
+    // to go on with the cancelled call's result.
+    relay.send(transcript(2, "Something else."));
+    relay.wait_reply_end(2);
+    let (events, stderr) = relay.finish();
+    assert_eq!(chunks_of(&events, 1), ["One moment, please."]);
+    assert_eq!(chunks_of(&events, 2), ["Something else, then."]);
+    assert_eq!(server.count(), 2, "a request after the cancelled tool call");
+    assert!(!std::fs::read_to_string(&record).unwrap().contains("slow finished"));
+    assert!(stderr.contains("tool \"slow\" (MCP server \"test\"): cancelled"), "{stderr}");
+    // A cancelled reply that said nothing leaves no tool exchange in the history.
+    let lines = conversation(state.path());
+    assert!(lines.iter().all(|l| l.get("calls").is_none()), "{lines:?}");
+}
+
+#[test]
+fn broken_servers_huge_results_bad_arguments_and_a_crash_each_get_one_line_and_an_answer() {
+    let server = StandIn::start(|_, body| {
+        let msgs = body["messages"].as_array().unwrap();
+        let last = msgs.last().unwrap();
+        // After tool results: say what came back (its size, whether it was an error).
+        if let Some(result) = last["content"].as_array().and_then(|b| b.iter().find(|b| b["type"] == "tool_result")) {
+            let content = result["content"].as_str().unwrap();
+            let error = if result["is_error"] == true { "an error" } else { "a result" };
+            let head: String = content.chars().take(12).filter(|c| c.is_alphanumeric() || *c == ' ').collect();
+            let sse = anthropic_sse(&[&format!("Got {error} of {} bytes: {head}.", content.len())]);
+            return Response::sse(awkward(&sse, 31), true);
+        }
+        let sse = match last_user_text(body).as_str() {
+            "Big." => anthropic_tool_sse("", &[("t_big", "big", "{}")]),
+            "Bad." => anthropic_tool_sse("", &[("t_bad", "echo", r#"{"text": "unterminated"#)]),
+            "Crash." => anthropic_tool_sse("", &[("t_crash", "crash", "{}")]),
+            "Echo." => anthropic_tool_sse("", &[("t_echo", "echo", r#"{"text": "again"}"#)]),
+            other => anthropic_sse(&[&format!("No tools for: {other}")]),
+        };
+        Response::sse(awkward(&sse, 31), true)
+    });
+    let state = tempfile::tempdir().unwrap();
+    let record = state.path().join("record.txt");
+    let silent = repo_root().join("bins/llm-relay/tests/data/mcp_silent_server.py");
+    let tools = tools_file(
+        state.path(),
+        json!({
+            "test": test_server(&record),
+            "silent": {"command": venv_bin("python"), "args": [silent]},
+            "missing": {"command": "/nonexistent/mcp-server"},
+        }),
+    );
+    let mut cmd = claude_relay(&server, state.path(), &tools);
+    cmd.args(["--tool-start-timeout", "1", "--tool-holding-after", "0"]);
+    let mut relay = Relay::spawn(cmd);
+    // No server delays the first reply: the first turn is answered while they start.
+    relay.send(transcript(1, "Hello."));
+    relay.wait_reply_end(1);
+    wait_log(&relay, "MCP server \"test\" ready", Duration::from_secs(20));
+    wait_log(&relay, "MCP server \"silent\"", Duration::from_secs(10));
+    wait_log(&relay, "MCP server \"missing\"", Duration::from_secs(10));
+
+    relay.send(transcript(2, "Big."));
+    relay.wait_reply_end(2);
+    relay.send(transcript(3, "Bad."));
+    relay.wait_reply_end(3);
+    relay.send(transcript(4, "Crash."));
+    relay.wait_reply_end(4);
+    wait_log(&relay, "MCP server \"test\" restarted", Duration::from_secs(10));
+    relay.send(transcript(5, "Echo."));
+    relay.wait_reply_end(5);
+    let (events, stderr) = relay.finish();
+
+    // Each server that cannot serve is named in exactly one line; the call went on.
+    let lines_with = |needle: &str| stderr.lines().filter(|l| l.contains(needle) && !l.contains(" debug: ")).count();
+    assert_eq!(lines_with("MCP server \"silent\""), 1, "{stderr}");
+    assert!(stderr.contains("did not answer initialize within 1 s; the call goes on without its tools"), "{stderr}");
+    assert_eq!(lines_with("MCP server \"missing\""), 1, "{stderr}");
+    assert!(stderr.contains("cannot start it"), "{stderr}");
+    assert_eq!(chunks_of(&events, 1), ["No tools for: Hello."]);
+
+    // 1 MiB cut to the 16 KiB cap, with a note the LLM sees; one log line.
+    assert_eq!(lines_with("returned 1048576 bytes"), 1, "{stderr}");
+    let big = chunks_of(&events, 2).join(" ");
+    let size: usize = big.split(" of ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!((16384..16384 + 200).contains(&size), "{big}");
+    assert!(big.starts_with("Got a result"), "{big}");
+    // Malformed arguments: not called, the LLM is told; one line.
+    assert_eq!(chunks_of(&events, 3).join(" ").split(" of ").next(), Some("Got an error"));
+    assert_eq!(lines_with("call of \"echo\" is unusable"), 1, "{stderr}");
+    assert!(!std::fs::read_to_string(&record).unwrap().contains("echo unterminated"));
+    // A crash mid-call: an error result, one line, an answer; the server comes back.
+    assert_eq!(chunks_of(&events, 4).join(" ").split(" of ").next(), Some("Got an error"));
+    assert_eq!(lines_with("stopped during the call"), 1, "{stderr}");
+    assert_eq!(chunks_of(&events, 5).join(" "), "Got a result of 11 bytes: echo again.");
+    wait_record(&record, "echo again", Duration::from_secs(1));
+}
