@@ -304,6 +304,11 @@ impl Outside {
                 if calls.is_empty() || said_enough || defs.is_empty() {
                     break result;
                 }
+                if !offer.allow {
+                    // Told to answer in words (`tool_choice: none`), it called again.
+                    log::warn!("turn {turn}: the LLM still calls tools after {round} round(s) (--max-tool-rounds); not run");
+                    break result;
+                }
                 // What was said before the calls is complete: out it goes before the wait.
                 speaker.finish(&mut out);
                 round += 1;

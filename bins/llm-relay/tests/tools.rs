@@ -143,9 +143,20 @@ fn claude_relay(server: &StandIn, state: &Path, tools: &Path) -> std::process::C
     cmd.env("ANTHROPIC_API_KEY", "sk-ant-test")
         .arg("--base-url")
         .arg(server.base())
-        .args(["--model", "claude-test", "--tools"])
+        .args(["--model", "claude-test", "--tool-start-timeout", "30", "--tools"])
         .arg(tools);
     cmd
+}
+
+/// llm-relay against the Claude stand-in with `servers` as its tools file and `extra` flags,
+/// once the server `ready` says it is ready.
+fn claude_with_tools(server: &StandIn, state: &Path, servers: Value, extra: &[&str], ready: &str) -> Relay {
+    let tools = tools_file(state, servers);
+    let mut cmd = claude_relay(server, state, &tools);
+    cmd.args(extra);
+    let relay = Relay::spawn(cmd);
+    wait_log(&relay, &format!("MCP server {ready:?} ready"), Duration::from_secs(30));
+    relay
 }
 
 #[test]
@@ -159,11 +170,8 @@ fn claude_calls_the_real_time_server_and_speaks_the_answer_and_the_history_keeps
         Response::sse(awkward(&sse, 23), true)
     });
     let state = tempfile::tempdir().unwrap();
-    let tools = tools_file(state.path(), json!({"time": time_server()}));
-    let mut cmd = claude_relay(&server, state.path(), &tools);
-    cmd.args(["--tool-holding-after", "0"]);
-    let mut relay = Relay::spawn(cmd);
-    wait_log(&relay, "MCP server \"time\" ready: 1 tool(s) on offer: get_current_time", Duration::from_secs(20));
+    let mut relay = claude_with_tools(&server, state.path(), json!({"time": time_server()}), &["--tool-holding-after", "0"], "time");
+    assert!(relay.stderr().contains("MCP server \"time\" ready: 1 tool(s) on offer: get_current_time"));
     relay.send(transcript(1, "What time is it in Paris?"));
     relay.wait_reply_end(1);
     relay.send(transcript(2, "Thanks."));
@@ -240,9 +248,9 @@ fn openai_compatible_tool_calls_reach_the_time_server_and_come_back_as_tool_mess
     let tools = tools_file(state.path(), json!({"time": time_server()}));
     let mut cmd = relay_command(state.path());
     cmd.env("OPENAI_API_KEY", "sk-test").arg("--base-url").arg(format!("{}/v1", server.base()));
-    cmd.args(["--model", "m", "--tool-holding-after", "0", "--tools"]).arg(&tools);
+    cmd.args(["--model", "m", "--tool-holding-after", "0", "--tool-start-timeout", "30", "--tools"]).arg(&tools);
     let mut relay = Relay::spawn(cmd);
-    wait_log(&relay, "MCP server \"time\" ready", Duration::from_secs(20));
+    wait_log(&relay, "MCP server \"time\" ready", Duration::from_secs(30));
     relay.send(transcript(1, "Time in Paris and Tokyo?"));
     relay.wait_reply_end(1);
     let (events, _) = relay.finish();
@@ -281,9 +289,7 @@ fn a_slow_tool_gets_the_holding_phrase_and_a_cancel_cancels_it_at_the_server() {
     });
     let state = tempfile::tempdir().unwrap();
     let record = state.path().join("record.txt");
-    let tools = tools_file(state.path(), json!({"test": test_server(&record)}));
-    let mut relay = Relay::spawn(claude_relay(&server, state.path(), &tools));
-    wait_log(&relay, "MCP server \"test\" ready", Duration::from_secs(20));
+    let mut relay = claude_with_tools(&server, state.path(), json!({"test": test_server(&record)}), &[], "test");
     let t0 = Instant::now();
     relay.send(transcript(1, "Wait for it."));
     let (t, _) = relay.wait_for(Duration::from_secs(5), |e| e.is("reply-chunk") && e.text.as_deref() == Some("One moment, please."));
@@ -310,12 +316,12 @@ fn a_slow_tool_gets_the_holding_phrase_and_a_cancel_cancels_it_at_the_server() {
     assert!(lines.iter().all(|l| l.get("calls").is_none()), "{lines:?}");
 }
 
-#[test]
-fn broken_servers_huge_results_bad_arguments_and_a_crash_each_get_one_line_and_an_answer() {
-    let server = StandIn::start(|_, body| {
+/// The stand-in for the failure tests: after tool results it says what came back (its size,
+/// whether it was an error); else it calls the tool the caller's words name.
+fn failures_standin() -> StandIn {
+    StandIn::start(|_, body| {
         let msgs = body["messages"].as_array().unwrap();
         let last = msgs.last().unwrap();
-        // After tool results: say what came back (its size, whether it was an error).
         if let Some(result) = last["content"].as_array().and_then(|b| b.iter().find(|b| b["type"] == "tool_result")) {
             let content = result["content"].as_str().unwrap();
             let error = if result["is_error"] == true { "an error" } else { "a result" };
@@ -331,60 +337,106 @@ fn broken_servers_huge_results_bad_arguments_and_a_crash_each_get_one_line_and_a
             other => anthropic_sse(&[&format!("No tools for: {other}")]),
         };
         Response::sse(awkward(&sse, 31), true)
-    });
+    })
+}
+
+/// Lines of `log` with `needle`, debug lines left out.
+fn lines_with(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle) && !l.contains(" debug: ")).count()
+}
+
+#[test]
+fn a_server_that_never_answers_initialize_and_one_that_cannot_start_get_one_line_each() {
+    let server = failures_standin();
     let state = tempfile::tempdir().unwrap();
-    let record = state.path().join("record.txt");
     let silent = repo_root().join("bins/llm-relay/tests/data/mcp_silent_server.py");
     let tools = tools_file(
         state.path(),
-        json!({
-            "test": test_server(&record),
-            "silent": {"command": venv_bin("python"), "args": [silent]},
-            "missing": {"command": "/nonexistent/mcp-server"},
-        }),
+        json!({"silent": {"command": venv_bin("python"), "args": [silent]}, "missing": {"command": "/nonexistent/mcp-server"}}),
     );
-    let mut cmd = claude_relay(&server, state.path(), &tools);
-    cmd.args(["--tool-start-timeout", "1", "--tool-holding-after", "0"]);
+    let mut cmd = relay_command(state.path());
+    cmd.env("ANTHROPIC_API_KEY", "sk-ant-test").arg("--base-url").arg(server.base());
+    cmd.args(["--model", "claude-test", "--tool-start-timeout", "1", "--tools"]).arg(&tools);
     let mut relay = Relay::spawn(cmd);
     // No server delays the first reply: the first turn is answered while they start.
     relay.send(transcript(1, "Hello."));
     relay.wait_reply_end(1);
-    wait_log(&relay, "MCP server \"test\" ready", Duration::from_secs(20));
     wait_log(&relay, "MCP server \"silent\"", Duration::from_secs(10));
     wait_log(&relay, "MCP server \"missing\"", Duration::from_secs(10));
-
-    relay.send(transcript(2, "Big."));
+    relay.send(transcript(2, "Still there?"));
     relay.wait_reply_end(2);
-    relay.send(transcript(3, "Bad."));
+    let (events, stderr) = relay.finish();
+    assert_eq!(chunks_of(&events, 1), ["No tools for: Hello."]);
+    assert_eq!(chunks_of(&events, 2), ["No tools for: Still there?"]);
+    assert!(server.request(1).body.get("tools").is_none(), "no server up, no tools offered");
+    assert_eq!(lines_with(&stderr, "MCP server \"silent\""), 1, "{stderr}");
+    assert!(stderr.contains("did not answer initialize within 1 s; the call goes on without its tools"), "{stderr}");
+    assert_eq!(lines_with(&stderr, "MCP server \"missing\""), 1, "{stderr}");
+    assert!(stderr.contains("cannot start it (No such file"), "{stderr}");
+}
+
+#[test]
+fn a_huge_result_bad_arguments_and_a_crash_each_get_one_line_and_an_answer() {
+    let server = failures_standin();
+    let state = tempfile::tempdir().unwrap();
+    let record = state.path().join("record.txt");
+    let servers = json!({"test": test_server(&record)});
+    let mut relay = claude_with_tools(&server, state.path(), servers, &["--tool-holding-after", "0"], "test");
+    relay.send(transcript(1, "Big."));
+    relay.wait_reply_end(1);
+    relay.send(transcript(2, "Bad."));
+    relay.wait_reply_end(2);
+    relay.send(transcript(3, "Crash."));
     relay.wait_reply_end(3);
-    relay.send(transcript(4, "Crash."));
+    wait_log(&relay, "MCP server \"test\" restarted", Duration::from_secs(30));
+    relay.send(transcript(4, "Echo."));
     relay.wait_reply_end(4);
-    wait_log(&relay, "MCP server \"test\" restarted", Duration::from_secs(10));
-    relay.send(transcript(5, "Echo."));
-    relay.wait_reply_end(5);
     let (events, stderr) = relay.finish();
 
-    // Each server that cannot serve is named in exactly one line; the call went on.
-    let lines_with = |needle: &str| stderr.lines().filter(|l| l.contains(needle) && !l.contains(" debug: ")).count();
-    assert_eq!(lines_with("MCP server \"silent\""), 1, "{stderr}");
-    assert!(stderr.contains("did not answer initialize within 1 s; the call goes on without its tools"), "{stderr}");
-    assert_eq!(lines_with("MCP server \"missing\""), 1, "{stderr}");
-    assert!(stderr.contains("cannot start it"), "{stderr}");
-    assert_eq!(chunks_of(&events, 1), ["No tools for: Hello."]);
-
     // 1 MiB cut to the 16 KiB cap, with a note the LLM sees; one log line.
-    assert_eq!(lines_with("returned 1048576 bytes"), 1, "{stderr}");
-    let big = chunks_of(&events, 2).join(" ");
+    assert_eq!(lines_with(&stderr, "returned 1048576 bytes"), 1, "{stderr}");
+    let big = chunks_of(&events, 1).join(" ");
     let size: usize = big.split(" of ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!((16384..16384 + 200).contains(&size), "{big}");
     assert!(big.starts_with("Got a result"), "{big}");
-    // Malformed arguments: not called, the LLM is told; one line.
-    assert_eq!(chunks_of(&events, 3).join(" ").split(" of ").next(), Some("Got an error"));
-    assert_eq!(lines_with("call of \"echo\" is unusable"), 1, "{stderr}");
+    // Malformed arguments: not run, the LLM is told; one line.
+    assert_eq!(chunks_of(&events, 2).join(" ").split(" of ").next(), Some("Got an error"));
+    assert_eq!(lines_with(&stderr, "call of \"echo\" is unusable"), 1, "{stderr}");
     assert!(!std::fs::read_to_string(&record).unwrap().contains("echo unterminated"));
     // A crash mid-call: an error result, one line, an answer; the server comes back.
-    assert_eq!(chunks_of(&events, 4).join(" ").split(" of ").next(), Some("Got an error"));
-    assert_eq!(lines_with("stopped during the call"), 1, "{stderr}");
-    assert_eq!(chunks_of(&events, 5).join(" "), "Got a result of 11 bytes: echo again.");
+    assert_eq!(chunks_of(&events, 3).join(" ").split(" of ").next(), Some("Got an error"));
+    assert_eq!(lines_with(&stderr, "stopped during the call"), 1, "{stderr}");
+    assert_eq!(chunks_of(&events, 4).join(" "), "Got a result of 11 bytes: echo again.");
     wait_record(&record, "echo again", Duration::from_secs(1));
+}
+
+#[test]
+fn tool_rounds_and_calls_per_reply_are_bounded() {
+    // A model that never stops calling tools (two per message), even when told not to.
+    let server = StandIn::start(|i, _| {
+        let (a, b) = (format!("e{i}a"), format!("e{i}b"));
+        let (ta, tb) = (format!(r#"{{"text": "{a}"}}"#), format!(r#"{{"text": "{b}"}}"#));
+        Response::sse(awkward(&anthropic_tool_sse(&format!("Step {i}."), &[(&a, "echo", &ta), (&b, "echo", &tb)]), 41), true)
+    });
+    let state = tempfile::tempdir().unwrap();
+    let record = state.path().join("record.txt");
+    let flags = ["--max-tool-rounds", "2", "--max-tool-calls", "3", "--tool-holding-after", "0"];
+    let mut relay = claude_with_tools(&server, state.path(), json!({"test": test_server(&record)}), &flags, "test");
+    relay.send(transcript(1, "Loop."));
+    relay.wait_reply_end(1);
+    let (events, stderr) = relay.finish();
+    // Two rounds of results; the third request says tool_choice none, and its calls are not run.
+    assert_eq!(server.count(), 3);
+    assert!(server.request(1).body.get("tool_choice").is_none());
+    assert_eq!(server.request(2).body["tool_choice"], json!({"type": "none"}));
+    assert_eq!(chunks_of(&events, 1), ["Step 0.", "Step 1.", "Step 2."]);
+    let echoes: Vec<String> =
+        std::fs::read_to_string(&record).unwrap().lines().filter(|l| l.starts_with("echo ")).map(str::to_string).collect();
+    assert_eq!(echoes.len(), 3, "{echoes:?}");
+    // The fourth call of the reply is answered with an error, not run.
+    let msgs = server.request(2).body["messages"].as_array().unwrap().clone();
+    let refused = &msgs.last().unwrap()["content"][1];
+    assert_eq!((&refused["tool_use_id"], &refused["is_error"]), (&json!("e1b"), &json!(true)), "{refused}");
+    assert!(refused["content"].as_str().unwrap().contains("too many tool calls"), "{refused}");
+    assert!(stderr.contains("(--max-tool-calls)") && stderr.contains("(--max-tool-rounds); not run"), "{stderr}");
 }
