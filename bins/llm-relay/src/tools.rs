@@ -26,7 +26,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// One server of the configuration file.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     pub name: String,
     pub command: String,
@@ -34,6 +34,19 @@ pub struct ServerConfig {
     pub env: BTreeMap<String, String>,
     /// Only these tools are offered (None: all the server lists).
     pub allow: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    // The env values may be keys: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("name", &self.name)
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("allow", &self.allow)
+            .finish()
+    }
 }
 
 /// Limits on tool calls.
@@ -367,6 +380,7 @@ mod tests {
         assert_eq!(t.env.get("K").map(String::as_str), Some("v"));
         assert_eq!(t.allow.as_deref(), Some(&["get_current_time".to_string()][..]));
         assert!(c.iter().find(|s| s.name == "b").unwrap().allow.is_none());
+        assert!(!format!("{t:?}").contains("\"v\""), "an env value in Debug output: {t:?}");
         let e = format!("{:#}", parse(r#"{"servers": {}}"#).unwrap_err());
         assert!(e.contains("mcpServers"), "{e}");
         let e = format!("{:#}", parse(r#"{"mcpServers": {"t": {"args": []}}}"#).unwrap_err());

@@ -411,6 +411,43 @@ fn a_huge_result_bad_arguments_and_a_crash_each_get_one_line_and_an_answer() {
 }
 
 #[test]
+fn a_tool_that_times_out_or_fails_is_reported_to_the_llm_which_answers() {
+    let server = StandIn::start(|_, body| {
+        let last = body["messages"].as_array().unwrap().last().unwrap().clone();
+        if let Some(result) = last["content"].as_array().and_then(|b| b.iter().find(|b| b["type"] == "tool_result")) {
+            let sse = anthropic_sse(&[&format!("Told: {}", result["content"].as_str().unwrap())]);
+            return Response::sse(awkward(&sse, 37), true);
+        }
+        let sse = match last_user_text(body).as_str() {
+            "Slow." => anthropic_tool_sse("", &[("t_slow", "slow", r#"{"seconds": 30}"#)]),
+            // echo without its required argument: the server answers with an error result
+            _ => anthropic_tool_sse("", &[("t_echo", "echo", "{}")]),
+        };
+        Response::sse(awkward(&sse, 37), true)
+    });
+    let state = tempfile::tempdir().unwrap();
+    let record = state.path().join("record.txt");
+    let flags = ["--tool-timeout", "1", "--tool-holding-after", "0"];
+    let mut relay = claude_with_tools(&server, state.path(), json!({"test": test_server(&record)}), &flags, "test");
+    let t0 = Instant::now();
+    relay.send(transcript(1, "Slow."));
+    relay.wait_reply_end(1);
+    assert!(t0.elapsed() < Duration::from_secs(10), "the 30 s tool was not cut at --tool-timeout");
+    // Timed out: cancelled at the server too.
+    wait_record(&record, "slow cancelled", Duration::from_secs(5));
+    relay.send(transcript(2, "Echo nothing."));
+    relay.wait_reply_end(2);
+    let (events, stderr) = relay.finish();
+    assert_eq!(chunks_of(&events, 1).join(" "), "Told: The tool \"slow\" did not answer within 1 s.");
+    assert!(stderr.contains("tool \"slow\" (MCP server \"test\") timed out after 1000 ms"), "{stderr}");
+    let result = server.request(1).body["messages"].as_array().unwrap().last().unwrap()["content"][0].clone();
+    assert_eq!(result["is_error"], true, "{result}");
+    let result = server.request(3).body["messages"].as_array().unwrap().last().unwrap()["content"][0].clone();
+    assert_eq!(result["is_error"], true, "{result}");
+    assert!(chunks_of(&events, 2).join(" ").starts_with("Told:"), "{events:?}");
+}
+
+#[test]
 fn tool_rounds_and_calls_per_reply_are_bounded() {
     // A model that never stops calling tools (two per message), even when told not to.
     let server = StandIn::start(|i, _| {
