@@ -477,3 +477,48 @@ fn tool_rounds_and_calls_per_reply_are_bounded() {
     assert!(refused["content"].as_str().unwrap().contains("too many tool calls"), "{refused}");
     assert!(stderr.contains("(--max-tool-calls)") && stderr.contains("(--max-tool-rounds); not run"), "{stderr}");
 }
+
+#[test]
+fn a_reply_started_early_records_its_tool_exchange_after_the_callers_words_when_it_stands() {
+    let server = StandIn::start(|i, _| {
+        let sse = match i {
+            0 => anthropic_tool_sse("", &[("t_early", "echo", r#"{"text": "early"}"#)]),
+            _ => anthropic_sse(&["Echoed early."]),
+        };
+        Response::sse(awkward(&sse, 19), true)
+    });
+    let state = tempfile::tempdir().unwrap();
+    let record = state.path().join("record.txt");
+    let mut relay = claude_with_tools(&server, state.path(), json!({"test": test_server(&record)}), &[], "test");
+    relay.send(Event::new("speech-start").with_turn(1));
+    relay.send(
+        Event::new("transcript").with_turn(1).with_text("Echo early please.").with("final", false).with("preview", true),
+    );
+    // The held reply runs its tool and asks again before the caller's turn has ended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.count() < 2 {
+        assert!(Instant::now() < deadline, "the held reply never sent the tool result:\n{}", relay.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    relay.send(Event::new("speech-end").with_turn(1));
+    relay.send(transcript(1, "Echo early please."));
+    relay.wait_reply_end(1);
+    let (events, stderr) = relay.finish();
+    assert!(stderr.contains("the reply started early stands"), "{stderr}");
+    assert_eq!(server.count(), 2, "{stderr}");
+    assert_eq!(chunks_of(&events, 1), ["Echoed early."]);
+    let lines = conversation(state.path());
+    let shape: Vec<(&str, bool, bool, &str)> = lines
+        .iter()
+        .map(|l| (l["role"].as_str().unwrap(), l.get("calls").is_some(), l.get("results").is_some(), l["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("user", false, false, "Echo early please."),
+            ("assistant", true, false, ""),
+            ("user", false, true, ""),
+            ("assistant", false, false, "Echoed early.")
+        ]
+    );
+}
