@@ -594,9 +594,16 @@ impl Policy {
                     self.playback.played(turn);
                     if event.get_bool("cancelled") == Some(true) {
                         let played = event.get_str("played_text").unwrap_or("");
-                        // The holding phrase is tts-writer's to speak, not the LLM's to remember.
-                        let phrase = self.cfg.holding.as_ref().map(|(_, p)| p.as_str()).unwrap_or("");
-                        let heard = played.strip_prefix(phrase).filter(|_| !phrase.is_empty()).unwrap_or(played).trim();
+                        // The holding phrase is tts-writer's to speak, not the LLM's to remember:
+                        // first (a silent LLM) or after the reply's first words (a tool call).
+                        let holding = [&self.cfg.holding, &self.cfg.tool_holding];
+                        let phrase = holding.iter().find_map(|h| h.as_ref()).map(|(_, p)| p.as_str()).unwrap_or("");
+                        let heard = match played.strip_prefix(phrase) {
+                            _ if phrase.is_empty() => played.to_string(),
+                            Some(rest) => rest.to_string(),
+                            None => played.replacen(&format!(" {phrase}"), "", 1),
+                        };
+                        let heard = heard.trim();
                         if !heard.is_empty() {
                             host.heard_only(turn, heard);
                         }
@@ -1974,6 +1981,25 @@ mod tests {
         let nothing = Event::new(kind::REPLY_PLAYED).with_turn(1).with("cancelled", true).with("played_text", "");
         c.event(nothing);
         assert_eq!(c.history()[1], "assistant: Once upon a time, in a small [interrupted]");
+    }
+
+    #[test]
+    fn the_holding_phrase_said_for_a_tool_call_is_not_kept_as_heard() {
+        let mut c = Call::with(|cfg| cfg.tool_holding = Some((Duration::from_millis(1000), "One moment.".into())));
+        c.turn(1, "What time is it in Paris?");
+        c.chunk(1, "Let me look.");
+        c.input(Input::Tools { reply: 1, running: true });
+        assert_eq!(c.at(1_000), ["chunk #1 turn 1 seq 1 One moment."]);
+        c.input(Input::Tools { reply: 1, running: false });
+        c.chunk(1, "It is noon in Paris, and sunny.");
+        c.speech_start(2);
+        c.said(2, "Stop.");
+        let played = Event::new(kind::REPLY_PLAYED)
+            .with_turn(1)
+            .with("cancelled", true)
+            .with("played_text", "Let me look. One moment. It is noon");
+        c.event(played);
+        assert_eq!(c.history()[1], "assistant: Let me look. It is noon [interrupted]");
     }
 
     #[test]
