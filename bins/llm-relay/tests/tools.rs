@@ -522,3 +522,21 @@ fn a_reply_started_early_records_its_tool_exchange_after_the_callers_words_when_
         ]
     );
 }
+
+#[test]
+fn a_tools_file_that_is_not_one_stops_the_relay_with_one_line_saying_what_and_where() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("mcp.json");
+    std::fs::write(&file, r#"{"mcpServers": {"time": {"args": ["x"]}}}"#).unwrap();
+    let out = relay_command(state.path())
+        .env("ANTHROPIC_API_KEY", "sk-ant-test")
+        .arg("--tools")
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let line = stderr.lines().find(|l| l.contains("mcp.json")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("server \"time\" has no \"command\"") && line.contains("--tools off"), "{line}");
+}
