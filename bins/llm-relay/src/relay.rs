@@ -268,7 +268,10 @@ impl Outside {
                 sentences: 0,
             };
             let chunk_tx = tx.clone();
+            let said = std::sync::atomic::AtomicUsize::new(0);
+            let said_ref = &said;
             let mut out = move |text: String| {
+                said_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = chunk_tx.send((reply, StreamMsg::Chunk(text)));
             };
             let mut first = true;
@@ -345,6 +348,11 @@ impl Outside {
             // The last sentence is complete now (also for a held reply: it can go out ahead).
             speaker.finish(&mut out);
             let failure = match result {
+                // Tools ran and then the model said nothing: the caller gets the apology, not
+                // silence.
+                Ok(Ok(_)) if round > 0 && said.load(std::sync::atomic::Ordering::Relaxed) == 0 => {
+                    Some(format!("the LLM said nothing after {round} round(s) of tool calls"))
+                }
                 Ok(Ok(_)) => None,
                 Ok(Err(e)) => Some(format!(
                     "{} ({} attempt(s){})",

@@ -540,3 +540,22 @@ fn a_tools_file_that_is_not_one_stops_the_relay_with_one_line_saying_what_and_wh
     let line = stderr.lines().find(|l| l.contains("mcp.json")).unwrap_or_else(|| panic!("{stderr}"));
     assert!(line.contains("server \"time\" has no \"command\"") && line.contains("--tools off"), "{line}");
 }
+
+#[test]
+fn a_model_that_only_ever_calls_tools_ends_in_the_apology_not_silence() {
+    let server = StandIn::start(|i, _| {
+        let id = format!("e{i}");
+        Response::sse(awkward(&anthropic_tool_sse("", &[(&id, "echo", r#"{"text": "x"}"#)]), 41), true)
+    });
+    let state = tempfile::tempdir().unwrap();
+    let record = state.path().join("record.txt");
+    let flags = ["--max-tool-rounds", "1", "--tool-holding-after", "0"];
+    let mut relay = claude_with_tools(&server, state.path(), json!({"test": test_server(&record)}), &flags, "test");
+    relay.send(transcript(1, "Loop."));
+    let end = relay.wait_reply_end(1);
+    let (events, stderr) = relay.finish();
+    assert_eq!(end.get_bool("error"), Some(true), "{stderr}");
+    assert_eq!(chunks_of(&events, 1), ["Sorry, I can't answer right now. Please try again in a moment."]);
+    assert!(stderr.contains("the LLM said nothing after 1 round(s) of tool calls"), "{stderr}");
+    assert_eq!(server.count(), 2);
+}
