@@ -109,6 +109,38 @@ impl Speaker {
     }
 }
 
+/// Run one message's tool calls (at once) and give their results in order. A call whose
+/// arguments are unusable, or beyond `--max-tool-calls` for the reply (`made` so far), is not
+/// run: its result is an error saying why, so the model can answer anyway.
+async fn run_calls(
+    tools: &Toolbox,
+    calls: &[(ToolCall, Option<String>)],
+    turn: u64,
+    max_calls: usize,
+    made: &mut usize,
+) -> Vec<ToolResult> {
+    let mut results = vec![None; calls.len()];
+    let mut runs = vec![];
+    for (i, (call, bad)) in calls.iter().enumerate() {
+        let refused = |content: String| Some(ToolResult { id: call.id.clone(), content, is_error: true });
+        if let Some(why) = bad {
+            log::warn!("turn {turn}: the LLM's call of {:?} is unusable ({why}); told it so", call.name);
+            results[i] = refused(format!("Not called: {why}."));
+        } else if *made >= max_calls {
+            log::warn!("turn {turn}: more than {max_calls} tool calls (--max-tool-calls); {:?} not called", call.name);
+            results[i] = refused("Not called: too many tool calls for one answer; answer with what you have.".into());
+        } else {
+            *made += 1;
+            runs.push((i, call));
+        }
+    }
+    let done = futures_util::future::join_all(runs.iter().map(|(_, c)| tools.call(c))).await;
+    for ((i, _), r) in runs.iter().zip(done) {
+        results[*i] = Some(r);
+    }
+    results.into_iter().flatten().collect()
+}
+
 /// A reply stream the policy started and has not ended.
 struct Running {
     task: Option<JoinHandle<()>>,
@@ -315,29 +347,10 @@ impl Outside {
                 // What was said before the calls is complete: out it goes before the wait.
                 speaker.finish(&mut out);
                 round += 1;
-                let mut results = vec![None; calls.len()];
-                let mut runs = vec![];
-                for (i, (call, bad)) in calls.iter().enumerate() {
-                    if let Some(why) = bad {
-                        log::warn!("turn {turn}: the LLM's call of {:?} is unusable ({why}); told it so", call.name);
-                        results[i] = Some(ToolResult { id: call.id.clone(), content: format!("Not called: {why}."), is_error: true });
-                    } else if calls_made >= cfg.max_tool_calls {
-                        log::warn!("turn {turn}: more than {} tool calls (--max-tool-calls); {:?} not called", cfg.max_tool_calls, call.name);
-                        let content = "Not called: too many tool calls for one answer; answer with what you have.".into();
-                        results[i] = Some(ToolResult { id: call.id.clone(), content, is_error: true });
-                    } else {
-                        calls_made += 1;
-                        runs.push((i, call));
-                    }
-                }
                 let _ = tx.send((reply, StreamMsg::Tools(true)));
-                let done = futures_util::future::join_all(runs.iter().map(|(_, c)| tools.call(c))).await;
+                let results = run_calls(tools, calls, turn, cfg.max_tool_calls, &mut calls_made).await;
                 let _ = tx.send((reply, StreamMsg::Tools(false)));
-                for ((i, _), r) in runs.iter().zip(done) {
-                    results[*i] = Some(r);
-                }
                 let calls: Vec<ToolCall> = calls.iter().map(|(c, _)| c.clone()).collect();
-                let results: Vec<ToolResult> = results.into_iter().flatten().collect();
                 let _ = tx.send((reply, StreamMsg::Exchange(calls.clone(), results.clone())));
                 // The model's own turn as it was (its words before the calls, then the calls);
                 // the conversation file keeps the words in the answer it records at the end.
