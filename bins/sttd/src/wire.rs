@@ -15,7 +15,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tgvoice::cli::{exit, fail};
 
 /// The environment variable the API key is read from (never a flag, so it is in no process
 /// list, and never logged).
@@ -151,28 +150,7 @@ fn transcription(text: String, input_len: usize, started: Instant) -> Transcript
 /// The API key: from `--stt-key-file` (which must be readable by its owner alone), else from
 /// [`KEY_ENV`], else none (a local server without one).
 pub fn api_key(file: Option<&Path>) -> anyhow::Result<Option<String>> {
-    if let Some(path) = file {
-        return read_key_file(path).map(Some);
-    }
-    Ok(std::env::var(KEY_ENV).ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()))
-}
-
-fn read_key_file(path: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|e| fail(exit::CONFIG, format!("--stt-key-file {}: {e}", path.display())))?;
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(fail(
-            exit::CONFIG,
-            format!("--stt-key-file {}: the key file is open to others (mode {mode:04o}); make it the owner's alone: chmod 600 {}", path.display(), path.display()),
-        ));
-    }
-    let key = std::fs::read_to_string(path).map_err(|e| fail(exit::CONFIG, format!("--stt-key-file {}: {e}", path.display())))?;
-    let key = key.trim();
-    if key.is_empty() || key.contains(char::is_whitespace) {
-        return Err(fail(exit::CONFIG, format!("--stt-key-file {}: expected the API key alone on one line", path.display())));
-    }
-    Ok(key.to_string())
+    Ok(tgvoice::secret::api_key("--stt-key-file", file, KEY_ENV)?.map(|k| k.expose().to_string()))
 }
 
 /// At most `max` characters of a server's answer, on one line, for an error message.

@@ -29,6 +29,7 @@ pub mod render;
 pub mod raw_link;
 pub mod resample;
 pub mod rundir;
+pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod testkit;

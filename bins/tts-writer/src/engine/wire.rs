@@ -3,11 +3,9 @@
 //! stream, the API key (never logged), and the cancellation check while waiting for bytes.
 
 use super::Audio;
-use anyhow::{bail, Context, Result};
-use std::os::unix::fs::MetadataExt;
+use anyhow::{bail, Result};
 use std::path::Path;
 use std::time::Duration;
-use tgvoice::cli::{exit, fail};
 
 /// Audio is handed on in pieces of about this much as it arrives (the first piece of a reply
 /// is not held back for more).
@@ -157,21 +155,7 @@ pub fn snippet(bytes: &[u8]) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// An API key, kept out of every log line (its Debug shows only that there is one).
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(…)")
-    }
-}
+pub use tgvoice::secret::Secret;
 
 /// The environment variable holding the TTS server's API key.
 pub const KEY_VAR: &str = "TGVOICE_TTS_API_KEY";
@@ -179,21 +163,7 @@ pub const KEY_VAR: &str = "TGVOICE_TTS_API_KEY";
 /// The key from `file` (which must be mode 0600 or stricter), else from [`KEY_VAR`]; none when
 /// neither is set (servers on the LAN usually want none).
 pub fn api_key(file: Option<&Path>) -> Result<Option<Secret>> {
-    let key = match file {
-        Some(path) => {
-            let meta = std::fs::metadata(path).map_err(|e| fail(exit::CONFIG, format!("cannot read --tts-key-file {}: {e}", path.display())))?;
-            if meta.mode() & 0o077 != 0 {
-                return Err(fail(
-                    exit::CONFIG,
-                    format!("--tts-key-file {} is mode {:o}, readable by others; chmod 600 it", path.display(), meta.mode() & 0o777),
-                ));
-            }
-            std::fs::read_to_string(path).with_context(|| format!("cannot read --tts-key-file {}", path.display()))?
-        }
-        None => std::env::var(KEY_VAR).unwrap_or_default(),
-    };
-    let key = key.trim();
-    Ok((!key.is_empty()).then(|| Secret(key.to_string())))
+    tgvoice::secret::api_key("--tts-key-file", file, KEY_VAR)
 }
 
 #[cfg(test)]
