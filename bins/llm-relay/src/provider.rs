@@ -421,11 +421,7 @@ fn malformed(what: String) -> StreamError {
 }
 
 fn snippet(s: &str) -> String {
-    let mut out: String = s.chars().take(120).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out
+    tgvoice::log::snippet(s.as_bytes(), 120)
 }
 
 fn parse_anthropic(event: &str, data: &str) -> Result<StreamItem, StreamError> {

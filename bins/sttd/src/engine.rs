@@ -90,8 +90,9 @@ pub struct DecodeSettings {
 #[derive(Debug, Clone, Default)]
 pub struct Transcription {
     pub text: String,
-    /// whisper.cpp's no-speech probability of the first segment (0..1).
-    pub no_speech_prob: f32,
+    /// whisper.cpp's no-speech probability of the first segment (0..1); None from an engine
+    /// without one (Moonshine, the servers).
+    pub no_speech_prob: Option<f32>,
     /// Mean log-probability of the text tokens (low = the model is guessing).
     pub avg_logprob: f32,
     pub n_tokens: usize,
@@ -105,6 +106,21 @@ pub struct Transcription {
     pub loop_cut: bool,
     /// Samples Whisper was given (the turn's speech, trailing silence trimmed, plus padding).
     pub input_len: usize,
+}
+
+impl Transcription {
+    /// The model's confidence for a log line (", no-speech 0.02, logprob -0.31"): only what the
+    /// engine gives (a server gives neither).
+    pub fn scores(&self) -> String {
+        let mut out = String::new();
+        if let Some(p) = self.no_speech_prob {
+            out += &format!(", no-speech {p:.2}");
+        }
+        if self.n_tokens > 0 {
+            out += &format!(", logprob {:.2}", self.avg_logprob);
+        }
+        out
+    }
 }
 
 pub struct WhisperEngine {
@@ -379,7 +395,7 @@ impl WhisperEngine {
         let mut first = true;
         for seg in self.state.as_iter() {
             if first {
-                out.no_speech_prob = seg.no_speech_probability();
+                out.no_speech_prob = Some(seg.no_speech_probability());
                 first = false;
             }
             out.text.push_str(&seg.to_str_lossy().map(|c| c.into_owned()).unwrap_or_default());

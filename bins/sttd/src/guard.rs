@@ -169,12 +169,13 @@ impl HallucinationGuard {
             return Err(Rejection::NoText);
         }
         let unsure = t.avg_logprob < s.logprob_thold;
-        if t.no_speech_prob > s.no_speech_hard || (t.no_speech_prob > s.no_speech_thold && unsure) {
-            return Err(Rejection::NoSpeech { no_speech_prob: t.no_speech_prob, avg_logprob: t.avg_logprob });
+        let no_speech_prob = t.no_speech_prob.unwrap_or(0.0);
+        if no_speech_prob > s.no_speech_hard || (no_speech_prob > s.no_speech_thold && unsure) {
+            return Err(Rejection::NoSpeech { no_speech_prob, avg_logprob: t.avg_logprob });
         }
         if STOCK_PHRASES.contains(&words.as_str()) {
             let weak = rms_dbfs(samples) < s.min_rms_dbfs + 15.0;
-            if weak || unsure || t.no_speech_prob > 0.3 {
+            if weak || unsure || no_speech_prob > 0.3 {
                 return Err(Rejection::StockPhrase { text });
             }
         }
@@ -316,7 +317,7 @@ mod tests {
     use super::*;
 
     fn result(text: &str, nsp: f32, lp: f32) -> Transcription {
-        Transcription { text: text.into(), no_speech_prob: nsp, avg_logprob: lp, n_tokens: 3, ..Default::default() }
+        Transcription { text: text.into(), no_speech_prob: Some(nsp), avg_logprob: lp, n_tokens: 3, ..Default::default() }
     }
 
     fn loud() -> Vec<f32> {

@@ -321,7 +321,7 @@ impl MoonshineEngine {
             text,
             // Moonshine has no no-speech head; the guard's level, noise and stock-phrase
             // checks still apply.
-            no_speech_prob: 0.0,
+            no_speech_prob: None,
             avg_logprob: if ids.is_empty() { 0.0 } else { (logprob_sum / ids.len() as f64) as f32 },
             n_tokens: ids.len(),
             loop_cut,

@@ -101,14 +101,14 @@ impl OpenAiEngine {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| Failure::retry(format!("HTTP {status}, then the answer broke off: {}", cause(&e))))?;
         if !status.is_success() {
-            let f = format!("HTTP {status}: {}", wire::snippet(&bytes, 160));
+            let f = format!("HTTP {status}: {}", tgvoice::log::snippet(&bytes, 160));
             return Err(if status.is_server_error() { Failure::retry(f) } else { Failure::fatal(f) });
         }
         let json: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| Failure::fatal(format!("HTTP {status} but not JSON ({e}): {}", wire::snippet(&bytes, 160))))?;
+            serde_json::from_slice(&bytes).map_err(|e| Failure::fatal(format!("HTTP {status} but not JSON ({e}): {}", tgvoice::log::snippet(&bytes, 160))))?;
         match json.get("text").and_then(|t| t.as_str()) {
             Some(text) => Ok(text.to_string()),
-            None => Err(Failure::fatal(format!("HTTP {status} but no \"text\" in the JSON: {}", wire::snippet(&bytes, 160)))),
+            None => Err(Failure::fatal(format!("HTTP {status} but no \"text\" in the JSON: {}", tgvoice::log::snippet(&bytes, 160)))),
         }
     }
 

@@ -486,11 +486,10 @@ impl<O: Output> SttStage<O> {
                 trace.mark_now(trace_key::TRANSCRIPT);
                 let since_eot = trace.span_ms(trace_key::EOT, trace_key::TRANSCRIPT).map(|ms| format!(", {ms:.0} ms after speech-end")).unwrap_or_default();
                 log::info!(
-                    "turn {turn}: {text:?} ({secs:.2} s of audio; decode {:.0} ms{}, no-speech {:.2}, logprob {:.2}{}{}{}{since_eot})",
+                    "turn {turn}: {text:?} ({secs:.2} s of audio; decode {:.0} ms{}{}{}{}{}{since_eot})",
                     t.elapsed_ms,
                     if t.audio_ctx > 0 { format!(", audio_ctx {}", t.audio_ctx) } else { String::new() },
-                    t.no_speech_prob,
-                    t.avg_logprob,
+                    t.scores(),
                     t.redecoded.as_ref().map(|p| format!(", re-decoded: {p}")).unwrap_or_default(),
                     if t.loop_cut { ", loop cut" } else { "" },
                     if reused { ", speculative" } else { "" }
@@ -698,7 +697,7 @@ mod rules {
 
     /// A confident result.
     fn words(text: &str) -> Transcription {
-        Transcription { text: text.into(), no_speech_prob: 0.01, avg_logprob: -0.2, n_tokens: 5, ..Default::default() }
+        Transcription { text: text.into(), no_speech_prob: Some(0.01), avg_logprob: -0.2, n_tokens: 5, ..Default::default() }
     }
 
     /// `ms` of a 220 Hz tone (speech, as far as the stage's level checks go) as 20 ms frames.
@@ -951,7 +950,7 @@ mod rules {
         h.feed_all(tone(5, 1024));
         h.wait(150);
         h.running();
-        let invented = Transcription { text: "Thank you.".into(), no_speech_prob: 0.95, avg_logprob: -1.5, ..Default::default() };
+        let invented = Transcription { text: "Thank you.".into(), no_speech_prob: Some(0.95), avg_logprob: -1.5, ..Default::default() };
         h.reply(Ok(invented.clone()));
         assert!(h.transcripts().is_empty(), "the guard rejects the preview");
         h.feed(event(kind::SPEECH_END, 5));

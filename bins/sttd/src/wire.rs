@@ -31,14 +31,7 @@ pub fn pcm16(samples: &[f32]) -> Vec<i16> {
 
 /// `samples` (16 kHz mono) as a 16-bit WAV file in memory.
 pub fn wav_bytes(samples: &[i16]) -> Vec<u8> {
-    let spec = hound::WavSpec { channels: 1, sample_rate: SAMPLE_RATE, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
-    let mut out = std::io::Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
-    let mut w = hound::WavWriter::new(&mut out, spec).expect("a WAV header fits in memory");
-    for &s in samples {
-        w.write_sample(s).expect("memory does not run out of room");
-    }
-    w.finalize().expect("a WAV in memory finalises");
-    out.into_inner()
+    tgvoice::resample::wav_mono_bytes(SAMPLE_RATE, samples)
 }
 
 /// Why one attempt failed.
@@ -153,19 +146,17 @@ pub fn api_key(file: Option<&Path>) -> anyhow::Result<Option<String>> {
     Ok(tgvoice::secret::api_key("--stt-key-file", file, KEY_ENV)?.map(|k| k.expose().to_string()))
 }
 
-/// At most `max` characters of a server's answer, on one line, for an error message.
-pub fn snippet(bytes: &[u8], max: usize) -> String {
-    let s = String::from_utf8_lossy(bytes);
-    let one_line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one_line.char_indices().nth(max) {
-        Some((i, _)) => format!("{:?}…", &one_line[..i]),
-        None => format!("{one_line:?}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_servers_transcript_claims_no_scores_in_the_log() {
+        let t = transcription("  Hello there. ".into(), 16000, Instant::now());
+        assert_eq!((t.text.as_str(), t.scores()), ("Hello there.", String::new()));
+        let whisper = Transcription { no_speech_prob: Some(0.02), avg_logprob: -0.314, n_tokens: 4, ..Default::default() };
+        assert_eq!(whisper.scores(), ", no-speech 0.02, logprob -0.31");
+    }
 
     #[test]
     fn the_wav_is_16_khz_mono_16_bit_with_the_samples() {

@@ -2,11 +2,8 @@
 //! TCP (wyoming-faster-whisper on port 10300, and the other `wyoming-*` ASR services), as a
 //! [`crate::worker::Transcriber`].
 //!
-//! The protocol (the `wyoming` package 1.10.2, `wyoming/event.py`): every event is one line
-//! of JSON, `{"type": ..., "data": {...}?, "data_length": N?, "payload_length": N?}`, followed
-//! by `data_length` bytes of JSON merged into `data` and `payload_length` bytes of binary
-//! payload. At start sttd sends `describe` and reads `info` (its `asr` programs and their
-//! models; none is an error). A decode sends `transcribe` {language}, `audio-start`
+//! The events are framed by the shared codec ([`tgvoice::wyoming`]). At start sttd sends
+//! `describe` and reads `info` (its `asr` programs and their models; none is an error). A decode sends `transcribe` {language}, `audio-start`
 //! {rate 16000, width 2, channels 1}, `audio-chunk`s (100 ms of PCM each, the format repeated
 //! in their data), `audio-stop`, and reads events until `transcript` {text} (an `error` event
 //! is the server's failure). The connection is kept between turns; wyoming-faster-whisper
@@ -24,105 +21,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tgvoice::cli::{exit, fail};
+use tgvoice::wyoming::{Decoder, Event};
 
-/// The protocol version sent in each event's header (the package's, whose framing this follows).
-pub const PROTOCOL_VERSION: &str = "1.10.2";
-/// The longest header line or data block read (a describe's info is a few kB).
-const MAX_JSON: usize = 1 << 20;
-/// The largest payload read (sttd expects none; a longer one is a broken stream).
-const MAX_PAYLOAD: usize = 16 << 20;
 /// Samples in one audio-chunk: 100 ms.
 const CHUNK_SAMPLES: usize = SAMPLE_RATE as usize / 10;
-
-/// One Wyoming event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub kind: String,
-    pub data: Value,
-    pub payload: Vec<u8>,
-}
-
-impl Event {
-    pub fn new(kind: &str, data: Value) -> Self {
-        Event { kind: kind.into(), data, payload: vec![] }
-    }
-
-    /// The event as it goes on the wire: the header line, then the data as its own block (as
-    /// the wyoming package writes it), then the payload.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut header = json!({ "type": self.kind, "version": PROTOCOL_VERSION });
-        let data = match &self.data {
-            Value::Object(m) if !m.is_empty() => serde_json::to_vec(&self.data).expect("JSON values serialise"),
-            _ => vec![],
-        };
-        if !data.is_empty() {
-            header["data_length"] = data.len().into();
-        }
-        if !self.payload.is_empty() {
-            header["payload_length"] = self.payload.len().into();
-        }
-        let mut out = serde_json::to_vec(&header).expect("JSON values serialise");
-        out.push(b'\n');
-        out.extend_from_slice(&data);
-        out.extend_from_slice(&self.payload);
-        out
-    }
-}
-
-/// Incremental event reader: bytes in, whole events out.
-#[derive(Default)]
-pub struct Decoder {
-    buf: Vec<u8>,
-}
-
-impl Decoder {
-    pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-
-    /// The next whole event, `Ok(None)` if more bytes are needed, or why the stream is not
-    /// Wyoming.
-    pub fn next(&mut self) -> Result<Option<Event>, String> {
-        let Some(nl) = self.buf.iter().position(|b| *b == b'\n') else {
-            if self.buf.len() > MAX_JSON {
-                return Err(format!("no event header in {} bytes: {}", self.buf.len(), wire::snippet(&self.buf, 80)));
-            }
-            return Ok(None);
-        };
-        let line = &self.buf[..nl];
-        let header: Value =
-            serde_json::from_slice(line).map_err(|e| format!("not a Wyoming event ({e}): {}", wire::snippet(line, 80)))?;
-        let kind = header.get("type").and_then(Value::as_str).ok_or_else(|| format!("an event without a \"type\": {}", wire::snippet(line, 80)))?;
-        let len = |key: &str| -> Result<usize, String> {
-            match header.get(key) {
-                None | Some(Value::Null) => Ok(0),
-                Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| format!("{key} is not a length: {v}")),
-            }
-        };
-        let (data_len, payload_len) = (len("data_length")?, len("payload_length")?);
-        if data_len > MAX_JSON || payload_len > MAX_PAYLOAD {
-            return Err(format!("a {kind} event of {data_len} + {payload_len} bytes is too big"));
-        }
-        let end = nl + 1 + data_len + payload_len;
-        if self.buf.len() < end {
-            return Ok(None);
-        }
-        let mut data = match header.get("data") {
-            Some(Value::Object(m)) => Value::Object(m.clone()),
-            _ => json!({}),
-        };
-        if data_len > 0 {
-            let block = &self.buf[nl + 1..nl + 1 + data_len];
-            match serde_json::from_slice::<Value>(block) {
-                Ok(Value::Object(more)) => data.as_object_mut().expect("an object").extend(more),
-                _ => return Err(format!("the {kind} event's data is not a JSON object: {}", wire::snippet(block, 80))),
-            }
-        }
-        let event = Event { kind: kind.to_string(), data, payload: self.buf[nl + 1 + data_len..end].to_vec() };
-        self.buf.drain(..end);
-        Ok(Some(event))
-    }
-}
 
 /// The settings `--engine wyoming` takes from the command line.
 #[derive(Debug, Clone)]
@@ -233,9 +135,7 @@ impl WyomingEngine {
         let format = json!({ "rate": SAMPLE_RATE, "width": 2, "channels": 1 });
         let mut events = vec![Event::new("transcribe", transcribe), Event::new("audio-start", format.clone())];
         for chunk in audio.chunks(CHUNK_SAMPLES) {
-            let mut e = Event::new("audio-chunk", format.clone());
-            e.payload = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
-            events.push(e);
+            events.push(Event::new("audio-chunk", format.clone()).with_payload(chunk.iter().flat_map(|s| s.to_le_bytes()).collect()));
         }
         events.push(Event::new("audio-stop", json!({})));
         let sent = conn.send(&events, budget);
@@ -248,13 +148,13 @@ impl WyomingEngine {
                         self.conn = Some(conn);
                         Attempt::Text(t)
                     }
-                    None => Attempt::Failed(Failure::fatal(format!("a transcript without text: {}", e.data))),
+                    None => Attempt::Failed(Failure::fatal(format!("a transcript without text: {}", Value::Object(e.data)))),
                 }
             }
             Ok(Some(e)) => Attempt::Failed(Failure::fatal(format!(
                 "the service answered error: {} ({})",
-                e.data.get("text").and_then(Value::as_str).unwrap_or("no text"),
-                e.data.get("code").and_then(Value::as_str).unwrap_or("no code")
+                Some(e.text("text")).filter(|t| !t.is_empty()).unwrap_or("no text"),
+                Some(e.text("code")).filter(|t| !t.is_empty()).unwrap_or("no code")
             ))),
             Ok(None) if budget.aborted() => Attempt::Aborted,
             Ok(None) => Attempt::TimedOut,
@@ -275,7 +175,7 @@ impl WyomingEngine {
 impl Conn {
     /// Has the peer not closed the connection (nor sent anything unasked)?
     fn still_open(&self) -> bool {
-        if !self.decoder.buf.is_empty() || self.stream.set_nonblocking(true).is_err() {
+        if !self.decoder.buffered() == 0 || self.stream.set_nonblocking(true).is_err() {
             return false;
         }
         let mut b = [0u8; 1];
@@ -304,8 +204,8 @@ impl Conn {
                 return Ok(None);
             }
             match self.stream.read(&mut buf) {
-                Ok(0) if self.decoder.buf.is_empty() => return Err(Failure::retry("the service closed the connection before the transcript")),
-                Ok(0) => return Err(Failure::retry(format!("the service closed the connection mid-event ({} bytes of it came)", self.decoder.buf.len()))),
+                Ok(0) if self.decoder.buffered() == 0 => return Err(Failure::retry("the service closed the connection before the transcript")),
+                Ok(0) => return Err(Failure::retry(format!("the service closed the connection mid-event ({} bytes of it came)", self.decoder.buffered()))),
                 Ok(n) => self.decoder.push(&buf[..n]),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
                 Err(e) => return Err(Failure::retry(format!("the connection failed: {e}"))),
@@ -317,35 +217,6 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn events_round_trip_with_data_blocks_and_payloads() {
-        let mut chunk = Event::new("audio-chunk", json!({ "rate": 16000, "width": 2, "channels": 1 }));
-        chunk.payload = vec![1, 2, 3, 4];
-        let stop = Event::new("audio-stop", json!({}));
-        let mut d = Decoder::default();
-        let bytes: Vec<u8> = [chunk.encode(), stop.encode()].concat();
-        // Byte by byte: a whole event only once its last byte is in.
-        let mut out = vec![];
-        for b in &bytes {
-            d.push(std::slice::from_ref(b));
-            while let Some(e) = d.next().unwrap() {
-                out.push(e);
-            }
-        }
-        assert_eq!(out, [chunk, stop]);
-        let header: Value = serde_json::from_slice(bytes.split(|b| *b == b'\n').next().unwrap()).unwrap();
-        assert_eq!(header, json!({ "type": "audio-chunk", "version": PROTOCOL_VERSION, "data_length": serde_json::to_vec(&out[0].data).unwrap().len(), "payload_length": 4 }));
-    }
-
-    #[test]
-    fn inline_data_is_merged_with_the_data_block_and_garbage_is_an_error() {
-        let mut d = Decoder::default();
-        d.push(b"{\"type\":\"transcript\",\"data\":{\"text\":\"old\",\"language\":\"en\"},\"data_length\":14}\n{\"text\":\"new\"}");
-        assert_eq!(d.next().unwrap().unwrap().data, json!({ "text": "new", "language": "en" }));
-        d.push(b"HTTP/1.1 400 Bad Request\r\n");
-        assert!(d.next().unwrap_err().contains("not a Wyoming event"));
-    }
 
     #[test]
     fn the_url_must_be_tcp_host_port() {

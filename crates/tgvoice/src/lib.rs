@@ -13,6 +13,7 @@
 //! * [`logmel`] — Whisper-style log-mel features (for the turn model)
 //! * [`render`] — how frames are written for their reader: frames, JSON lines, or text on a terminal
 //! * [`cli`] — shared flags, exit codes and the common `main` wrapper; [`log`] — log lines
+//! * [`secret`] — API keys for the stages' servers; [`wyoming`] — the Wyoming event codec
 
 pub mod audio;
 pub mod cli;
@@ -34,6 +35,7 @@ pub mod sink;
 pub mod source;
 pub mod testkit;
 pub mod text;
+pub mod wyoming;
 
 pub use event::{Event, TurnTrace};
 pub use fifo::Endpoint;

@@ -38,6 +38,18 @@ impl Log for StderrLog {
     fn flush(&self) {}
 }
 
+/// The first `max` characters of `bytes` (a server's answer that was not what was asked for,
+/// a malformed event) on one line, whitespace runs as one space, "…" when cut: fit for a log
+/// line or an error message.
+pub fn snippet(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &one_line[..i]),
+        None => one_line,
+    }
+}
+
 /// Install the logger. `verbosity`: +1 per `-v`, −1 per `-q`, relative to `TGVOICE_LOG`/info.
 pub fn init(program: &'static str, verbosity: i8) {
     let base = match std::env::var("TGVOICE_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
@@ -123,5 +135,12 @@ mod tests {
         assert_eq!(limit.kinds["a"].shown, LogLimit::PER_WINDOW);
         assert_eq!(limit.kinds["a"].suppressed, 1000 - LogLimit::PER_WINDOW as u64);
         assert_eq!(limit.kinds["b"].shown, LogLimit::PER_WINDOW);
+    }
+
+    #[test]
+    fn a_snippet_is_one_line_cut_at_a_character() {
+        assert_eq!(snippet(b"<html>\n  <body>Bad\tGateway</body>", 80), "<html> <body>Bad Gateway</body>");
+        assert_eq!(snippet("naïve café au lait".as_bytes(), 9), "naïve caf…");
+        assert_eq!(snippet(&[0xff, b'o', b'k'], 10), "\u{fffd}ok");
     }
 }

@@ -108,13 +108,19 @@ pub fn read_wav_mono<R: std::io::Read>(reader: R) -> Result<(u32, Vec<i16>)> {
 
 /// Write mono s16 samples as a WAV file.
 pub fn write_wav_mono(path: &std::path::Path, rate: u32, samples: &[i16]) -> Result<()> {
+    std::fs::write(path, wav_mono_bytes(rate, samples)).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Mono s16 samples as a WAV file in memory (what a server gets in an upload).
+pub fn wav_mono_bytes(rate: u32, samples: &[i16]) -> Vec<u8> {
     let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
-    let mut w = hound::WavWriter::create(path, spec).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut out = std::io::Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
+    let mut w = hound::WavWriter::new(&mut out, spec).expect("a WAV header fits in memory");
     for &s in samples {
-        w.write_sample(s)?;
+        w.write_sample(s).expect("memory does not run out of room");
     }
-    w.finalize()?;
-    Ok(())
+    w.finalize().expect("a WAV in memory finalises");
+    out.into_inner()
 }
 
 #[cfg(test)]

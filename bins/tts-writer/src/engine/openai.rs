@@ -149,7 +149,7 @@ async fn stream(req: reqwest::RequestBuilder, s: &OpenAiSettings, url: &str, pcm
     if !status.is_success() {
         // The server's own words, if they come soon.
         let said = match tokio::time::timeout(s.timeout, resp.bytes()).await {
-            Ok(Ok(b)) => wire::snippet(&b),
+            Ok(Ok(b)) => tgvoice::log::snippet(&b, 160),
             _ => String::new(),
         };
         bail!("HTTP {status} from {url}: {said}");
@@ -157,7 +157,7 @@ async fn stream(req: reqwest::RequestBuilder, s: &OpenAiSettings, url: &str, pcm
     let ctype = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     if ctype.starts_with("text/") || ctype.contains("json") {
         let b = tokio::time::timeout(s.timeout, resp.bytes()).await.ok().and_then(|r| r.ok()).unwrap_or_default();
-        bail!("{url} answered with {ctype}, not audio: {}", wire::snippet(&b));
+        bail!("{url} answered with {ctype}, not audio: {}", tgvoice::log::snippet(&b, 160));
     }
     if s.format == WireFormat::Pcm {
         *pcm = Some(PcmStream::new(s.pcm_rate, 2, 1)?);
@@ -185,7 +185,7 @@ async fn stream(req: reqwest::RequestBuilder, s: &OpenAiSettings, url: &str, pcm
             return Ok(false);
         }
     }
-    let Some(p) = pcm else { bail!("{url} ended before its WAV header was complete: {}", wire::snippet(&head)) };
+    let Some(p) = pcm else { bail!("{url} ended before its WAV header was complete: {}", tgvoice::log::snippet(&head, 160)) };
     if !p.flush(emit) {
         return Ok(false);
     }

@@ -90,12 +90,12 @@ pub struct WavStart {
 pub fn wav_start(bytes: &[u8]) -> Result<Option<WavStart>> {
     if bytes.len() < 12 {
         if !b"RIFF".starts_with(&bytes[..bytes.len().min(4)]) {
-            bail!("not a WAV stream (starts with {:?})", snippet(bytes));
+            bail!("not a WAV stream (starts with {:?})", tgvoice::log::snippet(bytes, 160));
         }
         return Ok(None);
     }
     if &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
-        bail!("not a WAV stream (starts with {:?})", snippet(bytes));
+        bail!("not a WAV stream (starts with {:?})", tgvoice::log::snippet(bytes, 160));
     }
     let mut fmt: Option<(u32, u16, u16)> = None;
     let mut pos = 12;
@@ -147,12 +147,6 @@ pub fn wav_header(rate: u32, channels: u16, riff_size: u32, data_size: u32) -> V
     wav.extend(b"data");
     wav.extend(data_size.to_le_bytes());
     wav
-}
-
-/// The first bytes of a reply that was not what was asked for, printable on one log line.
-pub fn snippet(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(160)]);
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 pub use tgvoice::secret::Secret;

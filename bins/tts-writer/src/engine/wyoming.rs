@@ -1,10 +1,8 @@
 //! `--engine wyoming --tts-url tcp://HOST:PORT`: a Wyoming text-to-speech service (Home
 //! Assistant's protocol; wyoming-piper listens on 10200).
 //!
-//! An event is one JSON line `{"type", "data"?, "data_length"?, "payload_length"?}`, then
-//! `data_length` bytes of JSON merged into `data`, then `payload_length` bytes of payload
-//! (wyoming 1.10.2, `wyoming/event.py`). At start `describe` → `info` (the voices are logged);
-//! each chunk is `synthesize {text, voice: {name}}` → `audio-start {rate, width, channels}`,
+//! Events are framed by the shared codec ([`tgvoice::wyoming`]). At start `describe` →
+//! `info` (the voices are logged); each chunk is `synthesize {text, voice: {name}}` → `audio-start {rate, width, channels}`,
 //! `audio-chunk` (PCM payload) …, `audio-stop`, the chunks handed on as they come. One
 //! connection is kept between replies; one that the service closed (it restarted) is
 //! replaced once. A barge-in closes the connection.
@@ -17,71 +15,11 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 use tgvoice::cli::{exit, fail};
-
-/// The protocol version this speaks (what wyoming 1.10.2 writes in each event).
-const VERSION: &str = "1.10.2";
-/// A header line longer than this is not Wyoming.
-const MAX_LINE: usize = 64 * 1024;
-
-pub struct Event {
-    pub kind: String,
-    pub data: Map<String, Value>,
-    pub payload: Vec<u8>,
-}
-
-/// Encode an event: header line, data, payload.
-pub fn encode(kind: &str, data: &Value, payload: &[u8]) -> Vec<u8> {
-    let mut header = json!({ "type": kind, "version": VERSION });
-    let data_bytes = match data {
-        Value::Object(m) if !m.is_empty() => serde_json::to_vec(data).expect("JSON"),
-        _ => vec![],
-    };
-    if !data_bytes.is_empty() {
-        header["data_length"] = data_bytes.len().into();
-    }
-    if !payload.is_empty() {
-        header["payload_length"] = payload.len().into();
-    }
-    let mut out = serde_json::to_vec(&header).expect("JSON");
-    out.push(b'\n');
-    out.extend(data_bytes);
-    out.extend_from_slice(payload);
-    out
-}
-
-/// Take one whole event off the front of `buf`, if it is all there.
-pub fn decode(buf: &mut Vec<u8>) -> Result<Option<Event>> {
-    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-        if buf.len() > MAX_LINE {
-            bail!("not a Wyoming event: {} bytes without a newline ({:?})", buf.len(), wire::snippet(buf));
-        }
-        return Ok(None);
-    };
-    let header: Value = serde_json::from_slice(&buf[..nl]).map_err(|e| anyhow!("not a Wyoming event ({e}): {:?}", wire::snippet(&buf[..nl])))?;
-    let kind = header.get("type").and_then(Value::as_str).ok_or_else(|| anyhow!("a Wyoming event without a type: {:?}", wire::snippet(&buf[..nl])))?;
-    let len = |k: &str| header.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
-    let (dl, pl) = (len("data_length"), len("payload_length"));
-    if buf.len() < nl + 1 + dl + pl {
-        return Ok(None);
-    }
-    let mut data = match header.get("data") {
-        Some(Value::Object(m)) => m.clone(),
-        _ => Map::new(),
-    };
-    if dl > 0 {
-        let extra: Value = serde_json::from_slice(&buf[nl + 1..nl + 1 + dl]).map_err(|e| anyhow!("bad data in a Wyoming {kind} event: {e}"))?;
-        if let Value::Object(m) = extra {
-            data.extend(m);
-        }
-    }
-    let event = Event { kind: kind.to_string(), data, payload: buf[nl + 1 + dl..nl + 1 + dl + pl].to_vec() };
-    buf.drain(..nl + 1 + dl + pl);
-    Ok(Some(event))
-}
+use tgvoice::wyoming::{Decoder, Event};
 
 struct Conn {
     stream: TcpStream,
-    buf: Vec<u8>,
+    decoder: Decoder,
     /// The last wait ended for want of an answer (a slow service is not asked twice).
     timed_out: bool,
 }
@@ -92,11 +30,11 @@ impl Conn {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(wire::POLL))?;
         stream.set_write_timeout(Some(timeout))?;
-        Ok(Conn { stream, buf: vec![], timed_out: false })
+        Ok(Conn { stream, decoder: Decoder::default(), timed_out: false })
     }
 
     fn send(&mut self, kind: &str, data: &Value) -> std::io::Result<()> {
-        self.stream.write_all(&encode(kind, data, &[]))
+        self.stream.write_all(&Event::new(kind, data.clone()).encode())
     }
 
     /// The next event; `None` when `emit` said the reply is no longer wanted. Fails when the
@@ -108,13 +46,13 @@ impl Conn {
             return Ok(None);
         }
         loop {
-            if let Some(ev) = decode(&mut self.buf)? {
+            if let Some(ev) = self.decoder.next().map_err(|e| anyhow!(e))? {
                 return Ok(Some(ev));
             }
             match self.stream.read(&mut tmp) {
-                Ok(0) => bail!("the service closed the connection{}", if self.buf.is_empty() { "" } else { " in the middle of an event" }),
+                Ok(0) => bail!("the service closed the connection{}", if self.decoder.buffered() == 0 { "" } else { " in the middle of an event" }),
                 Ok(n) => {
-                    self.buf.extend_from_slice(&tmp[..n]);
+                    self.decoder.push(&tmp[..n]);
                     last = Instant::now();
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
@@ -266,41 +204,11 @@ impl WyomingEngine {
                 "error" => {
                     let said = ev.data.get("text").and_then(Value::as_str).unwrap_or("");
                     let code = ev.data.get("code").and_then(Value::as_str).unwrap_or("");
-                    bail!("the service said: {} ({code})", wire::snippet(said.as_bytes()));
+                    bail!("the service said: {} ({code})", tgvoice::log::snippet(said.as_bytes(), 160));
                 }
                 _ => {} // e.g. synthesize-stopped, ping: not ours to answer
             }
             next = self.conn.as_mut().expect("open while speaking").next(self.timeout, emit)?;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_are_taken_whole_however_the_bytes_arrive() {
-        let mut stream = encode("audio-start", &json!({ "rate": 22050, "width": 2, "channels": 1 }), &[]);
-        stream.extend(encode("audio-chunk", &json!({ "rate": 22050 }), &[0, 1, 0xff, b'\n', 7, 0]));
-        // data inline in the header line, as older services write it
-        stream.extend(b"{\"type\": \"audio-stop\", \"data\": {\"timestamp\": 5}}\n");
-        for step in [1, 3, 7, stream.len()] {
-            let mut buf = vec![];
-            let mut events = vec![];
-            for piece in stream.chunks(step) {
-                buf.extend_from_slice(piece);
-                while let Some(ev) = decode(&mut buf).unwrap() {
-                    events.push(ev);
-                }
-            }
-            assert!(buf.is_empty());
-            let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-            assert_eq!(kinds, ["audio-start", "audio-chunk", "audio-stop"], "step {step}");
-            assert_eq!(events[0].data["rate"], 22050);
-            assert_eq!(events[1].payload, [0, 1, 0xff, b'\n', 7, 0], "a newline inside the payload is payload");
-            assert_eq!(events[2].data["timestamp"], 5);
-        }
-        assert!(decode(&mut b"<html>\n".to_vec()).is_err());
     }
 }
