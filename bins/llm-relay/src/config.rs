@@ -249,6 +249,10 @@ pub struct Args {
     /// Tool results longer than this many bytes are cut, with a note, before the LLM sees them.
     #[arg(long, default_value_t = 16384)]
     pub tool_result_max: usize,
+    /// A number `transfer_call` may hand the caller to, as NAME=NUMBER (E.164; repeated). Offered
+    /// only on a line whose call-start has the "transfer" control (README "Call control").
+    #[arg(long, value_name = "NAME=NUMBER")]
+    pub transfer_to: Vec<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -389,6 +393,12 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         let names: Vec<&str> = tool_servers.iter().map(|s| s.name.as_str()).collect();
         log::info!("tools: {} MCP server(s) from {}: {}", names.len(), f.display(), names.join(", "));
     }
+    let transfer_to = args
+        .transfer_to
+        .iter()
+        .map(|t| crate::control::parse_target(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(exit::USAGE, e))?;
     let tool_options = crate::tools::ToolOptions {
         timeout: secs("tool-timeout", args.tool_timeout)?,
         start_timeout: secs("tool-start-timeout", args.tool_start_timeout)?,
@@ -423,6 +433,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
             tools: None,
             max_tool_rounds: args.max_tool_rounds,
             max_tool_calls: args.max_tool_calls,
+            transfer_to,
         },
         state_dir,
     })
