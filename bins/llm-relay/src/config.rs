@@ -253,6 +253,10 @@ pub struct Args {
     /// only on a line whose call-start has the "transfer" control (README "Call control").
     #[arg(long, value_name = "NAME=NUMBER")]
     pub transfer_to: Vec<String>,
+    /// Offer the call-control tools (end_call, transfer_call) on a line that supports them:
+    /// auto = yes, except with the small local model (SmolLM2-135M cannot call tools); off = never.
+    #[arg(long, default_value = "auto", env = "TGVOICE_LLM_CALL_CONTROL", value_parser = ["auto", "off"])]
+    pub call_control: String,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -434,6 +438,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
             max_tool_rounds: args.max_tool_rounds,
             max_tool_calls: args.max_tool_calls,
             transfer_to,
+            call_control: args.call_control == "auto" && !small_local_model,
         },
         state_dir,
     })

@@ -44,6 +44,8 @@ pub struct RelayConfig {
     pub max_tool_calls: usize,
     /// `--transfer-to`: where `transfer_call` may send the caller.
     pub transfer_to: Vec<crate::control::Target>,
+    /// Offer call control at all (`--call-control`); the line's `controls` decide which.
+    pub call_control: bool,
 }
 
 /// What a streaming task reports.
@@ -319,7 +321,8 @@ impl Outside {
 
     /// A `call-start` declares what the line can do; a `call-end` takes it away.
     fn set_controls(&mut self, e: &Event) {
-        let controls = if e.is(kind::CALL_START) { Controls::of_call_start(e) } else { Controls::default() };
+        let offered = self.cfg.call_control && e.is(kind::CALL_START);
+        let controls = if offered { Controls::of_call_start(e) } else { Controls::default() };
         if controls != self.controls {
             log::info!("{}: call control {:?}", e.kind, controls);
         }

@@ -644,7 +644,7 @@ fn transfer_call_goes_out_after_the_notice_only_to_a_listed_number() {
 }
 
 #[test]
-fn a_line_without_controls_is_offered_no_call_control() {
+fn a_line_without_controls_or_with_call_control_off_is_offered_none() {
     let server = StandIn::start(|_, body| Response::sse(awkward(&anthropic_sse(&[&format!("You said: {}", last_user_text(body))]), 29), true));
     let state = tempfile::tempdir().unwrap();
     let mut relay = control_relay(&server, state.path());
@@ -654,7 +654,15 @@ fn a_line_without_controls_is_offered_no_call_control() {
     relay.send(transcript(2, "Bye."));
     relay.wait_reply_end(2);
     relay.finish();
-    for i in 0..2 {
+    // A line that can, with `--call-control off`.
+    let mut cmd = claude_relay(&server, state.path(), Path::new("off"));
+    cmd.args(["--call-control", "off"]);
+    let mut relay = Relay::spawn(cmd);
+    relay.send(call_start(json!(["end", "transfer"])));
+    relay.send(transcript(3, "Hang up."));
+    relay.wait_reply_end(3);
+    relay.finish();
+    for i in 0..3 {
         assert!(server.request(i).body.get("tools").is_none(), "request {i}: {}", server.request(i).body);
     }
 }
