@@ -666,3 +666,31 @@ fn a_line_without_controls_or_with_call_control_off_is_offered_none() {
         assert!(server.request(i).body.get("tools").is_none(), "request {i}: {}", server.request(i).body);
     }
 }
+
+#[test]
+fn a_goodbye_cut_off_by_the_caller_hangs_up_nothing() {
+    let server = StandIn::start(|i, _| match i {
+        0 => Response::sse(awkward(&anthropic_tool_sse("", &[("toolu_e", "end_call", "{}")]), 17), true),
+        // The goodbye's first sentence, then the rest long after: the caller speaks in between.
+        1 => {
+            let head = format!("{}{}", anthropic_sse_head(), anthropic_delta("Goodbye now. "));
+            let tail = format!("{}{}", anthropic_delta("Take care."), anthropic_sse_tail());
+            Response::sse(vec![piece(head), slow_piece(3000, tail)], true)
+        }
+        _ => Response::sse(awkward(&anthropic_sse(&["Still here."]), 17), true),
+    });
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = control_relay(&server, state.path());
+    relay.send(call_start(json!(["end"])));
+    relay.send(transcript(1, "Bye."));
+    relay.wait_for(Duration::from_secs(10), |e| e.is("reply-chunk") && e.text.as_deref() == Some("Goodbye now."));
+    relay.send(Event::new("cancel").with_turn(1));
+    let (_, end) = relay.wait_for(Duration::from_secs(5), |e| e.is("reply-end") && e.turn == Some(1));
+    assert_eq!(end.get_bool("cancelled"), Some(true));
+    relay.send(transcript(2, "Wait, one more thing."));
+    relay.wait_reply_end(2);
+    let (events, stderr) = relay.finish();
+    assert!(events.iter().all(|e| !e.is("hangup")), "{events:?}");
+    assert_eq!(chunks_of(&events, 2), ["Still here."]);
+    assert!(stderr.contains("turn 1: the reply was cut off; no hangup"), "{stderr}");
+}
