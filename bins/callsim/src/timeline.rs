@@ -89,7 +89,7 @@ pub struct Caller {
     /// The tick the call ended on the assistant's `hangup`.
     hung_up_at: Option<usize>,
     /// tts-writer's `line.frames` (call control), when the run directory has it.
-    line: Option<(RawOutputReader, tgvoice::frame::FrameDecoder)>,
+    line: Option<tgvoice::raw_link::LineEvents>,
 }
 
 /// The assistant's voice coming back into the caller's microphone: a gain and a delay line.
@@ -148,33 +148,23 @@ impl Caller {
             reply_timeout_ticks: (reply_timeout * 100.0) as usize,
             echo: None,
             hung_up_at: None,
-            line: tgvoice::fifo::is_fifo(&run_dir.join("line.frames"))
-                .then(|| RawOutputReader::open(run_dir.join("line.frames")))
-                .transpose()?
-                .map(|r| (r, tgvoice::frame::FrameDecoder::new())),
+            line: tgvoice::raw_link::LineEvents::open(run_dir)?,
         })
     }
 
     /// Call control that arrived on line.frames: true when the assistant hung up. Anything
     /// else is one log line; the call goes on.
     fn poll_line(&mut self) -> bool {
-        let Some((reader, decoder)) = self.line.as_mut() else { return false };
-        let mut bytes = vec![];
-        reader.read_available(&mut bytes);
-        decoder.push(&bytes);
+        let Some(line) = self.line.as_mut() else { return false };
         let mut hangup = false;
-        while let Some(frame) = decoder.next() {
-            match frame {
-                Ok(Frame::Event(e)) if e.is("hangup") => {
-                    log::info!("the assistant hangs up (turn {}); ending the call once its audio has played", e.turn.unwrap_or(0));
-                    hangup = true;
-                }
-                Ok(Frame::Event(e)) if e.is("transfer") => {
-                    log::warn!("transfer to {:?} asked for: callsim cannot transfer a call; ignored", e.get_str("to").unwrap_or("?"));
-                }
-                Ok(Frame::Event(e)) => log::debug!("line.frames: ignoring {}", e.kind),
-                Ok(_) => log::warn!("line.frames: audio on an event link; ignored"),
-                Err(e) => log::warn!("line.frames: {e}; ignored"),
+        for e in line.poll() {
+            if e.is(tgvoice::control::HANGUP) {
+                log::info!("the assistant hangs up (turn {}); ending the call once its audio has played", e.turn.unwrap_or(0));
+                hangup = true;
+            } else if e.is(tgvoice::control::TRANSFER) {
+                log::warn!("transfer to {:?} asked for: callsim cannot transfer a call; ignored", e.get_str("to").unwrap_or("?"));
+            } else {
+                log::debug!("line.frames: ignoring {}", e.kind);
             }
         }
         hangup

@@ -10,8 +10,7 @@ use tgvoice::Event;
 
 pub const END_CALL: &str = "end_call";
 pub const TRANSFER_CALL: &str = "transfer_call";
-pub const HANGUP: &str = "hangup";
-pub const TRANSFER: &str = "transfer";
+pub use tgvoice::control::{HANGUP, TRANSFER};
 
 /// What the line owner can do, from `call-start`'s `controls`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,33 +37,7 @@ impl Controls {
     }
 }
 
-/// One entry of `--transfer-to NAME=NUMBER`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub name: String,
-    pub number: String,
-}
-
-/// Parse `NAME=NUMBER` (NUMBER in E.164: `+` and 7–15 digits).
-pub fn parse_target(s: &str) -> Result<Target, String> {
-    let Some((name, number)) = s.split_once('=') else {
-        return Err(format!(
-            "--transfer-to {s:?}: expected NAME=NUMBER, e.g. sales=+15551230000"
-        ));
-    };
-    let (name, number) = (name.trim(), number.trim());
-    let digits = number.strip_prefix('+').unwrap_or("");
-    if name.is_empty()
-        || !(7..=15).contains(&digits.len())
-        || !digits.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(format!("--transfer-to {s:?}: expected NAME=NUMBER with a name and an E.164 number (+ and 7-15 digits)"));
-    }
-    Ok(Target {
-        name: name.to_string(),
-        number: number.to_string(),
-    })
-}
+pub use tgvoice::control::{parse_target, Target};
 
 /// What the line owner is to do after the reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
