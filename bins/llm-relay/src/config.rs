@@ -397,6 +397,16 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         let names: Vec<&str> = tool_servers.iter().map(|s| s.name.as_str()).collect();
         log::info!("tools: {} MCP server(s) from {}: {}", names.len(), f.display(), names.join(", "));
     }
+    // SmolLM2-135M cannot call tools: offering them would only spoil its answers.
+    let tool_servers = if small_local_model && !tool_servers.is_empty() {
+        log::warn!(
+            "tools: the small local model ({DEFAULT_LOCAL_MODEL}) cannot call tools, so the servers of {} are not started and the call goes on without them; for tools use a model that can call them (ANTHROPIC_API_KEY, OPENAI_API_KEY or TGVOICE_LLM_BASE_URL; README \"Tools\")",
+            tools_file.as_deref().map(|f| f.display().to_string()).unwrap_or_default()
+        );
+        vec![]
+    } else {
+        tool_servers
+    };
     let transfer_to = args
         .transfer_to
         .iter()

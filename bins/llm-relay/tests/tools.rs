@@ -694,3 +694,23 @@ fn a_goodbye_cut_off_by_the_caller_hangs_up_nothing() {
     assert_eq!(chunks_of(&events, 2), ["Still here."]);
     assert!(stderr.contains("turn 1: the reply was cut off; no hangup"), "{stderr}");
 }
+
+/// The small local model cannot call tools (README "Tools"): with a tools file it says so in
+/// one line, starts no server and offers no tool; the call goes on and is answered.
+#[test]
+fn the_small_local_model_gets_no_tools_and_one_line_says_why() {
+    let server = StandIn::start(|_, _| Response::sse(awkward(&openai_sse(&["It is noon."]), 17), true));
+    let state = tempfile::tempdir().unwrap();
+    let tools = tools_file(state.path(), json!({"time": time_server()}));
+    let mut cmd = relay_command(state.path());
+    cmd.arg("--base-url").arg(format!("{}/v1", server.base()));
+    cmd.args(["--model", "SmolLM2-135M-Instruct", "--end-judge", "off", "--tools"]).arg(&tools);
+    let mut relay = Relay::spawn(cmd);
+    relay.send(transcript(1, "What time is it?"));
+    relay.wait_reply_end(1);
+    let (events, stderr) = relay.finish();
+    assert_eq!(chunks_of(&events, 1), ["It is noon."]);
+    assert_eq!(lines_with(&stderr, "cannot call tools"), 1, "{stderr}");
+    assert!(!stderr.contains("MCP server \"time\" ready"), "a server was started: {stderr}");
+    assert!(server.request(0).body.get("tools").is_none(), "{}", server.request(0).body);
+}
