@@ -387,6 +387,74 @@ fn fifo_reader(path: PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool
     })
 }
 
+/// Call control (fifo-layout.md "Call control"): callsim, as the line owner, says on its
+/// `call-start` that it can end calls, and on a `hangup` on line.frames — written by tts-writer
+/// after the goodbye's last sample — it ends the call once the goodbye has been read out of
+/// tg_output.raw: `call-end {reason: "ended"}`, its script cut short.
+#[test]
+fn callsim_ends_the_call_on_the_assistants_hangup_after_the_goodbye_has_played() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    for name in ["tg_input.raw", "tg_output.raw", "control.frames", "line.frames"] {
+        mkfifo(run, name);
+    }
+    let wav = run.join("caller.wav");
+    write_wav(&wav, 48_000, 1, &tone(48_000, 0.5, 1));
+    // control.frames as tgcat holds it: open for the whole call (read-write: never EOF).
+    let (events_tx, events) = std::sync::mpsc::channel::<Event>();
+    let control = std::fs::OpenOptions::new().read(true).write(true).open(run.join("control.frames")).unwrap();
+    std::thread::spawn(move || {
+        let (mut control, mut decoder, mut buf) = (control, FrameDecoder::new(), vec![0u8; 4096]);
+        while let Ok(n) = control.read(&mut buf) {
+            decoder.push(&buf[..n]);
+            while let Some(Ok(Frame::Event(e))) = decoder.next() {
+                if events_tx.send(e).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let reply_wav = run.join("reply.wav");
+    let t0 = Instant::now();
+    let mut callsim = Command::new(bin_path("callsim"))
+        .arg("--run-dir")
+        .arg(run)
+        .arg("--record-reply")
+        .arg(&reply_wav)
+        .args(["--lead-in", "0.2", "--reply-timeout", "20"])
+        .args([&wav, &wav])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = events.recv_timeout(Duration::from_secs(10)).expect("a call-start");
+    assert!(start.is("call-start"), "{start:?}");
+    assert_eq!(start.extra.get("controls"), Some(&serde_json::json!(["end"])));
+
+    // tts-writer's part: the goodbye (1 s), then the hangup once its last byte is in the pipe.
+    let mut out = std::fs::OpenOptions::new().write(true).open(run.join("tg_output.raw")).unwrap();
+    let goodbye: Vec<u8> = tone(48_000, 1.0, 1).iter().flat_map(|s| s.to_le_bytes()).collect();
+    out.write_all(&goodbye).unwrap();
+    let mut line = std::fs::OpenOptions::new().write(true).open(run.join("line.frames")).unwrap();
+    line.write_all(&encode(&Frame::Event(Event::new("hangup").with_turn(1).with("reason", "assistant")))).unwrap();
+
+    let end = events.recv_timeout(Duration::from_secs(10)).expect("a call-end");
+    assert!(end.is("call-end"), "{end:?}");
+    assert_eq!(end.get_str("reason"), Some("ended"));
+    let done = callsim.wait_with_output().unwrap();
+    assert!(done.status.success(), "callsim failed: {}", String::from_utf8_lossy(&done.stderr));
+    assert!(t0.elapsed() < Duration::from_secs(10), "callsim took {:?}: the hangup did not end the call", t0.elapsed());
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["ended_by"], "assistant", "{stdout}");
+    assert!(summary["answered"].as_u64() < Some(2), "the second turn was never said: {stdout}");
+    // The whole goodbye was taken before the call ended.
+    let (_, heard) = tgvoice::resample::read_wav_mono(std::fs::File::open(&reply_wav).unwrap()).unwrap();
+    let voiced = heard.iter().filter(|s| **s != 0).count();
+    assert!(voiced >= 47_000, "{voiced} samples of the 48000-sample goodbye were heard");
+}
+
 /// `voicecall tap tg_input` on a callsim call (issue 25): callsim writes tg_input.raw, so it
 /// fills tg_input.tap too, while someone reads it — the caller's audio, sample for sample what
 /// the link carried. (phone-bridge writes tg_input.raw with the same RawInputWriter.)

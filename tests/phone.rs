@@ -433,3 +433,89 @@ async fn phone_line_barge_in() {
     assert!(percentile(&sorted, 0.5) <= 100.0, "the caller heard the reply on after the onset: {stops:?} ms");
     assert!(resumed >= 8, "only {resumed} of {} false alarms let the reply play to its end on a phone line", false_alarms.len());
 }
+
+// ---- call control (issue 26 part 5): the assistant ends or transfers a phone call ----
+
+/// One call where the stand-in LLM calls `tool` (with `arguments`) on the caller's first turn
+/// and then says `goodbye`: the goodbye is played to the caller whole, Twilio echoes the mark
+/// phone-bridge sent after it, and only then does the REST update arrive at the stand-in
+/// api.twilio.com (checked against `expect`); Twilio stops the stream and the call ends with
+/// `reason`. The LLM calls the tool only when the request offers it, so the call also shows
+/// that phone-bridge's call-start offered the control.
+async fn assistant_updates_the_call(tool: &str, arguments: &str, goodbye: &str, expect: impl Fn(&CallUpdate), reason: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let question = espeak_8k(dir.path(), "bye", "Thank you, that is all for today.");
+    let llm = standin_llm::StandInLlm::start(standin_llm::Replies::CallTool {
+        name: tool.into(),
+        arguments: arguments.into(),
+        after: goodbye.into(),
+        otherwise: "The line does not offer that tool.".into(),
+    });
+    let api = TwilioApi::start().await;
+    let args = format!("--api-base {} --transfer-to desk=+15550100", api.base);
+    let front = PhoneFront::start_with_args(&format!("phone{}", tool.replace('_', "")), 1, 1, &[("TGVOICE_LLM_BASE_URL", &llm.base_url())], &args);
+    front.wait_warm(1, Duration::from_secs(240)).await;
+    let call = PhoneCall::dial(&front.base_url(), "+15550005001").await;
+    let greeting = call.voice_after(call.started, Duration::from_secs(10)).await.expect("no greeting");
+    call.quiet_after(greeting, Duration::from_millis(600), Duration::from_secs(10)).await;
+    let (_, asked) = call.say_all(&question).await;
+    let update = api.update_of(&call.call_sid, Duration::from_secs(60)).await;
+    let log = front.log();
+    let update = update.unwrap_or_else(|| panic!("no call update reached the stand-in REST API; phone-bridge log:\n{log}"));
+    expect(&update);
+
+    // The goodbye was played to the caller, all of it before the update.
+    let voiced = voiced_ms_between(&call, asked, update.at + Duration::from_secs(5));
+    let last = call.last_voice_between(asked, update.at + Duration::from_secs(5)).expect("the goodbye was not heard");
+    println!("{tool}: {voiced:.0} ms of goodbye heard; its last frame ends {:.0} ms before the REST update", ms(update.at.saturating_duration_since(last + Duration::from_millis(20))));
+    assert!(voiced >= 800.0, "only {voiced} ms of the goodbye {goodbye:?} were heard");
+    assert!(last + Duration::from_millis(20) <= update.at, "the REST update came before the goodbye had played");
+    // …which Twilio said with the echo of phone-bridge's mark after it.
+    let echoed = call.line.lock().unwrap().echoed.iter().find(|(name, _)| name.starts_with("control-")).cloned();
+    let (_, echo_at) = echoed.unwrap_or_else(|| panic!("no control mark was echoed before the update:\n{log}"));
+    assert!(echo_at <= update.at && echo_at + Duration::from_millis(20) >= last, "mark echoed at the wrong time");
+
+    // Twilio stops the stream; phone-bridge ends the call and frees its line.
+    assert!(call.wait_closed(Duration::from_secs(10)).await, "the stream was not closed after the update");
+    let t0 = Instant::now();
+    while !front.log().contains(&format!("call {} ended ({reason})", call.call_sid)) && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(front.log().contains(&format!("call {} ended ({reason})", call.call_sid)), "call not ended ({reason}):\n{}", front.log());
+    assert!(!front.log().contains(TOKEN), "the auth token was logged");
+    front.stop();
+}
+
+/// `end_call` ends a phone call: the goodbye plays, then `Status=completed` goes to Twilio.
+#[test]
+fn phone_assistant_ends_the_call_after_its_goodbye() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    stand_in_runtime().block_on(assistant_updates_the_call(
+        "end_call",
+        "{}",
+        "Thank you for calling. Goodbye!",
+        |u| {
+            assert_eq!(u.form.get("Status").map(String::as_str), Some("completed"), "{u:?}");
+            assert!(!u.form.contains_key("Twiml"), "{u:?}");
+        },
+        "ended",
+    ));
+}
+
+/// `transfer_call` to a name on `--transfer-to`: the notice plays, then the call is updated
+/// with `<Dial>` to that name's number.
+#[test]
+fn phone_assistant_transfers_the_call_after_its_notice() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    stand_in_runtime().block_on(assistant_updates_the_call(
+        "transfer_call",
+        r#"{"to": "desk"}"#,
+        "I am putting you through to the front desk now.",
+        |u| {
+            let twiml = u.form.get("Twiml").unwrap_or_else(|| panic!("no Twiml: {u:?}"));
+            assert!(twiml.ends_with("<Response><Dial>+15550100</Dial></Response>"), "{twiml}");
+            assert!(!u.form.contains_key("Status"), "{u:?}");
+        },
+        "transferred",
+    ));
+}

@@ -20,6 +20,12 @@ pub enum Replies {
     Match { rules: Vec<(String, String)>, otherwise: String },
     /// Accept each request and never answer (a hung server).
     Never,
+    /// Call control (fifo-layout.md "Call control"): a request that offers the tool `name` is
+    /// answered with a call of it (`arguments`, JSON, streamed as `tool_calls` deltas in two
+    /// pieces); the request carrying its result (last message `role: tool`) with `after`; a
+    /// request that does not offer the tool with `otherwise`. Stateless, so an early request
+    /// that llm-relay cancels does not put it out of step.
+    CallTool { name: String, arguments: String, after: String, otherwise: String },
 }
 
 pub struct StandInLlm {
@@ -42,7 +48,7 @@ impl StandInLlm {
                 let (replies, counter) = (replies.clone(), counter.clone());
                 match &*replies {
                     Replies::Never => held.push(conn),
-                    Replies::Cycle(_) | Replies::Match { .. } => {
+                    Replies::Cycle(_) | Replies::Match { .. } | Replies::CallTool { .. } => {
                         std::thread::spawn(move || serve(conn, &replies, &counter));
                     }
                 }
@@ -95,6 +101,25 @@ fn serve(mut conn: TcpStream, replies: &Replies, counter: &AtomicUsize) {
             rules.iter().find(|(needle, _)| asked.contains(needle.as_str())).map_or(otherwise, |r| &r.1).clone()
         }
         Replies::Never => return,
+        Replies::CallTool { name, arguments, after, otherwise } => {
+            let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let last_is_result = request["messages"].as_array().and_then(|m| m.last()).is_some_and(|m| m["role"] == "tool");
+            let offered = request["tools"].as_array().is_some_and(|t| t.iter().any(|t| t["function"]["name"] == name.as_str()));
+            if last_is_result {
+                after.clone()
+            } else if offered {
+                let _ = write!(conn, "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n");
+                let (a, b) = arguments.split_at(arguments.len() / 2);
+                let head = serde_json::json!({"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+                    {"index": 0, "id": format!("call_{n}"), "type": "function", "function": {"name": name, "arguments": a}}]}}]});
+                let tail = serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": b}}]}}]});
+                let done = serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]});
+                let _ = write!(conn, "data: {head}\n\ndata: {tail}\n\ndata: {done}\n\ndata: [DONE]\n\n");
+                return;
+            } else {
+                otherwise.clone()
+            }
+        }
     };
     let _ = write!(conn, "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n");
     // A few words per event, as a real server streams tokens.

@@ -6,7 +6,9 @@
 //! when the caller says nothing, as a phone line does, or the line's noise floor when the test
 //! sets one), `stop`. What comes back is "played" in
 //! real time like Twilio's buffer: `mark`s are echoed when played, `clear` drops what is
-//! queued and echoes pending marks. Plus the phone front (`scripts/voicecall` with
+//! queued and echoes pending marks. Its REST API (`TwilioApi`) takes call updates as
+//! api.twilio.com does (basic auth, `Status=completed` or `Twiml=<Response><Dial>…`) and, like
+//! Twilio, stops the call's media stream after one. Plus the phone front (`scripts/voicecall` with
 //! TGVOICE_PHONE=1) that the tests and the benchmark run.
 
 #![allow(dead_code)]
@@ -25,6 +27,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 pub const TOKEN: &str = "stand-in-auth-token-0123456789abcdef";
+/// The account of the stand-in's calls (the webhook's AccountSid, `start.accountSid`).
+pub const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
 const FRAME: usize = 160; // 20 ms at 8 kHz
 /// A 20 ms frame with RMS above this is voice (as callsim judges 10 ms at 48 kHz).
 pub const VOICE_RMS: f64 = 300.0;
@@ -91,11 +95,16 @@ impl PhoneFront {
     /// [`PhoneFront::start`] with more environment for the front and its lines (e.g.
     /// `TGVOICE_LOG=warn`).
     pub fn start_with(name: &str, pool: usize, max_calls: usize, env: &[(&str, &str)]) -> PhoneFront {
+        Self::start_with_args(name, pool, max_calls, env, "")
+    }
+
+    /// [`PhoneFront::start_with`] with more phone-bridge flags (e.g. `--api-base URL`).
+    pub fn start_with_args(name: &str, pool: usize, max_calls: usize, env: &[(&str, &str)], more_args: &str) -> PhoneFront {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let front = PhoneFront { instance: format!("{name}-{}", std::process::id()), state: tempfile::tempdir().unwrap(), port };
         let keep = root().join("target/pipeline-logs").join(&front.instance);
         let args = format!(
-            "--listen 127.0.0.1:{port} --public-url http://127.0.0.1:{port} --pool {pool} --max-calls {max_calls} --keep-logs {}",
+            "--listen 127.0.0.1:{port} --public-url http://127.0.0.1:{port} --pool {pool} --max-calls {max_calls} --keep-logs {} {more_args}",
             keep.display()
         );
         let mut vars = vec![("TGVOICE_PHONE", "1"), ("TWILIO_AUTH_TOKEN", TOKEN), ("TGVOICE_PHONE_ARGS", args.as_str())];
@@ -260,6 +269,8 @@ pub struct Line {
     pending_marks: Vec<(String, Instant)>,
     pub clears: Vec<Instant>,
     pub marks_echoed: usize,
+    /// Each mark echoed: its name and when (its audio had played).
+    pub echoed: Vec<(String, Instant)>,
     /// Mark echoes waiting for the next send.
     outbox: Vec<Message>,
     /// The line's own noise, looped under everything the caller sends (a phone line is never
@@ -296,7 +307,7 @@ impl PhoneCall {
         tx.send(Message::Text(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}).to_string().into())).await.unwrap();
         tx.send(Message::Text(
             json!({"event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
-                "start": {"accountSid": "AC00000000000000000000000000000000", "streamSid": stream_sid, "callSid": call_sid,
+                "start": {"accountSid": ACCOUNT_SID, "streamSid": stream_sid, "callSid": call_sid,
                     "tracks": ["inbound"], "customParameters": custom,
                     "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
             .to_string()
@@ -307,6 +318,7 @@ impl PhoneCall {
         let started = Instant::now();
         let line = Arc::new(Mutex::new(Line::default()));
         let (raw_tx, mut raw_rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
+        STREAMS.lock().unwrap().insert(call_sid.clone(), raw_tx.clone());
         let l = line.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -340,6 +352,7 @@ impl PhoneCall {
                             line.pending_marks = keep;
                             for (name, _) in done {
                                 line.marks_echoed += 1;
+                                line.echoed.push((name.clone(), now));
                                 let m = mark_message(&stream_sid, &name, &mut seq);
                                 line.outbox.push(m);
                             }
@@ -447,11 +460,105 @@ impl PhoneCall {
 
     /// The caller hangs up: `stop`, then the socket closes.
     pub async fn hang_up(self) {
-        let stop = json!({"event": "stop", "sequenceNumber": "0", "streamSid": format!("MZ{}", &self.call_sid[2..]),
-            "stop": {"accountSid": "AC00000000000000000000000000000000", "callSid": self.call_sid}});
-        let _ = self.raw.send(Message::Text(stop.to_string().into()));
+        let _ = self.raw.send(stop_message(&self.call_sid));
         let _ = self.raw.send(Message::Close(None));
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+
+    /// Wait (up to `timeout`) until the stream has closed (Twilio stopped it, or the bridge
+    /// closed it); true if it did.
+    pub async fn wait_closed(&self, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if self.line.lock().unwrap().closed {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+/// Media Streams' `stop` for `call_sid`.
+fn stop_message(call_sid: &str) -> Message {
+    let stop = json!({"event": "stop", "sequenceNumber": "0", "streamSid": format!("MZ{}", &call_sid[2..]),
+        "stop": {"accountSid": ACCOUNT_SID, "callSid": call_sid}});
+    Message::Text(stop.to_string().into())
+}
+
+/// The live calls' streams by CallSid: a call update stops its stream, as Twilio's does.
+static STREAMS: Mutex<std::collections::BTreeMap<String, tokio::sync::mpsc::UnboundedSender<Message>>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+/// A call update that reached the stand-in REST API.
+#[derive(Clone, Debug)]
+pub struct CallUpdate {
+    pub at: Instant,
+    pub call_sid: String,
+    pub form: std::collections::HashMap<String, String>,
+}
+
+/// A stand-in for api.twilio.com's call update, on loopback:
+/// `POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json` with HTTP basic auth
+/// (ACCOUNT_SID, TOKEN) and a form with `Status=completed` or `Twiml`. Anything else is
+/// answered as Twilio would (401, 404, 400) and not recorded. An accepted update ends the
+/// call's media stream (`stop`, then the socket closes), as the real call leaves the
+/// `<Connect><Stream>`.
+pub struct TwilioApi {
+    pub base: String,
+    pub updates: Arc<Mutex<Vec<CallUpdate>>>,
+}
+
+impl TwilioApi {
+    pub async fn start() -> TwilioApi {
+        use axum::extract::{Path as UrlPath, State};
+        use axum::http::{HeaderMap, StatusCode};
+        type Updates = Arc<Mutex<Vec<CallUpdate>>>;
+        async fn update(
+            State(updates): State<Updates>,
+            UrlPath((account, call)): UrlPath<(String, String)>,
+            headers: HeaderMap,
+            axum::Form(form): axum::Form<std::collections::HashMap<String, String>>,
+        ) -> (StatusCode, String) {
+            let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT_SID}:{TOKEN}")));
+            if account != ACCOUNT_SID || headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(basic.as_str()) {
+                return (StatusCode::UNAUTHORIZED, r#"{"code": 20003, "message": "Authenticate"}"#.into());
+            }
+            let Some(call_sid) = call.strip_suffix(".json").map(str::to_string) else {
+                return (StatusCode::NOT_FOUND, "{}".into());
+            };
+            let ok_form = form.get("Status").is_some_and(|s| s == "completed") || form.get("Twiml").is_some_and(|t| t.contains("<Response>"));
+            if !ok_form {
+                return (StatusCode::BAD_REQUEST, r#"{"code": 21218, "message": "Invalid call update"}"#.into());
+            }
+            let Some(stream) = STREAMS.lock().unwrap().remove(&call_sid) else {
+                return (StatusCode::NOT_FOUND, r#"{"code": 20404, "message": "The requested resource was not found"}"#.into());
+            };
+            updates.lock().unwrap().push(CallUpdate { at: Instant::now(), call_sid: call_sid.clone(), form });
+            let _ = stream.send(stop_message(&call_sid));
+            let _ = stream.send(Message::Close(None));
+            (StatusCode::OK, json!({"sid": call_sid, "account_sid": ACCOUNT_SID, "status": "completed"}).to_string())
+        }
+        let updates: Updates = Arc::default();
+        let app = axum::Router::new()
+            .route("/2010-04-01/Accounts/{account}/Calls/{call}", axum::routing::post(update))
+            .with_state(updates.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        TwilioApi { base, updates }
+    }
+
+    /// The first update of `call_sid`, waiting up to `timeout`.
+    pub async fn update_of(&self, call_sid: &str, timeout: Duration) -> Option<CallUpdate> {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if let Some(u) = self.updates.lock().unwrap().iter().find(|u| u.call_sid == call_sid) {
+                return Some(u.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
     }
 }
 

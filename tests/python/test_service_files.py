@@ -71,7 +71,7 @@ def test_voicecall_knows_every_stage_it_is_asked_to_exec():
 def test_the_tables_links_are_the_run_directory_links():
     layout = (ROOT / "fifo-layout.md").read_text()
     links = set(re.findall(r"^\| `([a-z_]+\.(?:raw|frames))` \|", layout, re.M))
-    assert len(links) == 8, links  # the seven of the main path and played.frames
+    assert len(links) == 9, links  # the seven of the main path, played.frames and line.frames
     writers = [link for r in table() for link in r["outputs"]]
     readers = [link for r in table() for link in r["inputs"]]
     assert sorted(writers) == sorted(links), "each link has exactly one writer"

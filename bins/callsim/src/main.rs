@@ -4,7 +4,10 @@
 //! `demo`), and polls `$RUN/tg_output.raw` for the assistant's voice. It says each WAV of its script,
 //! waits for the reply, and reports per turn what was heard and answered and how long the
 //! assistant took (voice-to-voice), plus barge-in stop and resume times. Used by `voicecall demo`, the
-//! fault and barge-in tests and the end-to-end benchmark.
+//! fault and barge-in tests and the end-to-end benchmark. With a `line.frames` FIFO in the run
+//! directory its `call-start` has `controls: ["end"]`, and a `hangup` there ends the call once
+//! the goodbye has been read out of `tg_output.raw` (`call-end {reason: "ended"}`; the summary
+//! says `"ended_by": "assistant"`).
 
 mod timeline;
 
@@ -24,7 +27,8 @@ barge:MS:FILE to start saying FILE MS milliseconds after the previous reply bega
 Example:\n  callsim --run-dir $RUN --record call.wav q1.wav barge:800:q2.wav", &[(exit::FAILURE, ""), (exit::CONFIG, "an unsafe link in the run directory")])
 )]
 struct Args {
-    /// The pipeline's run directory (holds tg_input.raw, tg_output.raw, control.frames).
+    /// The pipeline's run directory (holds tg_input.raw, tg_output.raw, control.frames, and
+    /// line.frames when tts-writer sends call control: then the assistant can end the call).
     #[arg(long, env = "TGVOICE_RUN_DIR")]
     run_dir: PathBuf,
     /// What the caller says, in order.

@@ -86,6 +86,10 @@ pub struct Caller {
     reply_silence_ticks: usize,
     reply_timeout_ticks: usize,
     echo: Option<Echo>,
+    /// The tick the call ended on the assistant's `hangup`.
+    hung_up_at: Option<usize>,
+    /// tts-writer's `line.frames` (call control), when the run directory has it.
+    line: Option<tgvoice::raw_link::LineEvents>,
 }
 
 /// The assistant's voice coming back into the caller's microphone: a gain and a delay line.
@@ -121,7 +125,7 @@ impl Caller {
     pub fn new(run_dir: &Path, script: CallScript, reply_silence: f64, reply_timeout: f64) -> Result<Self> {
         let out_path = run_dir.join("tg_output.raw");
         // A planted symlink or a stranger's file where a link should be exits 78 (fifo-layout.md §1).
-        for link in ["tg_input.raw", "tg_output.raw"] {
+        for link in ["tg_input.raw", "tg_output.raw", "line.frames"] {
             let path = run_dir.join(link);
             if path.symlink_metadata().is_ok() {
                 tgvoice::fifo::check_link_path(&path)?;
@@ -143,7 +147,27 @@ impl Caller {
             reply_silence_ticks: (reply_silence * 100.0) as usize,
             reply_timeout_ticks: (reply_timeout * 100.0) as usize,
             echo: None,
+            hung_up_at: None,
+            line: tgvoice::raw_link::LineEvents::open(run_dir)?,
         })
+    }
+
+    /// Call control that arrived on line.frames: true when the assistant hung up. Anything
+    /// else is one log line; the call goes on.
+    fn poll_line(&mut self) -> bool {
+        let Some(line) = self.line.as_mut() else { return false };
+        let mut hangup = false;
+        for e in line.poll() {
+            if e.is(tgvoice::control::HANGUP) {
+                log::info!("the assistant hangs up (turn {}); ending the call once its audio has played", e.turn.unwrap_or(0));
+                hangup = true;
+            } else if e.is(tgvoice::control::TRANSFER) {
+                log::warn!("transfer to {:?} asked for: callsim cannot transfer a call; ignored", e.get_str("to").unwrap_or("?"));
+            } else {
+                log::debug!("line.frames: ignoring {}", e.kind);
+            }
+        }
+        hangup
     }
 
     /// Mix the assistant's output back into the input at `gain_db`, `delay_ms` late.
@@ -166,7 +190,9 @@ impl Caller {
     pub fn run(&mut self, lead_in: f64, call_events: bool) -> Result<Report> {
         let call_id = format!("callsim-{}", std::process::id());
         if call_events {
-            self.send_event(Event::new(tgvoice::event::kind::CALL_START).with("call", call_id.clone()));
+            // callsim can end the call on the assistant's `hangup` (fifo-layout.md "Call control").
+            let controls = if self.line.is_some() { json!(["end"]) } else { json!([]) };
+            self.send_event(Event::new(tgvoice::event::kind::CALL_START).with("call", call_id.clone()).with("controls", controls));
         }
         let n_turns = self.script.0.len();
         let mut logs = vec![TurnLog::default(); n_turns];
@@ -178,6 +204,7 @@ impl Caller {
         let mut silent_run = 0usize;
         let mut out_buf: Vec<u8> = vec![];
         let mut done_tick: Option<usize> = None;
+        let mut hangup_tick: Option<usize> = None;
         loop {
             // Real-time clock with drift correction: tick n happens at start + n × 10 ms.
             let due = start + Duration::from_millis(10 * tick as u64);
@@ -221,6 +248,15 @@ impl Caller {
                 self.assistant_track.resize(timeline_len.saturating_sub(10 * TICK), 0);
             }
             self.assistant_voiced.push(voiced);
+            if hangup_tick.is_none() && self.poll_line() {
+                hangup_tick = Some(tick);
+            }
+            // tts-writer wrote the hangup after the goodbye's last sample: once the pipe has
+            // nothing more, the goodbye has been heard.
+            if hangup_tick.is_some() && got.is_empty() {
+                self.hung_up_at = Some(tick);
+                break;
+            }
 
             for v in self.text_tap.poll() {
                 if v["type"] == "transcript" && v["final"] != false {
@@ -278,7 +314,8 @@ impl Caller {
             tick += 1;
         }
         if call_events {
-            self.send_event(Event::new(tgvoice::event::kind::CALL_END).with("call", call_id));
+            let reason = if self.hung_up_at.is_some() { "ended" } else { "hung-up" };
+            self.send_event(Event::new(tgvoice::event::kind::CALL_END).with("call", call_id).with("reason", reason));
         }
         Ok(self.report(&logs))
     }
@@ -338,6 +375,10 @@ impl Caller {
             "input_blocking_writes": self.input.blocking_writes,
             "input_dropped_chunks": self.input.dropped_chunks,
             "assistant_audio_s": self.assistant_voiced.iter().filter(|v| **v).count() as f64 / 100.0,
+            // Who ended the call: the assistant (`hangup` on line.frames) or the caller (the
+            // script ran out), and when (ms).
+            "ended_by": if self.hung_up_at.is_some() { "assistant" } else { "caller" },
+            "ended_ms": self.hung_up_at.map(|t| t as f64 * 10.0),
         });
         Report { turns, summary }
     }

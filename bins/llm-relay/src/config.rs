@@ -249,6 +249,14 @@ pub struct Args {
     /// Tool results longer than this many bytes are cut, with a note, before the LLM sees them.
     #[arg(long, default_value_t = 16384)]
     pub tool_result_max: usize,
+    /// A number `transfer_call` may hand the caller to, as NAME=NUMBER (E.164; repeated). Offered
+    /// only on a line whose call-start has the "transfer" control (README "Call control").
+    #[arg(long, value_name = "NAME=NUMBER")]
+    pub transfer_to: Vec<String>,
+    /// Offer the call-control tools (end_call, transfer_call) on a line that supports them:
+    /// auto = yes, except with the small local model (SmolLM2-135M cannot call tools); off = never.
+    #[arg(long, default_value = "auto", env = "TGVOICE_LLM_CALL_CONTROL", value_parser = ["auto", "off"])]
+    pub call_control: String,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -389,6 +397,22 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         let names: Vec<&str> = tool_servers.iter().map(|s| s.name.as_str()).collect();
         log::info!("tools: {} MCP server(s) from {}: {}", names.len(), f.display(), names.join(", "));
     }
+    // SmolLM2-135M cannot call tools: offering them would only spoil its answers.
+    let tool_servers = if small_local_model && !tool_servers.is_empty() {
+        log::warn!(
+            "tools: the small local model ({DEFAULT_LOCAL_MODEL}) cannot call tools, so the servers of {} are not started and the call goes on without them; for tools use a model that can call them (ANTHROPIC_API_KEY, OPENAI_API_KEY or TGVOICE_LLM_BASE_URL; README \"Tools\")",
+            tools_file.as_deref().map(|f| f.display().to_string()).unwrap_or_default()
+        );
+        vec![]
+    } else {
+        tool_servers
+    };
+    let transfer_to = args
+        .transfer_to
+        .iter()
+        .map(|t| crate::control::parse_target(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(exit::USAGE, e))?;
     let tool_options = crate::tools::ToolOptions {
         timeout: secs("tool-timeout", args.tool_timeout)?,
         start_timeout: secs("tool-start-timeout", args.tool_start_timeout)?,
@@ -423,6 +447,8 @@ pub fn resolve(args: &Args) -> anyhow::Result<Config> {
             tools: None,
             max_tool_rounds: args.max_tool_rounds,
             max_tool_calls: args.max_tool_calls,
+            transfer_to,
+            call_control: args.call_control == "auto" && !small_local_model,
         },
         state_dir,
     })

@@ -7,11 +7,12 @@
 //! * [`speakable`] — reply text to speakable chunks
 //! * [`backchannel`], [`unfinished`], [`words`] — what the caller's words mean for the turn
 //! * [`judge`] — the end judge: can the words stand as a whole request (a language model's view)
-//! * [`tools`] — tools for the LLM from MCP servers
+//! * [`tools`] — tools for the LLM from MCP servers; [`control`] — the built-in call-control tools
 //! * [`config`] — flags and environment
 
 pub mod backchannel;
 pub mod config;
+pub mod control;
 pub mod conversation;
 pub mod judge;
 pub mod policy;

@@ -12,6 +12,7 @@ use crate::policy::{Command, Host, Input, Policy, PolicyConfig, ReplyId};
 use crate::provider::{ChatMessage, Offer, Provider, Role, ToolCall, ToolResult};
 use crate::speakable::{clean_for_speech, CodeFenceFilter, SentenceSplitter};
 use crate::stream::{stream_turn, StreamOptions};
+use crate::control::{Action, Controls};
 use crate::tools::Toolbox;
 use futures_util::FutureExt;
 use std::collections::HashMap;
@@ -41,6 +42,10 @@ pub struct RelayConfig {
     pub max_tool_rounds: usize,
     /// Tool calls per reply, at most (`--max-tool-calls`); more are answered with an error.
     pub max_tool_calls: usize,
+    /// `--transfer-to`: where `transfer_call` may send the caller.
+    pub transfer_to: Vec<crate::control::Target>,
+    /// Offer call control at all (`--call-control`); the line's `controls` decide which.
+    pub call_control: bool,
 }
 
 /// What a streaming task reports.
@@ -54,6 +59,8 @@ enum StreamMsg {
     Tools(bool),
     /// A tool exchange to record: the calls and their results.
     Exchange(Vec<ToolCall>, Vec<ToolResult>),
+    /// A call-control tool succeeded: its event goes out after the reply's `reply-end`.
+    Control(Action),
 }
 
 /// Turns one reply's text deltas into speakable chunks, and ends the reply after
@@ -113,12 +120,14 @@ impl Speaker {
 /// arguments are unusable, or beyond `--max-tool-calls` for the reply (`made` so far), is not
 /// run: its result is an error saying why, so the model can answer anyway.
 async fn run_calls(
-    tools: &Toolbox,
+    tools: Option<&Toolbox>,
+    builtin: (Controls, &[crate::control::Target]),
     calls: &[(ToolCall, Option<String>)],
     turn: u64,
     max_calls: usize,
     made: &mut usize,
-) -> Vec<ToolResult> {
+) -> (Vec<ToolResult>, Vec<Action>) {
+    let mut actions = vec![];
     let mut results = vec![None; calls.len()];
     let mut runs = vec![];
     for (i, (call, bad)) in calls.iter().enumerate() {
@@ -129,16 +138,25 @@ async fn run_calls(
         } else if *made >= max_calls {
             log::warn!("turn {turn}: more than {max_calls} tool calls (--max-tool-calls); {:?} not called", call.name);
             results[i] = refused("Not called: too many tool calls for one answer; answer with what you have.".into());
+        } else if let Some((result, action)) = crate::control::call(call, builtin.0, builtin.1) {
+            *made += 1;
+            results[i] = Some(result);
+            actions.extend(action);
+        } else if tools.is_none() {
+            log::warn!("turn {turn}: the LLM called a tool {:?} that is not on offer; told it so", call.name);
+            results[i] = refused(format!("There is no tool named {:?} available now.", call.name));
         } else {
             *made += 1;
             runs.push((i, call));
         }
     }
-    let done = futures_util::future::join_all(runs.iter().map(|(_, c)| tools.call(c))).await;
-    for ((i, _), r) in runs.iter().zip(done) {
-        results[*i] = Some(r);
+    if let Some(tools) = tools {
+        let done = futures_util::future::join_all(runs.iter().map(|(_, c)| tools.call(c))).await;
+        for ((i, _), r) in runs.iter().zip(done) {
+            results[*i] = Some(r);
+        }
     }
-    results.into_iter().flatten().collect()
+    (results.into_iter().flatten().collect(), actions)
 }
 
 /// A reply stream the policy started and has not ended.
@@ -154,6 +172,8 @@ struct Running {
     /// until the caller's message is recorded (at the release).
     held: bool,
     exchanges: Vec<(Vec<ToolCall>, Vec<ToolResult>)>,
+    /// A call-control action to carry out after the reply (the last one called wins).
+    control: Option<Action>,
 }
 
 /// Everything the policy reaches through [`Host`].
@@ -170,6 +190,8 @@ struct Outside {
     streams: UnboundedSender<(ReplyId, StreamMsg)>,
     /// The end judge's verdicts: (key, complete?).
     verdicts: UnboundedSender<(String, Option<bool>)>,
+    /// What the line can do (`controls` of the last `call-start`; none after `call-end`).
+    controls: Controls,
 }
 
 pub struct Relay {
@@ -210,6 +232,7 @@ impl Relay {
             last_stopped: None,
             streams: tx,
             verdicts: verdict_tx,
+            controls: Controls::default(),
         };
         Ok(Relay { policy, outside, streams, verdicts })
     }
@@ -233,7 +256,12 @@ impl Relay {
             }
             match step {
                 Step::Frame(None) => break,
-                Step::Frame(Some(Frame::Event(e))) => self.feed(Input::Event(e)).await,
+                Step::Frame(Some(Frame::Event(e))) => {
+                    if e.is(kind::CALL_START) || e.is(kind::CALL_END) {
+                        self.outside.set_controls(&e);
+                    }
+                    self.feed(Input::Event(e)).await
+                }
                 Step::Frame(Some(audio)) => self.outside.sink.send(audio), // not ours: forward unchanged
                 Step::Stream(Some(m)) => self.stream_msg(m).await,
                 Step::Stream(None) | Step::Verdict(None) => unreachable!("the relay holds a sender"),
@@ -269,6 +297,11 @@ impl Relay {
             StreamMsg::Chunk(text) => self.feed(Input::Chunk { reply, text }).await,
             StreamMsg::Done(failure) => self.feed(Input::Done { reply, failure }).await,
             StreamMsg::Tools(running) => self.feed(Input::Tools { reply, running }).await,
+            StreamMsg::Control(action) => {
+                if let Some(r) = self.outside.running.get_mut(&reply) {
+                    r.control = Some(action);
+                }
+            }
             StreamMsg::Exchange(calls, results) => {
                 let Some(r) = self.outside.running.get_mut(&reply) else { return };
                 if r.held {
@@ -286,11 +319,22 @@ impl Outside {
         self.sink.send(Frame::Event(event));
     }
 
+    /// A `call-start` declares what the line can do; a `call-end` takes it away.
+    fn set_controls(&mut self, e: &Event) {
+        let offered = self.cfg.call_control && e.is(kind::CALL_START);
+        let controls = if offered { Controls::of_call_start(e) } else { Controls::default() };
+        if controls != self.controls {
+            log::info!("{}: call control {:?}", e.kind, controls);
+        }
+        self.controls = controls;
+    }
+
     /// Stream a reply to `messages` in a task of its own; it reports through `streams`. With
     /// tools, the model's calls are run and their results sent back, round after round, until
     /// it answers in words (bounded by `--max-tool-rounds` and `--max-tool-calls`).
     fn spawn_reply(&self, reply: ReplyId, turn: u64, mut messages: Vec<ChatMessage>) -> JoinHandle<()> {
         let (cfg, client, tx) = (self.cfg.clone(), self.client.clone(), self.streams.clone());
+        let controls = self.controls;
         tokio::spawn(async move {
             let mut speaker = Speaker {
                 turn,
@@ -313,7 +357,8 @@ impl Outside {
             let result = loop {
                 // A tool offered earlier in this reply stays declared (its call is in the
                 // messages) even if its server went away meanwhile (calling it then gives an error).
-                let mut now_on_offer = cfg.tools.as_ref().map(|t| t.defs()).unwrap_or_default();
+                let mut now_on_offer = crate::control::defs(controls, &cfg.transfer_to);
+                now_on_offer.extend(cfg.tools.as_ref().map(|t| t.defs()).unwrap_or_default());
                 for d in std::mem::take(&mut defs) {
                     if !now_on_offer.iter().any(|n| n.name == d.name) {
                         now_on_offer.push(d);
@@ -335,7 +380,7 @@ impl Outside {
                 }))
                 .catch_unwind()
                 .await;
-                let (Ok(Ok((_, calls))), Some(tools)) = (&result, cfg.tools.as_ref()) else { break result };
+                let Ok(Ok((_, calls))) = &result else { break result };
                 if calls.is_empty() || said_enough || defs.is_empty() {
                     break result;
                 }
@@ -348,7 +393,12 @@ impl Outside {
                 speaker.finish(&mut out);
                 round += 1;
                 let _ = tx.send((reply, StreamMsg::Tools(true)));
-                let results = run_calls(tools, calls, turn, cfg.max_tool_calls, &mut calls_made).await;
+                let builtin = (controls, cfg.transfer_to.as_slice());
+                let (results, actions) =
+                    run_calls(cfg.tools.as_deref(), builtin, calls, turn, cfg.max_tool_calls, &mut calls_made).await;
+                for action in actions {
+                    let _ = tx.send((reply, StreamMsg::Control(action)));
+                }
                 let _ = tx.send((reply, StreamMsg::Tools(false)));
                 let calls: Vec<ToolCall> = calls.iter().map(|(c, _)| c.clone()).collect();
                 let _ = tx.send((reply, StreamMsg::Exchange(calls.clone(), results.clone())));
@@ -436,7 +486,7 @@ impl Host for Outside {
                 let task = self.spawn_reply(reply, turn, messages);
                 self.running.insert(
                     reply,
-                    Running { task: Some(task), trace, chunks: 0, first_token_floor: None, turn, held, exchanges: vec![] },
+                    Running { task: Some(task), trace, chunks: 0, first_token_floor: None, turn, held, exchanges: vec![], control: None },
                 );
             }
             Command::Stop { reply } => {
@@ -485,6 +535,16 @@ impl Host for Outside {
                     end = end.with("error", true);
                 }
                 self.send(end);
+                // Call control goes out after the reply that said goodbye (or the notice);
+                // a reply cut off by the caller carries it no further.
+                match r.as_ref().and_then(|r| r.control.as_ref()) {
+                    Some(action) if !cancelled => {
+                        log::info!("turn {turn}: {} after the reply", action.event(turn).kind);
+                        self.send(action.event(turn));
+                    }
+                    Some(action) => log::info!("turn {turn}: the reply was cut off; no {}", action.event(turn).kind),
+                    None => {}
+                }
                 if !cancelled && !error {
                     let ms =
                         |to| trace.span_ms(trace_key::LLM_REQUEST, to).map(|v| format!("{v:.0} ms")).unwrap_or("?".into());

@@ -559,3 +559,158 @@ fn a_model_that_only_ever_calls_tools_ends_in_the_apology_not_silence() {
     assert!(stderr.contains("the LLM said nothing after 1 round(s) of tool calls"), "{stderr}");
     assert_eq!(server.count(), 2);
 }
+
+// ---- Call control (README "Call control"; fifo-layout.md "Call control") ----
+
+fn call_start(controls: Value) -> Event {
+    Event::new("call-start").with("call", "c-1").with("controls", controls)
+}
+
+/// A relay with no tools file and two transfer numbers, against the Claude stand-in.
+fn control_relay(server: &StandIn, state: &Path) -> Relay {
+    let mut cmd = claude_relay(server, state, Path::new("off"));
+    cmd.args(["--tool-holding-after", "0", "--transfer-to", "sales=+15551230000", "--transfer-to", "desk=+15557654321"]);
+    Relay::spawn(cmd)
+}
+
+fn kinds_of(events: &[Event], turn: u64) -> Vec<String> {
+    events.iter().filter(|e| e.turn == Some(turn)).map(|e| e.kind.clone()).collect()
+}
+
+#[test]
+fn end_call_says_goodbye_and_the_hangup_comes_after_the_reply() {
+    let server = StandIn::start(|i, _| {
+        let sse = match i {
+            0 => anthropic_tool_sse("", &[("toolu_e", "end_call", "{}")]),
+            _ => anthropic_sse(&["Goodbye, ", "take care!"]),
+        };
+        Response::sse(awkward(&sse, 17), true)
+    });
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = control_relay(&server, state.path());
+    relay.send(call_start(json!(["end"])));
+    relay.send(transcript(1, "That's all, bye."));
+    let (_, hangup) = relay.wait_for(Duration::from_secs(20), |e| e.is("hangup"));
+    let (events, stderr) = relay.finish();
+    assert_eq!((hangup.turn, hangup.get_str("reason")), (Some(1), Some("assistant")));
+    assert_eq!(chunks_of(&events, 1), ["Goodbye, take care!"]);
+    // The event is the last of the turn: after the goodbye and its reply-end.
+    assert_eq!(kinds_of(&events, 1), ["reply-chunk", "reply-end", "hangup"], "{stderr}");
+
+    // Offered (the line can end calls; no "transfer" control: no transfer_call), and the
+    // model was told to say goodbye.
+    let first = server.request(0).body;
+    let names: Vec<&str> = first["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["end_call"]);
+    let result = &server.request(1).body["messages"][2]["content"][0];
+    assert_eq!(result["tool_use_id"], "toolu_e");
+    assert!(result["content"].as_str().unwrap().contains("goodbye"), "{result}");
+    assert!(result.get("is_error").is_none());
+}
+
+#[test]
+fn transfer_call_goes_out_after_the_notice_only_to_a_listed_number() {
+    let server = StandIn::start(|i, _| {
+        let sse = match i {
+            0 => anthropic_tool_sse("", &[("toolu_x", "transfer_call", r#"{"to": "+15550000000"}"#)]),
+            1 => anthropic_sse(&["I can't put you through there."]),
+            2 => anthropic_tool_sse("", &[("toolu_s", "transfer_call", r#"{"to": "sales"}"#)]),
+            _ => anthropic_sse(&["Putting you through to sales now."]),
+        };
+        Response::sse(awkward(&sse, 19), true)
+    });
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = control_relay(&server, state.path());
+    relay.send(call_start(json!(["end", "transfer"])));
+    relay.send(transcript(1, "Transfer me to plus one five five five, zero zero zero zero zero zero zero."));
+    relay.wait_reply_end(1);
+    relay.send(transcript(2, "Then sales, please."));
+    let (_, transfer) = relay.wait_for(Duration::from_secs(20), |e| e.is("transfer"));
+    let (events, stderr) = relay.finish();
+
+    // Not on the list: an error result naming the choices, no event, one line.
+    let refused = &server.request(1).body["messages"][2]["content"][0];
+    assert_eq!(refused["is_error"], true, "{refused}");
+    assert!(refused["content"].as_str().unwrap().contains("sales, desk"), "{refused}");
+    assert_eq!(kinds_of(&events, 1), ["reply-chunk", "reply-end"], "{stderr}");
+    assert_eq!(lines_with(&stderr, "not on the --transfer-to list"), 1, "{stderr}");
+
+    // On the list: after the notice and its reply-end.
+    assert_eq!((transfer.turn, transfer.get_str("to"), transfer.get_str("name")), (Some(2), Some("+15551230000"), Some("sales")));
+    assert_eq!(kinds_of(&events, 2), ["reply-chunk", "reply-end", "transfer"], "{stderr}");
+    let first = server.request(0).body;
+    let names: Vec<&str> = first["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["end_call", "transfer_call"]);
+}
+
+#[test]
+fn a_line_without_controls_or_with_call_control_off_is_offered_none() {
+    let server = StandIn::start(|_, body| Response::sse(awkward(&anthropic_sse(&[&format!("You said: {}", last_user_text(body))]), 29), true));
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = control_relay(&server, state.path());
+    relay.send(transcript(1, "Hello."));
+    relay.wait_reply_end(1);
+    relay.send(call_start(json!([])));
+    relay.send(transcript(2, "Bye."));
+    relay.wait_reply_end(2);
+    relay.finish();
+    // A line that can, with `--call-control off`.
+    let mut cmd = claude_relay(&server, state.path(), Path::new("off"));
+    cmd.args(["--call-control", "off"]);
+    let mut relay = Relay::spawn(cmd);
+    relay.send(call_start(json!(["end", "transfer"])));
+    relay.send(transcript(3, "Hang up."));
+    relay.wait_reply_end(3);
+    relay.finish();
+    for i in 0..3 {
+        assert!(server.request(i).body.get("tools").is_none(), "request {i}: {}", server.request(i).body);
+    }
+}
+
+#[test]
+fn a_goodbye_cut_off_by_the_caller_hangs_up_nothing() {
+    let server = StandIn::start(|i, _| match i {
+        0 => Response::sse(awkward(&anthropic_tool_sse("", &[("toolu_e", "end_call", "{}")]), 17), true),
+        // The goodbye's first sentence, then the rest long after: the caller speaks in between.
+        1 => {
+            let head = format!("{}{}", anthropic_sse_head(), anthropic_delta("Goodbye now. "));
+            let tail = format!("{}{}", anthropic_delta("Take care."), anthropic_sse_tail());
+            Response::sse(vec![piece(head), slow_piece(3000, tail)], true)
+        }
+        _ => Response::sse(awkward(&anthropic_sse(&["Still here."]), 17), true),
+    });
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = control_relay(&server, state.path());
+    relay.send(call_start(json!(["end"])));
+    relay.send(transcript(1, "Bye."));
+    relay.wait_for(Duration::from_secs(10), |e| e.is("reply-chunk") && e.text.as_deref() == Some("Goodbye now."));
+    relay.send(Event::new("cancel").with_turn(1));
+    let (_, end) = relay.wait_for(Duration::from_secs(5), |e| e.is("reply-end") && e.turn == Some(1));
+    assert_eq!(end.get_bool("cancelled"), Some(true));
+    relay.send(transcript(2, "Wait, one more thing."));
+    relay.wait_reply_end(2);
+    let (events, stderr) = relay.finish();
+    assert!(events.iter().all(|e| !e.is("hangup")), "{events:?}");
+    assert_eq!(chunks_of(&events, 2), ["Still here."]);
+    assert!(stderr.contains("turn 1: the reply was cut off; no hangup"), "{stderr}");
+}
+
+/// The small local model cannot call tools (README "Tools"): with a tools file it says so in
+/// one line, starts no server and offers no tool; the call goes on and is answered.
+#[test]
+fn the_small_local_model_gets_no_tools_and_one_line_says_why() {
+    let server = StandIn::start(|_, _| Response::sse(awkward(&openai_sse(&["It is noon."]), 17), true));
+    let state = tempfile::tempdir().unwrap();
+    let tools = tools_file(state.path(), json!({"time": time_server()}));
+    let mut cmd = relay_command(state.path());
+    cmd.arg("--base-url").arg(format!("{}/v1", server.base()));
+    cmd.args(["--model", "SmolLM2-135M-Instruct", "--end-judge", "off", "--tools"]).arg(&tools);
+    let mut relay = Relay::spawn(cmd);
+    relay.send(transcript(1, "What time is it?"));
+    relay.wait_reply_end(1);
+    let (events, stderr) = relay.finish();
+    assert_eq!(chunks_of(&events, 1), ["It is noon."]);
+    assert_eq!(lines_with(&stderr, "cannot call tools"), 1, "{stderr}");
+    assert!(!stderr.contains("MCP server \"time\" ready"), "a server was started: {stderr}");
+    assert!(server.request(0).body.get("tools").is_none(), "{}", server.request(0).body);
+}

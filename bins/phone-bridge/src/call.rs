@@ -4,7 +4,9 @@
 //! without blocking, resampled to 8 kHz μ-law and handed to the WebSocket in 20 ms payloads;
 //! `call-start`/`call-end` go to `control.frames`; the instance's `text.tap` and `reply.tap`
 //! tell it when the caller may have barged in (speech-onset, when tts-writer pauses the reply)
-//! or did (speech-start, cancel, a cancelled reply-end), so Twilio's buffer can be cleared at once.
+//! or did (speech-start, cancel, a cancelled reply-end), so Twilio's buffer can be cleared at once;
+//! tts-writer's `line.frames` carries call control (`hangup`, `transfer`), passed on to the
+//! WebSocket side only after the audio before it has been.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -14,7 +16,7 @@ use tgvoice::event::kind;
 use tgvoice::fifo::{Endpoint, FifoWriter, WriteOutcome};
 use tgvoice::frame::encode;
 use tgvoice::mulaw;
-use tgvoice::raw_link::{RawInputWriter, RawOutputReader, TapLines};
+use tgvoice::raw_link::{LineEvents, RawInputWriter, RawOutputReader, TapLines};
 use tgvoice::resample::StreamResampler;
 use tgvoice::{Event, Frame};
 use tokio::sync::mpsc::UnboundedSender;
@@ -59,6 +61,9 @@ pub enum ToTwilio {
     /// `replying`: a reply was in progress (its chunks seen on reply.tap, no reply-end yet).
     /// `onset_ms`: how long ago the caller's speech began (speech-start's trace), if known.
     BargeIn { why: &'static str, replying: bool, onset_ms: Option<f64> },
+    /// Call control from line.frames (`hangup`, `transfer`), sent after every audio frame and
+    /// the end-of-burst mark of what tts-writer wrote before it.
+    Control(Event),
     /// What the pipeline heard or said (for the log).
     Heard(String),
     Said(String),
@@ -70,6 +75,8 @@ pub struct CallLinks {
     text_tap: TapLines,
     reply_tap: TapLines,
     control: FifoWriter,
+    /// tts-writer's call control (None: an instance without line.frames).
+    line: Option<LineEvents>,
 }
 
 impl CallLinks {
@@ -82,6 +89,7 @@ impl CallLinks {
             text_tap: TapLines::open(&run_dir.join("text.tap")),
             reply_tap: TapLines::open(&run_dir.join("reply.tap")),
             control: FifoWriter::open(Endpoint::Path(run_dir.join("control.frames")))?,
+            line: LineEvents::open(run_dir)?,
         })
     }
 
@@ -91,6 +99,14 @@ impl CallLinks {
         self.output.read_available(&mut junk);
         self.text_tap.poll();
         self.reply_tap.poll();
+        if let Some(line) = self.line.as_mut() {
+            line.poll();
+        }
+    }
+
+    /// The instance has line.frames: the assistant can end the call.
+    pub fn has_line(&self) -> bool {
+        self.line.is_some()
     }
 }
 
@@ -130,6 +146,8 @@ pub fn run(mut links: CallLinks, from_ws: Receiver<ToPipeline>, to_ws: Unbounded
     // The last turn whose speech-onset / speech-start was acted on: both taps carry them
     // (llm-relay forwards what sttd sends), and one clear is enough.
     let (mut onset_seen, mut start_seen): (Option<u64>, Option<u64>) = (None, None);
+    // Call control read from line.frames, held until the audio before it has gone out.
+    let mut control_out: Vec<Event> = vec![];
     let start = Instant::now();
     let mut tick = 0u32;
     let mut closing: Option<Instant> = None;
@@ -246,6 +264,11 @@ pub fn run(mut links: CallLinks, from_ws: Receiver<ToPipeline>, to_ws: Unbounded
             replying = false;
         }
 
+        // line.frames before tg_output.raw: tts-writer writes an event after the last sample
+        // of the audio before it, so that audio is in the pipe when the event is seen.
+        if let Some(line) = links.line.as_mut() {
+            control_out.extend(line.poll());
+        }
         // tg_output.raw → the caller, in 20 ms μ-law frames.
         links.output.read_available(&mut out_bytes);
         let whole = out_bytes.len() / 2 * 2;
@@ -284,6 +307,12 @@ pub fn run(mut links: CallLinks, from_ws: Receiver<ToPipeline>, to_ws: Unbounded
             let frame: Vec<u8> = ulaw.drain(..TWILIO_FRAME).collect();
             let _ = to_ws.send(ToTwilio::Audio(frame));
             stats.frames_out += 1;
+        }
+        // The burst before the event has been sent, with its mark: the event follows it.
+        if !in_burst && !control_out.is_empty() {
+            for e in control_out.drain(..) {
+                let _ = to_ws.send(ToTwilio::Control(e));
+            }
         }
     }
 }

@@ -3,10 +3,13 @@
 //! pipeline instance (`scripts/voicecall --instance <prefix>-line<N>`), standing where tg-bridge
 //! stands: the caller's μ-law 8 kHz audio → `tg_input.raw` (s16le 48 kHz), `tg_output.raw` →
 //! μ-law back to Twilio, `call-start`/`call-end` on `control.frames`, and Twilio's buffer
-//! cleared the moment the caller barges in.
+//! cleared the moment the caller barges in. The assistant can end the call or transfer it
+//! (fifo-layout.md "Call control"): `hangup`/`transfer` on the instance's `line.frames` become,
+//! once Twilio has played the goodbye, an update of the live call through Twilio's REST API.
 
 mod call;
 mod pool;
+mod rest;
 mod server;
 mod signature;
 mod stream;
@@ -78,6 +81,18 @@ struct Args {
     /// by default nothing of a call is kept but phone-bridge's own log lines).
     #[arg(long, value_name = "DIR")]
     keep_logs: Option<PathBuf>,
+    /// A number the assistant may transfer callers to, as NAME=NUMBER (E.164; repeated, or
+    /// comma-separated in TGVOICE_TRANSFER_TO). Given to every call's llm-relay; a transfer to a
+    /// number not on this list is refused [default: no transfers].
+    #[arg(long, value_name = "NAME=NUMBER", env = "TGVOICE_TRANSFER_TO", value_delimiter = ',')]
+    transfer_to: Vec<String>,
+    /// The Twilio account SID for the REST API (ending and transferring calls); Twilio's
+    /// stream `start` message carries it too, which wins [default: $TWILIO_ACCOUNT_SID].
+    #[arg(long, value_name = "SID", env = "TWILIO_ACCOUNT_SID")]
+    account_sid: Option<String>,
+    /// The base URL of Twilio's REST API (a stand-in's in tests).
+    #[arg(long, value_name = "URL", default_value = "https://api.twilio.com", env = "TWILIO_API_BASE")]
+    api_base: String,
     /// Give up on an instance that is not ready after this many seconds.
     #[arg(long, default_value_t = 120)]
     ready_timeout: u64,
@@ -125,6 +140,14 @@ fn main_inner(args: Args) -> anyhow::Result<()> {
         return Err(fail(exit::USAGE, "--max-calls must be at least 1"));
     }
     let token = auth_token(&args)?;
+    let transfer_to: Vec<tgvoice::control::Target> = args
+        .transfer_to
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(tgvoice::control::parse_target)
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(exit::USAGE, e))?;
     // The calls' media path gets priority over bulk compute (whisper, the LLM), as callsim's.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -10) } != 0 {
         log::debug!("could not raise priority (not permitted); running at normal priority");
@@ -132,10 +155,10 @@ fn main_inner(args: Args) -> anyhow::Result<()> {
     // The instances are started from this process: they must not inherit the secret.
     std::env::remove_var("TWILIO_AUTH_TOKEN");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(serve(args, token))
+    runtime.block_on(serve(args, token, transfer_to))
 }
 
-async fn serve(args: Args, token: signature::AuthToken) -> anyhow::Result<()> {
+async fn serve(args: Args, token: signature::AuthToken, transfer_to: Vec<tgvoice::control::Target>) -> anyhow::Result<()> {
     let pool = Pool::new(PoolConfig {
         voicecall: args.voicecall.clone().unwrap_or_else(pool::default_voicecall),
         prefix: args.instance_prefix.clone(),
@@ -144,6 +167,7 @@ async fn serve(args: Args, token: signature::AuthToken) -> anyhow::Result<()> {
         llm_url: args.llm_url.clone(),
         keep_logs: args.keep_logs.clone(),
         ready_timeout: Duration::from_secs(args.ready_timeout),
+        transfer_to: transfer_to.iter().map(|t| format!("{}={}", t.name, t.number)).collect::<Vec<_>>().join(","),
         claim_timeout: Duration::from_secs(30),
     });
     if args.llm_url.is_none() && std::env::var_os("TGVOICE_LLM_BASE_URL").is_none() && std::env::var_os("ANTHROPIC_API_KEY").is_none() && std::env::var_os("OPENAI_API_KEY").is_none() {
@@ -161,6 +185,9 @@ async fn serve(args: Args, token: signature::AuthToken) -> anyhow::Result<()> {
         allow: args.allow.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
         deny: args.deny.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
         shutdown: stop_rx.clone(),
+        transfer_to,
+        account_sid: args.account_sid.clone().filter(|s| !s.trim().is_empty()),
+        api_base: args.api_base.clone(),
     });
     log::info!(
         "listening on http://{} (webhook {}{}, stream {}); {} warm instance(s), at most {} call(s)",

@@ -30,6 +30,9 @@ pub struct PoolConfig {
     /// Where a finished instance's logs are moved (None: deleted with it).
     pub keep_logs: Option<PathBuf>,
     pub ready_timeout: Duration,
+    /// `--transfer-to` as NAME=NUMBER,… (TGVOICE_TRANSFER_TO of every instance: its
+    /// llm-relay's `--transfer-to`); empty = none.
+    pub transfer_to: String,
     /// A webhook's claim on a line lapses if its WebSocket does not arrive in this time.
     pub claim_timeout: Duration,
 }
@@ -217,6 +220,12 @@ impl Pool {
         // (bins/vadseg/README.md "Phone lines"). One the user set for every line is kept.
         if std::env::var_os("VADSEG_LINE").is_none() {
             c.env("VADSEG_LINE", "phone");
+        }
+        // The numbers its llm-relay may transfer to are this bridge's, whatever the environment had.
+        if self.cfg.transfer_to.is_empty() {
+            c.env_remove("TGVOICE_TRANSFER_TO");
+        } else {
+            c.env("TGVOICE_TRANSFER_TO", &self.cfg.transfer_to);
         }
         if let Some(url) = &self.cfg.llm_url {
             c.env("TGVOICE_LLM_BASE_URL", url);

@@ -27,6 +27,12 @@ pub struct App {
     pub allow: Vec<String>,
     pub deny: Vec<String>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// `--transfer-to`: the only numbers a `transfer` may go to.
+    pub transfer_to: Vec<tgvoice::control::Target>,
+    /// `--account-sid` (a stream's `start.accountSid` wins).
+    pub account_sid: Option<String>,
+    /// Twilio's REST API (`--api-base`).
+    pub api_base: String,
 }
 
 impl App {

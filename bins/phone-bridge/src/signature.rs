@@ -15,6 +15,11 @@ impl AuthToken {
     pub fn new(token: String) -> Self {
         AuthToken(token)
     }
+
+    /// The token itself, for Twilio's REST API (basic auth). Never log it.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for AuthToken {

@@ -34,6 +34,14 @@ pub fn say_and_hang_up(message: &str) -> String {
     format!("{HEAD}<Response><Say>{}</Say><Hangup/></Response>", xml_escape(message))
 }
 
+/// Call control `transfer` (fifo-layout.md "Call control"): the live call goes to `number`.
+/// The assistant has already said the notice, so `say` is for a line that has not (None: no
+/// `<Say>`).
+pub fn dial(number: &str, say: Option<&str>) -> String {
+    let say = say.map(|s| format!("<Say>{}</Say>", xml_escape(s))).unwrap_or_default();
+    format!("{HEAD}<Response>{say}<Dial>{}</Dial></Response>", xml_escape(number))
+}
+
 /// A caller we do not take (allowlist/denylist).
 pub fn reject() -> String {
     format!("{HEAD}<Response><Reject reason=\"rejected\"/></Response>")
@@ -48,5 +56,7 @@ mod tests {
         let x = connect_stream("wss://h.example/stream", &[("from", "+1555\"<&>")]);
         assert!(x.contains(r#"<Stream url="wss://h.example/stream"><Parameter name="from" value="+1555&quot;&lt;&amp;&gt;"/>"#), "{x}");
         assert!(say_and_hang_up("a < b").contains("<Say>a &lt; b</Say><Hangup/>"));
+        assert!(dial("+15551230000", None).ends_with("<Response><Dial>+15551230000</Dial></Response>"));
+        assert!(dial("+1<5", Some("Hold on & wait")).contains("<Say>Hold on &amp; wait</Say><Dial>+1&lt;5</Dial>"));
     }
 }

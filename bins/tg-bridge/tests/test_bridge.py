@@ -332,3 +332,61 @@ def test_a_second_call_while_answering_the_first_is_declined(run_dir):
         await b.stop()
     asyncio.run(scenario())
     assert backend.log == [("decline", 2), ("answer", 1), ("hang_up", 1)]
+
+
+def test_the_assistants_hangup_ends_a_private_call_after_the_goodbye_has_played(fake_backend, run_dir, drain):
+    """Call control (fifo-layout.md "Call control"): a private call's call-start offers "end";
+    tts-writer writes 0.5 s of goodbye into tg_output.raw, then `hangup` on line.frames at once
+    (the goodbye is still in the pipe, as tts-writer writes ≤ 60 ms ahead, here all of it): the
+    bridge sends every frame of it into the call, then hangs up (call-end "ended"). A `transfer`
+    is one log line and the call goes on; a group voice chat offers no controls."""
+    control = drain(run_dir / "control.frames")
+    goodbye = b"\x10\x27" * 480 * 50                   # 50 frames of 10 ms, non-silent
+
+    def line_event(event):
+        fd = os.open(run_dir / "line.frames", os.O_WRONLY | os.O_NONBLOCK)
+        buf = io.BytesIO()
+        tgvoice_frames.write_event(buf, event)
+        os.write(fd, buf.getvalue())
+        os.close(fd)
+
+    async def scenario():
+        b = Bridge(fake_backend, run_dir, mode="answer", allow=["111"])
+        await b.start()
+        await fake_backend.ring(111)
+        await settle(0.1)
+        line_event({"type": "transfer", "turn": 3, "to": "+15550100", "name": "desk"})
+        await settle(0.2)
+        assert b.current is not None, "a transfer ended the call"
+        fd = os.open(run_dir / "tg_output.raw", os.O_WRONLY | os.O_NONBLOCK)
+        os.write(fd, goodbye)
+        line_event({"type": "hangup", "turn": 3, "reason": "assistant"})
+        t0 = time.monotonic()
+        while b.current is not None and time.monotonic() - t0 < 5:
+            await settle(0.01)
+        hung_up_after = time.monotonic() - t0
+        os.close(fd)
+        await b.stop()
+        return b, hung_up_after
+    b, hung_up_after = asyncio.run(scenario())
+    assert fake_backend.log == [("answer", 111), ("hang_up", 111)]
+    said = [pcm for _, chat, pcm in fake_backend.sent if chat == 111 and pcm == goodbye[:960]]
+    assert len(said) == 50, f"{len(said)} of the 50 goodbye frames were sent before the hang-up"
+    assert 0.5 <= hung_up_after < 2.0, hung_up_after
+    time.sleep(0.15)
+    ev = events_in(control.close())
+    assert ev[0]["type"] == "call-start" and ev[0]["controls"] == ["end"]
+    assert [(e["type"], e.get("reason")) for e in ev[1:]] == [("call-end", "ended")]
+
+
+def test_a_group_voice_chat_offers_no_call_control(fake_backend, run_dir, drain):
+    control = drain(run_dir / "control.frames")
+
+    async def scenario():
+        b = Bridge(fake_backend, run_dir, mode="group", chat=-100)
+        await b.start()
+        await b.stop()
+    asyncio.run(scenario())
+    time.sleep(0.15)
+    ev = events_in(control.close())
+    assert ev[0]["type"] == "call-start" and "controls" not in ev[0]

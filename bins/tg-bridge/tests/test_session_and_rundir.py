@@ -56,7 +56,7 @@ def test_default_session_path_honours_the_environment(monkeypatch, tmp_path):
 def test_run_dir_is_private_with_fifos_and_refuses_impostors(tmp_path):
     d = rundir.prepare(tmp_path / "run")
     assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
-    for name in ("tg_input.raw", "tg_output.raw", "control.frames", "tg_input.tap", "tg_output.tap"):
+    for name in ("tg_input.raw", "tg_output.raw", "control.frames", "line.frames", "tg_input.tap", "tg_output.tap"):
         st = os.lstat(d / name)
         assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
     os.chmod(d, 0o755)

@@ -158,6 +158,11 @@ struct Args {
     /// playing instead of guessing. Dropped while nobody reads it.
     #[arg(long, value_name = "PATH")]
     played: Option<PathBuf>,
+    /// Send call control to the line owner on this FIFO (the line.frames link): `hangup` and
+    /// `transfer` from llm-relay, each once the audio of the replies before it is written
+    /// (fifo-layout.md "Call control").
+    #[arg(long, value_name = "PATH")]
+    line: Option<PathBuf>,
     /// Where metrics.jsonl goes [default: ~/.local/state/tgvoice/default].
     #[arg(long, value_name = "DIR", env = "TGVOICE_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -245,6 +250,11 @@ fn speak(args: Args) -> anyhow::Result<()> {
     let played = args.played.as_ref().map(|p| FrameSink::open(tgvoice::Endpoint::Path(p.clone()), None, TapFormat::JsonLines)).transpose()?;
     let player = match &played {
         Some(sink) => player.with_playback_reports(sink.handle()),
+        None => player,
+    };
+    let line = args.line.as_ref().map(|p| FrameSink::open(tgvoice::Endpoint::Path(p.clone()), None, TapFormat::JsonLines)).transpose()?;
+    let player = match &line {
+        Some(sink) => player.with_line(sink.handle()),
         None => player,
     };
 

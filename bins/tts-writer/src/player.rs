@@ -154,6 +154,11 @@ pub enum PlayerMsg {
     /// It was a false alarm (speech-void/resume of turn `below`): go on from a little before
     /// where the paused reply stopped.
     Resume { below: u64 },
+    /// Call control (`hangup`, `transfer`): written once every reply of a turn up to its
+    /// `turn` queued before it is written (after their `reply-played`).
+    Line(Event),
+    /// A call boundary: call control not written yet is dropped.
+    DropLine,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +197,7 @@ const REPLAY_SEEK: Duration = Duration::from_millis(250);
 enum Item {
     Audio { turn: u64, seq: u64, samples: Vec<i16>, pos: usize },
     TurnEnd { turn: u64 },
+    Line { turn: u64, event: Event },
 }
 
 pub struct Player {
@@ -220,6 +226,8 @@ pub struct Player {
     playback_reports: Option<SinkHandle>,
     /// The turn of the last `reply-progress` sent, and the audio written for it since (samples).
     progress: Option<(u64, usize)>,
+    /// The line owner's link (`--line`): call control.
+    line: Option<SinkHandle>,
 }
 
 impl Player {
@@ -244,7 +252,14 @@ impl Player {
             played_tail: VecDeque::new(),
             playback_reports: None,
             progress: None,
+            line: None,
         }
+    }
+
+    /// Send call control (`hangup`, `transfer`) to `sink` (the line.frames link).
+    pub fn with_line(mut self, sink: SinkHandle) -> Self {
+        self.line = Some(sink);
+        self
     }
 
     /// Send `reply-progress` and `reply-played` events to `sink` (the played.frames link).
@@ -431,6 +446,15 @@ impl Player {
             PlayerMsg::Cancel => self.cancel(barrier),
             PlayerMsg::Pause { below } => self.pause(below),
             PlayerMsg::Resume { below } => self.resume(below),
+            PlayerMsg::Line(event) => {
+                let turn = event.turn.unwrap_or(0);
+                if turn >= barrier {
+                    self.queue.push_back(Item::Line { turn, event });
+                } else {
+                    log::info!("{} after cancelled turn {turn}: dropped", event.kind);
+                }
+            }
+            PlayerMsg::DropLine => self.queue.retain(|i| !matches!(i, Item::Line { .. })),
         }
     }
 
@@ -587,7 +611,7 @@ impl Player {
         }
         let before = self.queue.len();
         self.queue.retain(|i| match i {
-            Item::Audio { turn, .. } | Item::TurnEnd { turn } => *turn >= barrier,
+            Item::Audio { turn, .. } | Item::TurnEnd { turn } | Item::Line { turn, .. } => *turn >= barrier,
         });
         for played in self.ledger.cut_below(barrier) {
             self.reply_done(played);
@@ -621,6 +645,7 @@ impl Player {
                     first_turn.get_or_insert(*turn);
                 }
                 Item::TurnEnd { .. } => break, // a turn's report waits for its audio
+                Item::Line { .. } => continue, // waits for the audio before it, holds back none
             }
         }
         while matches!(self.queue.front(), Some(Item::Audio { samples, pos, .. }) if *pos >= samples.len()) {
@@ -736,12 +761,42 @@ impl Player {
         }
     }
 
+    /// Call control whose audio before it is written: to the line owner (`--line`), and into
+    /// a framed output.
+    fn line_event(&mut self, event: Event) {
+        log::info!("{} (turn {}) to the line owner: the audio before it is written", event.kind, event.turn.unwrap_or(0));
+        let frame = Frame::Event(event);
+        if self.cfg.frames.is_some() && self.render(&frame) == WriteOutcome::Closed {
+            self.closed = true;
+        }
+        match &self.line {
+            Some(sink) => sink.send(frame),
+            None if self.cfg.frames.is_none() => log::warn!("call control with no --line link to send it on: dropped"),
+            None => {}
+        }
+    }
+
     /// Report turns whose audio is all written. Not only at the head of the queue: a reply
     /// that played while an older one was paused ends behind the older one's place, and its
     /// record must not wait for the pause to settle (or be lost when the input ends).
     fn report_finished_turns(&mut self) {
         let mut i = 0;
         while i < self.queue.len() {
+            if let Item::Line { turn, .. } = self.queue[i] {
+                // Behind every reply up to its turn queued before it: their audio and their end.
+                let before = self.queue.range(..i).any(|x| match x {
+                    Item::Audio { turn: t, samples, pos, .. } => *t <= turn && *pos < samples.len(),
+                    Item::TurnEnd { turn: t } => *t <= turn,
+                    Item::Line { .. } => true,
+                });
+                if before {
+                    i += 1;
+                    continue;
+                }
+                let Some(Item::Line { event, .. }) = self.queue.remove(i) else { unreachable!() };
+                self.line_event(event);
+                continue;
+            }
             let Item::TurnEnd { turn } = self.queue[i] else {
                 i += 1;
                 continue;
@@ -1076,5 +1131,62 @@ mod tests {
             let p = r.played_of(turn);
             assert_eq!((p["cancelled"].clone(), p["played_ms"].clone()), (false.into(), ms.into()), "turn {turn}");
         }
+    }
+
+    /// Where in the output the call-control events are: (time, index among the frames).
+    fn line_events(r: &Rig) -> Vec<(Duration, usize, Event)> {
+        r.frames()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, (t, f))| match f {
+                Frame::Event(e) if e.is("hangup") || e.is("transfer") => Some((t, i, e)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn call_control_waits_for_the_audio_before_it_and_follows_its_reply_played() {
+        let mut r = Rig::new();
+        r.reply(1, &[("Goodbye, take care.", 1500)]);
+        r.player.handle(PlayerMsg::Line(Event::new("hangup").with_turn(1).with("reason", "assistant")));
+        r.run_for(1000);
+        assert!(line_events(&r).is_empty(), "not before the goodbye has played");
+        r.run_for(1000);
+        let events = line_events(&r);
+        assert_eq!(events.len(), 1, "{events:?}");
+        let (at, index, e) = &events[0];
+        assert_eq!((e.turn, e.get_str("reason")), (Some(1), Some("assistant")));
+        // Written with the last of the audio (1.5 s, 60 ms of lead), after every audio frame
+        // of the reply and its reply-played.
+        assert!(*at >= Duration::from_millis(1440), "at {at:?}");
+        assert_eq!(r.audio(1).len(), 1500 * MS);
+        let frames = r.frames();
+        let played = frames.iter().position(|(_, f)| matches!(f, Frame::Event(e) if e.is("reply-played"))).unwrap();
+        assert!(played < *index, "reply-played {played}, hangup {index}");
+        assert!(frames[*index..].iter().all(|(_, f)| !matches!(f, Frame::Audio(_))));
+    }
+
+    #[test]
+    fn call_control_goes_with_a_cancelled_reply_and_at_a_call_boundary() {
+        // The caller cut the goodbye off: they did not hear it, the call goes on.
+        let mut r = Rig::new();
+        r.reply(1, &[("Goodbye.", 2000)]);
+        r.player.handle(PlayerMsg::Line(Event::new("hangup").with_turn(1)));
+        r.run_for(500);
+        r.barrier.store(2, Ordering::SeqCst);
+        r.player.handle(PlayerMsg::Cancel);
+        r.reply(2, &[("Sure, go on.", 300)]);
+        r.run_for(3000);
+        assert!(line_events(&r).is_empty());
+        assert_eq!(r.audio(2).len(), 300 * MS, "the next reply plays");
+
+        // A new call (or the call's end) drops one not written yet.
+        let mut r = Rig::new();
+        r.reply(1, &[("Putting you through.", 1000)]);
+        r.player.handle(PlayerMsg::Line(Event::new("transfer").with_turn(1).with("to", "+15551230000")));
+        r.player.handle(PlayerMsg::DropLine);
+        r.run_for(2000);
+        assert!(line_events(&r).is_empty());
     }
 }

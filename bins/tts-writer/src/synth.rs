@@ -24,6 +24,8 @@ pub enum SynthJob {
     /// (turn, seq, text) is then asked for.
     Ahead { turn: u64, seq: u64, text: String },
     End { turn: u64 },
+    /// Call control (`hangup`, `transfer`): to the player, in order behind the audio before it.
+    Line(tgvoice::Event),
 }
 
 /// Fade length at each utterance edge (native-rate samples per ms × 2 ms), so joins never click.
@@ -71,6 +73,9 @@ pub fn run(
     let mut played_live: Option<(u64, u64)> = None;
     for job in jobs {
         match job {
+            SynthJob::Line(event) => {
+                let _ = player.send(PlayerMsg::Line(event));
+            }
             SynthJob::End { turn } => {
                 let _ = player.send(PlayerMsg::TurnEnd { turn });
             }

@@ -14,6 +14,8 @@
 //!   kept (`--speak-ahead`); the `reply-chunk` with the same turn, seq and text plays it.
 //! * `call-start {greeting}` — speak the greeting (not on a `rejoin`).
 //! * `call-end` — stop everything.
+//! * `hangup`, `transfer` — call control for the line owner: passed on in order, written once
+//!   the audio before it is (fifo-layout.md "Call control").
 //! * A turn id far ahead of the clock (`Event::plausible_turn`) is bad input: ignored, logged.
 //! * plain text lines — each line is a reply of its own (turns 1, 2, …).
 
@@ -151,8 +153,21 @@ impl TurnController {
                 let barrier = e.turn.unwrap_or(self.latest_turn) + 1;
                 self.cancel_below(barrier, "cancel");
             }
-            kind::CALL_END => self.cancel_below(self.latest_turn + 1, "call-end"),
+            kind::CALL_END => {
+                self.cancel_below(self.latest_turn + 1, "call-end");
+                self.tell_player(PlayerMsg::DropLine);
+            }
+            "hangup" | "transfer" => {
+                let turn = e.turn.unwrap_or(self.latest_turn);
+                if turn < self.barrier() {
+                    log::info!("{} after cancelled turn {turn}: dropped (the caller did not hear that reply)", e.kind);
+                    return;
+                }
+                e.turn = Some(turn);
+                self.job(SynthJob::Line(e));
+            }
             kind::CALL_START => {
+                self.tell_player(PlayerMsg::DropLine);
                 log::info!("call {} started", e.get_str("call").unwrap_or("?"));
                 if let Some(greeting) = e.get_str("greeting").filter(|g| !g.trim().is_empty()) {
                     if e.get_bool("rejoin") != Some(true) {

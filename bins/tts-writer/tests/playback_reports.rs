@@ -4,7 +4,6 @@
 
 mod common;
 use common::*;
-use std::io::Read;
 use tgvoice::frame::FrameDecoder;
 use tgvoice::{Event, Frame};
 
@@ -12,17 +11,7 @@ use tgvoice::{Event, Frame};
 fn progress_every_half_second_of_audio_then_the_reply_played() {
     require_espeak();
     let dir = tempfile::tempdir().unwrap();
-    let played = dir.path().join("played.frames");
-    mkfifo(&played);
-    // Read the link as llm-relay would, to its end (tts-writer exits at the end of its input).
-    let reader = {
-        let played = played.clone();
-        std::thread::spawn(move || {
-            let mut bytes = vec![];
-            std::fs::File::open(&played).unwrap().read_to_end(&mut bytes).unwrap();
-            bytes
-        })
-    };
+    let (played, reader) = fifo_read_to_end(dir.path(), "played.frames");
     let text = "This reply lasts a few seconds, so that its progress is reported several times over.";
     let mut input = chunk(8, 0, text);
     input.extend(reply_end(8));

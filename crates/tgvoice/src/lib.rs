@@ -12,12 +12,14 @@
 //! * [`text`] — where written text may be cut into spoken pieces (chunker and TTS segmenter)
 //! * [`logmel`] — Whisper-style log-mel features (for the turn model)
 //! * [`render`] — how frames are written for their reader: frames, JSON lines, or text on a terminal
+//! * [`control`] — call control: transfer numbers (`NAME=NUMBER`)
 //! * [`cli`] — shared flags, exit codes and the common `main` wrapper; [`log`] — log lines
 //! * [`secret`] — API keys for the stages' servers; [`wyoming`] — the Wyoming event codec
 
 pub mod audio;
 pub mod cli;
 pub mod clock;
+pub mod control;
 pub mod event;
 pub mod fifo;
 pub mod frame;

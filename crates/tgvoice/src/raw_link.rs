@@ -3,7 +3,8 @@
 //! non-blocking (no reader or full pipe: drop and count) and, as the link's writer, mirrors the
 //! caller's audio into its tap `tg_input.tap` while someone reads it; [`RawOutputReader`] polls
 //! `tg_output.raw` non-blocking (nothing there: the caller hears silence); [`TapLines`] follows
-//! a JSON-lines tap (`text.tap`, `reply.tap`) non-blocking. Used by callsim and phone-bridge.
+//! a JSON-lines tap (`text.tap`, `reply.tap`) non-blocking; [`LineEvents`] polls tts-writer's
+//! `line.frames` (call control, fifo-layout.md "Call control"). Used by callsim and phone-bridge.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -133,6 +134,40 @@ impl TapLines {
             let line: Vec<u8> = self.partial.drain(..=i).collect();
             if let Ok(v) = serde_json::from_slice::<Value>(&line) {
                 out.push(v);
+            }
+        }
+        out
+    }
+}
+
+/// Non-blocking reader of `line.frames`, tts-writer's call control for the line owner
+/// (fifo-layout.md "Call control"): the events that arrived since the last poll. Anything that
+/// is not an event frame is one log line and skipped.
+pub struct LineEvents {
+    reader: RawOutputReader,
+    decoder: crate::frame::FrameDecoder,
+}
+
+impl LineEvents {
+    /// `<run_dir>/line.frames` when the instance has that FIFO (None: no call control).
+    pub fn open(run_dir: &Path) -> std::io::Result<Option<Self>> {
+        let path = run_dir.join("line.frames");
+        if !crate::fifo::is_fifo(&path) {
+            return Ok(None);
+        }
+        Ok(Some(LineEvents { reader: RawOutputReader::open(path)?, decoder: crate::frame::FrameDecoder::new() }))
+    }
+
+    pub fn poll(&mut self) -> Vec<crate::Event> {
+        let mut bytes = vec![];
+        self.reader.read_available(&mut bytes);
+        self.decoder.push(&bytes);
+        let mut out = vec![];
+        while let Some(frame) = self.decoder.next() {
+            match frame {
+                Ok(crate::Frame::Event(e)) => out.push(e),
+                Ok(_) => log::warn!("line.frames: audio on an event link; skipped"),
+                Err(e) => log::warn!("line.frames: {e}; skipped"),
             }
         }
         out

@@ -15,6 +15,7 @@ pub const LINKS: &[&str] = &[
     "reply.frames",
     "tg_output.raw",
     "played.frames",
+    "line.frames",
 ];
 
 /// The default run directory of `instance` ([`crate::paths::run_dir`]).

@@ -13,6 +13,12 @@ Each call start/end goes to ``control.frames`` as an event frame
 "reason":…}``), written without blocking (held in a small queue while nobody reads, see ControlEvents).
 ``stop()`` (SIGTERM/SIGINT) hangs up cleanly.
 
+Call control (fifo-layout.md "Call control"): on a private call the call-start says
+``"controls": ["end"]``; a ``hangup`` that tts-writer writes on ``line.frames`` after the
+goodbye's last sample hangs the call up once the audio the bridge has taken from
+``tg_output.raw`` has been sent and played (``call-end`` reason ``ended``). A group voice chat
+offers no controls, and tg-bridge cannot transfer a call: such an event is one log line.
+
 With ``voice`` (options of ``voicemsg.VoiceMessages``, e.g. ``{"pipeline": MessagePipeline(…)}``)
 voice notes from the same allowlist are answered too, on a pipeline of their own.
 """
@@ -26,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tgvoice_frames  # python/tgvoice_frames.py, installed beside the bridge (80-bridge.sh)
-from .fifo import NonBlockingFrameReader, NonBlockingWriter
+from .fifo import NonBlockingEventReader, NonBlockingFrameReader, NonBlockingWriter
 from .media import FRAME_BYTES, IncomingAudio, SendPump
 
 log = logging.getLogger("tg-bridge")
@@ -110,6 +116,9 @@ class Bridge:
         self.output_tap = NonBlockingWriter(run_dir / "tg_output.tap", retry_s=0.25, clock=clock)
         self.output = NonBlockingFrameReader(run_dir / "tg_output.raw", FRAME_BYTES)
         self.control = ControlEvents(NonBlockingWriter(run_dir / "control.frames", retry_s=0.1, clock=clock))
+        # tts-writer's call control (hangup), when the run directory has line.frames.
+        line = run_dir / "line.frames"
+        self.line = NonBlockingEventReader(line) if line.is_fifo() and not line.is_symlink() else None
         self.incoming = IncomingAudio(self.input, self.input_tap)
         self.pump = SendPump(self.output, self._send, self.output_tap, clock=clock)
         self.current = None
@@ -151,6 +160,8 @@ class Bridge:
             event["greeting"] = self.greeting
         if rejoin:
             event["rejoin"] = True
+        if self.line is not None and chat_id > 0:
+            event["controls"] = ["end"]      # a private call can be hung up (not a group chat)
         self.control.emit(event)
 
     def _counters(self):
@@ -176,6 +187,8 @@ class Bridge:
         self._tasks.append(asyncio.ensure_future(self.pump.run()))
         self._tasks.append(asyncio.ensure_future(self._poll()))
         self._tasks.append(asyncio.ensure_future(self._flush_control()))
+        if self.line is not None:
+            self._tasks.append(asyncio.ensure_future(self._watch_line()))
         if self.voice is not None:
             await self.voice.start()
         if self.mode == "group":
@@ -258,6 +271,42 @@ class Bridge:
             if self.control.queue:
                 self.control.flush()
 
+    async def _watch_line(self, every_s=0.02):
+        """Call control from tts-writer (line.frames): hang up on ``hangup``."""
+        while True:
+            await asyncio.sleep(every_s)
+            for event in self.line.poll():
+                kind, call = event.get("type"), self.current
+                if kind == "hangup" and call is not None and call.private:
+                    log.info("the assistant hangs up (turn %s); once its goodbye has played", event.get("turn"))
+                    self._tasks.append(asyncio.ensure_future(self._hang_up_after_audio(call)))
+                elif kind in ("hangup", "transfer"):
+                    why = ("tg-bridge cannot transfer a call" if kind == "transfer" else
+                           "no call is up" if call is None else "a group voice chat is not hung up on")
+                    log.warning("line.frames: %s asked for, but %s; ignored, the call goes on", kind, why)
+                else:
+                    log.debug("line.frames: ignoring %s", kind)
+
+    async def _hang_up_after_audio(self, call, quiet_s=0.1, playout_s=0.2, limit_s=30.0):
+        """Hang up ``call`` once the sender has taken nothing from tg_output.raw for ``quiet_s``
+        (tts-writer wrote the hangup after the goodbye's last sample, so the goodbye has all
+        been sent) and ``playout_s`` more has passed for the call stack to play it out."""
+        t0 = time.monotonic()
+        last, since = self.pump.audio_frames, time.monotonic()
+        while time.monotonic() - since < quiet_s and time.monotonic() - t0 < limit_s:
+            await asyncio.sleep(0.01)
+            if self.pump.audio_frames != last:
+                last, since = self.pump.audio_frames, time.monotonic()
+        await asyncio.sleep(playout_s)
+        if self.current is not call:
+            return                      # ended meanwhile (the caller hung up first)
+        self._end("ended")
+        try:
+            await self.backend.hang_up(call.chat_id)
+        except Exception as e:
+            log.warning("hanging up failed: %s: %s", type(e).__name__, e)
+        await self._after_end(call, "ended")
+
     async def _poll(self):
         """py-tgcalls emits nothing when the connection drops: watch its list of calls."""
         while True:
@@ -307,6 +356,8 @@ class Bridge:
         for end in (self.input, self.input_tap, self.output_tap, self.control):
             end.close()
         self.output.close()
+        if self.line is not None:
+            self.line.close()
         log.info("stats: sent %d frames (%d audio, %d silence of which %d underruns, %d send errors, "
                  "%d resyncs); tg_input.raw: %d written, %d dropped (no reader %d, full %d)",
                  self.pump.ticks, self.pump.audio_frames, self.pump.silence_frames, self.pump.underruns,

@@ -155,3 +155,62 @@ class NonBlockingFrameReader:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class NonBlockingEventReader:
+    """Reads event frames (fifo-layout.md §2) from a FIFO without blocking: ``poll()`` returns
+    the events that arrived since the last call (possibly none). A bad frame header is logged
+    and skipped up to the next ``TGVF``; audio frames and undecodable events are logged and
+    skipped. Used for ``line.frames`` (call control from tts-writer)."""
+
+    MAGIC = b"TGVF"
+
+    def __init__(self, path, name=None):
+        self.path = str(path)
+        self.name = name or os.path.basename(self.path)
+        self.fd = None
+        self.buf = b""
+
+    def poll(self):
+        import json
+        import struct
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            self.buf += data
+        events = []
+        while len(self.buf) >= 12:
+            magic, version, kind, flags, length = struct.unpack_from("<4sBBHI", self.buf)
+            if magic != self.MAGIC or version != 1 or flags or kind not in (1, 2) or length > 1 << 20:
+                skip = self.buf.find(self.MAGIC, 1)
+                skip = len(self.buf) - 3 if skip < 0 else skip
+                log.warning("%s: bad frame header; skipped %d bytes", self.name, skip)
+                self.buf = self.buf[skip:]
+                continue
+            if len(self.buf) < 12 + length:
+                break
+            payload, self.buf = self.buf[12:12 + length], self.buf[12 + length:]
+            if kind != 2:
+                log.warning("%s: audio on an event link; skipped", self.name)
+                continue
+            try:
+                event = json.loads(payload.decode("utf-8"))
+            except ValueError as e:
+                log.warning("%s: an event that is not JSON (%s); skipped", self.name, e)
+                continue
+            if isinstance(event, dict) and isinstance(event.get("type"), str):
+                events.append(event)
+            else:
+                log.warning("%s: an event without a type; skipped", self.name)
+        return events
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

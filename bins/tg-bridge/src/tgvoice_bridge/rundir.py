@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import paths
 
-BRIDGE_LINKS = ("tg_input.raw", "tg_output.raw", "control.frames")
+BRIDGE_LINKS = ("tg_input.raw", "tg_output.raw", "control.frames", "line.frames")
 BRIDGE_TAPS = ("tg_input.tap", "tg_output.tap")
 
 

@@ -179,6 +179,22 @@ pub fn mkfifo(path: &Path) {
     tgvoice::fifo::ensure_fifo(path).expect("mkfifo");
 }
 
+/// A new FIFO `name` in `dir`, read to its end in a thread (as llm-relay or the bridge reads
+/// its link; tts-writer closes it when it exits): the path and what was read.
+pub fn fifo_read_to_end(dir: &Path, name: &str) -> (PathBuf, std::thread::JoinHandle<Vec<u8>>) {
+    let path = dir.join(name);
+    mkfifo(&path);
+    let reader = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let mut bytes = vec![];
+            std::fs::File::open(&path).unwrap().read_to_end(&mut bytes).unwrap();
+            bytes
+        })
+    };
+    (path, reader)
+}
+
 /// tts-writer writing to an output FIFO in a temporary directory (its state directory too), with
 /// a non-blocking reader on that FIFO and a pipe to its stdin: the set-up of the live tests.
 pub struct LiveWriter {
