@@ -323,14 +323,17 @@ fn phone_line_interruptions_stop_a_reply_and_false_alarms_resume_it() {
 }
 
 async fn phone_line_barge_in() {
-    use common::{load_average, noises, percentile, piper_wav, BACKCHANNELS, BARGE_IN_REPLY, INTERRUPTIONS};
+    use common::{load_average, noises, percentile, piper_wavs, BACKCHANNELS, BARGE_IN_REPLY, INTERRUPTIONS};
     let dir = tempfile::tempdir().unwrap();
-    let piper_8k = |name: &str, text: &str| wav_8k(&piper_wav(dir.path(), name, text));
-    let question = piper_8k("question", "Tell me a story.");
-    let interruptions: Vec<(String, Vec<i16>)> =
-        INTERRUPTIONS.iter().enumerate().map(|(i, w)| (w.to_string(), piper_8k(&format!("interrupt-{i}"), w))).collect();
+    // Every sound in the Piper voice, made side by side.
+    let mut texts = vec![("question".to_string(), "Tell me a story.".to_string())];
+    texts.extend(INTERRUPTIONS.iter().enumerate().map(|(i, w)| (format!("interrupt-{i}"), w.to_string())));
+    texts.extend(BACKCHANNELS[..4].iter().enumerate().map(|(i, w)| (format!("backchannel-{i}"), w.to_string())));
+    let mut said = piper_wavs(dir.path(), &texts).into_iter().map(|w| wav_8k(&w));
+    let question = said.next().unwrap();
+    let interruptions: Vec<(String, Vec<i16>)> = INTERRUPTIONS.iter().map(|w| (w.to_string(), said.next().unwrap())).collect();
     let mut false_alarms: Vec<(String, Vec<i16>)> = noises().into_iter().map(|(n, s)| (n.to_string(), to_8k(16_000, &s))).collect();
-    false_alarms.extend(BACKCHANNELS[..4].iter().enumerate().map(|(i, w)| (w.to_string(), piper_8k(&format!("backchannel-{i}"), w))));
+    false_alarms.extend(BACKCHANNELS[..4].iter().map(|w| (w.to_string(), said.next().unwrap())));
     // Uniform noise of amplitude A has RMS A/√3.
     let amplitude = tgvoice::audio::dbfs_to_i16_rms(LINE_NOISE_DBFS) * 3f64.sqrt() / 32767.0;
     let line_noise = common::noise(8_000 * 10, amplitude as f32, 24);

@@ -13,7 +13,7 @@ use tgvoice::testkit::bin_path;
 
 /// Test speech: the short-question set, its voices and the normalised scoring.
 mod common;
-use common::{load_average, noises, percentile, piper_wav, BACKCHANNELS, BARGE_IN_REPLY, INTERRUPTIONS};
+use common::{load_average, noises, percentile, piper_wavs, BACKCHANNELS, BARGE_IN_REPLY, INTERRUPTIONS};
 /// A stand-in OpenAI-compatible server, for tests that need the replies known in advance.
 mod standin_llm;
 use standin_llm::{Replies, StandInLlm};
@@ -39,6 +39,8 @@ struct Pipeline {
     /// Extra environment for scripts/voicecall (e.g. another instance's LLM server).
     env: Vec<(String, String)>,
     llm_port: u16,
+    /// The instance runs its own local LLM server (else a stand-in's or another instance's).
+    own_llm: bool,
 }
 
 impl Pipeline {
@@ -65,8 +67,9 @@ impl Pipeline {
     fn start_with(instance: &str, env: Vec<(String, String)>, llm_port: Option<u16>) -> Pipeline {
         let state = tempfile::tempdir().unwrap();
         let instance = format!("{instance}-{}", std::process::id());
+        let own_llm = llm_port.is_none();
         let llm_port = llm_port.unwrap_or_else(|| local_llm_port(&instance, state.path()));
-        let mut p = Pipeline { instance, state, run_dir: PathBuf::new(), env, llm_port };
+        let mut p = Pipeline { instance, state, run_dir: PathBuf::new(), env, llm_port, own_llm };
         // --wait: back once every stage (llm-server too, when it runs one) is ready (fifo-layout.md §5).
         let out = p.voicecall(&["start", "--wait", "240"]);
         assert!(out.status.success(), "voicecall start --wait: {}", String::from_utf8_lossy(&out.stderr));
@@ -116,7 +119,11 @@ impl Pipeline {
         for _ in 0..600 {
             let ok = Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{port}/v1/models")]).stdout(Stdio::null()).status();
             if ok.map(|s| s.success()).unwrap_or(false) {
-                std::thread::sleep(Duration::from_secs(2));
+                // A local server just up gets a moment to settle; a stand-in, or a server
+                // another instance already waited for, needs none.
+                if self.own_llm {
+                    std::thread::sleep(Duration::from_secs(2));
+                }
                 return;
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -795,11 +802,14 @@ fn hesitations_with_um_mid_sentence_are_answered_once_as_a_whole() {
         ("I'm looking for a hotel near, um...", "the train station.", 600, ["hotel", "looking"], ["train", "station"]),
         ("I'd like a table for, um...", "four people.", 800, ["table", "like"], ["people", "four"]),
     ];
+    let parts: Vec<(String, String)> =
+        requests.iter().enumerate().flat_map(|(i, (a, b, ..))| [(format!("a{i}"), a.to_string()), (format!("b{i}"), b.to_string())]).collect();
+    let parts = piper_wavs(dir.path(), &parts);
     let mut wavs = vec![];
-    for (i, (a, b, pause_ms, _, _)) in requests.iter().enumerate() {
-        let (rate, mut audio) = read_trimmed(&piper_wav(dir.path(), &format!("a{i}"), a));
+    for (i, (_, _, pause_ms, _, _)) in requests.iter().enumerate() {
+        let (rate, mut audio) = read_trimmed(&parts[2 * i]);
         audio.extend(std::iter::repeat(0i16).take(rate as usize * pause_ms / 1000));
-        audio.extend(read_trimmed(&piper_wav(dir.path(), &format!("b{i}"), b)).1);
+        audio.extend(read_trimmed(&parts[2 * i + 1]).1);
         let wav = dir.path().join(format!("request{i}.wav"));
         tgvoice::resample::write_wav_mono(&wav, rate, &audio).unwrap();
         wavs.push(wav.display().to_string());
@@ -1045,7 +1055,14 @@ fn talk_over_reply(p: &Pipeline, question: &Path, sound: &Path, metrics_from: &m
 fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let question = piper_wav(dir.path(), "question", "Tell me a story.");
+    // Every sound in the Piper voice, made side by side while the pipeline starts.
+    let mut texts = vec![("question".to_string(), "Tell me a story.".to_string())];
+    texts.extend(INTERRUPTIONS.iter().enumerate().map(|(i, w)| (format!("interrupt-{i}"), w.to_string())));
+    texts.extend(BACKCHANNELS.iter().enumerate().map(|(i, w)| (format!("backchannel-{i}"), w.to_string())));
+    let making = std::thread::spawn({
+        let dir = dir.path().to_path_buf();
+        move || piper_wavs(&dir, &texts)
+    });
     // The LLM is not this test's subject: a stand-in answers the question with a known reply of
     // ~6 s (long enough to talk over, short enough to hear to its end) and an interruption with
     // a word, so twenty calls take minutes, not the local model's ten-second replies.
@@ -1054,12 +1071,13 @@ fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
         otherwise: "Okay.".into(),
     });
     let p = Pipeline::start_with("bargein-words", vec![("TGVOICE_LLM_BASE_URL".into(), llm.base_url())], Some(llm.port));
+    let wavs = making.join().unwrap();
+    let question = wavs[0].clone();
     let mut from = 0;
     let mut stops = vec![];
     let mut cancelled = 0;
     for (i, words) in INTERRUPTIONS.iter().enumerate() {
-        let wav = piper_wav(dir.path(), &format!("interrupt-{i}"), words);
-        let (reply, turns) = talk_over_reply(&p, &question, &wav, &mut from);
+        let (reply, turns) = talk_over_reply(&p, &question, &wavs[1 + i], &mut from);
         let stop = turns[1]["barge_in_stop_ms"].as_f64();
         println!(
             "interruption {words:?}: heard {:?}, reply cancelled {}, output silent {stop:?} ms after the onset; played {:?}",
@@ -1073,7 +1091,7 @@ fn one_and_two_word_interruptions_stop_a_reply_and_false_alarms_do_not() {
     let (mut noises_resumed, mut backchannels_resumed, mut misheard) = (0, 0, vec![]);
     let mut sounds: Vec<(String, PathBuf)> = noises().into_iter().map(|(n, s)| (n.to_string(), wav16k(dir.path(), n, &s))).collect();
     for (i, words) in BACKCHANNELS.iter().enumerate() {
-        sounds.push((words.to_string(), piper_wav(dir.path(), &format!("backchannel-{i}"), words)));
+        sounds.push((words.to_string(), wavs[1 + INTERRUPTIONS.len() + i].clone()));
     }
     let mut backchannel_gaps = vec![];
     for (name, wav) in &sounds {
@@ -1168,11 +1186,8 @@ fn our_own_voice_fed_back_at_minus_10_db_interrupts_no_reply() {
         "What do bees make?",
         "Tell me about the moon.",
     ];
-    let wavs: Vec<String> = questions
-        .iter()
-        .enumerate()
-        .map(|(i, q)| piper_wav(dir.path(), &format!("q{i}"), q).display().to_string())
-        .collect();
+    let texts: Vec<(String, String)> = questions.iter().enumerate().map(|(i, q)| (format!("q{i}"), q.to_string())).collect();
+    let wavs: Vec<String> = piper_wavs(dir.path(), &texts).iter().map(|w| w.display().to_string()).collect();
     // vadseg follows the played audio (tg_output.tap), as `voicecall mic` with speakers needs;
     // the run directory is known before the start.
     let instance = format!("bargein-echo-{}", std::process::id());
@@ -1218,8 +1233,8 @@ fn a_question_two_seconds_after_a_finished_reply_is_answered_without_a_cancel() 
                 It ends here, and then there is silence for a couple of seconds before the next question.";
     let llm = StandInLlm::start(Replies::Cycle(vec![long.to_string()]));
     let questions = ["What is the capital of France?", "What is two plus two?", "What color is the sky?"];
-    let wavs: Vec<String> =
-        questions.iter().enumerate().map(|(i, q)| piper_wav(dir.path(), &format!("q{i}"), q).display().to_string()).collect();
+    let texts: Vec<(String, String)> = questions.iter().enumerate().map(|(i, q)| (format!("q{i}"), q.to_string())).collect();
+    let wavs: Vec<String> = piper_wavs(dir.path(), &texts).iter().map(|w| w.display().to_string()).collect();
     let p = Pipeline::start_with("after-reply", vec![("TGVOICE_LLM_BASE_URL".into(), llm.base_url())], Some(llm.port));
     let (turns, _) = p.call(&wavs, &["--reply-silence", "2.0", "--reply-timeout", "60"]);
     let relay = p.log("llm-relay");

@@ -255,6 +255,20 @@ pub fn piper_wav(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// Several [`piper_wav`]s at once, in order: `(name, text)` each. Each tts-writer process
+/// spends most of its time loading the voice and pacing its output in real time, so a few side
+/// by side take about as long as one (the barge-in tests need twenty-odd sounds).
+pub fn piper_wavs(dir: &std::path::Path, items: &[(String, String)]) -> Vec<PathBuf> {
+    let mut out = Vec::with_capacity(items.len());
+    for batch in items.chunks(4) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = batch.iter().map(|(name, text)| s.spawn(move || piper_wav(dir, name, text))).collect();
+            out.extend(handles.into_iter().map(|h| h.join().unwrap()));
+        });
+    }
+    out
+}
+
 /// The `p` quantile (0–1) of `sorted`, nearest rank.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
