@@ -177,13 +177,36 @@ pub struct JobDone {
 pub struct TranscriptionWorker {
     jobs: Sender<Job>,
     pub done: Receiver<JobDone>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The longest a dropped worker waits for its thread to free the engine.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Drop for TranscriptionWorker {
+    /// Close the job queue and wait for the thread to end, so the engine is freed before the
+    /// process exits: whisper.cpp's context freed on a thread while `exit` runs the C++ static
+    /// destructors crashed sttd at the end of its input (exit 139, seen in CI).
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.jobs, unbounded().0));
+        let Some(thread) = self.thread.take() else { return };
+        let since = std::time::Instant::now();
+        while !thread.is_finished() && since.elapsed() < STOP_WAIT {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        } else {
+            log::warn!("the transcriber thread is still busy after {} s; exiting without it", STOP_WAIT.as_secs());
+        }
+    }
 }
 
 impl TranscriptionWorker {
     pub fn spawn(mut engine: impl Transcriber) -> std::io::Result<Self> {
         let (jobs, job_rx) = unbounded::<Job>();
         let (done_tx, done) = unbounded();
-        std::thread::Builder::new().name("transcriber".into()).spawn(move || {
+        let thread = std::thread::Builder::new().name("transcriber".into()).spawn(move || {
             for job in job_rx {
                 let result = if job.abort.load(Ordering::Relaxed) {
                     Ok(None)
@@ -209,7 +232,7 @@ impl TranscriptionWorker {
                 }
             }
         })?;
-        Ok(TranscriptionWorker { jobs, done })
+        Ok(TranscriptionWorker { jobs, done, thread: Some(thread) })
     }
 
     pub fn submit(&self, job: Job) {
@@ -254,5 +277,37 @@ mod tests {
         assert_eq!((t.text.as_str(), seen), ("late", vec!["early".to_string()]));
         assert_eq!(boxed.transcribe(&[0.0; 160], None).unwrap().text, "plain");
         assert_eq!((boxed.describe(), boxed.warm_up().unwrap()), ("reporting".to_string(), 7.0));
+    }
+
+    /// An engine that takes a while to free itself (whisper.cpp's context) and says when it has.
+    struct SlowToFree(Arc<AtomicBool>);
+
+    impl Drop for SlowToFree {
+        fn drop(&mut self) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Transcriber for SlowToFree {
+        fn transcribe(&mut self, _: &[f32], _: Option<Arc<AtomicBool>>) -> anyhow::Result<Transcription> {
+            Ok(Transcription::default())
+        }
+        fn describe(&self) -> String {
+            "slow to free".into()
+        }
+        fn warm_up(&mut self) -> anyhow::Result<f64> {
+            Ok(0.0)
+        }
+    }
+
+    #[test]
+    fn a_dropped_worker_has_freed_its_engine_before_the_process_may_exit() {
+        let freed = Arc::new(AtomicBool::new(false));
+        let worker = TranscriptionWorker::spawn(SlowToFree(freed.clone())).unwrap();
+        worker.submit(Job { id: 1, turn: 1, samples: Arc::new(vec![0.0; 160]), abort: Arc::new(AtomicBool::new(false)) });
+        worker.done.recv_timeout(std::time::Duration::from_secs(5)).expect("the job ends");
+        drop(worker);
+        assert!(freed.load(Ordering::SeqCst), "the engine was still being freed when the worker's drop returned");
     }
 }
