@@ -635,7 +635,11 @@ fn a_caller_who_pauses_and_goes_on_under_load_is_one_message_answered() {
     let p = Pipeline::start_with("pause", env, None);
     link.upstream.store(p.llm_port, std::sync::atomic::Ordering::Relaxed);
     let hog = CpuHog::start();
-    let (turns, _) = p.call(&[both.display().to_string()], &["--reply-timeout", "60", "--reply-silence", "2.5"]);
+    // The link's 3 s hold brings llm-relay's holding phrase ("One moment, please.", after 3 s
+    // with nothing from the LLM); callsim must not take that phrase and the silence after it
+    // for the whole reply, so it waits out up to 6 s of silence (the answer then comes from a
+    // local model under the CPU hog, seconds later).
+    let (turns, _) = p.call(&[both.display().to_string()], &["--reply-timeout", "60", "--reply-silence", "6.0"]);
     drop(hog);
     let relay = p.log("llm-relay");
     assert!(!relay.contains("the caller speaks over the reply"), "the first part's reply was playing when the second began:\n{relay}");
