@@ -631,6 +631,11 @@ fn a_caller_who_pauses_and_goes_on_under_load_is_one_message_answered() {
         ("TGVOICE_LLM_PROVIDER".into(), "local".into()),
         ("TGVOICE_LLM_BASE_URL".into(), link.url()),
         ("VADSEG_TURN_MODEL".into(), "off".into()),
+        // The link's 3 s hold and the CPU hog come on top of the local model's own time (and of
+        // the first part's abandoned request, which the one-slot server may still be working
+        // on): the default 10 s first-token budget would end this reply in the apology, which is
+        // not what this test is about (the hung-server test checks the budget).
+        ("TGVOICE_LLM_FIRST_TOKEN_TIMEOUT".into(), "25".into()),
     ];
     let p = Pipeline::start_with("pause", env, None);
     link.upstream.store(p.llm_port, std::sync::atomic::Ordering::Relaxed);
